@@ -1,0 +1,52 @@
+# drover: two commands for a new user (`make demo`, `make test`); everything else is set up by `make setup`.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(VENV)/bin/pip
+
+# Every Debian package drover and its test lab need. Keep one per line group, sorted by purpose.
+DEB_PACKAGES := \
+	krb5-kdc krb5-admin-server krb5-user libkrb5-dev \
+	libsasl2-modules-gssapi-mit sasl2-bin \
+	libvirt-daemon libvirt-daemon-driver-qemu libvirt-daemon-system libvirt-clients libvirt-dev \
+	pkg-config libnss-wrapper iproute2 \
+	qemu-system-x86 qemu-utils ipxe-qemu ovmf busybox-static \
+	postgresql \
+	mmdebstrap squashfs-tools zstd xorriso grub-pc-bin grub-efi-amd64-bin grub-common mtools dosfstools \
+	syslinux-common isolinux pxelinux dnsmasq-base \
+	collectd-core
+
+STAMP := $(VENV)/.setup-done
+
+.PHONY: setup test demo bench lint clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml Makefile
+	@missing=$$(dpkg-query -W -f='$${db:Status-Abbrev} $${Package}\n' $(DEB_PACKAGES) 2>/dev/null \
+		| awk '$$1 == "ii" {print $$2}' | sort | comm -13 - <(tr ' ' '\n' <<< "$(DEB_PACKAGES)" | grep . | sort)); \
+	if [ -n "$$missing" ]; then \
+		echo "setup: installing Debian packages: $$missing"; \
+		apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $$missing; \
+	fi
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q -e '.[dev]'
+	@touch $@
+
+test: setup
+	$(PY) -m pytest -q
+
+bench: setup
+	$(PY) -m bench
+
+demo: setup
+	$(PY) -m appliance.demo
+
+lint: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache

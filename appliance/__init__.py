@@ -1,0 +1,1 @@
+"""The drover management appliance: database, REST API, Kerberos, boot service and CLI."""

@@ -1,0 +1,235 @@
+"""drover's configuration: one TOML file plus DROVER_* environment overrides, into frozen dataclasses.
+
+The dataclass fields are the settings table: their names give the TOML keys and the environment
+variables (`[database] url` <-> DROVER_DATABASE_URL; top-level `state_dir` <-> DROVER_STATE_DIR),
+their defaults are what `drover config show` prints when nothing overrides them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import os
+import socket
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar, get_type_hints
+
+from appliance.errors import ConfigError
+
+DEFAULT_CONFIG_FILE = Path("/etc/drover/drover.toml")
+ENV_PREFIX = "DROVER_"
+ENV_CONFIG_FILE = "DROVER_CONFIG"
+
+
+class KerberosMode(enum.StrEnum):
+    EMBEDDED = "embedded"  # an MIT KDC drover runs itself under its state dir
+    EXTERNAL = "external"  # an existing MIT or FreeIPA realm, reached with an admin keytab
+
+
+def _default_state_dir() -> Path:
+    if os.geteuid() == 0:
+        return Path("/var/lib/drover")
+    return Path(os.environ.get("XDG_DATA_HOME", Path.home() / ".local/share")) / "drover"
+
+
+@dataclass(frozen=True)
+class DatabaseConfig:
+    # Empty means SQLite at <state_dir>/drover.db; PostgreSQL: postgresql+psycopg://user@host/db
+    url: str = ""
+
+
+@dataclass(frozen=True)
+class KerberosConfig:
+    mode: KerberosMode = KerberosMode.EMBEDDED
+    realm: str = "DROVER.TEST"
+    # The appliance's own host name: its HTTP/ and libvirt-client principals are made for it.
+    hostname: str = ""
+    kdc_host: str = "127.0.0.1"
+    kdc_port: int = 8088
+    kadmin_port: int = 8749
+    admin_principal: str = "drover/admin"
+    # External realms only: a keytab for admin_principal with add/get/extract rights in kadm5.acl.
+    admin_keytab: str = ""
+
+
+@dataclass(frozen=True)
+class ApiConfig:
+    listen: str = "127.0.0.1"
+    port: int = 8080
+    # How clients reach the API; empty means http://<kerberos.hostname>:<port>.
+    url: str = ""
+
+
+@dataclass(frozen=True)
+class Config:
+    state_dir: Path = field(default_factory=_default_state_dir)
+    log_level: str = "info"
+    database: DatabaseConfig = field(default_factory=DatabaseConfig)
+    kerberos: KerberosConfig = field(default_factory=KerberosConfig)
+    api: ApiConfig = field(default_factory=ApiConfig)
+
+    # Derived values: always computed from the settings above, never stored twice.
+    @property
+    def database_url(self) -> str:
+        return self.database.url or f"sqlite:///{self.state_dir / 'drover.db'}"
+
+    @property
+    def hostname(self) -> str:
+        return self.kerberos.hostname or socket.getfqdn()
+
+    @property
+    def api_url(self) -> str:
+        return self.api.url or f"http://{self.hostname}:{self.api.port}"
+
+    @property
+    def realm_dir(self) -> Path:
+        return self.state_dir / "realm"
+
+    @property
+    def log_dir(self) -> Path:
+        return self.state_dir / "log"
+
+    @property
+    def image_dir(self) -> Path:
+        return self.state_dir / "images"
+
+
+T = TypeVar("T")
+
+
+def _coerce(value: Any, typ: Any, where: str) -> Any:
+    """Turn a TOML or environment value into the field's type, or say which key is wrong."""
+    try:
+        if typ is Path:
+            return Path(str(value)).expanduser()
+        if isinstance(typ, type) and issubclass(typ, enum.Enum):
+            return typ(value)
+        if typ is bool:
+            if isinstance(value, bool):
+                return value
+            text = str(value).strip().lower()
+            if text in ("1", "true", "yes", "on"):
+                return True
+            if text in ("0", "false", "no", "off"):
+                return False
+            raise ValueError(value)
+        if typ is int:
+            if isinstance(value, bool):
+                raise ValueError(value)
+            return int(value)
+        if typ is str:
+            if not isinstance(value, str | int | float):
+                raise ValueError(value)
+            return str(value)
+    except ValueError:
+        choices = ""
+        if isinstance(typ, type) and issubclass(typ, enum.Enum):
+            choices = " (one of: " + ", ".join(str(m.value) for m in typ) + ")"
+        raise ConfigError(f"{where}: {value!r} is not a valid {getattr(typ, '__name__', typ)}{choices}") from None
+    raise ConfigError(f"{where}: unsupported setting type {typ!r}")
+
+
+def _build(cls: type[T], table: Mapping[str, Any], env: Mapping[str, str], prefix: str, where: str) -> T:
+    hints = get_type_hints(cls)
+    known = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    for key in table:
+        if key not in known:
+            raise ConfigError(
+                f"{where}: unknown setting {prefix.lower()}{key!s}",
+                "see `drover config show` for every valid key",
+            )
+    values: dict[str, Any] = {}
+    for f in dataclasses.fields(cls):  # type: ignore[arg-type]
+        typ = hints[f.name]
+        if dataclasses.is_dataclass(typ):
+            sub = table.get(f.name, {})
+            if not isinstance(sub, dict):
+                raise ConfigError(f"{where}: [{f.name}] must be a table")
+            values[f.name] = _build(typ, sub, env, f"{prefix}{f.name}.", where)  # type: ignore[type-var]
+            continue
+        env_name = ENV_PREFIX + (prefix + f.name).replace(".", "_").upper()
+        if env_name in env:
+            values[f.name] = _coerce(env[env_name], typ, env_name)
+        elif f.name in table:
+            values[f.name] = _coerce(table[f.name], typ, f"{where}: {prefix}{f.name}")
+    return cls(**values)
+
+
+def env_names(cls: type[Any] = Config, prefix: str = "") -> set[str]:
+    names: set[str] = set()
+    hints = get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        if dataclasses.is_dataclass(hints[f.name]):
+            names |= env_names(hints[f.name], f"{prefix}{f.name}.")
+        else:
+            names.add(ENV_PREFIX + (prefix + f.name).replace(".", "_").upper())
+    return names
+
+
+def config_file(env: Mapping[str, str]) -> Path | None:
+    """The TOML file in force: $DROVER_CONFIG, else <$DROVER_STATE_DIR>/drover.toml, else /etc/drover."""
+    if env.get(ENV_CONFIG_FILE):
+        path = Path(env[ENV_CONFIG_FILE])
+        if not path.is_file():
+            raise ConfigError(f"config file {path} (from {ENV_CONFIG_FILE}) does not exist")
+        return path
+    if env.get("DROVER_STATE_DIR"):
+        candidate = Path(env["DROVER_STATE_DIR"]) / "drover.toml"
+        if candidate.is_file():
+            return candidate
+    return DEFAULT_CONFIG_FILE if DEFAULT_CONFIG_FILE.is_file() else None
+
+
+def load(path: Path | None = None, env: Mapping[str, str] | None = None) -> Config:
+    env = os.environ if env is None else env
+    unknown = sorted(k for k in env if k.startswith(ENV_PREFIX) and k not in env_names() | {ENV_CONFIG_FILE})
+    if unknown:
+        raise ConfigError(f"unknown environment setting {unknown[0]}", "see `drover config show` for valid names")
+    path = path or config_file(env)
+    table: dict[str, Any] = {}
+    where = "environment"
+    if path is not None:
+        where = str(path)
+        try:
+            table = tomllib.loads(path.read_text())
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+        except OSError as exc:
+            raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
+    return _build(Config, table, env, "", where)
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    text = str(value)
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def render(cfg: Config, source: Path | None = None) -> str:
+    """The effective configuration as TOML, with the derived values shown as comments."""
+    lines = [f"# drover configuration (file: {source or 'none, defaults and environment only'})"]
+    sections: list[tuple[str, Any]] = []
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        if dataclasses.is_dataclass(value):
+            sections.append((f.name, value))
+        else:
+            lines.append(f"{f.name} = {_toml_value(value)}")
+    derived = {
+        "database": [("effective url", cfg.database_url)],
+        "kerberos": [("effective hostname", cfg.hostname)],
+        "api": [("effective url", cfg.api_url)],
+    }
+    for name, section in sections:
+        lines += ["", f"[{name}]"]
+        for f in dataclasses.fields(section):
+            lines.append(f"{f.name} = {_toml_value(getattr(section, f.name))}")
+        for label, value in derived.get(name, []):
+            lines.append(f"# {label}: {value}")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,1 @@
+"""Host browser: discovery, identify, and one libvirt session per host that keeps hosts and VMs true."""

@@ -1,0 +1,1 @@
+"""Node image builder: profiles, build backends (debian: mmdebstrap+dracut, fedora: lorax), manifest."""

@@ -1,0 +1,1 @@
+"""Monitor: collectd network-protocol receiver, round-robin archives, query API, Prometheus exposition."""

@@ -1,0 +1,1 @@
+"""The node agent: finds the appliance, identifies, installs its keytab, configures libvirtd, heartbeats."""
