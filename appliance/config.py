@@ -144,11 +144,11 @@ def _build(cls: type[T], table: Mapping[str, Any], env: Mapping[str, str], prefi
     values: dict[str, Any] = {}
     for f in dataclasses.fields(cls):  # type: ignore[arg-type]
         typ = hints[f.name]
-        if dataclasses.is_dataclass(typ):
+        if isinstance(typ, type) and dataclasses.is_dataclass(typ):
             sub = table.get(f.name, {})
             if not isinstance(sub, dict):
                 raise ConfigError(f"{where}: [{f.name}] must be a table")
-            values[f.name] = _build(typ, sub, env, f"{prefix}{f.name}.", where)  # type: ignore[type-var]
+            values[f.name] = _build(typ, sub, env, f"{prefix}{f.name}.", where)
             continue
         env_name = ENV_PREFIX + (prefix + f.name).replace(".", "_").upper()
         if env_name in env:

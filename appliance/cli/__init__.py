@@ -15,11 +15,6 @@ log = logging.getLogger("drover")
 # Each module adds one noun (`drover <noun> <verb>`); the order here is the order of `drover --help`.
 NOUNS = (
     "appliance.cli.config_cmd",
-    "appliance.cli.db_cmd",
-    "appliance.cli.realm_cmd",
-    "appliance.cli.user_cmd",
-    "appliance.cli.serve_cmd",
-    "appliance.cli.api_cmd",
 )
 
 
