@@ -1,4 +1,5 @@
 """Shared pytest set-up: the real-service lab fixtures live in tests/lab/ and are loaded as plugins."""
 
 pytest_plugins: list[str] = [
+    "tests.lab.kdc",
 ]

@@ -15,6 +15,7 @@ log = logging.getLogger("drover")
 # Each module adds one noun (`drover <noun> <verb>`); the order here is the order of `drover --help`.
 NOUNS = (
     "appliance.cli.config_cmd",
+    "appliance.cli.realm_cmd",
 )
 
 
