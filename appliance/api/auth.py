@@ -1,0 +1,89 @@
+"""Negotiate authentication for every API request except a few public paths; the caller lands in request.user."""
+
+from __future__ import annotations
+
+from collections.abc import Collection
+from dataclasses import dataclass
+
+from anyio import to_thread
+from starlette.authentication import AuthCredentials, BaseUser
+from starlette.datastructures import Headers, MutableHeaders
+from starlette.requests import HTTPConnection
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from appliance.api.edge import error_response
+from appliance.api.negotiate import HINT, Acceptor, encode
+from appliance.errors import AuthError
+
+
+@dataclass(frozen=True)
+class Caller(BaseUser):
+    """An authenticated Kerberos principal (`name@REALM`), as the KDC vouched for it."""
+
+    principal: str
+
+    @property
+    def is_authenticated(self) -> bool:
+        return True
+
+    @property
+    def display_name(self) -> str:
+        return self.principal
+
+    @property
+    def identity(self) -> str:
+        return self.principal
+
+    @property
+    def realm(self) -> str:
+        return self.principal.rpartition("@")[2]
+
+
+def caller(conn: HTTPConnection) -> Caller:
+    """The authenticated caller of a request that went through NegotiateMiddleware."""
+    user = conn.scope.get("user")
+    if not isinstance(user, Caller):
+        # Only reachable if a public path's handler asks who is calling: a programming error that
+        # must still answer 401, never leak a 500 or serve the request anonymously.
+        raise AuthError("authentication required", HINT)
+    return user
+
+
+class NegotiateMiddleware:
+    """Pure ASGI middleware: one SPNEGO round per request, the mutual-auth token added to the response.
+
+    Each request carries its own ticket (no session cookie yet), which costs a few milliseconds and
+    keeps the server stateless; the replay cache stops a captured header being used again.
+    """
+
+    def __init__(self, app: ASGIApp, acceptor: Acceptor, public: Collection[str] = ()) -> None:
+        self.app = app
+        self.acceptor = acceptor
+        self.public = frozenset(public)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] in self.public:
+            await self.app(scope, receive, send)
+            return
+        header = Headers(scope=scope).get("authorization")
+        try:
+            if not header:
+                raise AuthError("authentication required: this API accepts Kerberos (Negotiate) only", HINT)
+            # GSS calls block (keytab and replay-cache files): keep them off the event loop.
+            accepted = await to_thread.run_sync(self.acceptor.accept, header)
+        except AuthError as exc:
+            await error_response(exc)(scope, receive, send)
+            return
+        scope["user"] = Caller(accepted.principal)
+        scope["auth"] = AuthCredentials(["authenticated"])
+        token = accepted.token
+        if token is None:
+            await self.app(scope, receive, send)
+            return
+
+        async def send_with_token(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                MutableHeaders(scope=message).append("WWW-Authenticate", encode(token))
+            await send(message)
+
+        await self.app(scope, receive, send_with_token)

@@ -1,0 +1,195 @@
+"""The CLI's client for the appliance's REST API: httpx with Kerberos Negotiate under the caller's own ticket."""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import os
+from collections.abc import Generator
+from types import TracebackType
+from typing import Any
+from urllib.parse import urlsplit
+
+import gssapi
+import httpx
+from gssapi.raw.exceptions import ExpiredCredentialsError, MissingCredentialsError
+from gssapi.raw.misc import GSSError
+
+from appliance.config import Config
+from appliance.errors import AuthError, Conflict, DroverError, KerberosError, NotFound, UsageError
+
+log = logging.getLogger(__name__)
+
+SPNEGO = gssapi.OID.from_int_seq("1.3.6.1.5.5.2")
+_FLAGS = gssapi.RequirementFlag.mutual_authentication | gssapi.RequirementFlag.out_of_sequence_detection
+
+
+class ApiUnreachable(DroverError):
+    """Nothing answered at the API's URL (not running, wrong URL, name does not resolve)."""
+
+
+class ApiError(DroverError):
+    """The API answered with an error status this client has no more specific class for."""
+
+    def __init__(self, message: str, hint: str = "", status: int = 500) -> None:
+        super().__init__(message, hint)
+        self.status = status
+
+
+# Statuses that map onto drover's own error classes, so the CLI exits with the same codes either way.
+_BY_STATUS: dict[int, type[DroverError]] = {400: UsageError, 401: AuthError, 404: NotFound, 409: Conflict}
+
+
+def _ccache_name() -> str:
+    return os.environ.get("KRB5CCNAME", "the default credential cache")
+
+
+def _gss_failure(exc: GSSError, service: str) -> DroverError:
+    """Turn an initiator-side GSS failure into an error that says what to do."""
+    reason = " ".join(str(exc.gen_message()).split())
+    lowered = reason.lower()
+    if isinstance(exc, ExpiredCredentialsError) or "expired" in lowered:
+        return AuthError(f"your Kerberos ticket in {_ccache_name()} has expired", "run kinit <you>@REALM again")
+    if isinstance(exc, MissingCredentialsError) or "no kerberos credentials" in lowered:
+        return AuthError(
+            f"no Kerberos ticket in {_ccache_name()}; the drover API needs one", "run kinit <you>@REALM, then try again"
+        )
+    if "server not found" in lowered:
+        return KerberosError(
+            f"the realm has no service principal {service.replace('@', '/', 1)}: {reason}",
+            "the API URL's host must be the appliance's [kerberos] hostname (set DROVER_API_URL to match)",
+        )
+    if "cannot contact any kdc" in lowered or "cannot find kdc" in lowered:
+        return KerberosError(f"cannot get a service ticket: {reason}", "check KRB5_CONFIG and that the KDC is up")
+    return KerberosError(f"Kerberos failed for {service}: {reason}", "check your ticket with klist")
+
+
+class NegotiateAuth(httpx.Auth):
+    """HTTP Negotiate with the caller's ticket: one SPNEGO token per request, server identity verified."""
+
+    def __init__(self, service_host: str, ccache: str | None = None) -> None:
+        self.service = f"HTTP@{service_host}"
+        self.ccache = ccache
+
+    def _context(self) -> gssapi.SecurityContext:
+        name = gssapi.Name(self.service, gssapi.NameType.hostbased_service)
+        # Acquired here rather than left to SPNEGO, whose "cannot find mechanisms to negotiate" hides
+        # the plain krb5 reason (no ticket, expired ticket) the caller needs to hear.
+        store: dict[bytes | str, bytes | str] | None = {"ccache": self.ccache} if self.ccache else None
+        creds = gssapi.Credentials(usage="initiate", store=store)
+        return gssapi.SecurityContext(name=name, creds=creds, usage="initiate", mech=SPNEGO, flags=_FLAGS)
+
+    def auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
+        try:
+            ctx = self._context()
+            token = ctx.step()
+        except GSSError as exc:
+            raise _gss_failure(exc, self.service) from None
+        request.headers["Authorization"] = "Negotiate " + base64.b64encode(token or b"").decode("ascii")
+        response = yield request
+        if response.status_code != 401:
+            self._verify(ctx, response)
+
+    def _verify(self, ctx: gssapi.SecurityContext, response: httpx.Response) -> None:
+        """Mutual authentication: only the holder of the HTTP/ key can produce this token."""
+        server_token = _server_token(response)
+        if server_token is None:
+            if response.is_error:
+                return  # an error from outside the auth layer (a crash): let the caller report it
+            raise AuthError(
+                f"{response.url} answered without proving its identity (no mutual-auth token)",
+                "the URL may not point at a drover appliance",
+            )
+        try:
+            ctx.step(server_token)
+        except GSSError as exc:
+            raise AuthError(f"{response.url} failed mutual authentication: {exc.gen_message()}") from None
+        if not ctx.complete:
+            raise AuthError(f"{response.url} did not complete mutual authentication")
+
+
+def _server_token(response: httpx.Response) -> bytes | None:
+    for value in response.headers.get_list("www-authenticate"):
+        scheme, _, data = value.strip().partition(" ")
+        if scheme.lower() == "negotiate" and data.strip():
+            try:
+                return base64.b64decode(data.strip(), validate=True)
+            except ValueError:
+                return None
+    return None
+
+
+class Client:
+    """The appliance API as Python calls: get()/post() return parsed JSON or raise a DroverError."""
+
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        service_host: str | None = None,
+        ccache: str | None = None,
+        timeout: float = 30.0,
+    ) -> None:
+        """`service_host` names HTTP/<host> when the URL's host differs (an IP, a load balancer)."""
+        self.base_url = base_url.rstrip("/")
+        host = service_host or urlsplit(self.base_url).hostname
+        if not host:
+            raise UsageError(f"API URL {base_url!r} has no host name", "set [api] url, e.g. http://appliance:8080")
+        self.auth = NegotiateAuth(host, ccache)
+        self._http = httpx.Client(base_url=self.base_url, auth=self.auth, timeout=timeout, trust_env=False)
+
+    @classmethod
+    def from_config(cls, cfg: Config) -> Client:
+        return cls(cfg.api_url)
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, typ: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._http.close()
+
+    def get(self, path: str, params: dict[str, str] | None = None) -> Any:
+        return self.request("GET", path, params=params)
+
+    def post(self, path: str, body: Any = None) -> Any:
+        return self.request("POST", path, body=body)
+
+    def request(self, method: str, path: str, *, body: Any = None, params: dict[str, str] | None = None) -> Any:
+        url = f"{self.base_url}{path}"
+        try:
+            response = self._http.request(method, path, json=body, params=params)
+        except httpx.TransportError as exc:
+            reason = " ".join(str(exc).split()) or type(exc).__name__
+            raise ApiUnreachable(
+                f"cannot reach the drover API at {url}: {reason}",
+                "is `drover serve` running there? set [api] url (DROVER_API_URL) if it lives elsewhere",
+            ) from None
+        log.debug("%s %s -> %s", method, url, response.status_code)
+        if response.is_error:
+            raise _error(response)
+        if not response.content:
+            return None
+        try:
+            return response.json()
+        except ValueError:
+            raise ApiError(f"{url} answered with something that is not JSON", status=response.status_code) from None
+
+
+def _error(response: httpx.Response) -> DroverError:
+    """The server's own error and hint, as the DroverError class that matches its status."""
+    message, hint = f"HTTP {response.status_code} from {response.url}", ""
+    try:
+        body = response.json()
+    except (ValueError, json.JSONDecodeError):
+        body = None
+    if isinstance(body, dict) and isinstance(body.get("error"), str):
+        message = body["error"]
+        hint = str(body.get("hint") or "")
+    cls = _BY_STATUS.get(response.status_code)
+    if cls is not None:
+        return cls(message, hint)
+    return ApiError(message, hint, status=response.status_code)
