@@ -103,9 +103,11 @@ class NegotiateAuth(httpx.Auth):
             )
         try:
             ctx.step(server_token)
+            complete = ctx.complete  # python-gssapi may raise a stored step failure here
         except GSSError as exc:
-            raise AuthError(f"{response.url} failed mutual authentication: {exc.gen_message()}") from None
-        if not ctx.complete:
+            reason = " ".join(str(exc.gen_message()).split())
+            raise AuthError(f"{response.url} failed mutual authentication: {reason}") from None
+        if not complete:
             raise AuthError(f"{response.url} did not complete mutual authentication")
 
 

@@ -52,6 +52,9 @@ def caller(conn: HTTPConnection) -> Caller:
 class NegotiateMiddleware:
     """Pure ASGI middleware: one SPNEGO round per request, the mutual-auth token added to the response.
 
+    Public paths need no ticket, but one sent there is still checked, so a client gets the server's
+    proof of identity back on every path.
+
     Each request carries its own ticket (no session cookie yet), which costs a few milliseconds and
     keeps the server stateless; the replay cache stops a captured header being used again.
     """
@@ -62,16 +65,24 @@ class NegotiateMiddleware:
         self.public = frozenset(public)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] in self.public:
+        if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        public = scope["path"] in self.public
         header = Headers(scope=scope).get("authorization")
         try:
             if not header:
+                if public:
+                    await self.app(scope, receive, send)
+                    return
                 raise AuthError("authentication required: this API accepts Kerberos (Negotiate) only", HINT)
             # GSS calls block (keytab and replay-cache files): keep them off the event loop.
             accepted = await to_thread.run_sync(self.acceptor.accept, header)
         except AuthError as exc:
+            if public:
+                # A public path serves anyone; a bad ticket there is no reason to fail a health check.
+                await self.app(scope, receive, send)
+                return
             await error_response(exc)(scope, receive, send)
             return
         scope["user"] = Caller(accepted.principal)
@@ -82,6 +93,8 @@ class NegotiateMiddleware:
             return
 
         async def send_with_token(message: Message) -> None:
+            # Every answer to an authenticated request proves the server's identity, errors included,
+            # so a client can trust a 404 or 409 as much as a 200.
             if message["type"] == "http.response.start":
                 MutableHeaders(scope=message).append("WWW-Authenticate", encode(token))
             await send(message)

@@ -81,17 +81,20 @@ class Acceptor:
         ctx = gssapi.SecurityContext(creds=self._creds, usage="accept")
         try:
             out = ctx.step(token)
+            # python-gssapi keeps an acceptor's failure (with SPNEGO's reject token) and raises it on
+            # the next attribute read, so `complete` and the name must be read inside this try.
+            complete = ctx.complete
+            principal = str(ctx.initiator_name) if complete else ""
         except GSSError as exc:
             # The reason (wrong realm, stale key, replay, garbage) is for the operator's log; the
             # caller gets the same answer whatever it was, so probing tells them nothing.
             log.info("Negotiate refused: %s", _reason(exc))
             raise AuthError("Kerberos authentication failed", HINT) from None
-        if not ctx.complete:
+        if not complete:
             # krb5 under SPNEGO always finishes in one round when the client sends its optimistic
             # token; a mechanism needing more rounds would need per-connection state we do not keep.
-            log.info("Negotiate refused: mechanism %s wanted another round", ctx.mech)
+            log.info("Negotiate refused: the mechanism wanted another round")
             raise AuthError("Negotiate needs more than one round; use a Kerberos (krb5) ticket", HINT)
-        principal = str(ctx.initiator_name)
         log.debug("Negotiate accepted %s", principal)
         return Accepted(principal, out or None)
 

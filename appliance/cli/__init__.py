@@ -16,6 +16,8 @@ log = logging.getLogger("drover")
 NOUNS = (
     "appliance.cli.config_cmd",
     "appliance.cli.realm_cmd",
+    "appliance.cli.serve_cmd",
+    "appliance.cli.api_cmd",
 )
 
 
