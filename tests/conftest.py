@@ -2,4 +2,5 @@
 
 pytest_plugins: list[str] = [
     "tests.lab.kdc",
+    "tests.lab.appliance",
 ]

@@ -1,0 +1,149 @@
+"""Lab fixture: the real appliance server (`drover serve`) as a child process, on the lab KDC's realm.
+
+`appliance` is session-scoped; `start_appliance()` gives a test its own server when it needs to stop
+or break one. `appliance.drover(...)` runs the CLI as a subprocess under a principal's ticket, with
+appliance.example.test resolving to 127.0.0.1 through nss_wrapper, so the URL's host and the
+service principal HTTP/appliance.example.test match exactly as they would on a real network.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.lab.kdc import APPLIANCE_HOST, LabKdc
+from tests.lab.net import free_port
+
+DROVER = [sys.executable, "-m", "appliance.cli"]
+NSS_WRAPPER = Path("/usr/lib/x86_64-linux-gnu/libnss_wrapper.so")
+ROOT = Path(__file__).resolve().parent.parent.parent
+
+
+@dataclass
+class LabAppliance:
+    kdc: LabKdc
+    port: int
+    state_dir: Path
+    database_url: str
+    process: subprocess.Popen[bytes]
+    log: Path
+
+    @property
+    def url(self) -> str:
+        """The URL clients use: the appliance's name, as in the HTTP/ service principal."""
+        return f"http://{APPLIANCE_HOST}:{self.port}"
+
+    @property
+    def local_url(self) -> str:
+        """The same server by address, for clients in this process (no nss_wrapper here)."""
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def config_env(self) -> dict[str, str]:
+        """DROVER_* settings that point a drover process at this appliance and the lab realm."""
+        return config_env(self.kdc, self.port, self.database_url)
+
+    def log_text(self) -> str:
+        return self.log.read_text(errors="replace") if self.log.is_file() else ""
+
+    def cli_env(self, principal: str | None) -> dict[str, str]:
+        """Environment of a CLI process: config, a ticket for `principal` (None: no ticket), name resolution."""
+        hosts = self.state_dir / "nss_hosts"
+        if not hosts.is_file():
+            hosts.write_text(f"127.0.0.1 {APPLIANCE_HOST}\n")  # one name per line, see LAB.md
+        ticket = self.kdc.ticket(principal) if principal is not None else self.kdc.no_ticket()
+        return {
+            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+            "HOME": str(self.state_dir),
+            "PYTHONPATH": str(ROOT),
+            "LD_PRELOAD": str(NSS_WRAPPER),
+            "NSS_WRAPPER_HOSTS": str(hosts),
+            **self.config_env,
+            **ticket,
+        }
+
+    def drover(
+        self, *argv: str, principal: str | None = None, env: dict[str, str] | None = None, timeout: float = 60
+    ) -> subprocess.CompletedProcess[str]:
+        """Run `drover ARGV...` as `principal` (a fresh ticket) or, with None, without any ticket."""
+        full_env = {**self.cli_env(principal), **(env or {})}
+        return subprocess.run(
+            [*DROVER, *argv],
+            env=full_env,
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            stdin=subprocess.DEVNULL,
+            check=False,
+        )
+
+    def stop(self, timeout: float = 15) -> int:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        return self.process.returncode
+
+
+def config_env(kdc: LabKdc, port: int, database_url: str) -> dict[str, str]:
+    spec = kdc.realm.spec
+    return {
+        "DROVER_STATE_DIR": str(kdc.root),  # the realm lives in <state_dir>/realm, as the lab made it
+        "DROVER_KERBEROS_REALM": spec.realm,
+        "DROVER_KERBEROS_HOSTNAME": APPLIANCE_HOST,
+        "DROVER_KERBEROS_KDC_PORT": str(spec.kdc_port),
+        "DROVER_KERBEROS_KADMIN_PORT": str(spec.kadmin_port),
+        "DROVER_API_LISTEN": "127.0.0.1",
+        "DROVER_API_PORT": str(port),
+        "DROVER_DATABASE_URL": database_url,
+    }
+
+
+def start_appliance(kdc: LabKdc, state_dir: Path, timeout: float = 30) -> LabAppliance:
+    """Start `drover serve` on a free port and wait until /api/v1/health answers."""
+    state_dir.mkdir(parents=True, exist_ok=True)
+    log = state_dir / "serve.log"
+    port, database_url = free_port(), f"sqlite:///{state_dir / 'drover.db'}"
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(state_dir), "PYTHONPATH": str(ROOT)}
+    with open(log, "ab") as out:
+        process = subprocess.Popen(
+            [*DROVER, "-v", "serve"],
+            env={**env, **config_env(kdc, port, database_url)},
+            cwd=ROOT,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    lab = LabAppliance(kdc, port, state_dir, database_url, process, log)
+    deadline = time.monotonic() + timeout
+    while True:
+        if lab.process.poll() is not None:
+            raise RuntimeError(f"drover serve exited with {lab.process.returncode}:\n{lab.log_text()[-4000:]}")
+        try:
+            if httpx.get(f"{lab.local_url}/api/v1/health", timeout=1).status_code == 200:
+                return lab
+        except httpx.TransportError:
+            pass
+        if time.monotonic() > deadline:
+            lab.stop()
+            raise TimeoutError(f"drover serve not ready after {timeout}s:\n{lab.log_text()[-4000:]}")
+        time.sleep(0.05)
+
+
+@pytest.fixture(scope="session")
+def appliance(kdc: LabKdc, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LabAppliance]:
+    lab = start_appliance(kdc, tmp_path_factory.mktemp("appliance"))
+    yield lab
+    lab.stop()
