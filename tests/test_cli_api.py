@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 import signal
 import socket
+import subprocess
+import time
 from pathlib import Path
 
+import httpx
 import pytest
 
-from tests.lab.appliance import LabAppliance, start_appliance
-from tests.lab.kdc import LabKdc
+from tests.lab.appliance import DROVER, NSS_WRAPPER, ROOT, LabAppliance, start_appliance
+from tests.lab.kdc import APPLIANCE_HOST, LabKdc
 from tests.lab.net import free_port
 
 pytestmark = pytest.mark.lab
@@ -60,3 +65,50 @@ def test_serve_on_a_taken_port_says_so(appliance: LabAppliance, kdc: LabKdc, tmp
         proc = appliance.drover("serve", env={"DROVER_API_PORT": str(port)}, timeout=30)
     assert proc.returncode == 2, proc.stderr
     assert f"cannot listen on 127.0.0.1:{port}" in proc.stderr
+
+
+def test_serve_on_a_fresh_state_dir_brings_up_its_own_realm(tmp_path: Path) -> None:
+    """No realm, no KDC: `drover serve` creates the embedded realm, starts its KDC and serves admin."""
+    env = {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "HOME": str(tmp_path),
+        "PYTHONPATH": str(ROOT),
+        "DROVER_STATE_DIR": str(tmp_path),
+        "DROVER_KERBEROS_HOSTNAME": APPLIANCE_HOST,
+        "DROVER_KERBEROS_KDC_PORT": str(free_port()),
+        "DROVER_KERBEROS_KADMIN_PORT": str(free_port()),
+        "DROVER_API_PORT": str(free_port()),
+    }
+    log = tmp_path / "serve.log"
+    with open(log, "wb") as out:
+        server = subprocess.Popen([*DROVER, "serve"], env=env, stdout=out, stderr=subprocess.STDOUT)
+    realm_dir = tmp_path / "realm"
+    try:
+        health = f"http://127.0.0.1:{env['DROVER_API_PORT']}/api/v1/health"
+        deadline = time.monotonic() + 60
+        while True:
+            assert server.poll() is None, log.read_text()
+            with contextlib.suppress(httpx.TransportError):
+                if httpx.get(health, timeout=1).status_code == 200:
+                    break
+            assert time.monotonic() < deadline, log.read_text()
+            time.sleep(0.1)
+        (tmp_path / "hosts").write_text(f"127.0.0.1 {APPLIANCE_HOST}\n")
+        ticket = {
+            "KRB5_CONFIG": str(realm_dir / "krb5.conf"),
+            "KRB5CCNAME": f"FILE:{tmp_path / 'admin.ccache'}",
+        }
+        subprocess.run(
+            ["kinit", "-k", "-t", str(realm_dir / "admin.keytab"), "admin@DROVER.TEST"],
+            env={**env, **ticket},
+            check=True,
+        )
+        cli_env = {**env, **ticket, "LD_PRELOAD": str(NSS_WRAPPER), "NSS_WRAPPER_HOSTS": str(tmp_path / "hosts")}
+        proc = subprocess.run([*DROVER, "whoami"], env=cli_env, capture_output=True, text=True, check=False)
+        assert proc.returncode == 0, proc.stderr
+        assert "principal: admin@DROVER.TEST" in proc.stdout
+    finally:
+        server.terminate()
+        server.wait(15)
+        subprocess.run([*DROVER, "realm", "stop"], env=env, capture_output=True, check=False)
+    assert server.returncode == 0, log.read_text()
