@@ -103,7 +103,13 @@ def test_serve_on_a_fresh_state_dir_brings_up_its_own_realm(tmp_path: Path) -> N
             env={**env, **ticket},
             check=True,
         )
-        cli_env = {**env, **ticket, "LD_PRELOAD": str(NSS_WRAPPER), "NSS_WRAPPER_HOSTS": str(tmp_path / "hosts")}
+        # No KRB5_CONFIG: on the appliance itself drover finds the embedded realm's krb5.conf.
+        cli_env = {
+            **env,
+            "KRB5CCNAME": ticket["KRB5CCNAME"],
+            "LD_PRELOAD": str(NSS_WRAPPER),
+            "NSS_WRAPPER_HOSTS": str(tmp_path / "hosts"),
+        }
         proc = subprocess.run([*DROVER, "whoami"], env=cli_env, capture_output=True, text=True, check=False)
         assert proc.returncode == 0, proc.stderr
         assert "principal: admin@DROVER.TEST" in proc.stdout
