@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import collections
 import logging
 import os
 import shlex
 import shutil
+import signal
 import subprocess
-from collections.abc import Mapping, Sequence
+import threading
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 from appliance.errors import CommandFailed, ToolMissing
@@ -77,10 +80,13 @@ def run(
     check: bool = True,
     capture: bool = True,
     timeout: float | None = None,
+    on_output: Callable[[str], None] | None = None,
 ) -> subprocess.CompletedProcess[str]:
     """Run argv; raise ToolMissing if argv[0] is not installed, CommandFailed if it exits non-zero.
 
     `env` is added to a small allow-listed environment, never to the caller's whole environment.
+    With `on_output`, each output line is handed over as it arrives (progress displays) and the
+    child runs in its own process group, so an interrupt stops its whole tree, not just argv[0].
     """
     args = [os.fspath(a) for a in argv]
     if not args:
@@ -89,6 +95,10 @@ def run(
         args[0] = which(args[0])
     cmdline = shlex.join(args)
     log.debug("run: %s", cmdline)
+    if on_output is not None:
+        proc = _run_streaming(args, cmdline, env, cwd, on_output, timeout)
+        _check(proc, cmdline, check)
+        return proc
     try:
         proc = subprocess.run(
             args,
@@ -106,6 +116,11 @@ def run(
         raise ToolMissing(f"required tool {args[0]!r} not found", "install it or put it on PATH") from exc
     except subprocess.TimeoutExpired as exc:
         raise CommandFailed(f"timed out after {timeout}s: {cmdline}", returncode=-1) from exc
+    _check(proc, cmdline, check)
+    return proc
+
+
+def _check(proc: subprocess.CompletedProcess[str], cmdline: str, check: bool) -> None:
     if check and proc.returncode != 0:
         output = (proc.stdout or "").strip()
         last = output.splitlines()[-1] if output else ""
@@ -117,7 +132,77 @@ def run(
             returncode=proc.returncode,
             output=output,
         )
-    return proc
+
+
+# How much output a streamed command keeps for its error message; a build log can be megabytes.
+_STREAM_TAIL_LINES = 400
+
+
+def _run_streaming(
+    args: list[str],
+    cmdline: str,
+    env: Mapping[str, str] | None,
+    cwd: Path | None,
+    on_output: Callable[[str], None],
+    timeout: float | None,
+) -> subprocess.CompletedProcess[str]:
+    tail: collections.deque[str] = collections.deque(maxlen=_STREAM_TAIL_LINES)
+    try:
+        child = subprocess.Popen(
+            args,
+            env=environment(env),
+            cwd=cwd,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            errors="replace",
+            start_new_session=True,
+        )
+    except FileNotFoundError as exc:
+        raise ToolMissing(f"required tool {args[0]!r} not found", "install it or put it on PATH") from exc
+    expired = threading.Event()
+
+    def expire() -> None:
+        expired.set()
+        _stop_group(child)
+
+    timer = threading.Timer(timeout, expire) if timeout is not None else None
+    if timer is not None:
+        timer.daemon = True
+        timer.start()
+    try:
+        assert child.stdout is not None  # Popen(stdout=PIPE) always sets it
+        for line in child.stdout:
+            tail.append(line)
+            on_output(line.rstrip("\n"))
+        child.wait()
+    except BaseException:
+        # KeyboardInterrupt or a SIGTERM turned into an exception: stop the child's whole tree.
+        _stop_group(child)
+        raise
+    finally:
+        if timer is not None:
+            timer.cancel()
+        if child.stdout is not None:
+            child.stdout.close()
+    if expired.is_set():
+        raise CommandFailed(f"timed out after {timeout}s: {cmdline}", returncode=-1)
+    return subprocess.CompletedProcess(args, child.returncode, "".join(tail), None)
+
+
+def _stop_group(child: subprocess.Popen[str], grace: float = 10.0) -> None:
+    """SIGTERM the child's process group, then SIGKILL whatever is left after `grace` seconds."""
+    if child.poll() is not None:
+        return
+    try:
+        os.killpg(child.pid, signal.SIGTERM)
+        child.wait(grace)
+    except subprocess.TimeoutExpired:
+        os.killpg(child.pid, signal.SIGKILL)
+        child.wait()
+    except ProcessLookupError:
+        pass
 
 
 def spawn(
