@@ -1,0 +1,59 @@
+"""Every model, imported here so Base.metadata is complete for migrations and for anyone who needs a class."""
+
+from appliance.db.base import Base
+from appliance.db.models.enrolment import EnrolmentToken
+from appliance.db.models.events import Event, Severity
+from appliance.db.models.hosts import Arch, Host, HostDisk, HostNic, HostState, HypervisorType
+from appliance.db.models.networks import BootProtocol, IpRange, Network
+from appliance.db.models.pools import Cluster, HardwarePool
+from appliance.db.models.snapshots import Snapshot, SnapshotState
+from appliance.db.models.storage import StoragePool, StorageState, StorageType, StorageVolume, VolumeFormat
+from appliance.db.models.tasks import TargetKind, Task, TaskState, TaskType, can_transition, check_transition
+from appliance.db.models.templates import Template, VmPool
+from appliance.db.models.users import Permission, Quota, Role, User
+from appliance.db.models.vms import BootDevice, DiskBus, NicModel, PlacementPolicy, Vm, VmDisk, VmNic, VmState
+
+__all__ = [
+    "Arch",
+    "Base",
+    "BootDevice",
+    "BootProtocol",
+    "Cluster",
+    "DiskBus",
+    "EnrolmentToken",
+    "Event",
+    "HardwarePool",
+    "Host",
+    "HostDisk",
+    "HostNic",
+    "HostState",
+    "HypervisorType",
+    "IpRange",
+    "Network",
+    "NicModel",
+    "Permission",
+    "PlacementPolicy",
+    "Quota",
+    "Role",
+    "Severity",
+    "Snapshot",
+    "SnapshotState",
+    "StoragePool",
+    "StorageState",
+    "StorageType",
+    "StorageVolume",
+    "TargetKind",
+    "Task",
+    "TaskState",
+    "TaskType",
+    "Template",
+    "User",
+    "Vm",
+    "VmDisk",
+    "VmNic",
+    "VmPool",
+    "VmState",
+    "VolumeFormat",
+    "can_transition",
+    "check_transition",
+]

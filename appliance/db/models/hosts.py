@@ -1,0 +1,101 @@
+"""Hypervisor hosts as the host browser records them, keyed by DMI UUID, with their NICs and disks."""
+
+from __future__ import annotations
+
+import enum
+from datetime import datetime
+from typing import TYPE_CHECKING
+
+from sqlalchemy import BigInteger, ForeignKey, UniqueConstraint
+from sqlalchemy.orm import Mapped, mapped_column, relationship
+
+from appliance.db.base import Base, CreatedMixin, IdMixin, enum_column, utcnow
+
+if TYPE_CHECKING:
+    from appliance.db.models.networks import Network
+    from appliance.db.models.pools import Cluster, HardwarePool
+    from appliance.db.models.vms import Vm
+
+
+class HostState(enum.StrEnum):
+    PENDING = "pending"  # identified but not yet approved or not yet reachable over libvirt
+    AVAILABLE = "available"
+    UNAVAILABLE = "unavailable"  # stopped answering; its VMs are unreachable
+    MAINTENANCE = "maintenance"  # reachable but takes no new VMs
+
+    def accepts_vms(self) -> bool:
+        return self is HostState.AVAILABLE
+
+
+class HypervisorType(enum.StrEnum):
+    KVM = "kvm"
+    QEMU = "qemu"  # TCG: no hardware virtualisation on the node
+
+
+class Arch(enum.StrEnum):
+    X86_64 = "x86_64"
+    I686 = "i686"
+    AARCH64 = "aarch64"
+    PPC64LE = "ppc64le"
+    S390X = "s390x"
+
+
+class Host(IdMixin, CreatedMixin, Base):
+    __tablename__ = "hosts"
+    # The DMI system UUID, lower case: the one identity a stateless node keeps across reboots.
+    uuid: Mapped[str] = mapped_column(unique=True)
+    hostname: Mapped[str] = mapped_column(index=True)
+    state: Mapped[HostState] = mapped_column(
+        enum_column(HostState, "host_state"), default=HostState.PENDING, index=True
+    )
+    state_changed_at: Mapped[datetime] = mapped_column(default=utcnow)
+    cpu_model: Mapped[str] = mapped_column(default="")
+    cpu_sockets: Mapped[int] = mapped_column(default=1)
+    cpu_count: Mapped[int] = mapped_column(default=1)  # logical CPUs libvirt can schedule on
+    cpu_cores: Mapped[int] = mapped_column(default=1)  # physical cores
+    cpu_speed_mhz: Mapped[int | None]
+    cpu_flags: Mapped[list[str]] = mapped_column(default=list)
+    memory_mib: Mapped[int] = mapped_column(BigInteger, default=0)
+    hypervisor_type: Mapped[HypervisorType] = mapped_column(
+        enum_column(HypervisorType, "hypervisor_type"), default=HypervisorType.KVM
+    )
+    arch: Mapped[Arch] = mapped_column(enum_column(Arch, "host_arch"), default=Arch.X86_64)
+    last_heartbeat_at: Mapped[datetime | None]
+    hardware_pool_id: Mapped[int] = mapped_column(ForeignKey("hardware_pools.id", ondelete="RESTRICT"), index=True)
+    cluster_id: Mapped[int | None] = mapped_column(ForeignKey("clusters.id", ondelete="SET NULL"), index=True)
+
+    pool: Mapped[HardwarePool] = relationship(back_populates="hosts")
+    cluster: Mapped[Cluster | None] = relationship(back_populates="hosts")
+    nics: Mapped[list[HostNic]] = relationship(back_populates="host", cascade="all, delete-orphan")
+    disks: Mapped[list[HostDisk]] = relationship(back_populates="host", cascade="all, delete-orphan")
+    vms: Mapped[list[Vm]] = relationship(back_populates="host")
+
+
+class HostNic(IdMixin, Base):
+    __tablename__ = "host_nics"
+    __table_args__ = (UniqueConstraint("host_id", "name"),)
+
+    host_id: Mapped[int] = mapped_column(ForeignKey("hosts.id", ondelete="CASCADE"), index=True)
+    name: Mapped[str]  # kernel interface name on the node, e.g. eno1
+    mac: Mapped[str] = mapped_column(unique=True)  # lower case, colon separated
+    speed_mbps: Mapped[int | None]
+    addresses: Mapped[list[str]] = mapped_column(default=list)  # CIDR strings, v4 and v6
+    is_boot: Mapped[bool] = mapped_column(default=False)  # the NIC the node PXE-booted from
+    network_id: Mapped[int | None] = mapped_column(ForeignKey("networks.id", ondelete="SET NULL"), index=True)
+
+    host: Mapped[Host] = relationship(back_populates="nics")
+    network: Mapped[Network | None] = relationship()
+
+
+class HostDisk(IdMixin, Base):
+    __tablename__ = "host_disks"
+    __table_args__ = (UniqueConstraint("host_id", "name"),)
+
+    host_id: Mapped[int] = mapped_column(ForeignKey("hosts.id", ondelete="CASCADE"), index=True)
+    name: Mapped[str]  # kernel name, e.g. sda
+    path: Mapped[str] = mapped_column(default="")  # stable path, e.g. /dev/disk/by-id/...
+    model: Mapped[str] = mapped_column(default="")
+    serial: Mapped[str] = mapped_column(default="")
+    size_bytes: Mapped[int] = mapped_column(BigInteger, default=0)
+
+    host: Mapped[Host] = relationship(back_populates="disks")
