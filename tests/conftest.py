@@ -3,4 +3,5 @@
 pytest_plugins: list[str] = [
     "tests.lab.kdc",
     "tests.lab.appliance",
+    "tests.lab.postgres",
 ]

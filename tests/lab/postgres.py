@@ -1,0 +1,164 @@
+"""Lab fixture: a real PostgreSQL cluster in a temp dir for the test session, one fresh database per test."""
+
+from __future__ import annotations
+
+import logging
+import os
+import pwd
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from appliance.errors import ToolMissing
+from appliance.runner import run, spawn, which
+
+log = logging.getLogger(__name__)
+
+PG_USER = "postgres"  # initdb and postgres refuse root; Debian's package creates this user
+READY_TIMEOUT = 30.0
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+@dataclass(frozen=True)
+class PostgresServer:
+    root: Path
+    port: int
+
+    @property
+    def data_dir(self) -> Path:
+        return self.root / "data"
+
+    @property
+    def socket_dir(self) -> Path:
+        return self.root
+
+    def url(self, dbname: str = "postgres") -> str:
+        return f"postgresql+psycopg://{PG_USER}@127.0.0.1:{self.port}/{dbname}"
+
+    def _admin(self) -> psycopg.Connection[tuple[object, ...]]:
+        # Over the unix socket: proves both listeners work and keeps admin traffic off the tested TCP path.
+        return psycopg.connect(
+            host=str(self.socket_dir), port=self.port, user=PG_USER, dbname="postgres", autocommit=True
+        )
+
+    def create_database(self, name: str) -> str:
+        with self._admin() as conn:
+            conn.execute(f'CREATE DATABASE "{name}" TEMPLATE template0')
+        return self.url(name)
+
+    def drop_database(self, name: str) -> None:
+        with self._admin() as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def _as_postgres(argv: list[str]) -> list[str]:
+    return ["runuser", "-u", PG_USER, "--", *argv]
+
+
+def _wait_ready(server: PostgresServer, proc: subprocess.Popen[bytes], log_file: Path) -> None:
+    deadline = time.monotonic() + READY_TIMEOUT
+    last: Exception | None = None
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"postgres exited with {proc.returncode}:\n{log_file.read_text()[-3000:]}")
+        try:
+            with psycopg.connect(server.url().replace("+psycopg", ""), connect_timeout=2):
+                return
+        except psycopg.OperationalError as exc:
+            last = exc
+            time.sleep(0.1)
+    raise RuntimeError(f"postgres not ready after {READY_TIMEOUT}s ({last}):\n{log_file.read_text()[-3000:]}")
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    try:
+        initdb, postgres, pg_ctl = which("initdb"), which("postgres"), which("pg_ctl")
+        which("runuser")
+    except ToolMissing as exc:
+        pytest.skip(str(exc))
+    try:
+        pg = pwd.getpwnam(PG_USER)
+    except KeyError:
+        pytest.skip(f"no {PG_USER!r} user to run PostgreSQL as (apt-get install postgresql)")
+    # Not under pytest's tmp_path: that is root-only (0700) and the postgres user could not enter it.
+    root = Path(tempfile.mkdtemp(prefix="drover-pg-"))
+    os.chown(root, pg.pw_uid, pg.pw_gid)
+    server = PostgresServer(root, free_port())
+    log_file = root / "postgres.log"
+    proc: subprocess.Popen[bytes] | None = None
+    try:
+        run(
+            _as_postgres([
+                initdb,
+                "-D", str(server.data_dir),
+                "-U", PG_USER,
+                "-A", "trust",
+                "-E", "UTF8",
+                "--locale=C",
+                "--no-sync",
+                "--no-instructions",
+            ]),
+            cwd=root,
+        )
+        # Durability settings off: a test cluster is thrown away, and fsync dominates CREATE DATABASE time.
+        proc = spawn(
+            _as_postgres([
+                postgres,
+                "-D", str(server.data_dir),
+                "-k", str(server.socket_dir),
+                "-h", "127.0.0.1",
+                "-p", str(server.port),
+                "-c", "fsync=off",
+                "-c", "synchronous_commit=off",
+                "-c", "full_page_writes=off",
+                "-c", "max_connections=200",
+            ]),
+            cwd=root,
+            log_file=log_file,
+        )
+        _wait_ready(server, proc, log_file)
+        log.info("postgres ready on 127.0.0.1:%s, data in %s", server.port, server.data_dir)
+        yield server
+    finally:
+        if proc is not None:
+            run(_as_postgres([pg_ctl, "stop", "-D", str(server.data_dir), "-m", "fast", "-w"]), cwd=root, check=False)
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture
+def postgres_url(postgres_server: PostgresServer) -> Iterator[str]:
+    """A URL to an empty database of its own, dropped after the test."""
+    name = f"t_{uuid.uuid4().hex[:16]}"
+    url = postgres_server.create_database(name)
+    yield url
+    postgres_server.drop_database(name)
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.lab)])
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """An empty database URL, once on SQLite (a file in tmp_path) and once on the lab's PostgreSQL."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'state' / 'drover.db'}"
+    url: str = request.getfixturevalue("postgres_url")
+    return url
