@@ -26,7 +26,7 @@ def parse_url(url: str) -> URL:
     """A validated SQLAlchemy URL for one of the engines drover supports."""
     try:
         parsed = make_url(url)
-    except sqlalchemy.exc.ArgumentError:
+    except (sqlalchemy.exc.ArgumentError, ValueError):  # ValueError: a port that is not a number
         raise DatabaseError(f"malformed database URL {url!r}", f"set {SETTING} to e.g. {EXAMPLE}") from None
     backend = parsed.get_backend_name()
     if backend not in SUPPORTED:

@@ -1,4 +1,7 @@
-"""Lab fixture: a real PostgreSQL cluster in a temp dir for the test session, one fresh database per test."""
+"""Lab fixture: a real PostgreSQL cluster in a temp dir for the test session, one fresh database per test.
+
+Also `db_url`/`db_engine`, which run a database test once on SQLite and once on that PostgreSQL.
+"""
 
 from __future__ import annotations
 
@@ -17,7 +20,10 @@ from pathlib import Path
 
 import psycopg
 import pytest
+from sqlalchemy import Engine
 
+from appliance.db import migrate
+from appliance.db.engine import make_engine
 from appliance.errors import ToolMissing
 from appliance.runner import run, spawn, which
 
@@ -162,3 +168,12 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
         return f"sqlite:///{tmp_path / 'state' / 'drover.db'}"
     url: str = request.getfixturevalue("postgres_url")
     return url
+
+
+@pytest.fixture
+def db_engine(db_url: str) -> Iterator[Engine]:
+    """An Engine on a database migrated to the newest schema, on each of SQLite and PostgreSQL."""
+    migrate.upgrade(db_url)
+    engine = make_engine(db_url)
+    yield engine
+    engine.dispose()
