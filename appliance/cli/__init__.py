@@ -18,6 +18,8 @@ NOUNS = (
     "appliance.cli.realm_cmd",
     "appliance.cli.serve_cmd",
     "appliance.cli.api_cmd",
+    "appliance.cli.db_cmd",
+    "appliance.cli.user_cmd",
 )
 
 

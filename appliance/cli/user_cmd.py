@@ -1,0 +1,92 @@
+"""`drover user add|list|remove`: who may use the appliance and with which global role, straight in the DB."""
+
+from __future__ import annotations
+
+import argparse
+import re
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import selectinload
+
+from appliance.cli.context import load_config
+from appliance.cli.db_cmd import open_database
+from appliance.db.engine import session_scope
+from appliance.db.models.users import Permission, Role, User
+from appliance.errors import Conflict, NotFound, UsageError
+
+# name, optional /instance, optional @REALM; no blanks, nothing Kerberos itself would reject.
+_PRINCIPAL = re.compile(r"[^\s@/]+(/[^\s@/]+)?(@[^\s@/]+)?")
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser("user", help="users (Kerberos principals) and their global roles")
+    verbs = p.add_subparsers(dest="verb", metavar="VERB", required=True)
+    add = verbs.add_parser("add", help="add a user, or grant an existing user another role")
+    add.add_argument("principal", help="user@REALM (the configured realm is added when omitted)")
+    add.add_argument("--role", type=Role, choices=list(Role), default=Role.USER, help="global role (default: user)")
+    add.set_defaults(func=add_user)
+    verbs.add_parser("list", help="list users and their global roles").set_defaults(func=list_users)
+    remove = verbs.add_parser("remove", help="remove a user with all their roles and quotas")
+    remove.add_argument("principal")
+    remove.set_defaults(func=remove_user)
+
+
+def qualify(principal: str, realm: str) -> str:
+    """`principal` with the realm added when it has none; UsageError when it cannot be a principal."""
+    principal = principal.strip()
+    if not _PRINCIPAL.fullmatch(principal):
+        raise UsageError(f"{principal!r} is not a Kerberos principal", "use name@REALM, e.g. alice@" + realm)
+    return principal if "@" in principal else f"{principal}@{realm}"
+
+
+def add_user(args: argparse.Namespace) -> int:
+    cfg = load_config(args)
+    principal = qualify(args.principal, cfg.kerberos.realm)
+    role: Role = args.role
+    with open_database(args) as engine, session_scope(engine) as session:
+        user = session.scalars(select(User).where(User.principal == principal)).one_or_none()
+        created = user is None
+        if user is None:
+            user = User(principal=principal)
+            session.add(user)
+            session.flush()
+        elif any(p.role is role and p.is_global for p in user.permissions):
+            raise Conflict(f"user {principal} already has the global role {role}")
+        session.add(Permission(user_id=user.id, role=role))
+    print(f"{'added' if created else 'updated'} user {principal} with global role {role}")
+    return 0
+
+
+def list_users(args: argparse.Namespace) -> int:
+    with open_database(args) as engine, session_scope(engine) as session:
+        users = session.scalars(
+            select(User).options(selectinload(User.permissions)).order_by(User.principal)
+        ).all()
+        rows = []
+        for user in users:
+            roles = sorted({p.role for p in user.permissions if p.is_global}, key=lambda r: r.rank)
+            scoped = sum(1 for p in user.permissions if not p.is_global)
+            text = ",".join(roles) or "-"
+            if scoped:
+                text += f" (+{scoped} pool grant{'s' if scoped > 1 else ''})"
+            if user.is_disabled:
+                text += " [disabled]"
+            rows.append((user.principal, text))
+    width = max([len("PRINCIPAL"), *(len(r[0]) for r in rows)])
+    print(f"{'PRINCIPAL':<{width}}  ROLES")
+    for principal, text in rows:
+        print(f"{principal:<{width}}  {text}")
+    return 0
+
+
+def remove_user(args: argparse.Namespace) -> int:
+    cfg = load_config(args)
+    principal = qualify(args.principal, cfg.kerberos.realm)
+    with open_database(args) as engine, session_scope(engine) as session:
+        user = session.scalars(select(User).where(User.principal == principal)).one_or_none()
+        if user is None:
+            raise NotFound(f"no user {principal}", "see `drover user list`")
+        session.delete(user)
+    print(f"removed user {principal}")
+    return 0
