@@ -16,6 +16,7 @@ log = logging.getLogger("drover")
 NOUNS = (
     "appliance.cli.config_cmd",
     "appliance.cli.realm_cmd",
+    "appliance.cli.image_cmd",
     "appliance.cli.serve_cmd",
     "appliance.cli.api_cmd",
     "appliance.cli.db_cmd",

@@ -1,0 +1,1 @@
+"""Data shipped into node images: dracut config and module, systemd units, networkd config."""

@@ -1,0 +1,278 @@
+"""What goes into a node image: flavours, profiles, package lists and the kernel modules kept."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from typing import TypeVar
+
+from appliance.errors import UsageError
+
+
+class Flavor(enum.StrEnum):
+    DEBIAN = "debian"  # mmdebstrap + dracut, builds on this Debian host
+    FEDORA = "fedora"  # kickstart + lorax's livemedia-creator, builds only on a Fedora host
+
+    def needs_lorax(self) -> bool:
+        return self is Flavor.FEDORA
+
+
+class Profile(enum.StrEnum):
+    MINIMAL = "minimal"  # boots, networks and runs the node agent; no hypervisor
+    HYPERVISOR = "hypervisor"  # the real node: libvirt + qemu, Kerberos, collectd
+
+    def runs_guests(self) -> bool:
+        return self is Profile.HYPERVISOR
+
+
+class Compression(enum.StrEnum):
+    ZSTD = "zstd"  # fast to unpack, the default
+    XZ = "xz"  # ~5% smaller, slower to build and to boot
+
+    def mksquashfs_args(self) -> list[str]:
+        if self is Compression.ZSTD:
+            return ["-comp", "zstd", "-Xcompression-level", "19"]
+        return ["-comp", "xz", "-Xbcj", "x86"]
+
+
+E = TypeVar("E", bound=enum.StrEnum)
+
+
+def parse_enum(kind: type[E], value: str, what: str) -> E:
+    """`value` as a member of `kind`, or a UsageError listing the valid choices."""
+    try:
+        return kind(value)
+    except ValueError:
+        choices = ", ".join(m.value for m in kind)
+        raise UsageError(f"unknown {what} {value!r}", f"choose one of: {choices}") from None
+
+
+# The Debian release the package names below are written for; package names move between releases.
+DEBIAN_SUITE = "bookworm"
+# The Fedora release the kickstart is written and validated for (pykickstart handler F<n>).
+FEDORA_RELEASE = 42
+
+# Boot machinery: only needed to make the initrd, or to find the root over the network.
+_DEBIAN_BOOT = (
+    "linux-image-amd64",
+    "systemd-sysv",
+    "systemd-resolved",  # the agent resolves _drover._tcp SRV records; networkd alone writes no resolv.conf
+    "udev",
+    "dracut",
+    "dracut-live",
+    "dracut-network",
+    "curl",  # livenet fetches the squashfs with curl inside the initrd
+    "isc-dhcp-client",  # dracut's network-legacy module runs dhclient (only recommended by dracut-network)
+    "procps",  # network-legacy needs pgrep
+    "dmsetup",  # dmsquash-live depends on dracut's dm module
+    "zstd",
+    "iproute2",
+    "kmod",
+)
+# The node agent and the distro packages it may import (ARCHITECTURE.md: no pip on the node).
+_DEBIAN_AGENT = (
+    "python3",
+    "python3-libvirt",
+    "python3-gssapi",
+    "python3-dbus",
+    "python3-pyinotify",
+    "python3-zeroconf",
+)
+_DEBIAN_HYPERVISOR = (
+    "libvirt-daemon-system",
+    "libvirt-daemon-driver-qemu",
+    "qemu-system-x86",
+    "qemu-utils",  # qemu-img: libvirt's storage pools create qcow2 volumes with it
+    "libsasl2-modules-gssapi-mit",
+    "krb5-user",
+    "collectd-core",
+)
+# Packages the initrd needed and the running node does not: purged after dracut has run.
+DEBIAN_BUILD_ONLY = ("dracut", "dracut-live", "dracut-network", "dracut-core", "isc-dhcp-client", "curl")
+
+_FEDORA_BASE = (
+    "kernel",
+    "kernel-modules",
+    "systemd",
+    "systemd-networkd",
+    "systemd-resolved",
+    "dracut-live",
+    "dracut-network",
+    "curl",
+    "iproute",
+    "kmod",
+    "python3",
+    "python3-libvirt",
+    "python3-gssapi",
+    "python3-dbus",
+    "python3-inotify",
+    "python3-zeroconf",
+)
+_FEDORA_HYPERVISOR = (
+    "libvirt-daemon",
+    "libvirt-daemon-driver-qemu",
+    "qemu-kvm-core",
+    "qemu-img",
+    "cyrus-sasl-gssapi",
+    "krb5-workstation",
+    "collectd",
+)
+
+
+def packages(flavor: Flavor, profile: Profile) -> tuple[str, ...]:
+    """The distro packages asked for (their dependencies come along, their recommendations do not)."""
+    if flavor is Flavor.DEBIAN:
+        return _DEBIAN_BOOT + _DEBIAN_AGENT + (_DEBIAN_HYPERVISOR if profile.runs_guests() else ())
+    return _FEDORA_BASE + (_FEDORA_HYPERVISOR if profile.runs_guests() else ())
+
+
+# Kernel modules kept, as paths under /lib/modules/<kver>/kernel/ (a directory keeps everything below
+# it). Everything else is deleted before depmod and dracut run: GPUs, sound, media, wireless and
+# friends are most of a distro kernel's 400 MB of modules and a hypervisor node has none of them.
+KEPT_MODULES: tuple[str, ...] = (
+    "arch/x86/kvm",  # KVM itself
+    "arch/x86/crypto",
+    "crypto",
+    "lib",
+    "block",
+    "fs/squashfs",  # the live root
+    "fs/overlayfs",
+    "fs/isofs",  # node.iso on CD or USB
+    "fs/fat",
+    "fs/nls",
+    "fs/ext4",
+    "fs/jbd2",
+    "fs/mbcache.ko",
+    "fs/xfs",
+    "fs/fuse",
+    "fs/nfs",  # libvirt netfs storage pools
+    "fs/nfs_common",
+    "fs/lockd",
+    "net",  # bridges, VLANs, bonding, netfilter for libvirt's networks (wireless pruned below)
+    "drivers/virtio",
+    "drivers/vhost",  # vhost-net for guests
+    "drivers/vfio",
+    "drivers/block",
+    "drivers/md",  # device-mapper, used by dmsquash-live and LVM storage pools
+    "drivers/cdrom",
+    "drivers/scsi/sd_mod.ko",
+    "drivers/scsi/sr_mod.ko",
+    "drivers/scsi/sg.ko",
+    "drivers/scsi/virtio_scsi.ko",
+    "drivers/scsi/scsi_transport_sas.ko",
+    "drivers/scsi/scsi_transport_iscsi.ko",
+    "drivers/scsi/iscsi_tcp.ko",
+    "drivers/scsi/libiscsi.ko",
+    "drivers/scsi/libiscsi_tcp.ko",
+    "drivers/scsi/megaraid",
+    "drivers/scsi/mpt3sas",
+    "drivers/scsi/hpsa.ko",
+    "drivers/ata",
+    "drivers/nvme",
+    "drivers/usb/host",
+    "drivers/usb/storage",
+    "drivers/usb/common",
+    "drivers/usb/core",
+    "drivers/hid/hid-generic.ko",
+    "drivers/hid/usbhid",
+    "drivers/hid/hid.ko",
+    "drivers/input",
+    "drivers/char",
+    "drivers/net/virtio_net.ko",
+    "drivers/net/net_failover.ko",
+    "drivers/net/tun.ko",
+    "drivers/net/tap.ko",
+    "drivers/net/macvlan.ko",
+    "drivers/net/macvtap.ko",
+    "drivers/net/veth.ko",
+    "drivers/net/vxlan",
+    "drivers/net/bonding",
+    "drivers/net/team",
+    "drivers/net/dummy.ko",
+    "drivers/net/mii.ko",
+    "drivers/net/mdio",
+    "drivers/net/mdio.ko",
+    "drivers/net/phy",
+    "drivers/net/ethernet/intel",  # e1000, e1000e, igb, ixgbe, i40e, ice
+    "drivers/net/ethernet/realtek",
+    "drivers/net/ethernet/broadcom",
+    "drivers/net/ethernet/mellanox/mlx4",
+    "drivers/net/ethernet/amazon",
+    "drivers/pci",
+    "drivers/acpi",
+    "drivers/firmware",  # qemu_fw_cfg, efivars
+    "drivers/edac",
+    "drivers/hwmon",  # collectd's sensors plugin
+    "drivers/i2c/busses/i2c-piix4.ko",
+    "drivers/watchdog",
+    "drivers/iommu",
+    "drivers/dca",
+    "drivers/ptp",
+    "drivers/pps",
+    "drivers/thermal",
+)
+# Below a kept directory, these are still pruned (big and useless on a server).
+PRUNED_BELOW_KEPT: tuple[str, ...] = (
+    "net/wireless",
+    "net/mac80211",
+    "net/bluetooth",
+    "net/nfc",
+    "net/6lowpan",
+    "net/ieee802154",
+    "net/mac802154",
+    "drivers/net/ethernet/intel/iwlwifi",
+)
+
+# The initrd gets only what it needs to find the root: over the network (PXE) or on a CD or a
+# USB stick (node.iso). dracut's `drivers=` makes this list exclusive: no generic module set.
+INITRD_DRIVERS: tuple[str, ...] = (
+    "virtio_pci",
+    "virtio_net",
+    "virtio_blk",
+    "virtio_scsi",
+    "e1000",
+    "e1000e",
+    "igb",
+    "ixgbe",
+    "i40e",
+    "r8169",
+    "tg3",
+    "bnx2",
+    "bnxt_en",
+    "squashfs",
+    "overlay",
+    "loop",
+    "isofs",
+    "sr_mod",
+    "cdrom",
+    "sd_mod",
+    "ahci",
+    "ata_piix",
+    "nvme",
+    "usb_storage",
+    "uas",
+    "xhci_pci",
+    "xhci_hcd",
+    "ehci_pci",
+    "uhci_hcd",
+    "ohci_pci",
+    "dm_mod",
+    "nls_utf8",
+    "vfat",
+)
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """Everything a build depends on besides files: the inputs the cache key is computed from."""
+
+    flavor: Flavor
+    profile: Profile
+    compression: Compression
+    packages: tuple[str, ...]
+    kept_modules: tuple[str, ...]
+    initrd_drivers: tuple[str, ...]
+
+    @classmethod
+    def of(cls, flavor: Flavor, profile: Profile, compression: Compression = Compression.ZSTD) -> Recipe:
+        return cls(flavor, profile, compression, packages(flavor, profile), KEPT_MODULES, INITRD_DRIVERS)
