@@ -16,9 +16,9 @@ from appliance.errors import UsageError
 DMI = "4C4C4544-0042-3510-8052-B4C04F4E4E31"
 
 
-def _refused(engine: Engine, token: str, reason: Refusal, **kw: str) -> None:
+def _refused(engine: Engine, token: str, reason: Refusal, host_uuid: str | None = None, mac: str | None = None) -> None:
     with pytest.raises(TokenRefused) as err, session_scope(engine) as session:
-        consume(session, token, **kw)
+        consume(session, token, host_uuid=host_uuid, mac=mac)
     assert err.value.reason is reason
     # The client sees the same words whatever the reason, so a refusal tells an attacker nothing.
     assert err.value.message == "enrolment token refused"
