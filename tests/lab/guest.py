@@ -1,0 +1,149 @@
+"""Lab guests: the host's Debian kernel plus a busybox-static initramfs built here, as a libvirt domain.
+
+A real guest must boot in seconds under TCG, so it is the smallest thing that runs Linux: the
+kernel straight from /boot (direct kernel boot, no firmware, no disk) and a one-file initramfs
+whose /init prints a marker and then a counter to the first serial port, which libvirt (or qemu)
+writes to a plain file the test reads.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import stat
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from xml.sax.saxutils import escape
+
+from appliance.errors import ToolMissing
+
+BUSYBOX = Path("/bin/busybox")
+# What /init prints first, and every second after that: tests wait for these lines.
+BOOT_MARKER = "DROVER-GUEST-UP"
+TICK = "DROVER-TICK"
+
+_INIT = f"""#!/bin/busybox sh
+/bin/busybox mkdir -p /proc /sys /dev
+/bin/busybox mount -t proc proc /proc
+/bin/busybox mount -t devtmpfs dev /dev 2>/dev/null
+echo "{BOOT_MARKER} $(/bin/busybox cat /proc/cmdline)" > /dev/ttyS0
+if /bin/busybox grep -q drover.halt /proc/cmdline; then
+    /bin/busybox reboot -f
+fi
+n=0
+while true; do
+    n=$((n + 1))
+    echo "{TICK} $n" > /dev/ttyS0
+    /bin/busybox sleep 1
+done
+"""
+
+
+def host_kernel() -> Path:
+    """The newest Debian kernel in /boot; the linux-image-amd64 package provides one."""
+    found = sorted(glob.glob("/boot/vmlinuz-*"), key=os.path.getmtime)
+    # Debian installs vmlinuz 0600 on some releases: qemu runs as root here, so only existence matters.
+    if not found:
+        raise ToolMissing("no kernel in /boot for lab guests", "install it: apt-get install linux-image-amd64")
+    return Path(found[-1])
+
+
+def _cpio_entry(name: str, mode: int, data: bytes = b"", ino: int = 0) -> bytes:
+    """One record of the "newc" cpio format the kernel unpacks as an initramfs."""
+    fields = [ino, mode, 0, 0, 1, 0, len(data), 0, 0, 0, 0, len(name) + 1, 0]
+    header = b"070701" + b"".join(b"%08X" % f for f in fields)
+    out = header + name.encode() + b"\0"
+    out += b"\0" * (-len(out) % 4)
+    out += data
+    out += b"\0" * (-len(out) % 4)
+    return out
+
+
+def build_initramfs(path: Path) -> Path:
+    """Write a ~2 MB initramfs (busybox-static + /init) to `path`, without cpio or root tricks."""
+    if not BUSYBOX.is_file():
+        raise ToolMissing(f"{BUSYBOX} not found", "install it: apt-get install busybox-static")
+    entries = [
+        ("bin", stat.S_IFDIR | 0o755, b""),
+        ("dev", stat.S_IFDIR | 0o755, b""),
+        ("proc", stat.S_IFDIR | 0o755, b""),
+        ("sys", stat.S_IFDIR | 0o755, b""),
+        ("bin/busybox", stat.S_IFREG | 0o755, BUSYBOX.read_bytes()),
+        ("bin/sh", stat.S_IFLNK | 0o777, b"busybox"),
+        ("init", stat.S_IFREG | 0o755, _INIT.encode()),
+    ]
+    blob = b"".join(_cpio_entry(name, mode, data, ino) for ino, (name, mode, data) in enumerate(entries, 1))
+    blob += _cpio_entry("TRAILER!!!", 0)
+    path.write_bytes(blob)
+    return path
+
+
+@dataclass(frozen=True)
+class GuestImage:
+    """Kernel + initramfs a lab guest boots from; build once per session and share."""
+
+    kernel: Path
+    initrd: Path
+
+    @classmethod
+    def build(cls, directory: Path) -> GuestImage:
+        directory.mkdir(parents=True, exist_ok=True)
+        return cls(host_kernel(), build_initramfs(directory / "initrd.cpio"))
+
+
+def cmdline(*extra: str) -> str:
+    # quiet + no ACPI probing noise: under TCG every message on the serial console costs time.
+    return " ".join(["console=ttyS0", "quiet", "panic=-1", "rdinit=/init", *extra])
+
+
+def domain_xml(
+    name: str,
+    image: GuestImage,
+    serial_log: Path,
+    domain_type: str = "qemu",
+    memory_mib: int = 128,
+    extra_cmdline: tuple[str, ...] = (),
+) -> str:
+    """A domain with no disk and no NIC: direct kernel boot, serial console into `serial_log`.
+
+    `serial_log` is a path as the node's libvirtd sees it; the lab's node bind-mounts only
+    libvirt's own directories, so a path under the test's tmp dir is the same file on both sides.
+    """
+    return f"""<domain type='{domain_type}'>
+  <name>{escape(name)}</name>
+  <uuid>{uuid.uuid4()}</uuid>
+  <memory unit='MiB'>{memory_mib}</memory>
+  <vcpu>1</vcpu>
+  <os>
+    <type arch='x86_64' machine='pc'>hvm</type>
+    <kernel>{escape(str(image.kernel))}</kernel>
+    <initrd>{escape(str(image.initrd))}</initrd>
+    <cmdline>{escape(cmdline(*extra_cmdline))}</cmdline>
+  </os>
+  <features><acpi/></features>
+  <on_poweroff>destroy</on_poweroff>
+  <on_reboot>destroy</on_reboot>
+  <on_crash>destroy</on_crash>
+  <devices>
+    <serial type='file'>
+      <source path='{escape(str(serial_log))}'/>
+      <target port='0'/>
+    </serial>
+    <memballoon model='none'/>
+  </devices>
+</domain>
+"""
+
+
+def wait_for_text(path: Path, text: str, timeout: float) -> str:
+    """Poll a serial log until it contains `text`; return the whole log, or TimeoutError with its tail."""
+    deadline = time.monotonic() + timeout
+    while True:
+        content = path.read_text(errors="replace") if path.is_file() else ""
+        if text in content:
+            return content
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{text!r} not in {path} after {timeout}s; last output:\n{content[-2000:]}")
+        time.sleep(0.1)
