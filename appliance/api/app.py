@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
+from sqlalchemy import Engine
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 
@@ -14,35 +16,35 @@ from appliance.api.edge import HANDLERS
 from appliance.api.negotiate import Acceptor
 from appliance.api.state import ApiState
 from appliance.config import Config
+from appliance.db.engine import make_engine
 from appliance.kerberos.realm import Realm
 
 log = logging.getLogger(__name__)
 
 
-def create_app(
-    cfg: Config,
-    *,
-    acceptor: Acceptor | None = None,
-    roles_of: Callable[[str], list[str]] | None = None,
-) -> Starlette:
-    """The API for `cfg`; the acceptor defaults to the realm's HTTP keytab, roles to the database."""
+def create_app(cfg: Config, *, acceptor: Acceptor | None = None, engine: Engine | None = None) -> Starlette:
+    """The API for `cfg`: tickets checked against the realm's HTTP keytab, state in cfg's database.
+
+    The database must already be at the newest schema (`drover serve` upgrades it first).
+    """
     if acceptor is None:
         realm = Realm.from_config(cfg)
         acceptor = Acceptor(realm.files.http_keytab, realm.http_principal)
-    if roles_of is None:
-        roles_of = _database_roles(cfg)
+    owned = engine is None
+    db = make_engine(cfg.database_url) if engine is None else engine
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        yield
+        if owned:
+            db.dispose()
+
     app = Starlette(
         routes=v1.routes,
         middleware=[Middleware(NegotiateMiddleware, acceptor=acceptor, public=v1.PUBLIC)],
         exception_handlers=HANDLERS,
+        lifespan=lifespan,
     )
-    app.state.drover = ApiState(cfg=cfg, roles_of=roles_of)
+    app.state.drover = ApiState(cfg=cfg, engine=db)
     log.debug("API app built for %s (service %s)", cfg.api_url, acceptor.principal)
     return app
-
-
-def _database_roles(cfg: Config) -> Callable[[str], list[str]]:
-    def lookup(principal: str) -> list[str]:
-        return []
-
-    return lookup

@@ -1,20 +1,23 @@
-"""What the API's handlers share, built once by create_app(): configuration and the role lookup."""
+"""What the API's handlers share, built once by create_app(): the configuration and the database."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
+from sqlalchemy import Engine
+from sqlalchemy.orm import Session
 from starlette.requests import HTTPConnection
 
 from appliance.config import Config
+from appliance.db.engine import session_scope
 
 
 @dataclass(frozen=True)
 class ApiState:
     cfg: Config
-    # principal -> role names; the database answers it (appliance.db.access.roles_of).
-    roles_of: Callable[[str], list[str]]
+    engine: Engine
 
 
 def state(conn: HTTPConnection) -> ApiState:
@@ -22,3 +25,10 @@ def state(conn: HTTPConnection) -> ApiState:
     if not isinstance(value, ApiState):
         raise TypeError("the app was not built by appliance.api.create_app")
     return value
+
+
+@contextmanager
+def session(conn: HTTPConnection) -> Iterator[Session]:
+    """One transaction for a request's handler: committed if it returns, rolled back if it raises."""
+    with session_scope(state(conn).engine) as s:
+        yield s

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from appliance.bootstrap import grant_first_admin
 from appliance.cli.context import load_config
 from appliance.config import KerberosMode
 from appliance.kerberos.realm import FIRST_ADMIN, Realm
@@ -40,12 +41,15 @@ def _realm(args: argparse.Namespace) -> Realm:
 
 
 def init(args: argparse.Namespace) -> int:
-    realm = _realm(args)
+    cfg = load_config(args)
+    realm = Realm.from_config(cfg)
     created = realm.create()
+    granted = grant_first_admin(cfg, f"{FIRST_ADMIN}@{realm.name}")
     print(f"realm {realm.name} {'created' if created else 'already exists'} in {realm.files.root}")
     print(f"  HTTP service: {realm.http_principal} -> {realm.files.http_keytab}")
     print(f"  libvirt client: {realm.appliance_principal} -> {realm.files.appliance_keytab}")
     print(f"  first admin: {FIRST_ADMIN}@{realm.name} -> {realm.files.admin_keytab}")
+    print(f"  {FIRST_ADMIN}@{realm.name} {'granted' if granted else 'already has'} the super_admin role")
     print(f"  get a ticket: KRB5_CONFIG={realm.files.krb5_conf} kinit -k -t {realm.files.admin_keytab} {FIRST_ADMIN}")
     return 0
 

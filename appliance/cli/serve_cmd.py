@@ -15,10 +15,12 @@ from typing import Any
 import uvicorn
 
 from appliance.api import create_app
+from appliance.bootstrap import grant_first_admin
 from appliance.cli.context import load_config
 from appliance.config import Config, KerberosMode
+from appliance.db import migrate
 from appliance.errors import UsageError
-from appliance.kerberos.realm import Realm
+from appliance.kerberos.realm import FIRST_ADMIN, Realm
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +67,8 @@ def prepare_realm(cfg: Config) -> Realm:
         if not realm.files.database.is_file():
             realm.create()
             log.info("created the embedded realm %s in %s", realm.name, realm.files.root)
+            # As `drover realm init` does: the realm's first admin can run the appliance.
+            grant_first_admin(cfg, f"{FIRST_ADMIN}@{realm.name}")
         elif not realm.files.http_keytab.is_file():
             realm.issue_appliance_keytabs(fresh=False)
         if not realm.kdc_answers():
@@ -104,9 +108,11 @@ def serve(args: argparse.Namespace) -> int:
     cfg = load_config(args)
     _log_level(cfg)
     realm = prepare_realm(cfg)
+    revs = migrate.upgrade(cfg.database_url)
+    log.info("database %s at schema %s", revs.url, revs.after)
     app = create_app(cfg)
     sock = bind(cfg.api.listen, cfg.api.port)
-    server = _Server(uvicorn.Config(app, log_config=None, lifespan="off", server_header=False))
+    server = _Server(uvicorn.Config(app, log_config=None, lifespan="on", server_header=False))
     log.info(
         "drover API listening on http://%s:%s (clients: %s, service %s)",
         cfg.api.listen,

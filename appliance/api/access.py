@@ -1,0 +1,33 @@
+"""Authorization for API handlers: the caller's global roles from the database, and the 403 when short."""
+
+from __future__ import annotations
+
+from sqlalchemy.orm import Session
+from starlette.requests import HTTPConnection
+
+from appliance.api.auth import caller
+from appliance.db.access import roles_of
+from appliance.db.models.users import Role
+from appliance.errors import DroverError
+
+
+class Forbidden(DroverError):
+    """Authenticated, but the caller's roles do not allow this."""
+
+    exit_code = 8
+    http_status = 403
+
+
+def caller_roles(conn: HTTPConnection, session: Session) -> list[Role]:
+    return roles_of(session, caller(conn).principal)
+
+
+def require_to_grant(conn: HTTPConnection, session: Session, role: Role) -> None:
+    """Only super_admin grants super_admin; admin grants admin and below; nobody else grants anything."""
+    held = caller_roles(conn, session)
+    if not any(r in (Role.SUPER_ADMIN, Role.ADMIN) and r.includes(role) for r in held):
+        who = caller(conn).principal
+        raise Forbidden(
+            f"{who} may not grant the role {role}",
+            "granting needs super_admin (any role) or admin (admin and below)",
+        )
