@@ -112,9 +112,27 @@ def test_serve_on_a_fresh_state_dir_brings_up_its_own_realm(tmp_path: Path) -> N
         }
         proc = subprocess.run([*DROVER, "whoami"], env=cli_env, capture_output=True, text=True, check=False)
         assert proc.returncode == 0, proc.stderr
-        assert "principal: admin@DROVER.TEST" in proc.stdout
+        assert proc.stdout.splitlines() == ["principal: admin@DROVER.TEST", "roles:     super_admin"]
     finally:
         server.terminate()
         server.wait(15)
         subprocess.run([*DROVER, "realm", "stop"], env=env, capture_output=True, check=False)
     assert server.returncode == 0, log.read_text()
+
+
+def test_realm_init_makes_admin_super_admin_once(tmp_path: Path) -> None:
+    env = {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "PYTHONPATH": str(ROOT),
+        "DROVER_STATE_DIR": str(tmp_path),
+        "DROVER_KERBEROS_KDC_PORT": str(free_port()),
+    }
+
+    def drover(*argv: str) -> str:
+        proc = subprocess.run([*DROVER, *argv], env=env, capture_output=True, text=True, check=False)
+        assert proc.returncode == 0, proc.stderr
+        return proc.stdout
+
+    assert "admin@DROVER.TEST granted the super_admin role" in drover("realm", "init")
+    assert "admin@DROVER.TEST already has the super_admin role" in drover("realm", "init")
+    assert drover("user", "list").splitlines()[1].split() == ["admin@DROVER.TEST", "super_admin"]

@@ -1,0 +1,141 @@
+"""Roles through the API: whoami reads them from the database, POST /users grants them, bad bodies change nothing."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+import httpx
+import pytest
+from sqlalchemy import func, select
+
+from appliance.api.access import Forbidden
+from appliance.client import ApiError, Client
+from appliance.db.access import roles_of
+from appliance.db.engine import make_engine, session_scope
+from appliance.db.models.users import Permission, User
+from appliance.errors import Conflict, UsageError
+from tests.lab.appliance import LabAppliance
+from tests.lab.kdc import APPLIANCE_HOST, LabKdc
+
+pytestmark = pytest.mark.lab
+
+AsUser = Callable[[str], Client]
+
+
+@pytest.fixture
+def as_user(appliance: LabAppliance, kdc: LabKdc, monkeypatch: pytest.MonkeyPatch) -> Iterator[AsUser]:
+    """A client for the lab appliance under a fresh ticket for the given principal name."""
+    monkeypatch.setenv("KRB5_CONFIG", str(kdc.krb5_conf))
+    clients: list[Client] = []
+
+    def make(name: str) -> Client:
+        ccache = kdc.ticket(name)["KRB5CCNAME"]
+        client = Client(appliance.local_url, service_host=APPLIANCE_HOST, ccache=ccache)
+        clients.append(client)
+        return client
+
+    yield make
+    for client in clients:
+        client.close()
+
+
+def _grant_cli(appliance: LabAppliance, principal: str, role: str) -> None:
+    proc = appliance.drover("user", "add", principal, "--role", role)
+    assert proc.returncode == 0, proc.stderr
+
+
+def _db_snapshot(appliance: LabAppliance) -> tuple[int, int]:
+    engine = make_engine(appliance.database_url)
+    try:
+        with session_scope(engine) as s:
+            users = s.scalar(select(func.count()).select_from(User)) or 0
+            grants = s.scalar(select(func.count()).select_from(Permission)) or 0
+    finally:
+        engine.dispose()
+    return users, grants
+
+
+def _roles_in_db(appliance: LabAppliance, principal: str) -> list[str]:
+    engine = make_engine(appliance.database_url)
+    try:
+        with session_scope(engine) as s:
+            return [str(r) for r in roles_of(s, principal)]
+    finally:
+        engine.dispose()
+
+
+def test_whoami_shows_roles_granted_in_the_database(appliance: LabAppliance, kdc: LabKdc, as_user: AsUser) -> None:
+    principal = f"dave@{kdc.realm.name}"
+    assert as_user("dave").get("/api/v1/whoami") == {"principal": principal, "roles": []}
+    _grant_cli(appliance, principal, "monitor")
+    _grant_cli(appliance, principal, "admin")
+    assert as_user("dave").get("/api/v1/whoami") == {"principal": principal, "roles": ["admin", "monitor"]}
+
+
+def test_cli_whoami_prints_the_roles(appliance: LabAppliance, kdc: LabKdc) -> None:
+    _grant_cli(appliance, f"erin@{kdc.realm.name}", "user")
+    proc = appliance.drover("whoami", principal="erin")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines() == [f"principal: erin@{kdc.realm.name}", "roles:     user"]
+
+
+@pytest.fixture
+def root(appliance: LabAppliance, kdc: LabKdc, as_user: AsUser) -> Client:
+    """A super_admin's client (granted once through the CLI)."""
+    principal = f"root@{kdc.realm.name}"
+    if "super_admin" not in _roles_in_db(appliance, principal):
+        _grant_cli(appliance, principal, "super_admin")
+    return as_user("root")
+
+
+def test_super_admin_grants_a_role(appliance: LabAppliance, kdc: LabKdc, root: Client, as_user: AsUser) -> None:
+    frank = f"frank@{kdc.realm.name}"
+    answer = root.post("/api/v1/users", {"principal": frank, "role": "admin"})
+    assert answer == {"principal": frank, "roles": ["admin"]}
+    assert as_user("frank").get("/api/v1/whoami")["roles"] == ["admin"]
+    with pytest.raises(Conflict):
+        root.post("/api/v1/users", {"principal": frank, "role": "admin"})
+
+
+def test_without_the_right_role_granting_is_forbidden(appliance: LabAppliance, kdc: LabKdc, as_user: AsUser) -> None:
+    before = _db_snapshot(appliance)
+    with pytest.raises(ApiError) as err:
+        as_user("nobody").post("/api/v1/users", {"principal": f"nobody@{kdc.realm.name}", "role": "super_admin"})
+    assert err.value.status == Forbidden.http_status
+    assert "may not grant" in err.value.message
+    assert _db_snapshot(appliance) == before
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"{not json",
+        b'{"principal": "x@Y", "role": "admin"',
+        b"\xff\xfe",
+        b"",
+        b"[1, 2]",
+        b'"just a string"',
+        b'{"principal": "no realm", "role": "admin"}',
+        b'{"principal": "g@LAB.EXAMPLE.TEST", "role": "emperor"}',
+        b'{"principal": "g@LAB.EXAMPLE.TEST"}',
+    ],
+)
+def test_bad_bodies_are_400_and_change_nothing(appliance: LabAppliance, root: Client, body: bytes) -> None:
+    before = _db_snapshot(appliance)
+    # Through the client's own authenticated transport, so only the body is wrong.
+    response = root._http.post("/api/v1/users", content=body, headers={"Content-Type": "application/json"})
+    assert response.status_code == 400, response.text
+    assert response.json()["error"]
+    assert _db_snapshot(appliance) == before
+
+
+def test_client_reports_400_as_usage_error(root: Client) -> None:
+    with pytest.raises(UsageError, match="principal"):
+        root.post("/api/v1/users", {"principal": 42, "role": "admin"})
+
+
+def test_granting_without_a_ticket_is_401(appliance: LabAppliance) -> None:
+    before = _db_snapshot(appliance)
+    response = httpx.post(f"{appliance.local_url}/api/v1/users", json={"principal": "h@X", "role": "admin"})
+    assert response.status_code == 401
+    assert _db_snapshot(appliance) == before
