@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import sqlite3
 import statistics
 import subprocess
 import time
@@ -12,8 +13,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from appliance.client import Client
-from tests.lab.appliance import LabAppliance
+from appliance.client import ApiError, Client
+from tests.lab.appliance import LabAppliance, start_appliance
 from tests.lab.kdc import APPLIANCE_HOST, LabKdc, start_kdc
 
 pytestmark = pytest.mark.lab
@@ -174,3 +175,20 @@ def test_keep_alive_answers_are_not_held_back_by_nagle(appliance: LabAppliance) 
             http.get(f"{appliance.local_url}/api/v1/health")
             times.append(time.perf_counter() - start)
     assert statistics.median(times) < 0.025, times
+
+
+def test_database_trouble_is_a_json_503_with_a_hint(
+    kdc: LabKdc, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    lab = start_appliance(kdc, tmp_path)
+    try:
+        with sqlite3.connect(tmp_path / "drover.db") as db:
+            db.execute("DROP TABLE permissions")
+        monkeypatch.setenv("KRB5_CONFIG", str(kdc.krb5_conf))
+        ccache = kdc.ticket("alice")["KRB5CCNAME"]
+        with Client(lab.local_url, service_host=APPLIANCE_HOST, ccache=ccache) as api, pytest.raises(ApiError) as err:
+            api.get("/api/v1/whoami")
+        assert err.value.status == 503
+        assert "drover db upgrade" in err.value.hint
+    finally:
+        assert lab.stop() == 0
