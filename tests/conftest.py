@@ -3,5 +3,6 @@
 pytest_plugins: list[str] = [
     "tests.lab.kdc",
     "tests.lab.appliance",
+    "tests.lab.libvirtd",
     "tests.lab.postgres",
 ]
