@@ -11,7 +11,7 @@ DEB_PACKAGES := \
 	libsasl2-modules-gssapi-mit sasl2-bin \
 	libvirt-daemon libvirt-daemon-driver-qemu libvirt-daemon-system libvirt-clients libvirt-dev \
 	pkg-config libnss-wrapper iproute2 \
-	qemu-system-x86 qemu-utils ipxe-qemu ovmf busybox-static \
+	qemu-system-x86 qemu-utils ipxe-qemu ovmf busybox-static linux-image-amd64 \
 	postgresql \
 	mmdebstrap squashfs-tools zstd xorriso grub-pc-bin grub-efi-amd64-bin grub-common mtools dosfstools \
 	syslinux-common isolinux pxelinux dnsmasq-base \
