@@ -100,7 +100,6 @@ def bind(host: str, port: int) -> socket.socket:
             "stop whatever holds the port or set [api] port (DROVER_API_PORT)",
         ) from None
     sock.listen(128)
-    sock.set_inheritable(True)
     return sock
 
 
