@@ -46,11 +46,16 @@ def test_comparison_would_see_a_drift(db_engine: Engine) -> None:
     assert [d[0] for d in _diff(db_engine, drifted) if isinstance(d, tuple)] == ["add_table"]
 
 
-def test_downgrade_to_empty_and_back(db_engine: Engine) -> None:
-    with connect(db_engine) as conn, conn.begin():
-        command.downgrade(migrate.alembic_config(conn), "base")
-    assert set(inspect(db_engine).get_table_names()) <= {"alembic_version"}
-    assert migrate.upgrade_engine(db_engine).after == migrate.head()
+def test_downgrade_to_empty_and_back(db_url: str) -> None:
+    migrate.upgrade(db_url)
+    engine = make_engine(db_url)
+    try:
+        with connect(engine) as conn, conn.begin():
+            command.downgrade(migrate.alembic_config(conn), "base")
+        assert set(inspect(engine).get_table_names()) <= {"alembic_version"}
+        assert migrate.upgrade_engine(engine).after == migrate.head()
+    finally:
+        engine.dispose()
 
 
 def test_require_current_refuses_an_empty_database(db_url: str) -> None:

@@ -68,6 +68,7 @@ def enum_column(cls: type[enum.StrEnum], name: str) -> Enum:
 
 class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING_CONVENTION)
+    # JSON columns: assign a new list or dict to change one; in-place edits are not tracked, so not saved.
     type_annotation_map = {
         datetime: UTCDateTime(),
         str: String(255),

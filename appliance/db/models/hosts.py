@@ -44,7 +44,8 @@ class Host(IdMixin, CreatedMixin, Base):
     __tablename__ = "hosts"
     # The DMI system UUID, lower case: the one identity a stateless node keeps across reboots.
     uuid: Mapped[str] = mapped_column(unique=True)
-    hostname: Mapped[str] = mapped_column(index=True)
+    # Not unique: a re-imaged or replaced machine may briefly share a name with the record it replaces.
+    hostname: Mapped[str] = mapped_column(index=True)  # FQDN
     state: Mapped[HostState] = mapped_column(
         enum_column(HostState, "host_state"), default=HostState.PENDING, index=True
     )
