@@ -17,7 +17,7 @@ from gssapi.raw.exceptions import ExpiredCredentialsError, MissingCredentialsErr
 from gssapi.raw.misc import GSSError
 
 from appliance.config import Config
-from appliance.errors import AuthError, Conflict, DroverError, KerberosError, NotFound, UsageError
+from appliance.errors import AuthError, Conflict, DroverError, Forbidden, KerberosError, NotFound, UsageError
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +38,13 @@ class ApiError(DroverError):
 
 
 # Statuses that map onto drover's own error classes, so the CLI exits with the same codes either way.
-_BY_STATUS: dict[int, type[DroverError]] = {400: UsageError, 401: AuthError, 404: NotFound, 409: Conflict}
+_BY_STATUS: dict[int, type[DroverError]] = {
+    400: UsageError,
+    401: AuthError,
+    403: Forbidden,
+    404: NotFound,
+    409: Conflict,
+}
 
 
 def _ccache_name() -> str:

@@ -68,3 +68,10 @@ class KerberosError(DroverError):
 class AuthError(DroverError):
     exit_code = 8
     http_status = 401
+
+
+class Forbidden(DroverError):
+    """Authenticated, but the caller's roles do not allow this."""
+
+    exit_code = 9
+    http_status = 403

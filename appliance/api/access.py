@@ -8,14 +8,7 @@ from starlette.requests import HTTPConnection
 from appliance.api.auth import caller
 from appliance.db.access import roles_of
 from appliance.db.models.users import Role
-from appliance.errors import DroverError
-
-
-class Forbidden(DroverError):
-    """Authenticated, but the caller's roles do not allow this."""
-
-    exit_code = 8
-    http_status = 403
+from appliance.errors import Forbidden
 
 
 def caller_roles(conn: HTTPConnection, session: Session) -> list[Role]:

@@ -12,19 +12,32 @@ from appliance.errors import DroverError
 
 log = logging.getLogger("drover")
 
-# Each module adds one noun (`drover <noun> <verb>`); the order here is the order of `drover --help`.
-NOUNS = (
-    "appliance.cli.config_cmd",
-    "appliance.cli.realm_cmd",
-    "appliance.cli.image_cmd",
-    "appliance.cli.serve_cmd",
-    "appliance.cli.api_cmd",
-    "appliance.cli.db_cmd",
-    "appliance.cli.user_cmd",
+# (noun, module): each module adds its noun (`drover <noun> <verb>`) in register(); the order here is
+# the order of `drover --help`. Only the invoked noun's module is imported, so a quick verb such as
+# `drover config show` does not pay for uvicorn, SQLAlchemy and Alembic.
+NOUNS: tuple[tuple[str, str], ...] = (
+    ("config", "appliance.cli.config_cmd"),
+    ("realm", "appliance.cli.realm_cmd"),
+    ("db", "appliance.cli.db_cmd"),
+    ("user", "appliance.cli.user_cmd"),
+    ("serve", "appliance.cli.serve_cmd"),
+    ("whoami", "appliance.cli.api_cmd"),
+    ("image", "appliance.cli.image_cmd"),
 )
 
 
-def build_parser() -> argparse.ArgumentParser:
+def _invoked_noun(argv: Sequence[str]) -> str | None:
+    """The noun on the command line, skipping global options (and --config's value)."""
+    args = iter(argv)
+    for arg in args:
+        if arg == "--config":
+            next(args, None)
+        elif not arg.startswith("-"):
+            return arg
+    return None
+
+
+def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="drover",
         description="Manage stateless PXE-booted hypervisor nodes from one appliance.",
@@ -32,13 +45,17 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv: debug)")
     parser.add_argument("--config", metavar="FILE", help="TOML config file (default: $DROVER_CONFIG, /etc/drover)")
     sub = parser.add_subparsers(dest="noun", metavar="COMMAND", required=True)
-    for name in NOUNS:
-        import_module(name).register(sub)
+    wanted = _invoked_noun(argv)
+    known = {noun for noun, _ in NOUNS}
+    for noun, module in NOUNS:
+        if wanted not in known or noun == wanted:
+            import_module(module).register(sub)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser(argv)
     args = parser.parse_args(argv)
     level = logging.WARNING - 10 * min(args.verbose, 2)
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
