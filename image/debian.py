@@ -53,6 +53,7 @@ def prepare(recipe: Recipe, work: Path) -> None:
         "kept_modules": list(recipe.kept_modules),
         "pruned_below_kept": list(PRUNED_BELOW_KEPT),
         "build_only": list(DEBIAN_BUILD_ONLY),
+        "initrd_drivers": list(recipe.initrd_drivers),
     }
     (work / "recipe.json").write_text(json.dumps(spec, indent=2) + "\n")
     payload.write_tree(work / "setup", payload.dracut_files(recipe.initrd_drivers))

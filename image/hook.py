@@ -30,10 +30,29 @@ PRUNED_PATHS = (
     "usr/share/info",
     "usr/share/locale",
     "usr/share/lintian",
+    "usr/lib/udev/hwdb.d",  # the hwdb's sources: without them systemd-hwdb-update has nothing to do
     "usr/lib/firmware",  # no firmware is kept: virtio, e1000 & co need none
     "var/cache/apt",
     "var/cache/debconf/templates.dat-old",
     "var/lib/apt/lists",
+)
+# Single files never needed: qemu's microvm-only binary (libvirt does not use it), dpkg's checksums.
+PRUNED_FILES = (
+    "usr/bin/qemu-system-x86_64-microvm",
+    "usr/libexec/qemu-system-i386",  # i686 guests run on qemu-system-x86_64 as well
+    "usr/lib/udev/hwdb.bin",  # 13 MB of device names and quirks for desktops; udev boots without it
+)
+PRUNED_GLOBS = ("var/lib/dpkg/info/*.md5sums",)
+# glibc's iconv converters: UTF-8 and Latin-1 are built in; keep the other Unicode ones, drop 8 MB of legacy charsets.
+GCONV_DIR = "usr/lib/x86_64-linux-gnu/gconv"
+GCONV_KEPT = (
+    "gconv-modules",
+    "gconv-modules.cache",
+    "gconv-modules.d",
+    "UNICODE.so",
+    "UTF-16.so",
+    "UTF-32.so",
+    "UTF-7.so",
 )
 # Only the files go: packages ship their log directories and their daemons expect them to exist.
 EMPTIED_LOG_DIR = "var/log"
@@ -73,18 +92,65 @@ def _module_kept(rel: str, kept: list[str], pruned: list[str]) -> bool:
 
 
 def prune_modules(root: Path, kver: str, kept: list[str], pruned: list[str]) -> tuple[int, int]:
-    """Delete every module not on the kept list; returns (kept, removed) counts."""
-    base = root / "usr/lib/modules" / kver / "kernel"
-    counts = [0, 0]
+    """Delete every module that is neither on the kept list nor needed by one; returns (kept, removed).
+
+    The dependencies come from the kernel package's own modules.dep (all modules present), so a kept
+    module never loses what it links against (kvm needs irqbypass, libata needs scsi_mod, ...).
+    """
+    moddir = root / "usr/lib/modules" / kver
+    deps: dict[str, list[str]] = {}
+    for line in (moddir / "modules.dep").read_text().splitlines():
+        mod, _, rest = line.partition(":")
+        deps[mod] = rest.split()
+    wanted = [m for m in deps if _module_kept(m.removeprefix("kernel/"), kept, pruned)]
+    keep: set[str] = set()
+    while wanted:
+        mod = wanted.pop()
+        if mod not in keep:
+            keep.add(mod)
+            wanted += deps.get(mod, [])
+    base = moddir / "kernel"
+    removed = 0
     for path in sorted(base.rglob("*.ko*")):
-        keep = _module_kept(path.relative_to(base).as_posix(), kept, pruned)
-        counts[0 if keep else 1] += 1
-        if not keep:
+        if path.relative_to(moddir).as_posix() not in keep:
             path.unlink()
+            removed += 1
     for path in sorted(base.rglob("*"), reverse=True):  # empty directories left behind
         if path.is_dir() and not any(path.iterdir()):
             path.rmdir()
-    return counts[0], counts[1]
+    return len(keep), removed
+
+
+OMIT_CONF = "etc/dracut.conf.d/92-drover-omit.conf"
+# dracut's network and dm modules copy every driver below these into the initrd; only the
+# INITRD_DRIVERS list (and what it depends on) should go there.
+INITRD_TRIMMED = ("kernel/drivers/net/", "kernel/drivers/md/")
+
+
+def _module_name(path: str) -> str:
+    name = path.rsplit("/", 1)[-1]
+    for suffix in (".xz", ".zst", ".gz"):
+        name = name.removesuffix(suffix)
+    return name.removesuffix(".ko").replace("-", "_")
+
+
+def initrd_omissions(root: Path, kver: str, wanted: list[str]) -> list[str]:
+    """Modules under INITRD_TRIMMED that are neither in `wanted` nor a dependency of one."""
+    deps: dict[str, list[str]] = {}
+    paths: dict[str, str] = {}
+    for line in (root / "usr/lib/modules" / kver / "modules.dep").read_text().splitlines():
+        mod, _, rest = line.partition(":")
+        name = _module_name(mod)
+        paths[name] = mod
+        deps[name] = [_module_name(d) for d in rest.split()]
+    needed: set[str] = set()
+    todo = [w.replace("-", "_") for w in wanted]
+    while todo:
+        name = todo.pop()
+        if name not in needed:
+            needed.add(name)
+            todo += deps.get(name, [])
+    return sorted(n for n, p in paths.items() if p.startswith(INITRD_TRIMMED) and n not in needed)
 
 
 def customize(root: Path, work: Path) -> None:
@@ -107,8 +173,13 @@ def customize(root: Path, work: Path) -> None:
     kept, removed = prune_modules(root, kver, recipe["kept_modules"], recipe["pruned_below_kept"])
     say(f"kept {kept} kernel modules, removed {removed}")
     chroot(root, "depmod", "-a", kver)
+    omitted = initrd_omissions(root, kver, recipe["initrd_drivers"])
+    (root / OMIT_CONF).write_text(
+        "# Written by drover's build: kept network and md modules the initrd does not need.\n"
+        f'omit_drivers+=" {" ".join(omitted)} "\n'
+    )
 
-    say("building the initrd (dracut)")
+    say(f"building the initrd (dracut), {len(omitted)} network/md modules left out")
     chroot(root, "dracut", "--force", "--kver", kver, f"/boot/initrd.img-{kver}")
     out = work / "boot"
     out.mkdir(exist_ok=True)
@@ -134,6 +205,16 @@ def customize(root: Path, work: Path) -> None:
                     child.unlink()
         elif target.exists():
             target.unlink()
+    for rel in PRUNED_FILES:
+        (root / rel).unlink(missing_ok=True)
+    for pattern in PRUNED_GLOBS:
+        for path in root.glob(pattern):
+            path.unlink()
+    gconv = root / GCONV_DIR
+    if gconv.is_dir():
+        for child in gconv.iterdir():
+            if child.name not in GCONV_KEPT and child.is_file():
+                child.unlink()
     for path in (root / EMPTIED_LOG_DIR).rglob("*"):
         if path.is_file() or path.is_symlink():
             path.unlink()

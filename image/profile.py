@@ -87,8 +87,23 @@ _DEBIAN_HYPERVISOR = (
     "krb5-user",
     "collectd-core",
 )
-# Packages the initrd needed and the running node does not: purged after dracut has run.
-DEBIAN_BUILD_ONLY = ("dracut", "dracut-live", "dracut-network", "dracut-core", "isc-dhcp-client", "curl")
+# Packages the initrd needed and the running node does not: purged after dracut has run. usrmerge
+# (pulled in by init-system-helpers on a bookworm bootstrap) drags ~50 MB of perl in with it.
+DEBIAN_BUILD_ONLY = (
+    "dracut",
+    "dracut-live",
+    "dracut-network",
+    "dracut-core",
+    "isc-dhcp-client",
+    "curl",
+    "usrmerge",
+    "libfile-find-rule-perl",
+    "libnumber-compare-perl",
+    "libtext-glob-perl",
+    "perl",
+    "perl-modules-5.36",
+    "libperl5.36",
+)
 
 _FEDORA_BASE = (
     "kernel",
@@ -131,6 +146,7 @@ def packages(flavor: Flavor, profile: Profile) -> tuple[str, ...]:
 # friends are most of a distro kernel's 400 MB of modules and a hypervisor node has none of them.
 KEPT_MODULES: tuple[str, ...] = (
     "arch/x86/kvm",  # KVM itself
+    "virt/lib",  # irqbypass, for KVM's posted interrupts
     "arch/x86/crypto",
     "crypto",
     "lib",
@@ -143,8 +159,8 @@ KEPT_MODULES: tuple[str, ...] = (
     "fs/ext4",
     "fs/jbd2",
     "fs/mbcache.ko",
-    "fs/xfs",
     "fs/fuse",
+    "fs/autofs",  # systemd loads it at boot for automount units
     "fs/nfs",  # libvirt netfs storage pools
     "fs/nfs_common",
     "fs/lockd",
@@ -155,6 +171,8 @@ KEPT_MODULES: tuple[str, ...] = (
     "drivers/block",
     "drivers/md",  # device-mapper, used by dmsquash-live and LVM storage pools
     "drivers/cdrom",
+    "drivers/scsi/scsi_mod.ko",
+    "drivers/scsi/scsi_common.ko",
     "drivers/scsi/sd_mod.ko",
     "drivers/scsi/sr_mod.ko",
     "drivers/scsi/sg.ko",
@@ -202,7 +220,8 @@ KEPT_MODULES: tuple[str, ...] = (
     "drivers/acpi",
     "drivers/firmware",  # qemu_fw_cfg, efivars
     "drivers/edac",
-    "drivers/hwmon",  # collectd's sensors plugin
+    "drivers/hwmon/coretemp.ko",  # collectd's sensors plugin: CPU temperatures
+    "drivers/hwmon/k10temp.ko",
     "drivers/i2c/busses/i2c-piix4.ko",
     "drivers/watchdog",
     "drivers/iommu",
@@ -221,6 +240,42 @@ PRUNED_BELOW_KEPT: tuple[str, ...] = (
     "net/ieee802154",
     "net/mac802154",
     "drivers/net/ethernet/intel/iwlwifi",
+    # protocols no hypervisor node speaks
+    "net/ceph",
+    "net/rds",
+    "net/tipc",
+    "net/dccp",
+    "net/rxrpc",
+    "net/l2tp",
+    "net/batman-adv",
+    "net/can",
+    "net/atm",
+    "net/ax25",
+    "net/netrom",
+    "net/rose",
+    "net/x25",
+    "net/appletalk",
+    "net/phonet",
+    "net/smc",
+    "net/9p",
+    "net/sctp",
+    "net/mpls",
+    "net/lapb",
+    "net/llc/llc2.ko",
+    "net/ipx",
+    "net/nsh",
+    "net/qrtr",
+    "net/hsr",
+    # input devices a server console does not have
+    "drivers/input/joystick",
+    "drivers/input/touchscreen",
+    "drivers/input/tablet",
+    "drivers/input/misc",
+    "drivers/input/mouse",
+    "drivers/input/rmi4",
+    "drivers/input/gameport",
+    "drivers/md/bcache",
+    "lib/test_bpf.ko",  # a 4.7 MB self-test
 )
 
 # The initrd gets only what it needs to find the root: over the network (PXE) or on a CD or a

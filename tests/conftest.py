@@ -5,4 +5,6 @@ pytest_plugins: list[str] = [
     "tests.lab.appliance",
     "tests.lab.libvirtd",
     "tests.lab.postgres",
+    "tests.lab.qemu",
+    "tests.lab.image",
 ]

@@ -11,7 +11,7 @@ import pytest
 from appliance.cli import main
 from appliance.errors import DroverError, UsageError
 from appliance.runner import run
-from image import bootfiles, cache, fedora, mirror, payload
+from image import bootfiles, cache, fedora, hook, mirror, payload
 from image.build import publish
 from image.cache import Entry
 from image.manifest import BOOT_FILES, BUILT, MANIFEST, Artifact, Manifest, load
@@ -279,3 +279,40 @@ def test_publish_refuses_quietly_on_a_full_disk(tmp_path: Path) -> None:
         assert sorted(p.name for p in tiny.iterdir()) == []
     finally:
         run(["umount", str(tiny)])
+
+
+def test_module_pruning_keeps_what_kept_modules_need(tmp_path: Path) -> None:
+    kver = "6.1.0-test"
+    moddir = tmp_path / "usr/lib/modules" / kver
+    mods = {
+        "kernel/arch/x86/kvm/kvm.ko": ["kernel/virt/lib/irqbypass.ko"],
+        "kernel/virt/lib/irqbypass.ko": [],
+        "kernel/drivers/ata/libata.ko": ["kernel/drivers/scsi/scsi_mod.ko"],
+        "kernel/drivers/scsi/scsi_mod.ko": [],
+        "kernel/drivers/gpu/drm/drm.ko": [],
+        "kernel/net/wireless/cfg80211.ko": [],
+        "kernel/drivers/net/virtio_net.ko": [],
+        "kernel/drivers/net/ethernet/intel/ice/ice.ko": [],
+    }
+    for path in mods:
+        (moddir / path).parent.mkdir(parents=True, exist_ok=True)
+        (moddir / path).write_bytes(b"\0")
+    (moddir / "modules.dep").write_text("".join(f"{m}: {' '.join(d)}\n" for m, d in mods.items()))
+    kept, removed = hook.prune_modules(
+        tmp_path, kver, ["arch/x86/kvm", "drivers/ata", "drivers/net", "net"], ["net/wireless"]
+    )
+    left = sorted(p.relative_to(moddir).as_posix() for p in moddir.rglob("*.ko"))
+    assert left == sorted(
+        [
+            "kernel/arch/x86/kvm/kvm.ko",
+            "kernel/virt/lib/irqbypass.ko",  # not on the list, but kvm links against it
+            "kernel/drivers/ata/libata.ko",
+            "kernel/drivers/scsi/scsi_mod.ko",
+            "kernel/drivers/net/virtio_net.ko",
+            "kernel/drivers/net/ethernet/intel/ice/ice.ko",
+        ]
+    )
+    assert (kept, removed) == (6, 2)
+    assert not (moddir / "kernel/drivers/gpu").exists()  # emptied directories go too
+    # The initrd gets virtio_net and what it needs, not every kept network driver.
+    assert hook.initrd_omissions(tmp_path, kver, ["virtio_net", "libata"]) == ["ice"]
