@@ -1,0 +1,250 @@
+"""The node <-> appliance wire format: plain JSON, described here once and validated on both ends.
+
+Every message is a frozen dataclass with `to_dict()`/`from_dict()`. `from_dict()` is strict: unknown
+or missing fields, wrong types, oversized strings and lists, malformed MACs and UUIDs raise WireError
+naming the field, so the appliance can refuse bad input before it touches the database. Standard
+library only: this module ships inside the node image.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import json
+import re
+import typing
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+WIRE_VERSION = 1
+MAX_MESSAGE_BYTES = 256 * 1024  # an identify with 64 NICs and 64 disks is ~20 KiB
+_MAX_STR = 512
+_MAX_LIST = 256
+_MAX_FLAG_LIST = 512
+
+_MAC = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
+_UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
+_HOSTNAME = re.compile(r"^(?=.{1,253}$)[A-Za-z0-9]([A-Za-z0-9-]{0,62})(\.[A-Za-z0-9]([A-Za-z0-9-]{0,62}))*\.?$")
+
+
+class WireError(ValueError):
+    """A message that does not match the wire format; the text names the offending field."""
+
+
+class IdentifyStatus(enum.StrEnum):
+    ACCEPTED = "accepted"  # credentials are in the response
+    PENDING = "pending"  # recorded; an admin must approve before credentials are issued
+
+
+def normalize_mac(value: str) -> str:
+    mac = value.strip().lower().replace("-", ":")
+    if not _MAC.match(mac):
+        raise WireError(f"not a MAC address: {value!r}")
+    return mac
+
+
+def normalize_uuid(value: str) -> str:
+    uuid = value.strip().lower()
+    if not _UUID.match(uuid):
+        raise WireError(f"not a UUID: {value!r}")
+    return uuid
+
+
+@dataclass(frozen=True)
+class Nic:
+    name: str
+    mac: str = field(metadata={"check": normalize_mac})
+    speed_mbps: int = 0  # 0: unknown or link down
+    addresses: tuple[str, ...] = ()
+    boot: bool = False  # the NIC the node PXE-booted from (BOOTIF)
+
+
+@dataclass(frozen=True)
+class Disk:
+    name: str
+    size_bytes: int
+    model: str = ""
+    serial: str = ""
+    rotational: bool = False
+
+
+@dataclass(frozen=True)
+class Cpu:
+    model: str
+    count: int  # logical CPUs
+    cores: int  # physical cores over all sockets
+    sockets: int
+    flags: tuple[str, ...] = ()
+
+    @property
+    def virtualization(self) -> str:
+        """'vmx' (Intel VT-x), 'svm' (AMD-V) or '' when the CPU offers neither."""
+        for flag in ("vmx", "svm"):
+            if flag in self.flags:
+                return flag
+        return ""
+
+
+@dataclass(frozen=True)
+class Facts:
+    uuid: str = field(metadata={"check": normalize_uuid})  # DMI system UUID: the host's identity
+    hostname: str
+    fqdn: str
+    arch: str
+    kernel: str
+    memory_bytes: int
+    cpu: Cpu
+    nics: tuple[Nic, ...] = ()
+    disks: tuple[Disk, ...] = ()
+    boot_mac: str = ""
+    agent_version: str = ""
+
+
+@dataclass(frozen=True)
+class IdentifyRequest:
+    token: str  # one-time enrolment token from the kernel command line; "" when none was given
+    facts: Facts
+    version: int = WIRE_VERSION
+
+
+@dataclass(frozen=True)
+class Credentials:
+    principal: str  # libvirt/<fqdn>@REALM
+    realm: str
+    krb5_conf: str
+    keytab_b64: str
+    allowed_users: tuple[str, ...]  # SASL user names libvirtd must accept (the appliance's client)
+
+
+@dataclass(frozen=True)
+class IdentifyResponse:
+    status: IdentifyStatus
+    host_id: int
+    heartbeat_seconds: int
+    credentials: Credentials | None = None
+    message: str = ""
+
+
+@dataclass(frozen=True)
+class Heartbeat:
+    uuid: str = field(metadata={"check": normalize_uuid})
+    libvirt_ready: bool = False  # libvirtd configured with our keytab and answering
+    has_credentials: bool = False
+    uptime_seconds: int = 0
+    version: int = WIRE_VERSION
+
+
+@dataclass(frozen=True)
+class HeartbeatResponse:
+    status: IdentifyStatus
+    heartbeat_seconds: int
+    credentials: Credentials | None = None  # set once, when a pending host has just been approved
+
+
+M = TypeVar("M")
+
+
+def _check_str(value: Any, path: str, limit: int = _MAX_STR) -> str:
+    if not isinstance(value, str):
+        raise WireError(f"{path}: expected a string")
+    if len(value) > limit:
+        raise WireError(f"{path}: longer than {limit} characters")
+    return value
+
+
+def _decode(typ: Any, value: Any, path: str) -> Any:
+    origin = typing.get_origin(typ)
+    if origin is typing.Union or isinstance(typ, type(int | None)):
+        args = [a for a in typing.get_args(typ) if a is not type(None)]
+        return None if value is None else _decode(args[0], value, path)
+    if origin is tuple:
+        if not isinstance(value, list):
+            raise WireError(f"{path}: expected a list")
+        limit = _MAX_FLAG_LIST if path.endswith("flags") else _MAX_LIST
+        if len(value) > limit:
+            raise WireError(f"{path}: more than {limit} items")
+        (item,) = [a for a in typing.get_args(typ) if a is not Ellipsis]
+        return tuple(_decode(item, v, f"{path}[{i}]") for i, v in enumerate(value))
+    if dataclasses.is_dataclass(typ):
+        return _from_dict(typ, value, path)  # type: ignore[arg-type]
+    if isinstance(typ, type) and issubclass(typ, enum.Enum):
+        try:
+            return typ(_check_str(value, path))
+        except ValueError:
+            raise WireError(f"{path}: {value!r} is not one of {[m.value for m in typ]}") from None
+    if typ is bool:
+        if not isinstance(value, bool):
+            raise WireError(f"{path}: expected true or false")
+        return value
+    if typ is int:
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise WireError(f"{path}: expected an integer")
+        if not 0 <= value < 2**63:
+            raise WireError(f"{path}: out of range")
+        return value
+    if typ is str:
+        limit = 64 * 1024 if path.endswith(("keytab_b64", "krb5_conf")) else _MAX_STR
+        return _check_str(value, path, limit)
+    raise WireError(f"{path}: unsupported type {typ!r}")
+
+
+def _from_dict(cls: type[M], data: Any, path: str) -> M:
+    if not isinstance(data, dict):
+        raise WireError(f"{path or 'message'}: expected an object")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        raise WireError(f"{path}{'.' if path else ''}{unknown[0]}: unknown field")
+    values: dict[str, Any] = {}
+    for name, f in fields.items():
+        where = f"{path}.{name}" if path else name
+        if name not in data:
+            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+                raise WireError(f"{where}: missing")
+            continue
+        value = _decode(hints[name], data[name], where)
+        check = f.metadata.get("check")
+        if check is not None and value != "":
+            try:
+                value = check(value)
+            except WireError as exc:
+                raise WireError(f"{where}: {exc}") from None
+        values[name] = value
+    return cls(**values)
+
+
+def from_dict(cls: type[M], data: Any) -> M:
+    return _from_dict(cls, data, "")
+
+
+def to_dict(message: Any) -> dict[str, Any]:
+    def plain(value: Any) -> Any:
+        if isinstance(value, enum.Enum):
+            return value.value
+        if isinstance(value, tuple | list):
+            return [plain(v) for v in value]
+        if isinstance(value, dict):
+            return {k: plain(v) for k, v in value.items()}
+        return value
+
+    result: dict[str, Any] = plain(dataclasses.asdict(message))
+    return result
+
+
+def encode(message: Any) -> bytes:
+    return json.dumps(to_dict(message), separators=(",", ":")).encode()
+
+
+def decode(cls: type[M], body: bytes) -> M:
+    if len(body) > MAX_MESSAGE_BYTES:
+        raise WireError(f"message larger than {MAX_MESSAGE_BYTES} bytes")
+    try:
+        data = json.loads(body)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise WireError(f"not JSON: {exc}") from None
+    return from_dict(cls, data)
+
+
+def valid_hostname(name: str) -> bool:
+    return bool(_HOSTNAME.match(name))
