@@ -16,11 +16,12 @@ from pathlib import Path
 from typing import Any
 
 RESULTS = Path(__file__).resolve().parent / "results"
-SECTIONS: tuple[str, ...] = ("image",)
+SECTIONS: tuple[str, ...] = ("api", "image")
 
 
 def main(argv: list[str]) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s bench: %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)
     wanted = set(argv) or set(SECTIONS)
     latest = RESULTS / "latest.json"
     merged: dict[str, Any] = json.loads(latest.read_text()) if latest.is_file() else {}
