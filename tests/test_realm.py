@@ -81,3 +81,25 @@ def test_start_refuses_a_taken_port(tmp_path: Path, kdc: LabKdc) -> None:
     assert _cli(tmp_path, "realm", "init", port=kdc.realm.spec.kdc_port).returncode == 0
     proc = _cli(tmp_path, "realm", "start", port=kdc.realm.spec.kdc_port)
     assert proc.returncode == 7 and "is taken" in proc.stderr
+
+
+def test_missing_kdc_package_is_one_line_with_the_fix(tmp_path: Path) -> None:
+    # A private mount namespace hides /usr/sbin (where krb5-kdc's tools live) from this one command,
+    # which is how a machine without the package looks; nothing outside the namespace changes.
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    env = {"PATH": os.environ["PATH"], "DROVER_STATE_DIR": str(tmp_path / "state")}
+    script = f'mount --bind {empty} /usr/sbin && exec "$@"'
+    proc = subprocess.run(
+        ["unshare", "-m", "--propagation", "private", "sh", "-c", script, "sh", *DROVER, "realm", "init"],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert proc.returncode == 3, proc.stderr
+    assert proc.stderr.splitlines() == [
+        "drover: error: required tool 'kdb5_util' not found",
+        "drover: hint: install it: apt-get install krb5-kdc",
+    ]
+    assert not (tmp_path / "state" / "realm" / "principal").exists()
