@@ -1,0 +1,175 @@
+"""Configure libvirtd for Kerberos-only TCP (SASL GSSAPI) and restart it.
+
+Debian 12's libvirt 9.0 runs libvirtd socket-activated (libvirtd.socket, -ro, -admin); `--listen`
+is refused when systemd passes sockets, and `listen_tcp` in libvirtd.conf is then ignored. So TCP
+is enabled the way Debian ships it: the `libvirtd-tcp.socket` unit (port 16509), enabled for this
+boot and started, then libvirtd.service restarted so it inherits the TCP socket. listen_tcp = 1 is
+still written, for a libvirtd started by hand with --listen (the test lab does that).
+
+Restarting goes through a small `Restarter`: systemd's D-Bus API (dbus-python) on the node; a test
+on a machine without systemd as PID 1 plugs in a command that restarts a real lab libvirtd.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import shlex
+import socket
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from nodeagent.files import same_content, write_atomic
+from nodeagent.proc import run
+
+log = logging.getLogger(__name__)
+
+TCP_SOCKET_UNIT = "libvirtd-tcp.socket"
+SERVICE_UNIT = "libvirtd.service"
+MANAGED_MARK = "# --- managed by the drover node agent: edits below are put back ---"
+
+
+@dataclass(frozen=True)
+class LibvirtdPaths:
+    conf: Path = Path("/etc/libvirt/libvirtd.conf")
+    sasl_conf: Path = Path("/etc/sasl2/libvirt.conf")
+
+    def under(self, root: Path) -> LibvirtdPaths:
+        return LibvirtdPaths(root / self.conf.relative_to("/"), root / self.sasl_conf.relative_to("/"))
+
+
+def managed_settings(allowed_users: Sequence[str]) -> dict[str, str]:
+    users = ", ".join('"' + u.replace("\\", "\\\\").replace('"', '\\"') + '"' for u in allowed_users)
+    return {
+        "listen_tls": "0",
+        "listen_tcp": "1",
+        "auth_tcp": '"sasl"',
+        "sasl_allowed_username_list": f"[{users}]",
+    }
+
+
+def render_conf(existing: str, settings: dict[str, str]) -> str:
+    """Keep the admin's other lines; drop every active line (and list continuation) of a managed key,
+    then append the managed block. Idempotent: rendering the result again gives the same text."""
+    keep: list[str] = []
+    skipping_list = False
+    key_re = re.compile(r"^\s*(" + "|".join(map(re.escape, settings)) + r")\s*=")
+    for line in existing.splitlines():
+        if skipping_list:
+            skipping_list = "]" not in line
+            continue
+        if line.strip() == MANAGED_MARK:
+            continue
+        if key_re.match(line):
+            value = line.split("=", 1)[1]
+            skipping_list = "[" in value and "]" not in value
+            continue
+        keep.append(line)
+    while keep and not keep[-1].strip():
+        keep.pop()
+    block = [MANAGED_MARK, *(f"{k} = {v}" for k, v in settings.items())]
+    return "\n".join([*keep, "", *block]) + "\n" if keep else "\n".join(block) + "\n"
+
+
+def render_sasl(keytab: Path) -> str:
+    return f"mech_list: gssapi\nkeytab: {keytab}\n"
+
+
+def configure(paths: LibvirtdPaths, keytab: Path, allowed_users: Sequence[str]) -> bool:
+    """Write libvirtd.conf and the SASL config when they differ; True when anything changed."""
+    try:
+        existing = paths.conf.read_text()
+    except FileNotFoundError:
+        existing = ""
+    conf = render_conf(existing, managed_settings(allowed_users)).encode()
+    sasl = render_sasl(keytab).encode()
+    changed = False
+    for path, data in ((paths.conf, conf), (paths.sasl_conf, sasl)):
+        if not same_content(path, data, 0o644):
+            write_atomic(path, data, 0o644)
+            changed = True
+    if changed:
+        log.info("libvirtd configured for SASL GSSAPI over TCP: %s, %s", paths.conf, paths.sasl_conf)
+    return changed
+
+
+def configured(paths: LibvirtdPaths, keytab: Path, allowed_users: Sequence[str]) -> bool:
+    try:
+        existing = paths.conf.read_text()
+    except OSError:
+        return False
+    want = render_conf(existing, managed_settings(allowed_users))
+    return existing == want and same_content(paths.sasl_conf, render_sasl(keytab).encode(), 0o644)
+
+
+def listening(address: str, port: int, timeout: float = 1.0) -> bool:
+    try:
+        with socket.create_connection((address, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+class Restarter(Protocol):
+    def restart(self) -> None:
+        """Make libvirtd run with the current config and listen on TCP; raise on failure."""
+
+
+class SystemdRestarter:
+    """org.freedesktop.systemd1.Manager over the system bus: enable + start libvirtd-tcp.socket for this
+    boot (runtime), then RestartUnit libvirtd.service so it takes the TCP socket."""
+
+    def __init__(self, timeout: float = 60.0) -> None:
+        self.timeout = timeout
+
+    def restart(self) -> None:
+        import dbus  # noqa: PLC0415 - distro package, imported on use: the venv tests import this module without it
+
+        bus = dbus.SystemBus()
+        systemd = bus.get_object("org.freedesktop.systemd1", "/org/freedesktop/systemd1")
+        manager = dbus.Interface(systemd, "org.freedesktop.systemd1.Manager")
+        manager.EnableUnitFiles([TCP_SOCKET_UNIT], True, True)  # runtime=True: /run, gone at reboot
+        manager.Reload()
+        self._wait(bus, manager.StartUnit(TCP_SOCKET_UNIT, "replace"))
+        self._wait(bus, manager.RestartUnit(SERVICE_UNIT, "replace"))
+        log.info("restarted %s with %s through systemd's D-Bus API", SERVICE_UNIT, TCP_SOCKET_UNIT)
+
+    def _wait(self, bus: Any, job: Any) -> None:
+        """A job object disappears from the bus when it has finished."""
+        import dbus  # noqa: PLC0415 - distro package, imported on use: the venv tests import this module without it
+
+        deadline = time.monotonic() + self.timeout
+        while time.monotonic() < deadline:
+            try:
+                bus.get_object("org.freedesktop.systemd1", job).Get(
+                    "org.freedesktop.systemd1.Job", "State", dbus_interface="org.freedesktop.DBus.Properties"
+                )
+            except dbus.DBusException:
+                return
+            time.sleep(0.1)
+        raise TimeoutError(f"systemd job {job} not finished after {self.timeout}s")
+
+
+class CommandRestarter:
+    """Runs a command (argument list) that restarts libvirtd: the test lab's real libvirtd, a sysvinit script."""
+
+    def __init__(self, argv: Sequence[str], timeout: float = 60.0) -> None:
+        self.argv = list(argv)
+        self.timeout = timeout
+
+    @classmethod
+    def parse(cls, command: str) -> CommandRestarter:
+        return cls(shlex.split(command))
+
+    def restart(self) -> None:
+        run(self.argv, env=dict(os.environ), timeout=self.timeout)
+        log.info("restarted libvirtd with %s", shlex.join(self.argv))
+
+
+class NoRestarter:
+    def restart(self) -> None:
+        log.warning("libvirtd restart disabled (--restart=none): its new config takes effect at its next start")
