@@ -7,4 +7,5 @@ pytest_plugins: list[str] = [
     "tests.lab.postgres",
     "tests.lab.qemu",
     "tests.lab.image",
+    "tests.lab.nodeagent_peer",
 ]
