@@ -44,10 +44,14 @@ def network_cmdline(base_url: str, extra_args: Sequence[str] = ()) -> list[str]:
     ]
 
 
-def media_cmdline(extra_args: Sequence[str] = ()) -> list[str]:
-    """The node.iso command line: the squashfs is LiveOS/squashfs.img on the CD or stick labelled ISO_LABEL."""
+def media_cmdline(extra_args: Sequence[str] = (), iso_uuid: str | None = None) -> list[str]:
+    """The node.iso command line: the squashfs is LiveOS/squashfs.img on the CD or stick.
+
+    By UUID when known: on a USB stick the hybrid image also carries an HFS+ partition (grub's Mac
+    boot) with the same label, and udev may point by-label at that one instead of the ISO 9660.
+    """
     return [
-        f"root=live:CDLABEL={ISO_LABEL}",
+        f"root=live:UUID={iso_uuid}" if iso_uuid else f"root=live:CDLABEL={ISO_LABEL}",
         "rd.live.image",
         *LIVE_ARGS,
         *CONSOLE_ARGS,
@@ -89,7 +93,7 @@ def pxelinux_config(base_url: str, extra_args: Sequence[str] = ()) -> str:
     )
 
 
-def grub_config(extra_args: Sequence[str] = ()) -> str:
+def grub_config(extra_args: Sequence[str] = (), iso_uuid: str | None = None) -> str:
     """grub.cfg inside node.iso, for BIOS and UEFI alike; serial and screen both work."""
     return (
         "# drover node: boots the same kernel, initrd and squashfs from CD or USB stick\n"
@@ -98,7 +102,7 @@ def grub_config(extra_args: Sequence[str] = ()) -> str:
         "terminal_output console serial\n"
         "set timeout=1\n"
         'menuentry "drover node" {\n'
-        f"  linux /boot/vmlinuz {' '.join(media_cmdline(extra_args))}\n"
+        f"  linux /boot/vmlinuz {' '.join(media_cmdline(extra_args, iso_uuid))}\n"
         "  initrd /boot/initrd.img\n"
         "}\n"
     )

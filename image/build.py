@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import TextIO
 
 from appliance.errors import DroverError, UsageError
-from image import bootfiles, debian, fedora, mirror, steps
+from image import bootfiles, debian, fedora, iso, mirror, steps
 from image.cache import Cache, Entry, key
 from image.manifest import BOOT_FILES, BUILT, MANIFEST, Artifact, Manifest
 from image.profile import FEDORA_RELEASE, Compression, Flavor, Profile, Recipe
@@ -88,7 +88,9 @@ def build(req: BuildRequest, stream: TextIO | None = None) -> Outcome:
     work = cache.root / "work" / "pending"
     plan, cache_key = _plan(req, recipe, work)
     hit = None if req.force else cache.lookup(recipe, cache_key)
-    progress = Progress(total=len(plan) + 1 if hit is None else 1, stream=stream)
+    from_cache = hit is not None
+    # Stages: the backend's commands, checksums and publishing; a cache hit only publishes.
+    progress = Progress(total=len(plan) + 2 if hit is None else 1, stream=stream)
     if hit is None:
         steps.check_tools(steps.tools(plan))
         hit = _build_into_cache(req, recipe, cache, cache_key, progress, started)
@@ -97,7 +99,7 @@ def build(req: BuildRequest, stream: TextIO | None = None) -> Outcome:
     with progress.stage(f"publish into {req.out}", req.out):
         manifest = publish(hit, req.out, req.base_url)
     progress.finish(f"done: {req.out}")
-    return Outcome(manifest, cached=hit.manifest.build_seconds > 0 and hit.path.exists(), commands=())
+    return Outcome(manifest, cached=from_cache)
 
 
 def _build_into_cache(
@@ -122,7 +124,7 @@ def _build_into_cache(
             compression=recipe.compression,
             kernel_version=kver,
             kernel_cmdline=" ".join(bootfiles.network_cmdline(bootfiles.IPXE_DEFAULT_BASE)),
-            iso_cmdline=" ".join(bootfiles.media_cmdline()),
+            iso_cmdline=_iso_cmdline(work),
             packages=packages,
             artifacts=sums,
             cache_key=cache_key,
@@ -136,6 +138,11 @@ def _build_into_cache(
         raise _disk_error(exc, cache.root) from exc
     finally:
         remove_tree(work)
+
+
+def _iso_cmdline(work: Path) -> str:
+    written = work / iso.CMDLINE_FILE
+    return written.read_text() if written.is_file() else " ".join(bootfiles.media_cmdline())
 
 
 def _disk_error(exc: OSError, where: Path) -> DroverError:

@@ -42,7 +42,24 @@ PRUNED_FILES = (
     "usr/libexec/qemu-system-i386",  # i686 guests run on qemu-system-x86_64 as well
     "usr/lib/udev/hwdb.bin",  # 13 MB of device names and quirks for desktops; udev boots without it
 )
-PRUNED_GLOBS = ("var/lib/dpkg/info/*.md5sums",)
+PRUNED_GLOBS = (
+    "var/lib/dpkg/info/*.md5sums",
+    "var/lib/dpkg/info/*.list",  # file lists: `dpkg -L` goes, `dpkg-query -W` (the manifest's source) stays
+    "usr/lib/python3.11/pydoc_data",
+    # qemu firmware for machines that are not x86
+    "usr/share/qemu/skiboot.lid",
+    "usr/share/qemu/slof.bin",
+    "usr/share/qemu/openbios-*",
+    "usr/share/qemu/hppa-firmware.img",
+    "usr/share/qemu/palcode-*",
+    "usr/share/qemu/opensbi-*",
+    "usr/share/qemu/s390-*",
+    "usr/share/qemu/u-boot*",
+    "usr/share/qemu/qemu_vga.ndrv",
+    "usr/share/qemu/*.dtb",
+    "usr/share/qemu/npcm7xx*",
+    "usr/share/qemu/vof*",
+)
 # glibc's iconv converters: UTF-8 and Latin-1 are built in; keep the other Unicode ones, drop 8 MB of legacy charsets.
 GCONV_DIR = "usr/lib/x86_64-linux-gnu/gconv"
 GCONV_KEPT = (
@@ -124,7 +141,7 @@ def prune_modules(root: Path, kver: str, kept: list[str], pruned: list[str]) -> 
 OMIT_CONF = "etc/dracut.conf.d/92-drover-omit.conf"
 # dracut's network and dm modules copy every driver below these into the initrd; only the
 # INITRD_DRIVERS list (and what it depends on) should go there.
-INITRD_TRIMMED = ("kernel/drivers/net/", "kernel/drivers/md/")
+INITRD_TRIMMED = ("kernel/drivers/net/", "kernel/drivers/md/", "kernel/net/")
 
 
 def _module_name(path: str) -> str:
@@ -175,11 +192,11 @@ def customize(root: Path, work: Path) -> None:
     chroot(root, "depmod", "-a", kver)
     omitted = initrd_omissions(root, kver, recipe["initrd_drivers"])
     (root / OMIT_CONF).write_text(
-        "# Written by drover's build: kept network and md modules the initrd does not need.\n"
+        "# Written by drover's build: kept network, md and protocol modules the initrd does not need.\n"
         f'omit_drivers+=" {" ".join(omitted)} "\n'
     )
 
-    say(f"building the initrd (dracut), {len(omitted)} network/md modules left out")
+    say(f"building the initrd (dracut), {len(omitted)} network/md/protocol modules left out")
     chroot(root, "dracut", "--force", "--kver", kver, f"/boot/initrd.img-{kver}")
     out = work / "boot"
     out.mkdir(exist_ok=True)
@@ -209,7 +226,10 @@ def customize(root: Path, work: Path) -> None:
         (root / rel).unlink(missing_ok=True)
     for pattern in PRUNED_GLOBS:
         for path in root.glob(pattern):
-            path.unlink()
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path)
+            else:
+                path.unlink()
     gconv = root / GCONV_DIR
     if gconv.is_dir():
         for child in gconv.iterdir():

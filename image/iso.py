@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import time
 from pathlib import Path
 
 from image import bootfiles
@@ -23,7 +24,16 @@ def _place(src: Path, dst: Path) -> None:
         shutil.copyfile(src, dst)
 
 
-def prepare_tree(tree: Path, artifacts: Path) -> None:
+CMDLINE_FILE = "iso-cmdline"
+
+
+def stamp_and_uuid(when: float | None = None) -> tuple[str, str]:
+    """xorriso's --modification-date stamp and the ISO 9660 UUID it gives (what blkid reports)."""
+    t = time.gmtime(when)
+    return time.strftime("%Y%m%d%H%M%S00", t), time.strftime("%Y-%m-%d-%H-%M-%S-00", t)
+
+
+def prepare_tree(tree: Path, artifacts: Path, iso_uuid: str) -> None:
     """The ISO's contents: kernel and initrd for grub, the squashfs where dmsquash-live looks for it."""
     if tree.exists():
         shutil.rmtree(tree)
@@ -32,11 +42,13 @@ def prepare_tree(tree: Path, artifacts: Path) -> None:
     _place(artifacts / "rootfs.squashfs", tree / "LiveOS/squashfs.img")
     grub = tree / "boot/grub/grub.cfg"
     grub.parent.mkdir(parents=True, exist_ok=True)
-    grub.write_text(bootfiles.grub_config())
+    grub.write_text(bootfiles.grub_config(iso_uuid=iso_uuid))
+    (tree.parent / CMDLINE_FILE).write_text(" ".join(bootfiles.media_cmdline(iso_uuid=iso_uuid)))
 
 
 def step(tree: Path, artifacts: Path) -> Step:
     iso = artifacts / "node.iso"
+    stamp, iso_uuid = stamp_and_uuid()
     return Step(
         name="hybrid ISO (grub-mkrescue)",
         argv=(
@@ -48,10 +60,12 @@ def step(tree: Path, artifacts: Path) -> Step:
             "--themes=",
             "--compress=xz",
             str(tree),
-            # The rest goes to xorriso: the label the initrd finds the squashfs by.
+            # The rest goes to xorriso (as mkisofs): the label, and the date that becomes the
+            # file system's UUID, which the kernel command line names so only this file system matches.
             "-volid",
             bootfiles.ISO_LABEL,
+            f"--modification-date={stamp}",
         ),
         watch=iso,
-        prepare=lambda: prepare_tree(tree, artifacts),
+        prepare=lambda: prepare_tree(tree, artifacts, iso_uuid),
     )

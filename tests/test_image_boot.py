@@ -7,6 +7,7 @@ multi-user, where / lives, which disks exist and which are mounted, and the memo
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -52,6 +53,19 @@ def test_artifacts_and_manifest(node_image: NodeImage) -> None:
         assert package in m.packages, package
     assert "dracut" not in m.packages  # build-only, purged after the initrd was made
     assert "rd.live.ram=1" in m.kernel_cmdline
+
+
+def test_iso_is_hybrid_for_bios_and_uefi(node_image: NodeImage) -> None:
+    """El Torito images for BIOS and UEFI (CD), grub's MBR and a GPT EFI partition (USB stick)."""
+    report = run(
+        ["xorriso", "-indev", str(node_image.path("node.iso")), "-report_el_torito", "plain", "-report_system_area",
+         "plain"]
+    ).stdout
+    assert "Volume id    : 'DROVER-NODE'" in report
+    assert re.search(r"El Torito boot img :\s+\d+\s+BIOS\s+y", report), report
+    assert re.search(r"El Torito boot img :\s+\d+\s+UEFI\s+y", report), report
+    assert "grub2-mbr" in report and "GPT" in report
+    assert "EFI boot partition" in report
 
 
 def test_unchanged_profile_comes_from_the_cache(node_image: NodeImage, tmp_path: Path) -> None:

@@ -64,11 +64,13 @@ def build_cmd(args: argparse.Namespace) -> int:
         dry_run=args.dry_run,
     )
     check_out(req.out)
-    previous = signal.signal(signal.SIGTERM, _terminate)
+    # SIGINT too: a shell starts background jobs with SIGINT ignored, and a build must still stop on it.
+    previous = {sig: signal.signal(sig, _terminate) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
         outcome = build(req)
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
     if outcome.manifest is None:
         print("\n".join(outcome.commands))
         return 0
