@@ -35,7 +35,7 @@ class BuildRequest:
     profile: Profile
     out: Path
     cache_dir: Path
-    compression: Compression = Compression.ZSTD
+    compression: Compression = Compression.XZ
     mirrors: tuple[str, ...] = ()
     # Where boot.ipxe and pxelinux.cfg point the node; None: boot.ipxe uses ${drover-base}.
     base_url: str | None = None

@@ -59,6 +59,7 @@ def overlay(agent_dir: str) -> dict[str, tuple[bytes, int]]:
         "etc/systemd/system/drover-boot-marker.service": (render("drover-boot-marker.service.j2").encode(), 0o644),
         MARKER_PATH: (data_text("boot-marker.sh").encode(), 0o755),
         "etc/systemd/network/80-drover-dhcp.network": (render("80-drover-dhcp.network.j2").encode(), 0o644),
+        "etc/systemd/journald.conf.d/drover.conf": (data_text("journald.conf").encode(), 0o644),
         "etc/systemd/system/systemd-networkd-wait-online.service.d/drover.conf": (
             data_text("wait-online.conf").encode(),
             0o644,
@@ -81,6 +82,7 @@ def dracut_files(drivers: tuple[str, ...]) -> dict[str, tuple[bytes, int]]:
         "etc/dracut.conf.d/91-drover-drivers.conf": (drivers_conf.encode(), 0o644),
         f"{DRACUT_MODULE_DIR}/module-setup.sh": (data_text("dracut_module/module-setup.sh").encode(), 0o755),
         f"{DRACUT_MODULE_DIR}/live-room.sh": (data_text("dracut_module/live-room.sh").encode(), 0o755),
+        f"{DRACUT_MODULE_DIR}/release-media.sh": (data_text("dracut_module/release-media.sh").encode(), 0o755),
     }
 
 

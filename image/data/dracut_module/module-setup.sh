@@ -1,5 +1,5 @@
 #!/bin/bash
-# dracut module "drover-live": makes room for the live root's RAM overlay (see live-room.sh).
+# dracut module "drover-live": room for the live root's RAM overlay, then release the boot media.
 
 check() {
     # only when named in add_dracutmodules
@@ -13,4 +13,5 @@ depends() {
 
 install() {
     inst_hook pre-mount 10 "$moddir/live-room.sh"
+    inst_hook pre-pivot 90 "$moddir/release-media.sh"
 }
