@@ -64,12 +64,43 @@ class ApiConfig:
 
 
 @dataclass(frozen=True)
+class NodesConfig:
+    """The node-facing side: HTTPS identify/heartbeat with the appliance's own CA, plain HTTP boot files."""
+
+    # Nodes reach the appliance over the network, so unlike the API this listens everywhere by default.
+    listen: str = "0.0.0.0"
+    port: int = 8443  # HTTPS: POST /node/v1/identify, /node/v1/heartbeat
+    boot_port: int = 8081  # plain HTTP: GET /boot/ca.pem (checked by the node against drover.ca=sha256:...)
+    # Extra names and addresses in the server certificate, comma separated (e.g. 10.0.2.2 for qemu user-net).
+    extra_names: str = ""
+    # host[:port] of the KDC as nodes should reach it; empty: the host the node used to reach us + KDC port.
+    kdc_address: str = ""
+    libvirt_port: int = 16509  # where nodes' libvirtd listens for qemu+tcp, unless a host row says otherwise
+    heartbeat_seconds: int = 10
+    max_body_bytes: int = 256 * 1024
+
+
+@dataclass(frozen=True)
+class HostBrowserConfig:
+    """The host browser: one libvirt connection per approved host, run as a thread of `drover serve`."""
+
+    enabled: bool = True
+    # libvirt keepalive: a ping every interval seconds, the link is dead after count unanswered ones.
+    keepalive_interval: int = 2
+    keepalive_count: int = 3
+    reconnect_seconds: int = 2  # wait between attempts to reach an unavailable host
+    scan_seconds: int = 2  # how often the DB is read for newly approved hosts
+
+
+@dataclass(frozen=True)
 class Config:
     state_dir: Path = field(default_factory=_default_state_dir)
     log_level: str = "info"
     database: DatabaseConfig = field(default_factory=DatabaseConfig)
     kerberos: KerberosConfig = field(default_factory=KerberosConfig)
     api: ApiConfig = field(default_factory=ApiConfig)
+    nodes: NodesConfig = field(default_factory=NodesConfig)
+    hostbrowser: HostBrowserConfig = field(default_factory=HostBrowserConfig)
 
     # Derived values: always computed from the settings above, never stored twice.
     @property
@@ -95,6 +126,10 @@ class Config:
     @property
     def image_dir(self) -> Path:
         return self.state_dir / "images"
+
+    @property
+    def pki_dir(self) -> Path:
+        return self.state_dir / "pki"
 
 
 T = TypeVar("T")
