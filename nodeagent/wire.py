@@ -123,6 +123,9 @@ class IdentifyResponse:
     heartbeat_seconds: int
     credentials: Credentials | None = None
     message: str = ""
+    # Per-boot secret the agent sends back in every heartbeat: a DMI UUID is not a secret, so it alone
+    # must never be enough to collect a host's keytab after an admin approves it.
+    agent_token: str = ""
 
 
 @dataclass(frozen=True)
@@ -132,6 +135,7 @@ class Heartbeat:
     has_credentials: bool = False
     uptime_seconds: int = 0
     version: int = WIRE_VERSION
+    agent_token: str = ""  # from the IdentifyResponse of this boot
 
 
 @dataclass(frozen=True)

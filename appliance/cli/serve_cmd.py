@@ -3,53 +3,27 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
 import logging
 import os
-import signal
-import socket
-from collections.abc import Generator
-from types import FrameType
 from typing import Any
 
-import uvicorn
-
 from appliance.api import create_app
+from appliance.api.nodes import create_boot_app, create_node_app
 from appliance.bootstrap import grant_first_admin
 from appliance.cli.context import load_config
 from appliance.config import Config, KerberosMode
 from appliance.db import migrate
-from appliance.errors import UsageError
 from appliance.kerberos.realm import FIRST_ADMIN, Realm
+from appliance.launcher import start_hostbrowser
+from appliance.pki import ensure as ensure_pki
+from appliance.serving import Group, bind, listener
 
 log = logging.getLogger(__name__)
 
 
 def register(sub: Any) -> None:
-    p = sub.add_parser("serve", help="run the REST API (Kerberos Negotiate) on [api] listen:port")
+    p = sub.add_parser("serve", help="run the REST API, the node service (identify, heartbeat, boot) and host browser")
     p.set_defaults(func=serve)
-
-
-class _Server(uvicorn.Server):
-    """uvicorn without its habit of re-raising the stop signal after a graceful shutdown.
-
-    uvicorn re-delivers SIGTERM/SIGINT once it has drained, which would kill us with a signal (or a
-    KeyboardInterrupt) instead of letting `drover serve` return 0 after a clean stop.
-    """
-
-    @contextlib.contextmanager
-    def capture_signals(self) -> Generator[None, None, None]:
-        def stop(sig: int, frame: FrameType | None) -> None:
-            log.info("got %s, stopping", signal.Signals(sig).name)
-            self.force_exit = self.should_exit  # a second signal skips the drain
-            self.should_exit = True
-
-        previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
-        try:
-            yield
-        finally:
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
 
 
 def _log_level(cfg: Config) -> None:
@@ -84,34 +58,30 @@ def prepare_realm(cfg: Config) -> Realm:
     return realm
 
 
-def bind(host: str, port: int) -> socket.socket:
-    """Bind the listening socket ourselves: uvicorn would sys.exit() on a taken port."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    # proto=IPPROTO_TCP, not 0: asyncio sets TCP_NODELAY only on sockets that say they are TCP, and
-    # without it every keep-alive response waits ~40 ms for a delayed ACK (Nagle).
-    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        sock.bind((host, port))
-    except OSError as exc:
-        sock.close()
-        raise UsageError(
-            f"cannot listen on {host}:{port}: {exc.strerror}",
-            "stop whatever holds the port or set [api] port (DROVER_API_PORT)",
-        ) from None
-    sock.listen(128)
-    return sock
-
-
 def serve(args: argparse.Namespace) -> int:
     cfg = load_config(args)
     _log_level(cfg)
     realm = prepare_realm(cfg)
     revs = migrate.upgrade(cfg.database_url)
     log.info("database %s at schema %s", revs.url, revs.after)
-    app = create_app(cfg)
-    sock = bind(cfg.api.listen, cfg.api.port)
-    server = _Server(uvicorn.Config(app, log_config=None, lifespan="on", server_header=False))
+    pki = ensure_pki(cfg)
+    # Every port is bound before any server starts: a taken one fails the whole command at once.
+    sockets = [bind(cfg.api.listen, cfg.api.port, "[api] port (DROVER_API_PORT)")]
+    try:
+        sockets.append(bind(cfg.nodes.listen, cfg.nodes.port, "[nodes] port (DROVER_NODES_PORT)"))
+        sockets.append(bind(cfg.nodes.listen, cfg.nodes.boot_port, "[nodes] boot_port (DROVER_NODES_BOOT_PORT)"))
+    except BaseException:
+        for sock in sockets:
+            sock.close()
+        raise
+    group = Group(
+        [
+            listener("api", create_app(cfg), sockets[0]),
+            listener("nodes", create_node_app(cfg, realm=realm), sockets[1],
+                     certfile=str(pki.server_cert), keyfile=str(pki.server_key)),
+            listener("boot", create_boot_app(pki), sockets[2]),
+        ]
+    )  # fmt: skip
     log.info(
         "drover API listening on http://%s:%s (clients: %s, service %s)",
         cfg.api.listen,
@@ -119,9 +89,17 @@ def serve(args: argparse.Namespace) -> int:
         cfg.api_url,
         realm.http_principal,
     )
+    log.info(
+        "node service on %s, boot files on %s; kernel command line: drover.ca=%s",
+        group.listeners[1].url,
+        group.listeners[2].url,
+        pki.fingerprint(),
+    )
+    browser = start_hostbrowser(cfg, realm) if cfg.hostbrowser.enabled else None
     try:
-        server.run(sockets=[sock])
+        group.run()
     finally:
-        sock.close()
+        if browser is not None:
+            browser.stop()
     log.info("drover API stopped")
     return 0

@@ -35,6 +35,8 @@ class LabAppliance:
     database_url: str
     process: subprocess.Popen[bytes]
     log: Path
+    node_port: int = 0  # HTTPS identify/heartbeat
+    boot_port: int = 0  # plain HTTP /boot/ca.pem
 
     @property
     def url(self) -> str:
@@ -49,7 +51,15 @@ class LabAppliance:
     @property
     def config_env(self) -> dict[str, str]:
         """DROVER_* settings that point a drover process at this appliance and the lab realm."""
-        return config_env(self.kdc, self.port, self.database_url)
+        return {**config_env(self.kdc, self.port, self.database_url), **self.node_env}
+
+    @property
+    def node_env(self) -> dict[str, str]:
+        return {"DROVER_NODES_PORT": str(self.node_port), "DROVER_NODES_BOOT_PORT": str(self.boot_port)}
+
+    @property
+    def node_url(self) -> str:
+        return f"https://127.0.0.1:{self.node_port}"
 
     def log_text(self) -> str:
         return self.log.read_text(errors="replace") if self.log.is_file() else ""
@@ -108,25 +118,35 @@ def config_env(kdc: LabKdc, port: int, database_url: str) -> dict[str, str]:
         "DROVER_API_LISTEN": "127.0.0.1",
         "DROVER_API_PORT": str(port),
         "DROVER_DATABASE_URL": database_url,
+        # The node service: loopback only in the lab, and a certificate valid for 127.0.0.1.
+        "DROVER_NODES_LISTEN": "127.0.0.1",
+        "DROVER_NODES_EXTRA_NAMES": "127.0.0.1",
     }
 
 
-def start_appliance(kdc: LabKdc, state_dir: Path, timeout: float = 30) -> LabAppliance:
-    """Start `drover serve` on a free port and wait until /api/v1/health answers."""
+def start_appliance(
+    kdc: LabKdc, state_dir: Path, timeout: float = 30, extra_env: dict[str, str] | None = None
+) -> LabAppliance:
+    """Start `drover serve` on free ports and wait until /api/v1/health answers.
+
+    `extra_env` is added to the server's environment (e.g. nss_wrapper so its host browser resolves lab nodes).
+    """
     state_dir.mkdir(parents=True, exist_ok=True)
     log = state_dir / "serve.log"
     port, database_url = free_port(), f"sqlite:///{state_dir / 'drover.db'}"
     env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(state_dir), "PYTHONPATH": str(ROOT)}
+    node_port, boot_port = free_port(), free_port()
+    nodes = {"DROVER_NODES_PORT": str(node_port), "DROVER_NODES_BOOT_PORT": str(boot_port)}
     with open(log, "ab") as out:
         process = subprocess.Popen(
             [*DROVER, "-v", "serve"],
-            env={**env, **config_env(kdc, port, database_url)},
+            env={**env, **config_env(kdc, port, database_url), **nodes, **(extra_env or {})},
             cwd=ROOT,
             stdin=subprocess.DEVNULL,
             stdout=out,
             stderr=subprocess.STDOUT,
         )
-    lab = LabAppliance(kdc, port, state_dir, database_url, process, log)
+    lab = LabAppliance(kdc, port, state_dir, database_url, process, log, node_port, boot_port)
     deadline = time.monotonic() + timeout
     while True:
         if lab.process.poll() is not None:

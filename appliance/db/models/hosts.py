@@ -6,7 +6,7 @@ import enum
 from datetime import datetime
 from typing import TYPE_CHECKING
 
-from sqlalchemy import BigInteger, ForeignKey, UniqueConstraint
+from sqlalchemy import BigInteger, ForeignKey, String, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from appliance.db.base import Base, CreatedMixin, IdMixin, enum_column, utcnow
@@ -62,6 +62,14 @@ class Host(IdMixin, CreatedMixin, Base):
     )
     arch: Mapped[Arch] = mapped_column(enum_column(Arch, "host_arch"), default=Arch.X86_64)
     last_heartbeat_at: Mapped[datetime | None]
+    # Enrolment: approved by a valid token or an admin; credentials handed out (once per approval/boot).
+    approved_at: Mapped[datetime | None]
+    approved_by: Mapped[str | None]
+    credentials_issued_at: Mapped[datetime | None]
+    # Hash of the per-boot agent token the identify answer carried; heartbeats must present it.
+    agent_token_hash: Mapped[str | None] = mapped_column(String(64))
+    # Where the node's libvirtd listens for qemu+tcp; NULL means [nodes] libvirt_port.
+    libvirt_port: Mapped[int | None]
     hardware_pool_id: Mapped[int] = mapped_column(ForeignKey("hardware_pools.id", ondelete="RESTRICT"), index=True)
     cluster_id: Mapped[int | None] = mapped_column(ForeignKey("clusters.id", ondelete="SET NULL"), index=True)
 

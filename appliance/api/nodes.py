@@ -1,0 +1,128 @@
+"""The node-facing service: POST /node/v1/identify and /node/v1/heartbeat (HTTPS), GET /boot/ca.pem (HTTP).
+
+No Kerberos here: a node has no identity until identify gives it one. Every body is size-limited and
+decoded with nodeagent.wire before anything touches the database, so a bad request is a 400 naming
+the field and changes nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from sqlalchemy import Engine
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from appliance import credentials, enrolment
+from appliance.config import Config
+from appliance.db.engine import make_engine, session_scope
+from appliance.errors import DroverError, UsageError
+from appliance.kerberos.realm import Realm
+from appliance.pki import Pki
+from nodeagent import wire
+
+log = logging.getLogger(__name__)
+
+PREFIX = "/node/v1"
+
+
+async def read_limited(request: Request, limit: int) -> bytes:
+    """The body, refused as soon as it passes `limit` bytes (a lying or absent Content-Length included)."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise UsageError(f"request body: larger than {limit} bytes")
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            raise UsageError(f"request body: larger than {limit} bytes")
+    return bytes(body)
+
+
+def _decode(cls: type[Any], body: bytes) -> Any:
+    try:
+        return wire.decode(cls, body)
+    except wire.WireError as exc:
+        raise UsageError(f"invalid {cls.__name__}: {exc}", "see nodeagent/wire.py for the format") from None
+
+
+class NodeService:
+    """State shared by the node handlers: config, realm (kadmin), database."""
+
+    def __init__(self, cfg: Config, realm: Realm, engine: Engine) -> None:
+        self.cfg = cfg
+        self.realm = realm
+        self.engine = engine
+
+    def issuer(self, reached_as: str) -> enrolment.Issuer:
+        return lambda fqdn: credentials.issue(self.cfg, self.realm, fqdn, reached_as)
+
+    async def identify(self, request: Request) -> Response:
+        message = _decode(wire.IdentifyRequest, await read_limited(request, self.cfg.nodes.max_body_bytes))
+        result = await run_in_threadpool(self._identify, message, request.url.hostname or "")
+        status = 200 if result.response.status is wire.IdentifyStatus.ACCEPTED else 202
+        return Response(wire.encode(result.response), status_code=status, media_type="application/json")
+
+    def _identify(self, message: wire.IdentifyRequest, reached_as: str) -> enrolment.Identified:
+        with session_scope(self.engine) as s:
+            return enrolment.identify(s, message, self.issuer(reached_as), self.cfg.nodes.heartbeat_seconds)
+
+    async def heartbeat(self, request: Request) -> Response:
+        message = _decode(wire.Heartbeat, await read_limited(request, self.cfg.nodes.max_body_bytes))
+        response = await run_in_threadpool(self._heartbeat, message, request.url.hostname or "")
+        return Response(wire.encode(response), media_type="application/json")
+
+    def _heartbeat(self, message: wire.Heartbeat, reached_as: str) -> wire.HeartbeatResponse:
+        with session_scope(self.engine) as s:
+            return enrolment.heartbeat(s, message, self.issuer(reached_as), self.cfg.nodes.heartbeat_seconds)
+
+
+def _error(request: Request, exc: Exception) -> Response:
+    if isinstance(exc, DroverError):
+        if exc.http_status >= 500:
+            log.error("%s %s failed: %s", request.method, request.url.path, exc)
+        else:
+            log.warning("%s %s refused (%s): %s", request.method, request.url.path, exc.http_status, exc)
+        return JSONResponse({"error": exc.message, "hint": exc.hint}, status_code=exc.http_status)
+    if isinstance(exc, HTTPException):
+        return JSONResponse({"error": exc.detail, "hint": ""}, status_code=exc.status_code)
+    return JSONResponse({"error": "internal server error", "hint": "the appliance log has the details"}, 500)
+
+
+_HANDLERS: dict[Any, Any] = {DroverError: _error, HTTPException: _error, Exception: _error}
+
+
+def create_node_app(cfg: Config, *, realm: Realm | None = None, engine: Engine | None = None) -> Starlette:
+    owned = engine is None
+    db = make_engine(cfg.database_url) if engine is None else engine
+    service = NodeService(cfg, realm or Realm.from_config(cfg), db)
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        yield
+        if owned:
+            db.dispose()
+
+    routes = [
+        Route(f"{PREFIX}/identify", service.identify, methods=["POST"]),
+        Route(f"{PREFIX}/heartbeat", service.heartbeat, methods=["POST"]),
+    ]
+    return Starlette(routes=routes, exception_handlers=_HANDLERS, lifespan=lifespan)
+
+
+def create_boot_app(pki: Pki) -> Starlette:
+    """Plain HTTP: what a node fetches before it can trust anything (later also the boot artifacts)."""
+    pem = pki.ca_pem()
+    fingerprint = pki.fingerprint()
+
+    def ca(request: Request) -> Response:
+        return Response(pem, media_type="application/x-pem-file", headers={"X-Drover-CA": fingerprint})
+
+    return Starlette(routes=[Route("/boot/ca.pem", ca, methods=["GET"])], exception_handlers=_HANDLERS)

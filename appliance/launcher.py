@@ -1,0 +1,50 @@
+"""The one place the appliance starts its daemons' code: the host browser runs as a thread of `drover serve`.
+
+A thread rather than its own process: it shares the server's configuration, realm and database
+engine, and the lab and `make demo` have one process to start and stop. libvirt's event loop, the
+DB writer and the connection loop are each one daemon thread, so the API's event loop never waits
+on a host. Imported lazily, so `appliance` never imports `hostbrowser` at module level.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING
+
+from appliance.config import Config
+from appliance.db.engine import make_engine
+from appliance.errors import DroverError
+from appliance.kerberos.realm import Realm
+
+if TYPE_CHECKING:
+    from hostbrowser.browser import HostBrowser
+    from hostbrowser.ticket import ApplianceTicket
+
+log = logging.getLogger(__name__)
+
+
+class RunningBrowser:
+    def __init__(self, browser: HostBrowser, ticket: ApplianceTicket) -> None:
+        self.browser = browser
+        self.ticket = ticket
+
+    def stop(self) -> None:
+        self.browser.stop()
+        self.ticket.stop()
+        self.browser.engine.dispose()
+
+
+def start_hostbrowser(cfg: Config, realm: Realm) -> RunningBrowser | None:
+    """Start the host browser with the appliance's own libvirt credentials; None (logged) if it cannot."""
+    from hostbrowser.browser import HostBrowser  # noqa: PLC0415 - the launcher is the one allowed importer
+    from hostbrowser.ticket import ApplianceTicket  # noqa: PLC0415
+
+    ticket = ApplianceTicket(realm, cfg.state_dir / "hostbrowser" / "libvirt.ccache")
+    try:
+        ticket.start()
+    except DroverError as exc:
+        log.error("host browser not started: %s", exc)
+        return None
+    browser = HostBrowser(cfg, make_engine(cfg.database_url))
+    browser.start()
+    return RunningBrowser(browser, ticket)

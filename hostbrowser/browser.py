@@ -1,0 +1,117 @@
+"""The host browser: one session per approved host, connected and re-connected from one thread.
+
+Whom to connect to comes from the database: every approved host (by a token or an admin) that has
+collected its credentials. Heartbeats keep those rows fresh; zeroconf browsing of `_libvirt._tcp`
+is not used yet (see the enrolment issue).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import Any
+
+import libvirt
+from sqlalchemy import Engine, select
+
+from appliance.config import Config
+from appliance.db.engine import session_scope
+from appliance.db.models import Host
+from appliance.errors import DroverError
+from hostbrowser import loop
+from hostbrowser.session import Connector, HostSession, Target
+from hostbrowser.sync import Writer
+
+log = logging.getLogger(__name__)
+
+
+def targets(engine: Engine, default_port: int) -> list[Target]:
+    with session_scope(engine) as s:
+        rows = s.execute(
+            select(Host.id, Host.hostname, Host.libvirt_port).where(
+                Host.approved_at.is_not(None), Host.credentials_issued_at.is_not(None)
+            )
+        ).all()
+    return [Target(i, name, f"qemu+tcp://{name}:{port or default_port}/system") for i, name, port in rows]
+
+
+class HostBrowser:
+    def __init__(self, cfg: Config, engine: Engine, connector: Connector | None = None) -> None:
+        self.cfg = cfg
+        self.engine = engine
+        self.connector: Connector = connector or libvirt.open
+        self.writer = Writer(engine)
+        self.sessions: dict[int, HostSession] = {}
+        self._stop = threading.Event()
+        self._wake = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="hostbrowser", daemon=True)
+
+    def start(self) -> None:
+        if self.connector is libvirt.open:
+            loop.ensure_running()
+        self.writer.start()
+        self._thread.start()
+        log.info("host browser started")
+
+    def wake(self) -> None:
+        """Look at the database now (e.g. right after an approval) instead of at the next scan."""
+        self._wake.set()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+        self._thread.join(30)
+        for session in self.sessions.values():
+            session.close()
+        self.writer.stop()
+        log.info("host browser stopped")
+
+    def _run(self) -> None:
+        hb = self.cfg.hostbrowser
+        last_scan = 0.0
+        while not self._stop.is_set():
+            now = time.monotonic()
+            if now - last_scan >= hb.scan_seconds or self._wake.is_set():
+                self._wake.clear()
+                last_scan = now
+                self.scan()
+            self.tend(now, hb.reconnect_seconds)
+            self._wake.wait(0.2)
+
+    def scan(self) -> None:
+        """Start sessions for newly approved hosts, close those no longer wanted."""
+        try:
+            wanted = {t.host_id: t for t in targets(self.engine, self.cfg.nodes.libvirt_port)}
+        except DroverError as exc:
+            log.error("host browser cannot read hosts: %s", exc)
+            return
+        for host_id in set(self.sessions) - set(wanted):
+            self.sessions.pop(host_id).close()
+        hb = self.cfg.hostbrowser
+        for host_id, target in wanted.items():
+            current = self.sessions.get(host_id)
+            if current is not None and current.target == target:
+                continue
+            if current is not None:
+                current.close()  # renamed or moved to another port: start over
+            session = HostSession(target, self.writer, self.connector, (hb.keepalive_interval, hb.keepalive_count))
+            self.sessions[host_id] = session
+            session.connect()
+
+    def tend(self, now: float, retry_after: float) -> None:
+        """Re-connect sessions that went down, each at most every `retry_after` seconds."""
+        for session in list(self.sessions.values()):
+            down = session.down_since
+            if down is None:
+                continue
+            session.reap()
+            if now - down >= retry_after and not self._stop.is_set() and not session.connect():
+                session.down_since = now
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "hosts": len(self.sessions),
+            "connected": sum(1 for s in self.sessions.values() if s.connected),
+            "changes_applied": self.writer.applied,
+        }

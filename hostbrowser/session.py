@@ -1,0 +1,150 @@
+"""One libvirt connection to one host: keepalive, lifecycle events, a full re-sync on every (re)connect."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import libvirt
+
+from appliance.db.models import VmState
+from hostbrowser.sync import Domain, DomainChanged, HostDown, HostUp, Writer
+
+log = logging.getLogger(__name__)
+
+# Opens a URI. The real one is libvirt.open; the scale benchmark passes a simulated connection here,
+# the only place anything stands in for libvirt.
+Connector = Callable[[str], Any]
+
+_STATES = {
+    libvirt.VIR_DOMAIN_NOSTATE: VmState.STOPPED,
+    libvirt.VIR_DOMAIN_RUNNING: VmState.RUNNING,
+    libvirt.VIR_DOMAIN_BLOCKED: VmState.RUNNING,  # running, waiting on I/O
+    libvirt.VIR_DOMAIN_PAUSED: VmState.PAUSED,
+    libvirt.VIR_DOMAIN_SHUTDOWN: VmState.STOPPING,
+    libvirt.VIR_DOMAIN_SHUTOFF: VmState.STOPPED,
+    libvirt.VIR_DOMAIN_CRASHED: VmState.CRASHED,
+    libvirt.VIR_DOMAIN_PMSUSPENDED: VmState.PAUSED,
+}
+
+# For a domain that vanished before we could ask it: the state its last event implies.
+_EVENT_STATES = {
+    libvirt.VIR_DOMAIN_EVENT_STARTED: VmState.RUNNING,
+    libvirt.VIR_DOMAIN_EVENT_SUSPENDED: VmState.PAUSED,
+    libvirt.VIR_DOMAIN_EVENT_RESUMED: VmState.RUNNING,
+    libvirt.VIR_DOMAIN_EVENT_STOPPED: VmState.STOPPED,
+    libvirt.VIR_DOMAIN_EVENT_SHUTDOWN: VmState.STOPPING,
+    libvirt.VIR_DOMAIN_EVENT_CRASHED: VmState.CRASHED,
+    libvirt.VIR_DOMAIN_EVENT_PMSUSPENDED: VmState.PAUSED,
+}
+
+
+def describe(dom: Any) -> Domain:
+    """Ask libvirt for the domain's state and size (raises libvirtError if it is gone)."""
+    state, max_kib, _mem, vcpus, _cpu = dom.info()
+    return Domain(dom.UUIDString(), dom.name(), _STATES.get(state, VmState.STOPPED), vcpus, max_kib // 1024)
+
+
+@dataclass(frozen=True)
+class Target:
+    host_id: int
+    hostname: str
+    uri: str
+
+
+class HostSession:
+    """Connects, watches and reports one host; `connect()` is called again by the browser while down."""
+
+    def __init__(self, target: Target, writer: Writer, connector: Connector, keepalive: tuple[int, int]) -> None:
+        self.target = target
+        self.writer = writer
+        self.connector = connector
+        self.keepalive = keepalive
+        self.conn: Any = None
+        self.down_since: float | None = time.monotonic()
+        self.last_error = ""
+        self._lock = threading.Lock()
+        self._callback_id: int | None = None
+
+    @property
+    def connected(self) -> bool:
+        return self.conn is not None
+
+    def connect(self) -> bool:
+        """Open the connection and re-sync every domain; False (and the host reported down) on failure."""
+        try:
+            conn = self.connector(self.target.uri)
+            conn.setKeepAlive(*self.keepalive)
+            conn.registerCloseCallback(self._closed, None)
+            callback_id = conn.domainEventRegisterAny(None, libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE, self._lifecycle,
+                                                      None)  # fmt: skip
+            domains = tuple(describe(d) for d in conn.listAllDomains(0))
+        except libvirt.libvirtError as exc:
+            reason = " ".join(str(exc).split())
+            if reason != self.last_error:
+                log.warning("cannot reach %s at %s: %s", self.target.hostname, self.target.uri, reason)
+            self.last_error = reason
+            self.writer.put(HostDown(self.target.host_id, f"libvirt unreachable: {reason}"))
+            return False
+        with self._lock:
+            self.conn, self._callback_id, self.down_since, self.last_error = conn, callback_id, None, ""
+        # Events were registered before listing, so nothing is missed: any queued meanwhile are no newer
+        # than this list, which is applied after them; events after the list are queued after it.
+        self.writer.put(HostUp(self.target.host_id, domains))
+        log.info("connected to %s (%d domains)", self.target.uri, len(domains))
+        return True
+
+    def _lifecycle(self, conn: Any, dom: Any, event: int, detail: int, opaque: Any) -> None:
+        # Runs in the event loop thread: no database here, and only cached or quick calls to libvirt.
+        try:
+            found = describe(dom)
+        except libvirt.libvirtError:
+            found = Domain(dom.UUIDString(), dom.name(), None)
+        if event == libvirt.VIR_DOMAIN_EVENT_UNDEFINED:
+            found = Domain(found.uuid, found.name, None)
+        elif found.state is None and event in _EVENT_STATES:
+            found = Domain(found.uuid, found.name, _EVENT_STATES[event])
+        self.writer.put(DomainChanged(self.target.host_id, found))
+
+    def _closed(self, conn: Any, reason: int, opaque: Any) -> None:
+        why = {
+            libvirt.VIR_CONNECT_CLOSE_REASON_ERROR: "I/O error",
+            libvirt.VIR_CONNECT_CLOSE_REASON_EOF: "connection closed by the host",
+            libvirt.VIR_CONNECT_CLOSE_REASON_KEEPALIVE: "keepalive timed out",
+        }.get(reason, f"closed ({reason})")
+        log.warning("lost %s: %s", self.target.hostname, why)
+        self.writer.put(HostDown(self.target.host_id, why))
+        with self._lock:
+            self.down_since = time.monotonic()
+        # Closing the dead connection is left to the browser thread: closing from inside its own
+        # close callback is not allowed.
+
+    def reap(self) -> None:
+        """Drop a dead connection (browser thread), so the next connect() starts clean."""
+        with self._lock:
+            if self.down_since is None or self.conn is None:
+                return
+            conn, callback_id, self.conn, self._callback_id = self.conn, self._callback_id, None, None
+        _quietly_close(conn, callback_id)
+
+    def close(self) -> None:
+        with self._lock:
+            conn, callback_id, self.conn, self._callback_id = self.conn, self._callback_id, None, None
+        if conn is not None:
+            _quietly_close(conn, callback_id)
+
+
+def _quietly_close(conn: Any, callback_id: int | None) -> None:
+    for step in (
+        lambda: conn.domainEventDeregisterAny(callback_id) if callback_id is not None else None,
+        conn.unregisterCloseCallback,
+        conn.close,
+    ):
+        # The peer may be gone; then there is nothing left to tidy on its side.
+        with contextlib.suppress(libvirt.libvirtError):
+            step()

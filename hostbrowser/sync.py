@@ -1,0 +1,187 @@
+"""What the host browser writes: host states and VM rows, applied by one writer thread in batches.
+
+libvirt callbacks run in the event loop thread, which also answers keepalive pings; a slow database
+there would make healthy hosts look dead. So callbacks only queue a change, and this thread applies
+them, many per transaction when they arrive in bursts.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from dataclasses import dataclass
+
+from sqlalchemy import Engine, select, update
+from sqlalchemy.orm import Session
+
+from appliance import hosts
+from appliance.db.base import utcnow
+from appliance.db.engine import session_scope
+from appliance.db.models import Event, Host, HostState, Severity, Vm, VmState
+from appliance.errors import DroverError
+
+log = logging.getLogger(__name__)
+
+BATCH = 500
+
+
+@dataclass(frozen=True)
+class Domain:
+    """A domain as libvirt reported it; `state` None means it no longer exists on the host."""
+
+    uuid: str
+    name: str
+    state: VmState | None
+    vcpus: int = 1
+    memory_mib: int = 1
+
+
+@dataclass(frozen=True)
+class DomainChanged:
+    host_id: int
+    domain: Domain
+
+
+@dataclass(frozen=True)
+class HostUp:
+    """Connected: the host is available and these are all of its domains (a full re-sync)."""
+
+    host_id: int
+    domains: tuple[Domain, ...]
+
+
+@dataclass(frozen=True)
+class HostDown:
+    host_id: int
+    reason: str
+
+
+Change = DomainChanged | HostUp | HostDown
+
+
+def apply(session: Session, change: Change) -> None:
+    if isinstance(change, DomainChanged):
+        host = session.get(Host, change.host_id)
+        if host is not None:
+            _domain(session, host, change.domain)
+    elif isinstance(change, HostUp):
+        _host_up(session, change)
+    else:
+        _host_down(session, change)
+
+
+def _domain(session: Session, host: Host, dom: Domain) -> None:
+    vm = session.scalars(select(Vm).where(Vm.uuid == dom.uuid)).one_or_none()
+    if dom.state is None:
+        if vm is not None and vm.host_id == host.id:
+            vm.host_id = None
+            _vm_state(session, vm, VmState.STOPPED, "undefined on its host")
+        return
+    if vm is None:
+        vm = Vm(uuid=dom.uuid, name=dom.name, vcpus=max(dom.vcpus, 1), memory_mib=max(dom.memory_mib, 1),
+                hardware_pool_id=host.hardware_pool_id, host_id=host.id, state=dom.state)  # fmt: skip
+        session.add(vm)
+        session.flush()
+        session.add(Event(kind="vm.discovered", subject=dom.name, message=f"on {host.hostname}: {dom.state}",
+                          host_id=host.id, vm_id=vm.id))  # fmt: skip
+        return
+    if vm.host_id != host.id:
+        vm.host_id = host.id
+    vm.name, vm.vcpus, vm.memory_mib = dom.name, max(dom.vcpus, 1), max(dom.memory_mib, 1)
+    _vm_state(session, vm, dom.state, f"on {host.hostname}")
+
+
+def _vm_state(session: Session, vm: Vm, state: VmState, why: str) -> None:
+    if vm.state is state:
+        return
+    session.add(Event(kind="vm.state", subject=vm.name, message=f"{vm.state} -> {state} {why}", vm_id=vm.id,
+                      host_id=vm.host_id))  # fmt: skip
+    vm.state = state
+    vm.state_changed_at = utcnow()
+
+
+def _host_up(session: Session, change: HostUp) -> None:
+    host = session.get(Host, change.host_id)
+    if host is None:
+        return
+    seen = {d.uuid for d in change.domains}
+    for dom in change.domains:
+        _domain(session, host, dom)
+    # Anything the DB placed here that the host no longer has went away while we were not looking.
+    for vm in session.scalars(select(Vm).where(Vm.host_id == host.id)).all():
+        if vm.uuid not in seen:
+            vm.host_id = None
+            _vm_state(session, vm, VmState.STOPPED, f"not on {host.hostname} any more")
+    if host.state is not HostState.MAINTENANCE:
+        hosts.set_state(session, host, HostState.AVAILABLE, f"libvirt connected, {len(seen)} domains")
+
+
+def _host_down(session: Session, change: HostDown) -> None:
+    host = session.get(Host, change.host_id)
+    if host is None:
+        return
+    if host.state is HostState.AVAILABLE:
+        hosts.set_state(session, host, HostState.UNAVAILABLE, change.reason)
+    # The real state of its guests is unknown now; they are not stopped, nor running for all we know.
+    session.execute(
+        update(Vm).where(Vm.host_id == host.id, Vm.state != VmState.UNREACHABLE)
+        .values(state=VmState.UNREACHABLE, state_changed_at=utcnow())
+    )  # fmt: skip
+    session.add(Event(kind="vm.unreachable", subject=host.hostname, message=change.reason, host_id=host.id,
+                      severity=Severity.WARNING))  # fmt: skip
+
+
+class Writer:
+    """One thread applying queued changes; `flush()` waits until everything queued so far is written."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self.queue: queue.Queue[Change | threading.Event | None] = queue.Queue()
+        self.applied = 0
+        self._thread = threading.Thread(target=self._run, name="hostbrowser-db", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def put(self, change: Change) -> None:
+        self.queue.put(change)
+
+    def flush(self, timeout: float = 30) -> None:
+        done = threading.Event()
+        self.queue.put(done)
+        done.wait(timeout)
+
+    def stop(self) -> None:
+        self.queue.put(None)
+        self._thread.join(30)
+
+    def _run(self) -> None:
+        while True:
+            first = self.queue.get()
+            batch: list[Change | threading.Event | None] = [first]
+            while len(batch) < BATCH:
+                try:
+                    batch.append(self.queue.get_nowait())
+                except queue.Empty:
+                    break
+            changes = [c for c in batch if c is not None and not isinstance(c, threading.Event)]
+            if changes:
+                self._write(changes)
+            for item in batch:
+                if isinstance(item, threading.Event):
+                    item.set()
+            if any(item is None for item in batch):
+                return
+
+    def _write(self, changes: list[Change]) -> None:
+        try:
+            with session_scope(self.engine) as session:
+                for change in changes:
+                    apply(session, change)
+            self.applied += len(changes)
+        except DroverError as exc:
+            # A daemon logs and carries on: the next (re)connect re-syncs whatever was lost here.
+            log.error("could not write %d host browser changes: %s", len(changes), exc)
+        except Exception:  # a constraint we did not foresee must not kill the only writer
+            log.exception("could not write %d host browser changes", len(changes))
