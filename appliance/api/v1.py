@@ -6,7 +6,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from appliance.api import users
+from appliance.api import hosts, users
 
 PREFIX = "/api/v1"
 # Reachable without a ticket: load balancers and `drover serve`'s own readiness check use it.
@@ -21,4 +21,8 @@ routes = [
     Route(f"{PREFIX}/health", health, methods=["GET"]),
     Route(f"{PREFIX}/whoami", users.whoami, methods=["GET"]),
     Route(f"{PREFIX}/users", users.grant, methods=["POST"]),
+    Route(f"{PREFIX}/hosts", hosts.list_hosts, methods=["GET"]),
+    Route(f"{PREFIX}/hosts/tokens", hosts.mint_token, methods=["POST"]),
+    Route(f"{PREFIX}/hosts/{{key}}", hosts.show_host, methods=["GET"]),
+    Route(f"{PREFIX}/hosts/{{key}}/approve", hosts.approve_host, methods=["POST"]),
 ]

@@ -1,0 +1,96 @@
+"""Hosts over the API: list, show, approve a pending host, mint an enrolment token (admin)."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from sqlalchemy import select
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+
+from appliance import enrolment, hosts
+from appliance.api.access import caller_roles
+from appliance.api.auth import caller
+from appliance.api.edge import read_json
+from appliance.api.state import session, state
+from appliance.db import tokens
+from appliance.db.models import Host
+from appliance.db.models.users import Role
+from appliance.errors import Forbidden, UsageError
+from appliance.pki import Pki
+from nodeagent import wire
+
+MAX_TTL = timedelta(days=30)
+
+
+def _require(request: Request, role: Role, what: str) -> None:
+    with session(request) as s:
+        held = caller_roles(request, s)
+    if not any(r.includes(role) for r in held):
+        raise Forbidden(f"{caller(request).principal} may not {what}", f"it needs the {role} role")
+
+
+def list_hosts(request: Request) -> JSONResponse:
+    _require(request, Role.MONITOR, "list hosts")
+    port = state(request).cfg.nodes.libvirt_port
+    with session(request) as s:
+        rows = s.scalars(select(Host).order_by(Host.hostname, Host.id)).all()
+        return JSONResponse({"hosts": [hosts.summary(h, port) for h in rows]})
+
+
+def show_host(request: Request) -> JSONResponse:
+    _require(request, Role.MONITOR, "see hosts")
+    port = state(request).cfg.nodes.libvirt_port
+    with session(request) as s:
+        host = hosts.find(s, request.path_params["key"])
+        return JSONResponse(hosts.detail(host, port))
+
+
+def approve_host(request: Request) -> JSONResponse:
+    _require(request, Role.ADMIN, "approve hosts")
+    port = state(request).cfg.nodes.libvirt_port
+    with session(request) as s:
+        host = hosts.find(s, request.path_params["key"])
+        enrolment.approve(s, host, caller(request).principal)
+        return JSONResponse(hosts.summary(host, port))
+
+
+async def mint_token(request: Request) -> JSONResponse:
+    """POST /hosts/tokens {"ttl_seconds"?, "mac"?, "uuid"?, "note"?}: the token is in this answer only."""
+    body = await read_json(request)
+    unknown = sorted(set(body) - {"ttl_seconds", "mac", "uuid", "note"})
+    if unknown:
+        raise UsageError(f"{unknown[0]}: unknown field", "fields: ttl_seconds, mac, uuid, note")
+    ttl = body.get("ttl_seconds", int(tokens.DEFAULT_TTL.total_seconds()))
+    if not isinstance(ttl, int) or isinstance(ttl, bool) or not 0 < ttl <= MAX_TTL.total_seconds():
+        raise UsageError(f"ttl_seconds: must be an integer from 1 to {int(MAX_TTL.total_seconds())}")
+    try:
+        mac = wire.normalize_mac(body["mac"]) if body.get("mac") else None
+        uuid = wire.normalize_uuid(body["uuid"]) if body.get("uuid") else None
+    except (wire.WireError, AttributeError) as exc:
+        raise UsageError(f"mac/uuid: {exc}") from None
+    note = body.get("note", "")
+    if not isinstance(note, str) or len(note) > 255:
+        raise UsageError("note: must be a string of at most 255 characters")
+    return await run_in_threadpool(_mint, request, timedelta(seconds=ttl), mac, uuid, note)
+
+
+def _mint(request: Request, ttl: timedelta, mac: str | None, uuid: str | None, note: str) -> JSONResponse:
+    _require(request, Role.ADMIN, "mint enrolment tokens")
+    cfg = state(request).cfg
+    with session(request) as s:
+        minted = tokens.mint(s, ttl=ttl, mac=mac, host_uuid=uuid, created_by=caller(request).principal, note=note)
+    pki = Pki(cfg.pki_dir)
+    fingerprint = pki.fingerprint() if pki.ca_cert.is_file() else ""
+    return JSONResponse(
+        {
+            "id": minted.id,
+            "token": minted.token,
+            "expires_at": minted.expires_at.isoformat(),
+            "mac": mac,
+            "uuid": uuid,
+            "kernel_args": f"drover.token={minted.token}" + (f" drover.ca={fingerprint}" if fingerprint else ""),
+        },
+        status_code=201,
+    )

@@ -1,0 +1,98 @@
+"""`drover host list|show|approve|token`: hosts and enrolment through the API, under the caller's ticket."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any
+
+from appliance.cli.api_cmd import client_for
+from appliance.cli.context import load_config
+from nodeagent import wire
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser("host", help="hypervisor hosts: list, show, approve, enrolment tokens")
+    verbs = p.add_subparsers(dest="verb", metavar="VERB", required=True)
+    ls = verbs.add_parser("list", help="every host with its state")
+    ls.add_argument("--json", action="store_true")
+    ls.set_defaults(func=list_hosts)
+    show = verbs.add_parser("show", help="one host's facts, NICs, disks and VMs")
+    show.add_argument("host", help="id, DMI UUID or host name")
+    show.add_argument("--json", action="store_true")
+    show.set_defaults(func=show_host)
+    approve = verbs.add_parser("approve", help="approve a pending host; its next heartbeat collects its keytab")
+    approve.add_argument("host", help="id, DMI UUID or host name")
+    approve.set_defaults(func=approve_host)
+    token = verbs.add_parser("token", help="mint a one-time enrolment token (printed once)")
+    token.add_argument("--ttl", type=int, default=24 * 3600, metavar="SECONDS", help="lifetime (default: 1 day)")
+    token.add_argument("--mac", help="only a node booting from this MAC may use it")
+    token.add_argument("--uuid", help="only the machine with this DMI UUID may use it")
+    token.add_argument("--note", default="", help="free text kept with the token")
+    token.set_defaults(func=mint_token)
+
+
+_SHOW = (
+    "id", "hostname", "uuid", "state", "approved_by", "libvirt_uri", "cpu_model", "cpu_count", "cpu_cores",
+    "cpu_sockets", "virtualization", "memory_mib", "hypervisor_type", "last_heartbeat_at",
+)  # fmt: skip
+
+
+def _mac(value: str | None) -> str | None:
+    return wire.normalize_mac(value) if value else None
+
+
+def list_hosts(args: argparse.Namespace) -> int:
+    with client_for(load_config(args)) as api:
+        rows = api.get("/api/v1/hosts")["hosts"]
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    table = [("ID", "HOSTNAME", "STATE", "APPROVED", "CPUS", "MEMORY", "UUID")]
+    for h in rows:
+        table.append((str(h["id"]), h["hostname"], h["state"], "yes" if h["approved"] else "no",
+                      str(h["cpu_count"]), f"{h['memory_mib']} MiB", h["uuid"]))  # fmt: skip
+    widths = [max(len(r[i]) for r in table) for i in range(len(table[0]))]
+    for row in table:
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+    return 0
+
+
+def show_host(args: argparse.Namespace) -> int:
+    with client_for(load_config(args)) as api:
+        h = api.get(f"/api/v1/hosts/{args.host}")
+    if args.json:
+        print(json.dumps(h, indent=2))
+        return 0
+    for key in _SHOW:
+        print(f"{key + ':':<19}{h[key] if h[key] not in (None, '') else '-'}")
+    for nic in h["nics"]:
+        boot = " (boot)" if nic["boot"] else ""
+        print(f"nic:               {nic['name']} {nic['mac']} {nic['speed_mbps'] or '?'} Mb/s{boot} "
+              f"{' '.join(nic['addresses'])}".rstrip())  # fmt: skip
+    for disk in h["disks"]:
+        print(f"disk:              {disk['name']} {disk['size_bytes'] // 2**30} GiB {disk['model']}".rstrip())
+    for vm in h["vms"]:
+        print(f"vm:                {vm['name']} {vm['state']} {vm['uuid']}")
+    return 0
+
+
+def approve_host(args: argparse.Namespace) -> int:
+    with client_for(load_config(args)) as api:
+        h = api.post(f"/api/v1/hosts/{args.host}/approve")
+    print(f"approved host {h['hostname']} ({h['uuid']}); it collects its keytab at its next heartbeat")
+    return 0
+
+
+def mint_token(args: argparse.Namespace) -> int:
+    body: dict[str, object] = {"ttl_seconds": args.ttl, "note": args.note}
+    if args.mac:
+        body["mac"] = _mac(args.mac)
+    if args.uuid:
+        body["uuid"] = args.uuid
+    with client_for(load_config(args)) as api:
+        t = api.post("/api/v1/hosts/tokens", body)
+    # The token alone on the first line, so `drover host token | head -1` gives a script just the token.
+    print(t["token"])
+    print(f"# expires {t['expires_at']}; kernel command line: {t['kernel_args']}")
+    return 0
