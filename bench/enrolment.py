@@ -1,0 +1,226 @@
+"""Enrolment benchmark: identify requests/s, host browser changes/s into the DB, and 1,000 hosts in one process.
+
+- identify: POST /node/v1/identify over HTTPS to a real `drover serve` (lab KDC, SQLite), without a token
+  (pending: DB work only) and with tokens (kadmin issues a keytab each); baseline: GET /api/v1/health on
+  the same server process.
+- events: lifecycle changes through the host browser's DB writer; baseline: plain Event inserts, same batch.
+- scale: 1,000 approved hosts with 10 domains each. SIMULATED at the libvirt-connection boundary: the
+  connector hands out in-memory connections instead of calling libvirt.open; everything above it (sessions,
+  writer, DB) is the real code.
+"""
+
+from __future__ import annotations
+
+import resource
+import shutil
+import ssl
+import tempfile
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import httpx
+import libvirt
+from sqlalchemy import Engine, func, select
+
+from appliance.config import load
+from appliance.db import migrate
+from appliance.db.base import utcnow
+from appliance.db.engine import make_engine, session_scope
+from appliance.db.models import Event, Host, HostState, Vm, VmState
+from appliance.db.tokens import mint
+from appliance.hosts import default_pool
+from hostbrowser.browser import HostBrowser
+from hostbrowser.sync import Domain, DomainChanged, Writer
+from nodeagent import wire
+from tests.lab.appliance import start_appliance
+from tests.lab.kdc import start_kdc
+from tests.test_enrolment import facts
+
+PENDING_REQUESTS = 300
+ACCEPTED_REQUESTS = 20
+EVENTS = 20_000
+HOSTS = 1000
+DOMAINS_PER_HOST = 10
+
+
+def _rate(count: int, seconds: float) -> float:
+    return round(count / seconds, 1) if seconds > 0 else 0.0
+
+
+def _identify(tmp: Path) -> dict[str, Any]:
+    kdc = start_kdc(tmp / "kdc")
+    try:
+        lab = start_appliance(kdc, tmp / "appliance")
+        try:
+            pem = (kdc.root / "pki" / "ca.pem").read_text()
+            with httpx.Client(base_url=lab.local_url, trust_env=False) as api:
+                start = time.perf_counter()
+                for _ in range(PENDING_REQUESTS):
+                    api.get("/api/v1/health").raise_for_status()
+                health = _rate(PENDING_REQUESTS, time.perf_counter() - start)
+            ctx = ssl.create_default_context(cadata=pem)
+            with httpx.Client(base_url=lab.node_url, verify=ctx, trust_env=False) as node:
+                bodies = [wire.encode(wire.IdentifyRequest("", facts(str(uuid.uuid4()), f"b{i}.example.test")))
+                          for i in range(PENDING_REQUESTS)]  # fmt: skip
+                start = time.perf_counter()
+                for body in bodies:
+                    assert node.post("/node/v1/identify", content=body).status_code == 202
+                pending = _rate(PENDING_REQUESTS, time.perf_counter() - start)
+                engine = make_engine(lab.database_url)
+                with session_scope(engine) as s:
+                    tokens = [mint(s).token for _ in range(ACCEPTED_REQUESTS)]
+                engine.dispose()
+                bodies = [wire.encode(wire.IdentifyRequest(t, facts(str(uuid.uuid4()), f"a{i}.example.test")))
+                          for i, t in enumerate(tokens)]  # fmt: skip
+                start = time.perf_counter()
+                for body in bodies:
+                    assert node.post("/node/v1/identify", content=body).status_code == 200
+                accepted = _rate(ACCEPTED_REQUESTS, time.perf_counter() - start)
+        finally:
+            lab.stop()
+    finally:
+        kdc.process.terminate()
+        kdc.process.wait(timeout=10)
+    return {
+        "baseline_health_per_second": health,
+        "identify_pending_per_second": pending,
+        "identify_accepted_with_keytab_per_second": accepted,
+        "pending_vs_health_ratio": round(pending / health, 3),
+    }
+
+
+def _fresh_db(path: Path) -> Engine:
+    migrate.upgrade(f"sqlite:///{path}")
+    return make_engine(f"sqlite:///{path}")
+
+
+def _add_hosts(engine: Engine, count: int) -> list[int]:
+    with session_scope(engine) as s:
+        pool = default_pool(s)
+        rows = [Host(uuid=str(uuid.uuid4()), hostname=f"sim{i}.example.test", hardware_pool_id=pool.id,
+                     approved_at=utcnow(), credentials_issued_at=utcnow()) for i in range(count)]  # fmt: skip
+        s.add_all(rows)
+        s.flush()
+        return [h.id for h in rows]
+
+
+def _events(tmp: Path) -> dict[str, Any]:
+    engine = _fresh_db(tmp / "events.db")
+    (host_id,) = _add_hosts(engine, 1)
+    start = time.perf_counter()
+    for chunk in range(0, EVENTS, 500):
+        with session_scope(engine) as s:
+            s.add_all(Event(kind="bench", message=str(i)) for i in range(chunk, min(chunk + 500, EVENTS)))
+    baseline = _rate(EVENTS, time.perf_counter() - start)
+    writer = Writer(engine)
+    writer.start()
+    states = (VmState.RUNNING, VmState.STOPPED)
+    doms = [str(uuid.uuid4()) for _ in range(50)]
+    start = time.perf_counter()
+    for i in range(EVENTS):
+        writer.put(DomainChanged(host_id, Domain(doms[i % 50], f"vm{i % 50}", states[(i // 50) % 2], 1, 256)))
+    writer.flush(300)
+    applied = _rate(writer.applied, time.perf_counter() - start)
+    writer.stop()
+    engine.dispose()
+    return {"baseline_event_inserts_per_second": baseline, "vm_changes_applied_per_second": applied,
+            "applied_vs_insert_ratio": round(applied / baseline, 3)}  # fmt: skip
+
+
+class SimulatedConnection:
+    """Stands in for a libvirt connection (bench only): domains in memory, close callback on demand."""
+
+    def __init__(self, name: str) -> None:
+        self.domains = [SimulatedDomain(f"{name}-vm{i}") for i in range(DOMAINS_PER_HOST)]
+        self.on_close: Any = None
+
+    def setKeepAlive(self, interval: int, count: int) -> None:  # noqa: N802 - libvirt's names
+        pass
+
+    def registerCloseCallback(self, cb: Any, opaque: Any) -> None:  # noqa: N802
+        self.on_close = cb
+
+    def unregisterCloseCallback(self) -> None:  # noqa: N802
+        self.on_close = None
+
+    def domainEventRegisterAny(self, dom: Any, event: int, cb: Any, opaque: Any) -> int:  # noqa: N802
+        return 1
+
+    def domainEventDeregisterAny(self, callback_id: int) -> None:  # noqa: N802
+        pass
+
+    def listAllDomains(self, flags: int) -> list[SimulatedDomain]:  # noqa: N802
+        return self.domains
+
+    def close(self) -> None:
+        pass
+
+
+class SimulatedDomain:
+    def __init__(self, name: str) -> None:
+        self._name, self._uuid = name, str(uuid.uuid4())
+
+    def info(self) -> list[int]:
+        return [libvirt.VIR_DOMAIN_RUNNING, 524288, 524288, 1, 0]
+
+    def name(self) -> str:
+        return self._name
+
+    def UUIDString(self) -> str:  # noqa: N802
+        return self._uuid
+
+
+def _count(engine: Engine, state: HostState) -> int:
+    with session_scope(engine) as s:
+        return int(s.scalar(select(func.count()).select_from(Host).where(Host.state == state)) or 0)
+
+
+def _scale(tmp: Path) -> dict[str, Any]:
+    engine = _fresh_db(tmp / "scale.db")
+    _add_hosts(engine, HOSTS)
+    conns: dict[str, SimulatedConnection] = {}
+
+    def connector(uri: str) -> SimulatedConnection:
+        conns[uri] = SimulatedConnection(uri.split("/")[2].split(".", maxsplit=1)[0])
+        return conns[uri]
+
+    cfg = load(env={"DROVER_STATE_DIR": str(tmp), "DROVER_DATABASE_URL": f"sqlite:///{tmp / 'scale.db'}"})
+    browser = HostBrowser(cfg, engine, connector)
+    threads_before = threading.active_count()
+    start = time.perf_counter()
+    browser.start()
+    while _count(engine, HostState.AVAILABLE) < HOSTS:
+        time.sleep(0.05)
+    all_up = time.perf_counter() - start
+    start = time.perf_counter()
+    for conn in list(conns.values()):
+        conn.on_close(conn, libvirt.VIR_CONNECT_CLOSE_REASON_KEEPALIVE, None)
+    while _count(engine, HostState.UNAVAILABLE) < HOSTS:
+        time.sleep(0.05)
+    all_down = time.perf_counter() - start
+    with session_scope(engine) as s:
+        unreachable = s.scalar(select(func.count()).select_from(Vm).where(Vm.state == VmState.UNREACHABLE))
+    threads = threading.active_count() - threads_before
+    browser.stop()
+    engine.dispose()
+    return {
+        "note": "SIMULATED at the libvirt-connection boundary: in-memory connections instead of libvirt.open",
+        "hosts": HOSTS,
+        "domains": HOSTS * DOMAINS_PER_HOST,
+        "seconds_until_all_available": round(all_up, 2),
+        "seconds_until_all_unavailable_after_loss": round(all_down, 2),
+        "vms_unreachable": unreachable,
+        "threads_used": threads,
+        "max_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+    }
+
+
+def run() -> dict[str, Any]:
+    tmp = Path(tempfile.mkdtemp(prefix="drover-bench-enrol-"))
+    try:
+        return {"identify": _identify(tmp), "events": _events(tmp), "scale_1000_hosts": _scale(tmp)}
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
