@@ -133,7 +133,7 @@ def test_full_disk_leaves_no_complete_looking_output(node_image: NodeImage, tmp_
         run(["umount", str(tiny)])
 
 
-@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 @pytest.mark.timeout(180)
 def test_interrupted_build_cleans_up(tmp_path: Path, sig: signal.Signals) -> None:
     """A real (uncached) build stopped while mmdebstrap runs: exit 130, nothing left behind."""
