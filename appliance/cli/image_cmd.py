@@ -29,7 +29,7 @@ def register(sub: Any) -> None:
         metavar="SOURCE",
         help="apt sources file or archive URL (repeatable; default: this host's enabled apt sources)",
     )
-    b.add_argument("--compression", default=str(Compression.ZSTD), help="squashfs compression: zstd or xz")
+    b.add_argument("--compression", default=str(Compression.XZ), help="squashfs compression: xz or zstd")
     b.add_argument("--base-url", metavar="URL", help="where nodes fetch the artifacts (default: iPXE next-server)")
     b.add_argument("--cache-dir", metavar="DIR", type=Path, help=f"build cache (default: {cache.default_dir()})")
     b.add_argument("--dry-run", action="store_true", help="print every external command instead of running it")
