@@ -15,8 +15,9 @@ from pathlib import Path
 from typing import Any
 
 from image.manifest import BUILT, PAYLOAD
+from tests.lab.accel import detect
 from tests.lab.image import build_node_image, http_server, pxe_tftp_dir
-from tests.lab.qemu import detect_accel, start_guest
+from tests.lab.qemu import start_guest
 
 MB = 1_000_000
 TARGET_PAYLOAD_MB = 120.0
@@ -37,7 +38,7 @@ def run() -> dict[str, Any]:
         sizes = {name: round(m.artifacts[name].size / MB, 2) for name in BUILT}
         payload_mb = sum(m.artifacts[name].size for name in PAYLOAD) / MB
 
-        accel = detect_accel(image.path("vmlinuz"))
+        accel = detect()
         with http_server(image.dir) as http:
             tftp = pxe_tftp_dir(work / "tftp", http.url_for_guest())
             guest = start_guest("bench-pxe", work, accel=accel, tftp_dir=tftp)

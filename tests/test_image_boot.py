@@ -19,8 +19,9 @@ import pytest
 from appliance.runner import run
 from image import cache
 from image.manifest import BUILT, MANIFEST, load
+from tests.lab.accel import detect
 from tests.lab.image import NodeImage, build_node_image, http_server, pxe_tftp_dir
-from tests.lab.qemu import Guest, detect_accel, start_guest
+from tests.lab.qemu import Guest, start_guest
 
 MARKER = r"DROVER-BOOT (?P<facts>[^\r\n]*uptime=\S+)"
 BOOT_TIMEOUT = 300
@@ -80,7 +81,7 @@ def test_unchanged_profile_comes_from_the_cache(node_image: NodeImage, tmp_path:
 @pytest.mark.boot
 @pytest.mark.timeout(BOOT_TIMEOUT, func_only=True)
 def test_pxe_boot_into_ram(node_image: NodeImage, tmp_path: Path, guests: list[Guest]) -> None:
-    accel = detect_accel(node_image.path("vmlinuz"))
+    accel = detect()
     with http_server(node_image.dir) as http:
         tftp = pxe_tftp_dir(tmp_path / "tftp", http.url_for_guest(), ["drover.test=pxe"])
         guest = start_guest("pxe", tmp_path, accel=accel, tftp_dir=tftp)
@@ -97,7 +98,7 @@ def test_pxe_boot_into_ram(node_image: NodeImage, tmp_path: Path, guests: list[G
 @pytest.mark.boot
 @pytest.mark.timeout(BOOT_TIMEOUT, func_only=True)
 def test_usb_stick_boot_into_ram(node_image: NodeImage, tmp_path: Path, guests: list[Guest]) -> None:
-    accel = detect_accel(node_image.path("vmlinuz"))
+    accel = detect()
     guest = start_guest("usb", tmp_path, accel=accel, usb_stick=node_image.path("node.iso"))
     guests.append(guest)
     found, seconds = guest.wait_for(MARKER, BOOT_TIMEOUT - 20)

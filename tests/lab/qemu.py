@@ -2,15 +2,14 @@
 
 Reusable by any test that boots a node: `start_guest()` takes the boot source, extra kernel
 arguments (for direct kernel boot) and extra qemu arguments; `Guest.wait_for()` waits for a
-serial-console pattern with a timeout; `Guest.kill()` stops qemu for good. The accelerator is
-detected at run time: KVM when it really boots a kernel, TCG otherwise (LAB.md: the paravirtual
+serial-console pattern with a timeout; `Guest.kill()` stops qemu for good. The accelerator comes
+from tests/lab/accel.py: KVM when it really boots a kernel, TCG otherwise (LAB.md: the paravirtual
 KVM here starts guests that then die).
 """
 
 from __future__ import annotations
 
 import functools
-import os
 import re
 import shutil
 import subprocess
@@ -28,7 +27,6 @@ OVMF_CODE = Path("/usr/share/OVMF/OVMF_CODE_4M.fd")
 OVMF_VARS = Path("/usr/share/OVMF/OVMF_VARS_4M.fd")
 # The address qemu's user network gives the host (its loopback), as seen from the guest.
 HOST_FROM_GUEST = "10.0.2.2"
-KVM_PROBE_SECONDS = 12.0
 
 
 @dataclass
@@ -101,26 +99,6 @@ def _base_argv(accel: str, memory_mb: int, serial_log: Path) -> list[str]:
 
 
 @functools.cache
-def detect_accel(kernel: Path) -> str:
-    """'kvm' when a KVM guest gets the kernel as far as its root-mount panic, else 'tcg'."""
-    if not os.access("/dev/kvm", os.R_OK | os.W_OK):
-        return "tcg"
-    probe = Path(os.environ.get("TMPDIR", "/tmp")) / f"drover-kvm-probe-{os.getpid()}"
-    probe.mkdir(exist_ok=True)
-    serial = probe / "serial.log"
-    argv = [*_base_argv("kvm", 256, serial), "-kernel", str(kernel), "-append", "console=ttyS0 panic=-1"]
-    proc = spawn(argv, log_file=probe / "qemu.log")
-    guest = Guest("kvm-probe", proc, serial, probe / "qemu.log", "kvm")
-    try:
-        guest.wait_for(r"VFS: Unable to mount root|Kernel panic", KVM_PROBE_SECONDS)
-        return "kvm"
-    except AssertionError:
-        return "tcg"
-    finally:
-        guest.kill()
-        shutil.rmtree(probe, ignore_errors=True)
-
-
 def start_guest(
     name: str,
     workdir: Path,
