@@ -117,12 +117,24 @@ def create_node_app(cfg: Config, *, realm: Realm | None = None, engine: Engine |
     return Starlette(routes=routes, exception_handlers=_HANDLERS, lifespan=lifespan)
 
 
-def create_boot_app(pki: Pki) -> Starlette:
-    """Plain HTTP: what a node fetches before it can trust anything (later also the boot artifacts)."""
+NODE_API_HEADER = "X-Drover-Node-Api"  # nodeagent.tls.API_HEADER: where the HTTPS node API is
+
+
+def create_boot_app(pki: Pki, node_port: int = 0) -> Starlette:
+    """Plain HTTP: what a node fetches before it can trust anything (later also the boot artifacts).
+
+    With `node_port`, /boot/ca.pem also says where the HTTPS node API is (the name the node used to
+    reach us, that port): without it the agent guesses the default 8443, wrong on any other port.
+    """
     pem = pki.ca_pem()
     fingerprint = pki.fingerprint()
 
     def ca(request: Request) -> Response:
-        return Response(pem, media_type="application/x-pem-file", headers={"X-Drover-CA": fingerprint})
+        headers = {"X-Drover-CA": fingerprint}
+        host = request.url.hostname
+        if node_port and host:
+            host = f"[{host}]" if ":" in host else host
+            headers[NODE_API_HEADER] = f"https://{host}:{node_port}"
+        return Response(pem, media_type="application/x-pem-file", headers=headers)
 
     return Starlette(routes=[Route("/boot/ca.pem", ca, methods=["GET"])], exception_handlers=_HANDLERS)

@@ -79,7 +79,7 @@ def serve(args: argparse.Namespace) -> int:
             listener("api", create_app(cfg), sockets[0]),
             listener("nodes", create_node_app(cfg, realm=realm), sockets[1],
                      certfile=str(pki.server_cert), keyfile=str(pki.server_key)),
-            listener("boot", create_boot_app(pki), sockets[2]),
+            listener("boot", create_boot_app(pki, sockets[1].getsockname()[1]), sockets[2]),
         ]
     )  # fmt: skip
     log.info(
