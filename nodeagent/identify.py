@@ -16,6 +16,8 @@ IDENTIFY_PATH = "/node/v1/identify"
 HEARTBEAT_PATH = "/node/v1/heartbeat"
 
 R = TypeVar("R")
+# The appliance answers identify with 200 (accepted) or 202 (recorded, pending approval); both carry a body.
+OK_STATUSES = (200, 202)
 
 
 class ApplianceError(RuntimeError):
@@ -27,8 +29,9 @@ class ApplianceError(RuntimeError):
 
     @property
     def unknown_host(self) -> bool:
-        """The appliance no longer knows us (404/410 on heartbeat): identify again."""
-        return self.status in (404, 410)
+        """The appliance no longer knows us or our per-boot agent token (401, as drover serve answers a
+        heartbeat it cannot match; 404/410): identify again rather than heartbeat into a wall forever."""
+        return self.status in (401, 404, 410)
 
 
 class NodeApiClient:
@@ -68,7 +71,7 @@ class NodeApiClient:
             raise ApplianceError(f"POST {where}: {exc}") from None
         finally:
             conn.close()
-        if resp.status != 200:
+        if resp.status not in OK_STATUSES:
             reason = data[:300].decode(errors="replace")
             raise ApplianceError(f"POST {where}: HTTP {resp.status}: {reason}", resp.status)
         try:
