@@ -45,6 +45,6 @@ def start_hostbrowser(cfg: Config, realm: Realm) -> RunningBrowser | None:
     except DroverError as exc:
         log.error("host browser not started: %s", exc)
         return None
-    browser = HostBrowser(cfg, make_engine(cfg.database_url))
+    browser = HostBrowser(cfg, make_engine(cfg.database_url), refresh=ticket.acquire)
     browser.start()
     return RunningBrowser(browser, ticket)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 import libvirt
@@ -37,10 +38,19 @@ def targets(engine: Engine, default_port: int) -> list[Target]:
 
 
 class HostBrowser:
-    def __init__(self, cfg: Config, engine: Engine, connector: Connector | None = None) -> None:
+    def __init__(
+        self,
+        cfg: Config,
+        engine: Engine,
+        connector: Connector | None = None,
+        refresh: Callable[[], None] | None = None,
+    ) -> None:
+        """`refresh` gets the appliance a fresh TGT in a fresh ccache (dropping cached service tickets)."""
         self.cfg = cfg
         self.engine = engine
         self.connector: Connector = connector or libvirt.open
+        self.refresh = refresh
+        self._refreshed = float("-inf")
         self.writer = Writer(engine)
         self.sessions: dict[int, HostSession] = {}
         self._stop = threading.Event()
@@ -97,7 +107,7 @@ class HostBrowser:
                 current.close()  # renamed or moved to another port: start over
             session = HostSession(target, self.writer, self.connector, (hb.keepalive_interval, hb.keepalive_count))
             self.sessions[host_id] = session
-            session.connect()
+            self._connect(session)
 
     def tend(self, now: float, retry_after: float) -> None:
         """Re-connect sessions that went down, each at most every `retry_after` seconds."""
@@ -106,8 +116,33 @@ class HostBrowser:
             if down is None:
                 continue
             session.reap()
-            if now - down >= retry_after and not self._stop.is_set() and not session.connect():
+            if now - down >= retry_after and not self._stop.is_set() and not self._connect(session):
                 session.down_since = now
+
+    def _connect(self, session: HostSession) -> bool:
+        """Connect; if the host refused our Kerberos ticket, get fresh credentials once and try again.
+
+        A node gets a new key (kvno) every time it enrols, i.e. at every reboot, while the appliance's
+        ccache still holds a service ticket for the old key, valid for hours: without dropping it the
+        rebooted node refuses us until that ticket expires. Refreshing is at most every reconnect period.
+        """
+        if session.connect():
+            return True
+        now = time.monotonic()
+        if (
+            not session.auth_failed
+            or self.refresh is None
+            or now - self._refreshed < self.cfg.hostbrowser.reconnect_seconds
+        ):
+            return False
+        self._refreshed = now
+        log.info("%s refused our Kerberos ticket: getting fresh credentials and trying again", session.target.hostname)
+        try:
+            self.refresh()
+        except DroverError as exc:
+            log.error("refreshing the libvirt client ticket failed: %s", exc)
+            return False
+        return session.connect()
 
     def status(self) -> dict[str, Any]:
         return {

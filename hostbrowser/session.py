@@ -68,6 +68,7 @@ class HostSession:
         self.conn: Any = None
         self.down_since: float | None = time.monotonic()
         self.last_error = ""
+        self.auth_failed = False  # the last connect was refused by SASL/Kerberos (see HostBrowser.refresh)
         self._lock = threading.Lock()
         self._callback_id: int | None = None
 
@@ -86,6 +87,7 @@ class HostSession:
             domains = tuple(describe(d) for d in conn.listAllDomains(0))
         except libvirt.libvirtError as exc:
             reason = " ".join(str(exc).split())
+            self.auth_failed = exc.get_error_code() == libvirt.VIR_ERR_AUTH_FAILED
             if reason != self.last_error:
                 log.warning("cannot reach %s at %s: %s", self.target.hostname, self.target.uri, reason)
             self.last_error = reason
@@ -93,6 +95,7 @@ class HostSession:
             return False
         with self._lock:
             self.conn, self._callback_id, self.down_since, self.last_error = conn, callback_id, None, ""
+            self.auth_failed = False
         # Events were registered before listing, so nothing is missed: any queued meanwhile are no newer
         # than this list, which is applied after them; events after the list are queued after it.
         self.writer.put(HostUp(self.target.host_id, domains))

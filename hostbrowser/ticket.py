@@ -26,11 +26,17 @@ class ApplianceTicket:
         self._thread: threading.Thread | None = None
 
     def acquire(self) -> None:
-        """kinit now; libvirt's SASL GSSAPI client reads KRB5CCNAME from this process's environment."""
+        """kinit now; libvirt's SASL GSSAPI client reads KRB5CCNAME from this process's environment.
+
+        Into a new file renamed over the old one: a connection being opened meanwhile reads either the
+        whole old ccache or the whole new one (which holds a TGT and no stale service tickets).
+        """
         self.ccache.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        env = kinit_keytab(self.realm.appliance_principal, self.realm.files.appliance_keytab, self.ccache,
+        fresh = self.ccache.with_name(self.ccache.name + ".new")
+        env = kinit_keytab(self.realm.appliance_principal, self.realm.files.appliance_keytab, fresh,
                            self.realm.env())  # fmt: skip
-        os.environ.update(env)
+        os.replace(fresh, self.ccache)
+        os.environ.update({**env, "KRB5CCNAME": f"FILE:{self.ccache}"})
         log.info("libvirt client ticket for %s in %s", self.realm.appliance_principal, self.ccache)
 
     def start(self) -> None:
