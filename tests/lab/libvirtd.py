@@ -112,6 +112,17 @@ def sasl_conf(keytab: Path) -> str:
     return f"mech_list: gssapi\nkeytab: {keytab}\n"
 
 
+@dataclass(frozen=True)
+class NodeFiles:
+    """Config and key a node's libvirtd uses when something else wrote them (the real node agent):
+    its libvirtd.conf, the dir holding its SASL `libvirt.conf`, its keytab and (optionally) krb5.conf."""
+
+    libvirtd_conf: Path
+    sasl_dir: Path
+    keytab: Path
+    krb5_conf: Path | None = None
+
+
 class LabHosts:
     """An nss_wrapper hosts file: how client subprocesses resolve lab names without /etc/hosts."""
 
@@ -139,6 +150,7 @@ class LabNode:
     root: Path
     process: subprocess.Popen[bytes]
     kdc: LabKdc
+    files: NodeFiles | None = None
 
     @property
     def fqdn(self) -> str:
@@ -200,7 +212,7 @@ class LabNode:
     def restart(self, timeout: float = 30) -> None:
         """Start libvirtd again on the same dirs and port; it reconnects to guests still running."""
         self.stop_daemon()
-        self.process = _spawn_libvirtd(self.kdc, self.settings, self.root)
+        self.process = _spawn_libvirtd(self.kdc, self.settings, self.root, self.files)
         _wait_ready(self, timeout)
 
     def stop(self, timeout: float = 15) -> None:
@@ -225,7 +237,7 @@ def _alive(pid: int) -> bool:
     return state not in ("Z", "X")
 
 
-def _namespace_script(settings: NodeSettings, root: Path) -> str:
+def _namespace_script(settings: NodeSettings, root: Path, conf: Path) -> str:
     """The shell that runs as the namespace's first process: mounts, hostname, then exec libvirtd."""
     lines = ["set -e"]
     for host_path, sub in _PRIVATE_DIRS:
@@ -241,24 +253,29 @@ def _namespace_script(settings: NodeSettings, root: Path) -> str:
             copy.write_text(Path(f"/etc/{db}").read_text() + entry + "\n")
             lines.append(f"mount --bind {shlex.quote(str(copy))} /etc/{db}")
     lines.append(f"hostname {shlex.quote(settings.fqdn)}")
-    conf = root / "etc" / "libvirtd.conf"
     lines.append(f"exec libvirtd --listen -f {shlex.quote(str(conf))} -p {shlex.quote(str(root / 'libvirtd.pid'))}")
     return "\n".join(lines)
 
 
-def start_node(kdc: LabKdc, settings: NodeSettings, root: Path, timeout: float = 30) -> LabNode:
-    """Lay out the node's private dirs and config, start its libvirtd and wait for its TCP port."""
+def start_node(
+    kdc: LabKdc, settings: NodeSettings, root: Path, timeout: float = 30, files: NodeFiles | None = None
+) -> LabNode:
+    """Lay out the node's private dirs and config, start its libvirtd and wait for its TCP port.
+
+    With `files`, libvirtd.conf, SASL config and keytab are those (written by the node agent), not the lab's.
+    """
     t0 = time.monotonic()
     for _, sub in _PRIVATE_DIRS:
         (root / sub).mkdir(parents=True, exist_ok=True)
     (root / "sock").mkdir(mode=0o700, exist_ok=True)
     (root / "sasl").mkdir(exist_ok=True)
-    keytab = kdc.keytab(settings.service_principal, root / "libvirtd.keytab")
-    keytab.chmod(0o600)
-    (root / "sasl" / "libvirt.conf").write_text(sasl_conf(keytab))
-    (root / "etc" / "libvirtd.conf").write_text(libvirtd_conf(settings, root))
+    if files is None:
+        keytab = kdc.keytab(settings.service_principal, root / "libvirtd.keytab")
+        keytab.chmod(0o600)
+        (root / "sasl" / "libvirt.conf").write_text(sasl_conf(keytab))
+        (root / "etc" / "libvirtd.conf").write_text(libvirtd_conf(settings, root))
     (root / "etc" / "qemu.conf").write_text(qemu_conf(settings))
-    node = LabNode(settings, root, _spawn_libvirtd(kdc, settings, root), kdc)
+    node = LabNode(settings, root, _spawn_libvirtd(kdc, settings, root, files), kdc, files)
     try:
         _wait_ready(node, timeout)
     except BaseException:
@@ -270,12 +287,18 @@ def start_node(kdc: LabKdc, settings: NodeSettings, root: Path, timeout: float =
     return node
 
 
-def _spawn_libvirtd(kdc: LabKdc, settings: NodeSettings, root: Path) -> subprocess.Popen[bytes]:
-    keytab = root / "libvirtd.keytab"
-    env = {**kdc.env, "SASL_CONF_PATH": str(root / "sasl"), "KRB5_KTNAME": f"FILE:{keytab}"}
+def _spawn_libvirtd(
+    kdc: LabKdc, settings: NodeSettings, root: Path, files: NodeFiles | None = None
+) -> subprocess.Popen[bytes]:
+    if files is None:
+        files = NodeFiles(root / "etc" / "libvirtd.conf", root / "sasl", root / "libvirtd.keytab")
+    env = {**kdc.env, "SASL_CONF_PATH": str(files.sasl_dir), "KRB5_KTNAME": f"FILE:{files.keytab}"}
+    if files.krb5_conf is not None:
+        env["KRB5_CONFIG"] = str(files.krb5_conf)
+    script = _namespace_script(settings, root, files.libvirtd_conf)
     # unshare without --fork execs in place: the pid we hold is libvirtd's, so terminate() reaches it.
     return spawn(
-        ["unshare", "-m", "-u", "--propagation", "private", "sh", "-c", _namespace_script(settings, root)],
+        ["unshare", "-m", "-u", "--propagation", "private", "sh", "-c", script],
         env=env,
         log_file=root / "libvirtd.stdout",
     )
@@ -310,14 +333,33 @@ class NodeFactory:
         # 127.0.0.1 stays the appliance's; nodes get .11, .12, ... (ports keep parallel runs apart).
         self._addresses = (f"127.0.0.{n}" for n in itertools.count(11))
 
-    def start(self, fqdn: str, allowed_users: tuple[str, ...] = (APPLIANCE_CLIENT,), *, log_level: int = 3) -> LabNode:
+    def plan(
+        self, fqdn: str, allowed_users: tuple[str, ...] = (APPLIANCE_CLIENT,), *, port: int = 0, log_level: int = 3
+    ) -> NodeSettings:
+        """Settings for a node on the next loopback address (its name resolvable at once), not started yet."""
         address = next(self._addresses)
-        settings = NodeSettings(fqdn, address, free_port(address), allowed_users, log_level=log_level)
-        root = self.base / f"{fqdn}-{settings.port}"
-        self._share_caps(root)
-        node = start_node(self.kdc, settings, root)
-        self.nodes.append(node)
         self.hosts.add(fqdn, address)
+        return NodeSettings(fqdn, address, port or free_port(address), allowed_users, log_level=log_level)
+
+    def root_for(self, settings: NodeSettings) -> Path:
+        return self.base / f"{settings.fqdn}-{settings.port}"
+
+    def start(
+        self,
+        fqdn: str,
+        allowed_users: tuple[str, ...] = (APPLIANCE_CLIENT,),
+        *,
+        log_level: int = 3,
+        settings: NodeSettings | None = None,
+        files: NodeFiles | None = None,
+    ) -> LabNode:
+        """Start a node; `settings` from plan(), `files` when the node agent wrote its config and keytab."""
+        settings = settings or self.plan(fqdn, allowed_users, log_level=log_level)
+        root = self.root_for(settings)
+        self._share_caps(root)
+        node = start_node(self.kdc, settings, root, files=files)
+        self.nodes.append(node)
+        self.hosts.add(settings.fqdn, settings.address)
         return node
 
     def _share_caps(self, new_root: Path | None) -> None:

@@ -1,0 +1,488 @@
+"""Enrolment end to end without a PXE boot: the REAL node agent (Debian's python3, a child process) enrols
+with a REAL `drover serve`, and the host browser reaches a REAL lab libvirtd that runs on the libvirtd.conf,
+SASL config and keytab the agent wrote (the keytab the appliance issued through kadmin).
+
+What stands in for the boot: the kernel command line is a file, sysfs/procfs facts are a small tree of
+data files, and libvirtd is (re)started by `--restart=command`: a tiny client that asks this test process
+to start or restart the lab libvirtd (no systemd as PID 1 here). Everything else is the real code path:
+`drover host token` -> /boot/ca.pem pinned by the CLI's fingerprint -> HTTPS identify -> kadmin keytab ->
+libvirtd with SASL GSSAPI -> host browser over Kerberos -> `drover host list|show|approve`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import shlex
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import Engine, func, select
+
+from appliance.db.engine import make_engine, session_scope
+from appliance.db.models import EnrolmentToken, Event, Host, HostNic, HostState, Vm, VmState
+from tests.lab.accel import Accel
+from tests.lab.appliance import LabAppliance, start_appliance
+from tests.lab.guest import GuestImage, domain_xml
+from tests.lab.kdc import LabKdc
+from tests.lab.libvirtd import LabHosts, LabNode, NodeFactory, NodeFiles, NodeSettings, client_env, libvirtd_conf, virsh
+from tests.lab.net import free_port
+from tests.lab.nodeagent_peer import SYSTEM_PYTHON, read_state, start_agent, stop
+
+pytestmark = pytest.mark.lab
+
+ADMIN = "e2e-boss"
+# The restart command the agent runs: connect to the test's unix socket, wait for "0" (libvirtd is up).
+_CLIENT = (
+    "import socket, sys; s = socket.socket(socket.AF_UNIX); s.settimeout(60); s.connect(sys.argv[1]); "
+    "s.sendall(b'restart'); r = s.recv(4096); sys.stderr.write(r[1:].decode()); sys.exit(0 if r[:1] == b'0' else 1)"
+)
+
+
+@dataclass(frozen=True)
+class Lab:
+    served: LabAppliance
+    db: Engine
+    kdc: LabKdc
+    hosts: LabHosts
+    nodes: NodeFactory
+    libvirt_port: int
+
+
+@pytest.fixture(scope="module")
+def lab(
+    kdc: LabKdc, lab_hosts: LabHosts, libvirt_nodes: NodeFactory, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Lab]:
+    # Every lab node of this module listens on the same port on its own loopback address, as real nodes
+    # all listen on 16509: the appliance is told that port, nothing is poked into its database.
+    port = free_port()
+    served = start_appliance(
+        kdc,
+        tmp_path_factory.mktemp("e2e-appliance"),
+        extra_env={**lab_hosts.env, "DROVER_NODES_HEARTBEAT_SECONDS": "1", "DROVER_NODES_LIBVIRT_PORT": str(port)},
+    )
+    assert served.drover("user", "add", ADMIN, "--role", "admin").returncode == 0
+    engine = make_engine(served.database_url)
+    yield Lab(served, engine, kdc, lab_hosts, libvirt_nodes, port)
+    engine.dispose()
+    served.stop()
+
+
+class RestartServer:
+    """The test's end of `--restart=command`: each connection (re)starts the node's lab libvirtd on the
+    files the agent wrote, and answers once it listens; the LabNode stays this process's child."""
+
+    def __init__(self, path: Path, start: Callable[[], LabNode]) -> None:
+        self.path = path
+        self.start_node = start
+        self.node: LabNode | None = None
+        self.restarts = 0
+        self.sock = socket.socket(socket.AF_UNIX)
+        self.sock.bind(str(path))
+        self.sock.listen()
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    @property
+    def command(self) -> str:
+        return shlex.join([SYSTEM_PYTHON, "-c", _CLIENT, str(self.path)])
+
+    def restart(self) -> None:
+        if self.node is None:
+            self.node = self.start_node()
+        else:
+            self.node.restart()
+        self.restarts += 1
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            with conn:
+                conn.recv(64)
+                try:
+                    self.restart()
+                    answer = b"0"
+                except Exception as exc:  # reported to the agent, which logs it
+                    answer = b"1" + str(exc)[-2000:].encode()
+                with contextlib.suppress(OSError):
+                    conn.sendall(answer)
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+@dataclass
+class FakeNode:
+    """One node's data: facts tree, kernel command line, config root, agent state and log."""
+
+    tmp: Path
+    fqdn: str
+    dmi_uuid: str
+    settings: NodeSettings
+    restarter: RestartServer
+
+    @property
+    def conf(self) -> Path:
+        return self.tmp / "conf"
+
+    @property
+    def keytab(self) -> Path:
+        return self.conf / "etc/libvirt/krb5.tab"
+
+    @property
+    def state(self) -> Path:
+        return self.tmp / "agent.json"
+
+    @property
+    def log(self) -> Path:
+        return self.tmp / "agent.log"
+
+    def facts_tree(self, nics: dict[str, str]) -> None:
+        root = self.tmp / "root"
+        for rel, text in {
+            "sys/class/dmi/id/product_uuid": self.dmi_uuid.upper() + "\n",
+            "proc/sys/kernel/hostname": self.fqdn + "\n",
+            "proc/sys/kernel/osrelease": "6.1.0-28-amd64\n",
+            "proc/cpuinfo": "".join(
+                f"processor\t: {i}\nmodel name\t: E2E Test CPU\nphysical id\t: 0\ncore id\t\t: {i}\n"
+                "cpu cores\t: 2\nflags\t\t: fpu vmx sse2\n\n"
+                for i in range(2)
+            ),
+            "proc/meminfo": "MemTotal:        4096000 kB\n",
+            "proc/uptime": "42.5 10.0\n",
+            "sys/block/vda/size": str(20 * 2**30 // 512) + "\n",
+            "sys/block/vda/device/model": "E2E disk\n",
+        }.items():
+            (root / rel).parent.mkdir(parents=True, exist_ok=True)
+            (root / rel).write_text(text)
+        net = root / "sys/class/net"
+        if net.exists():
+            for old in net.iterdir():
+                for f in old.iterdir():
+                    f.rmdir() if f.is_dir() else f.unlink()
+                old.rmdir()
+        for name, mac in nics.items():
+            (net / name / "device").mkdir(parents=True)
+            (net / name / "address").write_text(mac + "\n")
+            (net / name / "type").write_text("1\n")
+            (net / name / "speed").write_text("1000\n")
+
+    def cmdline(self, appliance: LabAppliance, token: str, ca: str, bootif: str) -> None:
+        token_arg = f" drover.token={token}" if token else ""
+        (self.tmp / "cmdline").write_text(
+            f"BOOT_IMAGE=vmlinuz drover.appliance=http://127.0.0.1:{appliance.boot_port}{token_arg} "
+            f"drover.ca={ca} BOOTIF={bootif} quiet\n"
+        )
+
+    def start_agent(self) -> Any:
+        return start_agent(
+            "--root", str(self.tmp / "root"),
+            "--config-root", str(self.conf),
+            "--cmdline", str(self.tmp / "cmdline"),
+            "--state-file", str(self.state),
+            "--restart", "command",
+            "--restart-command", self.restarter.command,
+            "--libvirt-address", self.settings.address,
+            "--libvirt-port", str(self.settings.port),
+            "--no-announce",
+            "--error-backoff", "0.2",
+            "--error-backoff-max", "1",
+            "--refused-pause", "0.5",
+            log=self.log,
+        )  # fmt: skip
+
+
+@pytest.fixture
+def make_node(lab: Lab, tmp_path: Path) -> Iterator[Callable[[str, str], FakeNode]]:
+    made: list[FakeNode] = []
+
+    def make(fqdn: str, dmi_uuid: str) -> FakeNode:
+        settings = lab.nodes.plan(fqdn, port=lab.libvirt_port)
+        tmp = tmp_path / fqdn
+        conf = tmp / "conf"
+        (conf / "etc/libvirt").mkdir(parents=True)
+        # The node's distro libvirtd.conf (the lab's: address, port, private socket dir, log); the agent
+        # keeps those lines and replaces the auth settings with its managed block.
+        (conf / "etc/libvirt/libvirtd.conf").write_text(libvirtd_conf(settings, lab.nodes.root_for(settings)))
+        files = NodeFiles(
+            libvirtd_conf=conf / "etc/libvirt/libvirtd.conf",
+            sasl_dir=conf / "etc/sasl2",
+            keytab=conf / "etc/libvirt/krb5.tab",
+            krb5_conf=conf / "etc/krb5.conf",  # the node's krb5.conf, as the appliance handed it over
+        )
+        restarter = RestartServer(tmp / "restart.sock", lambda: lab.nodes.start(fqdn, settings=settings, files=files))
+        node = FakeNode(tmp, fqdn, dmi_uuid, settings, restarter)
+        made.append(node)
+        return node
+
+    yield make
+    for node in made:
+        node.restarter.close()
+        if node.restarter.node is not None:
+            node.restarter.node.stop()
+
+
+def wait_for(what: str, check: Callable[[], bool], timeout: float, log: Path | None = None) -> float:
+    start = time.monotonic()
+    while not check():
+        if time.monotonic() - start > timeout:
+            tail = log.read_text(errors="replace")[-3000:] if log is not None and log.exists() else ""
+            raise AssertionError(f"{what} not within {timeout}s\n{tail}")
+        time.sleep(0.05)
+    return time.monotonic() - start
+
+
+def host_row(db: Engine, dmi_uuid: str) -> tuple[int, HostState] | None:
+    with session_scope(db) as s:
+        row = s.execute(select(Host.id, Host.state).where(Host.uuid == dmi_uuid)).one_or_none()
+    return (row[0], row[1]) if row is not None else None
+
+
+def host_state(db: Engine, dmi_uuid: str) -> HostState | None:
+    row = host_row(db, dmi_uuid)
+    return row[1] if row else None
+
+
+def vm_state(db: Engine, name: str) -> VmState | None:
+    with session_scope(db) as s:
+        return s.scalars(select(Vm.state).where(Vm.name == name)).one_or_none()
+
+
+def nic_macs(db: Engine, dmi_uuid: str) -> dict[str, tuple[str, bool]]:
+    with session_scope(db) as s:
+        rows = s.execute(
+            select(HostNic.mac, HostNic.name, HostNic.is_boot).join(Host).where(Host.uuid == dmi_uuid)
+        ).all()
+    return {mac: (name, boot) for mac, name, boot in rows}
+
+
+def available_events(db: Engine, host_id: int) -> int:
+    """How often the host browser has (re)connected to this host: `-> available` state events."""
+    with session_scope(db) as s:
+        return (
+            s.scalar(
+                select(func.count())
+                .select_from(Event)
+                .where(Event.host_id == host_id, Event.kind == "host.state", Event.message.contains("-> available"))
+            )
+            or 0
+        )
+
+
+def snapshot(db: Engine) -> tuple[object, ...]:
+    """What a refused node must not change: hosts, their NICs, approvals, agent tokens, enrolment tokens.
+    (Host states and events are left out: the host browser keeps updating earlier tests' hosts.)"""
+    with session_scope(db) as s:
+        nics = tuple(s.execute(select(HostNic.host_id, HostNic.mac, HostNic.name).order_by(HostNic.mac)).all())
+        used = tuple(s.execute(select(EnrolmentToken.id, EnrolmentToken.used_at, EnrolmentToken.used_by_host_id)).all())
+        rows = tuple(
+            s.execute(
+                select(Host.id, Host.uuid, Host.hostname, Host.approved_at, Host.agent_token_hash).order_by(Host.id)
+            )
+        )
+    return (nics, used, rows)
+
+
+def mint(lab: Lab) -> tuple[str, str]:
+    """`drover host token` as an admin: the token and the CA pin from the printed kernel arguments."""
+    minted = lab.served.drover("host", "token", principal=ADMIN)
+    assert minted.returncode == 0, minted.stderr
+    pin = re.search(r"drover\.ca=(sha256:[0-9a-f]{64})", minted.stdout)
+    assert pin is not None, minted.stdout
+    return minted.stdout.splitlines()[0], pin.group(1)
+
+
+def listed(lab: Lab, fqdn: str) -> list[str]:
+    out = lab.served.drover("host", "list", principal=ADMIN)
+    assert out.returncode == 0, out.stderr
+    rows = [line.split() for line in out.stdout.splitlines()[1:]]
+    (row,) = [r for r in rows if r[1] == fqdn]
+    return row
+
+
+def shown(lab: Lab, fqdn: str) -> str:
+    out = lab.served.drover("host", "show", fqdn, principal=ADMIN)
+    assert out.returncode == 0, out.stderr
+    return out.stdout
+
+
+def test_agent_enrols_host_browser_follows_its_libvirtd_and_a_reboot_keeps_the_host(
+    lab: Lab,
+    make_node: Callable[[str, str], FakeNode],
+    guest_image: GuestImage,
+    guest_accel: Accel,
+    tmp_path: Path,
+) -> None:
+    fqdn, dmi_uuid = "node7.example.test", str(uuid.uuid4())
+    node = make_node(fqdn, dmi_uuid)
+    node.facts_tree({"ens3": "52:54:00:e2:e0:07", "ens4": "52:54:00:e2:e0:08"})
+    token, ca = mint(lab)
+    node.cmdline(lab.served, token, ca, "01-52-54-00-e2-e0-07")
+    t0 = time.monotonic()
+    agent = node.start_agent()
+    try:
+        took = wait_for("host available", lambda: host_state(lab.db, dmi_uuid) is HostState.AVAILABLE, 30, node.log)
+        print(f"agent start -> host available: {took:.2f}s")
+        row = host_row(lab.db, dmi_uuid)
+        assert row is not None
+        host_id = row[0]
+        # The agent wrote the keytab the appliance issued, 0600, and libvirtd runs on exactly these files.
+        assert node.keytab.stat().st_mode & 0o777 == 0o600
+        assert node.restarter.node is not None and node.restarter.restarts == 1
+        s = read_state(node.state)
+        assert s["state"] == "running" and s["host_id"] == host_id and s["principal"].startswith(f"libvirt/{fqdn}@")
+        libvirtd_conf_text = (node.conf / "etc/libvirt/libvirtd.conf").read_text()
+        assert (
+            'auth_tcp = "sasl"' in libvirtd_conf_text
+            and 'sasl_allowed_username_list = ["drover"]' in libvirtd_conf_text
+        )
+
+        assert listed(lab, fqdn) == [str(host_id), fqdn, "available", "yes", "2", "4000", "MiB", dmi_uuid]
+        show = shown(lab, fqdn)
+        for line in (
+            "cpu_model:         E2E Test CPU",
+            "virtualization:    vmx",
+            f"libvirt_uri:       qemu+tcp://{fqdn}:{lab.libvirt_port}/system",
+            "nic:               ens3 52:54:00:e2:e0:07 1000 Mb/s (boot)",
+            "nic:               ens4 52:54:00:e2:e0:08 1000 Mb/s",
+            "disk:              vda 20 GiB E2E disk",
+        ):
+            assert line in show, show
+
+        # A VM defined and started on the node with virsh (the appliance's principal): the DB follows.
+        lab_node = node.restarter.node
+        env = client_env(lab.kdc, lab.hosts, "drover")
+        name = f"e2e-{uuid.uuid4().hex[:8]}"
+        xml = tmp_path / "domain.xml"
+        xml.write_text(domain_xml(name, guest_image, tmp_path / "serial.log", domain_type=guest_accel.domain_type))
+        uri = lab_node.uri("qemu")
+        assert virsh(env, uri, "define", str(xml)).returncode == 0
+        started = virsh(env, uri, "start", name, timeout=120)
+        assert started.returncode == 0, started.stdout
+        wait_for("VM running in the DB", lambda: vm_state(lab.db, name) is VmState.RUNNING, 5)
+        assert f"vm:                {name} running" in shown(lab, fqdn)
+
+        # libvirtd goes away: unavailable within 10 s, its VMs unreachable; back: the same row, re-synced.
+        lab_node.stop_daemon()
+        lost = wait_for("host unavailable", lambda: host_state(lab.db, dmi_uuid) is HostState.UNAVAILABLE, 10)
+        wait_for("VM unreachable", lambda: vm_state(lab.db, name) is VmState.UNREACHABLE, 2)
+        assert listed(lab, fqdn)[2] == "unavailable"
+        lab_node.restart()
+        back = wait_for("host available again", lambda: host_state(lab.db, dmi_uuid) is HostState.AVAILABLE, 15)
+        wait_for("VM re-synced", lambda: vm_state(lab.db, name) is VmState.RUNNING, 3)
+        assert host_row(lab.db, dmi_uuid) == (host_id, HostState.AVAILABLE)
+        print(f"libvirtd stopped -> unavailable {lost:.2f}s; restarted -> available {back:.2f}s")
+    finally:
+        stop(agent)
+
+    # A "reboot": same DMI UUID, a new token, one NIC replaced. Same host id, NICs reconciled by MAC,
+    # a fresh keytab (new key version) installed and libvirtd restarted on it by the agent.
+    old_keytab = node.keytab.read_bytes()
+    seen = available_events(lab.db, host_id)
+    node.facts_tree({"ens3": "52:54:00:e2:e0:07", "ens5": "52:54:00:e2:e0:09"})
+    token2, _ = mint(lab)
+    node.cmdline(lab.served, token2, ca, "01-52-54-00-e2-e0-07")
+    node.state.unlink()
+    t1 = time.monotonic()
+    agent = node.start_agent()
+    try:
+        wait_for("agent running again", lambda: read_state(node.state).get("state") == "running", 30, node.log)
+        assert read_state(node.state)["host_id"] == host_id
+        assert node.keytab.read_bytes() != old_keytab and node.restarter.restarts == 2
+        wait_for(
+            "host available after the reboot",
+            lambda: host_state(lab.db, dmi_uuid) is HostState.AVAILABLE and available_events(lab.db, host_id) > seen,
+            30,
+            node.log,
+        )
+        rebooted = time.monotonic() - t1
+        assert nic_macs(lab.db, dmi_uuid) == {
+            "52:54:00:e2:e0:07": ("ens3", True),
+            "52:54:00:e2:e0:09": ("ens5", False),
+        }
+        row_after = listed(lab, fqdn)
+        assert row_after[:3] == [str(host_id), fqdn, "available"]
+        total = time.monotonic() - t0
+        print(f"reboot: agent start -> available again {rebooted:.2f}s; {total:.1f}s since the first start")
+    finally:
+        stop(agent)
+        lab_node = node.restarter.node
+        if lab_node is not None:
+            env = client_env(lab.kdc, lab.hosts, "drover")
+            virsh(env, lab_node.uri("qemu"), "destroy", name)
+            virsh(env, lab_node.uri("qemu"), "undefine", name)
+
+
+def test_pending_agent_gets_its_keytab_after_cli_approval(lab: Lab, make_node: Callable[[str, str], FakeNode]) -> None:
+    fqdn, dmi_uuid = "node8.example.test", str(uuid.uuid4())
+    node = make_node(fqdn, dmi_uuid)
+    node.facts_tree({"ens3": "52:54:00:e2:e0:18"})
+    _, ca = mint(lab)
+    node.cmdline(lab.served, "", ca, "01-52-54-00-e2-e0-18")
+    agent = node.start_agent()
+    try:
+        wait_for("pending host", lambda: host_state(lab.db, dmi_uuid) is HostState.PENDING, 20, node.log)
+        wait_for("agent heartbeating", lambda: read_state(node.state).get("heartbeats", 0) >= 2, 10, node.log)
+        assert read_state(node.state)["state"] == "pending"
+        assert not node.keytab.exists() and node.restarter.node is None
+        assert listed(lab, fqdn)[1:4] == [fqdn, "pending", "no"]
+        approved = lab.served.drover("host", "approve", fqdn, principal=ADMIN)
+        assert approved.returncode == 0, approved.stderr
+        t0 = time.monotonic()
+        wait_for("keytab from the next heartbeat", node.keytab.exists, 10, node.log)
+        assert node.keytab.stat().st_mode & 0o777 == 0o600
+        took = wait_for("approved host available", lambda: host_state(lab.db, dmi_uuid) is HostState.AVAILABLE, 20)
+        print(f"approve -> keytab {time.monotonic() - t0 - took:.2f}s; -> available {time.monotonic() - t0:.2f}s")
+        assert read_state(node.state)["state"] == "running"
+    finally:
+        stop(agent)
+
+
+def test_wrong_ca_pin_and_reused_token_leave_the_database_unchanged(
+    lab: Lab, make_node: Callable[[str, str], FakeNode]
+) -> None:
+    token, ca = mint(lab)
+    wrong = make_node("node9.example.test", str(uuid.uuid4()))
+    wrong.facts_tree({"ens3": "52:54:00:e2:e0:29"})
+    wrong.cmdline(lab.served, token, "sha256:" + "ab" * 32, "01-52-54-00-e2-e0-29")
+    before = snapshot(lab.db)
+    agent = wrong.start_agent()
+    try:
+        wait_for("refused", lambda: read_state(wrong.state).get("state") == "refused", 20, wrong.log)
+        time.sleep(1.0)  # more refused rounds
+    finally:
+        stop(agent)
+    assert "fingerprint mismatch" in read_state(wrong.state)["last_error"]
+    assert snapshot(lab.db) == before and not wrong.keytab.exists()
+
+    # The token is still unused: a first node takes it; a second one with the same token gets a 401.
+    first = make_node("node10.example.test", str(uuid.uuid4()))
+    first.facts_tree({"ens3": "52:54:00:e2:e0:3a"})
+    first.cmdline(lab.served, token, ca, "01-52-54-00-e2-e0-3a")
+    agent = first.start_agent()
+    try:
+        wait_for("first node enrolled", first.keytab.exists, 20, first.log)
+    finally:
+        stop(agent)
+    reused = make_node("node11.example.test", str(uuid.uuid4()))
+    reused.facts_tree({"ens3": "52:54:00:e2:e0:4b"})
+    reused.cmdline(lab.served, token, ca, "01-52-54-00-e2-e0-4b")
+    before = snapshot(lab.db)
+    agent = reused.start_agent()
+    try:
+        wait_for("identify refused", lambda: read_state(reused.state).get("errors", 0) >= 2, 20, reused.log)
+    finally:
+        stop(agent)
+    assert "401" in read_state(reused.state)["last_error"], read_state(reused.state)
+    assert snapshot(lab.db) == before and not reused.keytab.exists()
+    assert host_state(lab.db, reused.dmi_uuid) is None
