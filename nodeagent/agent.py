@@ -77,6 +77,7 @@ class Agent:
         self.creds: wire.Credentials | None = None
         self.facts: wire.Facts | None = None
         self.libvirt_ready = False
+        self.restart_failed = False  # retried at every heartbeat until it works
         self.status: dict[str, Any] = {
             "state": State.DISCOVER.value,
             "heartbeats": 0,
@@ -161,6 +162,10 @@ class Agent:
             self._apply(answer.credentials)
 
         def beat() -> float:
+            if self.restart_failed and self.creds is not None:
+                with self.lock:
+                    log.info("retrying the libvirtd restart that failed")
+                    self._restart()
             try:
                 resp = client.heartbeat(
                     wire.Heartbeat(
@@ -238,9 +243,11 @@ class Agent:
         try:
             self.restarter.restart()
             self.libvirt_ready = libvirtd.listening(self.opts.libvirt_address, self.opts.libvirt_port)
+            self.restart_failed = False
         except Exception as exc:
             self.libvirt_ready = False
-            log.error("restarting libvirtd failed: %s", exc)
+            self.restart_failed = True
+            log.error("restarting libvirtd failed (retried with the next heartbeat): %s", exc)
         self._set(restarts=self.status["restarts"] + 1)
 
     def _changed(self, path: Path) -> None:

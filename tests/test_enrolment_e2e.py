@@ -84,6 +84,7 @@ class RestartServer:
         self.start_node = start
         self.node: LabNode | None = None
         self.restarts = 0
+        self.fail_next = 0  # this many restarts fail first, as a libvirtd that does not come up
         self.sock = socket.socket(socket.AF_UNIX)
         self.sock.bind(str(path))
         self.sock.listen()
@@ -95,6 +96,9 @@ class RestartServer:
         return shlex.join([SYSTEM_PYTHON, "-c", _CLIENT, str(self.path)])
 
     def restart(self) -> None:
+        if self.fail_next:
+            self.fail_next -= 1
+            raise RuntimeError("libvirtd failed to start (scripted by the test)")
         if self.node is None:
             self.node = self.start_node()
         else:
@@ -486,3 +490,22 @@ def test_wrong_ca_pin_and_reused_token_leave_the_database_unchanged(
     assert "401" in read_state(reused.state)["last_error"], read_state(reused.state)
     assert snapshot(lab.db) == before and not reused.keytab.exists()
     assert host_state(lab.db, reused.dmi_uuid) is None
+
+
+def test_a_failed_libvirtd_restart_is_retried_until_the_host_is_available(
+    lab: Lab, make_node: Callable[[str, str], FakeNode]
+) -> None:
+    fqdn, dmi_uuid = "node12.example.test", str(uuid.uuid4())
+    node = make_node(fqdn, dmi_uuid)
+    node.restarter.fail_next = 2
+    node.facts_tree({"ens3": "52:54:00:e2:e0:5c"})
+    token, ca = mint(lab)
+    node.cmdline(lab.served, token, ca, "01-52-54-00-e2-e0-5c")
+    agent = node.start_agent()
+    try:
+        took = wait_for("host available", lambda: host_state(lab.db, dmi_uuid) is HostState.AVAILABLE, 20, node.log)
+        print(f"two failed restarts, then available after {took:.2f}s")
+    finally:
+        stop(agent)
+    assert node.restarter.fail_next == 0 and node.restarter.restarts == 1
+    assert node.log.read_text().count("restarting libvirtd failed") == 2
