@@ -81,6 +81,21 @@ class NodesConfig:
 
 
 @dataclass(frozen=True)
+class BootConfig:
+    """The boot service on [nodes] boot_port: artifacts of one image and a per-MAC iPXE script."""
+
+    # The image directory served (a `drover image build --out` dir with manifest.json); empty means
+    # <state_dir>/images/current, the symlink `drover boot use DIR` points at the image to serve.
+    image_dir: str = ""
+    # Put a fresh one-time enrolment token, bound to the booting MAC, on each iPXE script's kernel
+    # line; false: no token, every node identifies as `pending` and waits for `drover host approve`.
+    auto_token: bool = True
+    token_ttl_seconds: int = 3600
+    # Comma-separated MACs that get a token; empty: every MAC (when auto_token is on).
+    allow_macs: str = ""
+
+
+@dataclass(frozen=True)
 class HostBrowserConfig:
     """The host browser: one libvirt connection per approved host, run as a thread of `drover serve`."""
 
@@ -101,6 +116,7 @@ class Config:
     api: ApiConfig = field(default_factory=ApiConfig)
     nodes: NodesConfig = field(default_factory=NodesConfig)
     hostbrowser: HostBrowserConfig = field(default_factory=HostBrowserConfig)
+    boot: BootConfig = field(default_factory=BootConfig)
 
     # Derived values: always computed from the settings above, never stored twice.
     @property
@@ -130,6 +146,11 @@ class Config:
     @property
     def pki_dir(self) -> Path:
         return self.state_dir / "pki"
+
+    @property
+    def boot_image_dir(self) -> Path:
+        """The image the boot service serves: [boot] image_dir, else <state_dir>/images/current."""
+        return Path(self.boot.image_dir).expanduser() if self.boot.image_dir else self.image_dir / "current"
 
 
 T = TypeVar("T")
@@ -260,6 +281,7 @@ def render(cfg: Config, source: Path | None = None) -> str:
         "database": [("effective url", cfg.database_url)],
         "kerberos": [("effective hostname", cfg.hostname)],
         "api": [("effective url", cfg.api_url)],
+        "boot": [("effective image_dir", str(cfg.boot_image_dir))],
     }
     for name, section in sections:
         lines += ["", f"[{name}]"]

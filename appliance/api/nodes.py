@@ -120,11 +120,12 @@ def create_node_app(cfg: Config, *, realm: Realm | None = None, engine: Engine |
 NODE_API_HEADER = "X-Drover-Node-Api"  # nodeagent.tls.API_HEADER: where the HTTPS node API is
 
 
-def create_boot_app(pki: Pki, node_port: int = 0) -> Starlette:
-    """Plain HTTP: what a node fetches before it can trust anything (later also the boot artifacts).
+def ca_route(pki: Pki, node_port: int = 0) -> Route:
+    """GET /boot/ca.pem (plain HTTP): what a node fetches before it can trust anything.
 
-    With `node_port`, /boot/ca.pem also says where the HTTPS node API is (the name the node used to
+    With `node_port`, the answer also says where the HTTPS node API is (the name the node used to
     reach us, that port): without it the agent guesses the default 8443, wrong on any other port.
+    The boot service (appliance.api.boot) serves it beside the artifacts and iPXE scripts.
     """
     pem = pki.ca_pem()
     fingerprint = pki.fingerprint()
@@ -137,4 +138,9 @@ def create_boot_app(pki: Pki, node_port: int = 0) -> Starlette:
             headers[NODE_API_HEADER] = f"https://{host}:{node_port}"
         return Response(pem, media_type="application/x-pem-file", headers=headers)
 
-    return Starlette(routes=[Route("/boot/ca.pem", ca, methods=["GET"])], exception_handlers=_HANDLERS)
+    return Route("/boot/ca.pem", ca, methods=["GET"])
+
+
+def create_boot_app(pki: Pki, node_port: int = 0) -> Starlette:
+    """/boot/ca.pem alone; `drover serve` runs the whole boot service, appliance.api.boot.create_boot_app."""
+    return Starlette(routes=[ca_route(pki, node_port)], exception_handlers=_HANDLERS)

@@ -23,6 +23,7 @@ NOUNS: tuple[tuple[str, str], ...] = (
     ("serve", "appliance.cli.serve_cmd"),
     ("whoami", "appliance.cli.api_cmd"),
     ("image", "appliance.cli.image_cmd"),
+    ("boot", "appliance.cli.boot_cmd"),
     ("host", "appliance.cli.host_cmd"),
 )
 

@@ -8,7 +8,8 @@ import os
 from typing import Any
 
 from appliance.api import create_app
-from appliance.api.nodes import create_boot_app, create_node_app
+from appliance.api.boot import create_boot_app
+from appliance.api.nodes import create_node_app
 from appliance.bootstrap import grant_first_admin
 from appliance.cli.context import load_config
 from appliance.config import Config, KerberosMode
@@ -79,7 +80,7 @@ def serve(args: argparse.Namespace) -> int:
             listener("api", create_app(cfg), sockets[0]),
             listener("nodes", create_node_app(cfg, realm=realm), sockets[1],
                      certfile=str(pki.server_cert), keyfile=str(pki.server_key)),
-            listener("boot", create_boot_app(pki, sockets[1].getsockname()[1]), sockets[2]),
+            listener("boot", create_boot_app(cfg, pki, sockets[1].getsockname()[1]), sockets[2]),
         ]
     )  # fmt: skip
     log.info(
@@ -90,9 +91,11 @@ def serve(args: argparse.Namespace) -> int:
         realm.http_principal,
     )
     log.info(
-        "node service on %s, boot files on %s; kernel command line: drover.ca=%s",
+        "node service on %s, boot service on %s (iPXE: chain %s/boot/boot.ipxe, image %s); drover.ca=%s",
         group.listeners[1].url,
         group.listeners[2].url,
+        group.listeners[2].url,
+        cfg.boot_image_dir,
         pki.fingerprint(),
     )
     browser = start_hostbrowser(cfg, realm) if cfg.hostbrowser.enabled else None
