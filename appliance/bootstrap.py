@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import logging
 
-from sqlalchemy import select
-
 from appliance.config import Config
 from appliance.db import migrate
+from appliance.db.access import grant
 from appliance.db.engine import make_engine, session_scope
-from appliance.db.models.users import Permission, Role, User
+from appliance.db.models.users import Role
+from appliance.errors import Conflict
 
 log = logging.getLogger(__name__)
 
@@ -23,14 +23,9 @@ def grant_first_admin(cfg: Config, principal: str) -> bool:
     engine = make_engine(cfg.database_url)
     try:
         with session_scope(engine) as session:
-            user = session.scalars(select(User).where(User.principal == principal)).one_or_none()
-            if user is None:
-                user = User(principal=principal)
-                session.add(user)
-                session.flush()
-            elif any(p.role is Role.SUPER_ADMIN and p.is_global for p in user.permissions):
-                return False
-            session.add(Permission(user_id=user.id, role=Role.SUPER_ADMIN))
+            grant(session, principal, Role.SUPER_ADMIN)
+    except Conflict:
+        return False
     finally:
         engine.dispose()
     log.info("granted %s the global role %s", principal, Role.SUPER_ADMIN)

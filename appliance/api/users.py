@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import re
 
-from sqlalchemy import select
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse
@@ -13,9 +12,9 @@ from appliance.api.access import caller_roles, require_to_grant
 from appliance.api.auth import caller
 from appliance.api.edge import read_json
 from appliance.api.state import session
-from appliance.db.access import roles_of
-from appliance.db.models.users import Permission, Role, User
-from appliance.errors import Conflict, UsageError
+from appliance.db import access
+from appliance.db.models.users import Role
+from appliance.errors import UsageError
 
 # name, optional /instance, then @REALM: the API takes only fully qualified principals (no default realm).
 _PRINCIPAL = re.compile(r"[^\s@/]+(/[^\s@/]+)?@[^\s@/]+")
@@ -48,14 +47,6 @@ async def grant(request: Request) -> JSONResponse:
 def _grant(request: Request, principal: str, role: Role) -> JSONResponse:
     with session(request) as s:
         require_to_grant(request, s, role)
-        user = s.scalars(select(User).where(User.principal == principal)).one_or_none()
-        if user is None:
-            user = User(principal=principal)
-            s.add(user)
-            s.flush()
-        elif any(p.role is role and p.is_global for p in user.permissions):
-            raise Conflict(f"user {principal} already has the global role {role}")
-        s.add(Permission(user_id=user.id, role=role, granted_by=caller(request).principal))
-        s.flush()
-        roles = roles_of(s, principal)
+        access.grant(s, principal, role, granted_by=caller(request).principal)
+        roles = access.roles_of(s, principal)
     return JSONResponse({"principal": principal, "roles": [str(r) for r in roles]}, status_code=201)

@@ -11,9 +11,10 @@ from sqlalchemy.orm import selectinload
 
 from appliance.cli.context import load_config
 from appliance.cli.db_cmd import open_database
+from appliance.db.access import grant
 from appliance.db.engine import session_scope
-from appliance.db.models.users import Permission, Role, User
-from appliance.errors import Conflict, NotFound, UsageError
+from appliance.db.models.users import Role, User
+from appliance.errors import NotFound, UsageError
 
 # name, optional /instance, optional @REALM; no blanks, nothing Kerberos itself would reject.
 _PRINCIPAL = re.compile(r"[^\s@/]+(/[^\s@/]+)?(@[^\s@/]+)?")
@@ -45,15 +46,7 @@ def add_user(args: argparse.Namespace) -> int:
     principal = qualify(args.principal, cfg.kerberos.realm)
     role: Role = args.role
     with open_database(args) as engine, session_scope(engine) as session:
-        user = session.scalars(select(User).where(User.principal == principal)).one_or_none()
-        created = user is None
-        if user is None:
-            user = User(principal=principal)
-            session.add(user)
-            session.flush()
-        elif any(p.role is role and p.is_global for p in user.permissions):
-            raise Conflict(f"user {principal} already has the global role {role}")
-        session.add(Permission(user_id=user.id, role=role))
+        _, created = grant(session, principal, role)
     print(f"{'added' if created else 'updated'} user {principal} with global role {role}")
     return 0
 
