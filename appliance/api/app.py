@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 
 from sqlalchemy import Engine
 from starlette.applications import Starlette
@@ -14,9 +12,8 @@ from appliance.api import v1
 from appliance.api.auth import NegotiateMiddleware
 from appliance.api.edge import HANDLERS
 from appliance.api.negotiate import Acceptor
-from appliance.api.state import ApiState
+from appliance.api.state import ApiState, database
 from appliance.config import Config
-from appliance.db.engine import make_engine
 from appliance.kerberos.realm import Realm
 
 log = logging.getLogger(__name__)
@@ -30,14 +27,7 @@ def create_app(cfg: Config, *, acceptor: Acceptor | None = None, engine: Engine 
     if acceptor is None:
         realm = Realm.from_config(cfg)
         acceptor = Acceptor(realm.files.http_keytab, realm.http_principal)
-    owned = engine is None
-    db = make_engine(cfg.database_url) if engine is None else engine
-
-    @asynccontextmanager
-    async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        yield
-        if owned:
-            db.dispose()
+    db, lifespan = database(cfg, engine)
 
     app = Starlette(
         routes=v1.routes,

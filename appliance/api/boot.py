@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from datetime import timedelta
 from typing import Any
 
@@ -29,9 +27,10 @@ from starlette.routing import Route
 
 from appliance import bootimage
 from appliance.api.nodes import ca_route
+from appliance.api.state import database
 from appliance.config import Config
 from appliance.db import tokens
-from appliance.db.engine import make_engine, session_scope
+from appliance.db.engine import session_scope
 from appliance.db.models import Event, HostNic
 from appliance.errors import ConfigError, DroverError, UsageError
 from appliance.pki import Pki
@@ -144,15 +143,8 @@ _HANDLERS: dict[Any, Any] = {DroverError: _error, HTTPException: _error, Excepti
 
 
 def create_boot_app(cfg: Config, pki: Pki, node_port: int = 0, *, engine: Engine | None = None) -> Starlette:
-    owned = engine is None
-    db = make_engine(cfg.database_url) if engine is None else engine
+    db, lifespan = database(cfg, engine)
     service = BootService(cfg, pki, db)
-
-    @asynccontextmanager
-    async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        yield
-        if owned:
-            db.dispose()
 
     routes = [
         ca_route(pki, node_port),

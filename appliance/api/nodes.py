@@ -8,8 +8,6 @@ the field and changes nothing.
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from typing import Any
 
 from sqlalchemy import Engine
@@ -21,8 +19,9 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from appliance import credentials, enrolment
+from appliance.api.state import database
 from appliance.config import Config
-from appliance.db.engine import make_engine, session_scope
+from appliance.db.engine import session_scope
 from appliance.errors import DroverError, UsageError
 from appliance.kerberos.realm import Realm
 from appliance.pki import Pki
@@ -100,15 +99,8 @@ _HANDLERS: dict[Any, Any] = {DroverError: _error, HTTPException: _error, Excepti
 
 
 def create_node_app(cfg: Config, *, realm: Realm | None = None, engine: Engine | None = None) -> Starlette:
-    owned = engine is None
-    db = make_engine(cfg.database_url) if engine is None else engine
+    db, lifespan = database(cfg, engine)
     service = NodeService(cfg, realm or Realm.from_config(cfg), db)
-
-    @asynccontextmanager
-    async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        yield
-        if owned:
-            db.dispose()
 
     routes = [
         Route(f"{PREFIX}/identify", service.identify, methods=["POST"]),

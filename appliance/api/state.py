@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import AbstractAsyncContextManager, asynccontextmanager, contextmanager
 from dataclasses import dataclass
 
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session
+from starlette.applications import Starlette
 from starlette.requests import HTTPConnection
 
 from appliance.config import Config
-from appliance.db.engine import session_scope
+from appliance.db.engine import make_engine, session_scope
 
 
 @dataclass(frozen=True)
@@ -32,3 +33,24 @@ def session(conn: HTTPConnection) -> Iterator[Session]:
     """One transaction for a request's handler: committed if it returns, rolled back if it raises."""
     with session_scope(state(conn).engine) as s:
         yield s
+
+
+Lifespan = Callable[[Starlette], AbstractAsyncContextManager[None]]
+
+
+def database(cfg: Config, engine: Engine | None) -> tuple[Engine, Lifespan]:
+    """The engine an app uses, and a lifespan that disposes of it only if the app made it itself.
+
+    A caller that passes its own engine (drover serve sharing one pool across listeners, a test)
+    keeps ownership of it.
+    """
+    db = make_engine(cfg.database_url) if engine is None else engine
+    owned = engine is None
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        yield
+        if owned:
+            db.dispose()
+
+    return db, lifespan
