@@ -21,6 +21,7 @@ import pytest
 
 from tests.lab.kdc import APPLIANCE_HOST, LabKdc
 from tests.lab.net import free_port
+from tests.lab.proc import terminate
 
 DROVER = [sys.executable, "-m", "appliance.cli"]
 NSS_WRAPPER = Path("/usr/lib/x86_64-linux-gnu/libnss_wrapper.so")
@@ -97,14 +98,7 @@ class LabAppliance:
         )
 
     def stop(self, timeout: float = 15) -> int:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        return self.process.returncode
+        return terminate(self.process, timeout)
 
 
 def config_env(kdc: LabKdc, port: int, database_url: str) -> dict[str, str]:

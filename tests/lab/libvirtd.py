@@ -38,6 +38,7 @@ from tests.lab import accel
 from tests.lab.guest import GuestImage
 from tests.lab.kdc import APPLIANCE_HOST, LabKdc
 from tests.lab.net import free_port
+from tests.lab.proc import terminate
 
 log = logging.getLogger(__name__)
 
@@ -201,13 +202,7 @@ class LabNode:
 
     def stop_daemon(self, timeout: float = 15) -> None:
         """Stop libvirtd only; its guests keep running, as after a crash of the daemon."""
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        terminate(self.process, timeout)
 
     def restart(self, timeout: float = 30) -> None:
         """Start libvirtd again on the same dirs and port; it reconnects to guests still running."""
