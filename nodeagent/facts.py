@@ -139,8 +139,31 @@ def disks(root: Path) -> tuple[wire.Disk, ...]:
     return tuple(found)
 
 
+def _dhcp_name(root: Path) -> str:
+    """The FQDN a DHCP server gave this node (systemd-networkd's lease files: HOSTNAME=, DOMAINNAME=), or ""."""
+    leases = root / "run/systemd/netif/leases"
+    try:
+        files = sorted(p for p in leases.iterdir() if p.is_file())
+    except OSError:
+        return ""
+    for lease in files:
+        fields = dict(
+            line.split("=", 1) for line in _read(lease).splitlines() if "=" in line and not line.startswith("#")
+        )
+        host, domain = fields.get("HOSTNAME", "").strip(), fields.get("DOMAINNAME", "").strip()
+        if "." in host:
+            return host
+        if host and domain:
+            return f"{host}.{domain}"
+    return ""
+
+
 def names(root: Path) -> tuple[str, str]:
-    """(hostname, fqdn): the kernel's hostname; the FQDN from the resolver only on the live system."""
+    """(hostname, fqdn): the kernel's hostname; the FQDN from the resolver only on the live system.
+
+    A stateless node's image carries one placeholder hostname for every node: when neither the kernel
+    hostname nor the resolver gives an FQDN, the name the DHCP server handed out counts (it is per node).
+    """
     hostname = _read(root / "proc/sys/kernel/hostname") or _read(root / "etc/hostname") or "localhost"
     fqdn = hostname
     if "." not in hostname and root == Path("/"):
@@ -148,6 +171,10 @@ def names(root: Path) -> tuple[str, str]:
         # getfqdn falls back to any alias of the address, often "localhost": only a longer name counts.
         if resolved.startswith(hostname + "."):
             fqdn = resolved
+    if "." not in fqdn:
+        dhcp = _dhcp_name(root)
+        if dhcp:
+            hostname, fqdn = dhcp, dhcp
     return hostname.split(".", 1)[0], fqdn
 
 

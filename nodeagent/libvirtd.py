@@ -120,8 +120,8 @@ class Restarter(Protocol):
 
 
 class SystemdRestarter:
-    """org.freedesktop.systemd1.Manager over the system bus: enable + start libvirtd-tcp.socket for this
-    boot (runtime), then RestartUnit libvirtd.service so it takes the TCP socket."""
+    """org.freedesktop.systemd1.Manager over the system bus: enable libvirtd-tcp.socket for this boot
+    (runtime), stop libvirtd.service, start the socket, then start libvirtd.service so it takes it."""
 
     def __init__(self, timeout: float = 60.0) -> None:
         self.timeout = timeout
@@ -134,8 +134,11 @@ class SystemdRestarter:
         manager = dbus.Interface(systemd, "org.freedesktop.systemd1.Manager")
         manager.EnableUnitFiles([TCP_SOCKET_UNIT], True, True)  # runtime=True: /run, gone at reboot
         manager.Reload()
+        # systemd refuses to start a socket whose service already runs ("Failed to listen on ... Libvirt
+        # non-TLS IP socket" on the booted image, where libvirtd.service is up at boot): stop it first.
+        self._wait(bus, manager.StopUnit(SERVICE_UNIT, "replace"))
         self._wait(bus, manager.StartUnit(TCP_SOCKET_UNIT, "replace"))
-        self._wait(bus, manager.RestartUnit(SERVICE_UNIT, "replace"))
+        self._wait(bus, manager.StartUnit(SERVICE_UNIT, "replace"))
         log.info("restarted %s with %s through systemd's D-Bus API", SERVICE_UNIT, TCP_SOCKET_UNIT)
 
     def _wait(self, bus: Any, job: Any) -> None:
