@@ -135,7 +135,12 @@ class LabHosts:
     def add(self, name: str, address: str) -> None:
         self._names[name] = address
         # One name per line: with aliases on one line, canonicalisation picks the wrong name (LAB.md).
-        self.path.write_text("".join(f"{addr} {n}\n" for n, addr in self._names.items()))
+        # Written to a new file and renamed over the old one: nss_wrapper keeps the file open and
+        # reloads only when its mtime second changes or the open file was unlinked, so rewriting
+        # in place within the second of its last load left a running appliance with stale names.
+        tmp = self.path.with_name(self.path.name + ".new")
+        tmp.write_text("".join(f"{addr} {n}\n" for n, addr in self._names.items()))
+        tmp.replace(self.path)
 
     def address(self, name: str) -> str:
         return self._names[name]
