@@ -52,16 +52,26 @@ def by_uuid(session: Session, uuid: str) -> Host | None:
 
 
 def find(session: Session, key: str) -> Host:
-    """A host by id, DMI UUID or host name (as the CLI and API accept it), or NotFound."""
+    """A host by id, DMI UUID, FQDN or short host name (as the CLI and API accept it), or NotFound.
+
+    A name must match exactly one host: two rows may share a name (a replaced machine), and a short
+    name may be the start of several FQDNs; then only the id or UUID says which one is meant.
+    """
     host = None
     if key.isdigit():
         host = session.get(Host, int(key))
     if host is None:
         host = by_uuid(session, key)
-    if host is None:
-        matches = session.scalars(select(Host).where(Host.hostname == key.lower().rstrip("."))).all()
+    name = key.lower().rstrip(".")
+    if host is None and name:
+        matches = session.scalars(select(Host).where(Host.hostname == name)).all()
+        if not matches and "." not in name:
+            matches = session.scalars(select(Host).where(Host.hostname.startswith(f"{name}.", autoescape=True))).all()
         if len(matches) == 1:
             host = matches[0]
+        elif matches:
+            ids = ", ".join(str(h.id) for h in sorted(matches, key=lambda h: h.id))
+            raise NotFound(f"{key!r} names {len(matches)} hosts (ids {ids})", "give the id or the DMI UUID")
     if host is None:
         raise NotFound(f"no host {key!r}", "see `drover host list` (id, UUID or host name)")
     return host
