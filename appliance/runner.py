@@ -211,8 +211,12 @@ def spawn(
     env: Mapping[str, str] | None = None,
     cwd: Path | None = None,
     log_file: Path | None = None,
+    new_session: bool = False,
 ) -> subprocess.Popen[bytes]:
-    """Start a long-running child (a daemon kept in the foreground) with the same rules as run()."""
+    """Start a long-running child (a daemon kept in the foreground) with the same rules as run().
+
+    new_session: the terminal's Ctrl-C then reaches only us, and we stop the child in our own order.
+    """
     args = [os.fspath(a) for a in argv]
     if "/" not in args[0]:
         args[0] = which(args[0])
@@ -220,7 +224,13 @@ def spawn(
     out = open(log_file, "ab") if log_file else subprocess.DEVNULL  # noqa: SIM115 - handed to the child
     try:
         return subprocess.Popen(
-            args, env=environment(env), cwd=cwd, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT
+            args,
+            env=environment(env),
+            cwd=cwd,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=new_session,
         )
     finally:
         if log_file:

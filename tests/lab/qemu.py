@@ -9,7 +9,6 @@ KVM here starts guests that then die).
 
 from __future__ import annotations
 
-import functools
 import re
 import shutil
 import subprocess
@@ -27,6 +26,24 @@ OVMF_CODE = Path("/usr/share/OVMF/OVMF_CODE_4M.fd")
 OVMF_VARS = Path("/usr/share/OVMF/OVMF_VARS_4M.fd")
 # The address qemu's user network gives the host (its loopback), as seen from the guest.
 HOST_FROM_GUEST = "10.0.2.2"
+
+
+@dataclass(frozen=True)
+class UserNet:
+    """What qemu's user network tells and gives the guest beyond an address.
+
+    hostname/domainname go into its DHCP lease (a stateless node takes its name from there);
+    each forward is (host address, host port, guest port), TCP, so loopback clients reach a guest
+    service on an address of their own.
+    """
+
+    hostname: str = ""
+    domainname: str = ""
+    forwards: tuple[tuple[str, int, int], ...] = ()
+
+    def options(self) -> str:
+        opts = "".join(f",{k}={v}" for k, v in (("hostname", self.hostname), ("domainname", self.domainname)) if v)
+        return opts + "".join(f",hostfwd=tcp:{a}:{hp}-:{gp}" for a, hp, gp in self.forwards)
 
 
 @dataclass
@@ -98,7 +115,6 @@ def _base_argv(accel: str, memory_mb: int, serial_log: Path) -> list[str]:
     ]
 
 
-@functools.cache
 def start_guest(
     name: str,
     workdir: Path,
@@ -113,6 +129,9 @@ def start_guest(
     initrd: Path | None = None,
     kernel_args: Sequence[str] = (),
     uefi: bool = False,
+    net: UserNet = UserNet(),
+    mac: str = "",
+    uuid: str = "",
     extra_qemu: Sequence[str] = (),
 ) -> Guest:
     """Start one guest with a virtio NIC on qemu's user network (DHCP; TFTP when tftp_dir is given)."""
@@ -121,10 +140,13 @@ def start_guest(
     qemu_log = workdir / f"{name}.qemu.log"
     serial.unlink(missing_ok=True)
     argv = _base_argv(accel, memory_mb, serial)
-    netdev = "user,id=n0"
+    netdev = "user,id=n0" + net.options()
     if tftp_dir is not None:
         netdev += f",tftp={tftp_dir},bootfile={bootfile}"
-    argv += ["-netdev", netdev, "-device", "virtio-net-pci,netdev=n0" + (",bootindex=1" if tftp_dir else "")]
+    nic = "virtio-net-pci,netdev=n0" + (f",mac={mac}" if mac else "") + (",bootindex=1" if tftp_dir else "")
+    argv += ["-netdev", netdev, "-device", nic]
+    if uuid:
+        argv += ["-uuid", uuid]  # the DMI system UUID the node agent reports
     if usb_stick is not None:
         argv += [
             "-device",
@@ -157,7 +179,8 @@ def start_guest(
         ]
     argv += list(extra_qemu)
     (workdir / f"{name}.argv").write_text("\n".join(argv) + "\n")
-    return Guest(name, spawn(argv, log_file=qemu_log), serial, qemu_log, accel)
+    # Its own session: a Ctrl-C at the terminal goes to the test or demo, which then stops its guests.
+    return Guest(name, spawn(argv, log_file=qemu_log, new_session=True), serial, qemu_log, accel)
 
 
 @pytest.fixture
