@@ -8,6 +8,7 @@ started with the key identify issued; no boot is needed here.
 from __future__ import annotations
 
 import hashlib
+import socket
 import ssl
 import time
 import uuid
@@ -19,13 +20,13 @@ import pytest
 from sqlalchemy import Engine, select
 
 from appliance.db.engine import make_engine, session_scope
-from appliance.db.models import Host, HostState, Vm, VmState
+from appliance.db.models import Event, Host, HostState, Vm, VmState
 from nodeagent import wire
 from tests.lab.accel import Accel
 from tests.lab.appliance import LabAppliance, start_appliance
 from tests.lab.guest import GuestImage, domain_xml
 from tests.lab.kdc import LabKdc
-from tests.lab.libvirtd import LabHosts, NodeFactory, client_env, virsh
+from tests.lab.libvirtd import LabHosts, LabNode, NodeFactory, client_env, virsh
 from tests.test_enrolment import facts
 
 pytestmark = pytest.mark.lab
@@ -71,6 +72,29 @@ def host_state(db: Engine, host_uuid: str) -> HostState | None:
 def vm_state(db: Engine, name: str) -> VmState | None:
     with session_scope(db) as s:
         return s.scalars(select(Vm.state).where(Vm.name == name)).one_or_none()
+
+
+def host_events(db: Engine, host_uuid: str, kind: str) -> list[str]:
+    with session_scope(db) as s:
+        host_id = s.scalars(select(Host.id).where(Host.uuid == host_uuid)).one()
+        return list(s.scalars(select(Event.message).where(Event.host_id == host_id, Event.kind == kind)))
+
+
+def enrol(served: LabAppliance, db: Engine, libvirt_nodes: NodeFactory, fqdn: str) -> tuple[str, LabNode]:
+    """Identify `fqdn` with a fresh token over pinned HTTPS, then start its lab libvirtd on the issued key."""
+    host_uuid = str(uuid.uuid4())
+    minted = served.drover("host", "token", "--uuid", host_uuid, principal="boss")
+    assert minted.returncode == 0, minted.stderr
+    token = minted.stdout.splitlines()[0]
+    sent = wire.encode(wire.IdentifyRequest(token, facts(host_uuid, fqdn)))
+    with httpx.Client(base_url=served.node_url, verify=pinned_ca(served), trust_env=False) as node_http:
+        r = node_http.post("/node/v1/identify", content=sent)
+    assert r.status_code == 200, r.text
+    node = libvirt_nodes.start(fqdn)
+    with session_scope(db) as s:
+        host = s.scalars(select(Host).where(Host.uuid == host_uuid)).one()
+        host.libvirt_port = node.port  # as the lab places it; a real node listens on 16509
+    return host_uuid, node
 
 
 def test_enrol_connect_follow_events_lose_and_regain_the_node(
@@ -166,3 +190,36 @@ def test_pending_host_is_approved_from_the_cli(served: LabAppliance, db: Engine)
         assert beat().credentials is None
     missing = served.drover("host", "show", "nosuch.example.test", principal="boss")
     assert missing.returncode == 4 and "no host" in missing.stderr
+
+
+def test_a_frozen_libvirtd_is_noticed_by_keepalive_and_resynced_when_it_thaws(
+    served: LabAppliance,
+    db: Engine,
+    kdc: LabKdc,
+    lab_hosts: LabHosts,
+    libvirt_nodes: NodeFactory,
+    guest_image: GuestImage,
+    tmp_path: Path,
+) -> None:
+    """A silently dead peer: no FIN, no RST, the kernel still ACKs; only libvirt keepalive can tell."""
+    host_uuid, node = enrol(served, db, libvirt_nodes, "frozen1.example.test")
+    wait_for("host available", lambda: host_state(db, host_uuid) is HostState.AVAILABLE, 15)
+    env = client_env(kdc, lab_hosts, "drover")
+    name = f"fz-{uuid.uuid4().hex[:8]}"
+    xml = tmp_path / "domain.xml"
+    xml.write_text(domain_xml(name, guest_image, tmp_path / "serial.log"))
+    uri = node.uri("qemu")
+    try:
+        assert virsh(env, uri, "define", str(xml)).returncode == 0
+        wait_for("defined VM", lambda: vm_state(db, name) is VmState.STOPPED, 2)
+        with node.frozen():
+            lost = wait_for("host unavailable", lambda: host_state(db, host_uuid) is HostState.UNAVAILABLE, 10)
+            wait_for("VM unreachable", lambda: vm_state(db, name) is VmState.UNREACHABLE, 2)
+            # Still there as far as TCP goes: a new connection is accepted by the kernel even now.
+            socket.create_connection((node.address, node.port), timeout=1).close()
+        back = wait_for("host available again", lambda: host_state(db, host_uuid) is HostState.AVAILABLE, 15)
+        wait_for("VM re-synced", lambda: vm_state(db, name) is VmState.STOPPED, 2)
+        assert any("keepalive timed out" in m for m in host_events(db, host_uuid, "host.state"))
+        print(f"frozen -> unavailable {lost:.2f}s; thawed -> available {back:.2f}s")
+    finally:
+        virsh(env, uri, "undefine", name)

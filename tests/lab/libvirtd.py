@@ -215,6 +215,16 @@ class LabNode:
         self.process = _spawn_libvirtd(self.kdc, self.settings, self.root, self.files)
         _wait_ready(self, timeout)
 
+    @contextlib.contextmanager
+    def frozen(self) -> Iterator[None]:
+        """libvirtd stopped dead (SIGSTOP) but its sockets open: the kernel still accepts and ACKs TCP, so a
+        client notices only through libvirt keepalive. Always continued (SIGCONT) on the way out."""
+        os.kill(self.process.pid, signal.SIGSTOP)
+        try:
+            yield
+        finally:
+            os.kill(self.process.pid, signal.SIGCONT)
+
     def stop(self, timeout: float = 15) -> None:
         """Stop libvirtd, then kill any guest it left running (libvirtd never stops its guests)."""
         self.stop_daemon(timeout)
