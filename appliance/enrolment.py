@@ -5,6 +5,7 @@ Rules:
   the host is recorded, approved and gets credentials at once. A refused token changes nothing.
 - identify without a token: a new or still-pending host is recorded `pending` with no credentials; an
   already enrolled host is refused (its DMI UUID is not a secret; re-enrolling needs a token).
+- a host in maintenance stays in maintenance through identify (a reboot); only `activate` ends it.
 - heartbeat: must carry this boot's agent token; an approved host whose credentials are not yet
   handed out (an admin approved it while pending) gets them, once.
 """
@@ -77,7 +78,11 @@ def identify(session: Session, request: wire.IdentifyRequest, issue: Issuer, hea
             session, host, "host.pending", f"identified without a token; NICs {nics.describe()}", Severity.WARNING
         )
         status, message = wire.IdentifyStatus.PENDING, "recorded; waiting for an admin: drover host approve"
-    hosts.set_state(session, host, HostState.PENDING, "identified")
+    session.flush()
+    hosts.lock(session, host.id)  # the state as committed now, not as read before: see hosts.lock
+    if host.state is not HostState.MAINTENANCE:
+        hosts.set_state(session, host, HostState.PENDING, "identified")
+    # else: a host rebooted during its maintenance (the usual reason for one) stays there until activated.
     host.last_heartbeat_at = utcnow()
     session.flush()
     log.info("identify %s (%s): %s, NICs %s", host.hostname, host.uuid, status, nics.describe())

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from appliance.db.base import utcnow
@@ -159,16 +159,41 @@ def _reconcile_disks(host: Host, facts: wire.Facts) -> None:
         row.model, row.serial, row.size_bytes = disk.model, disk.serial, disk.size_bytes
 
 
-def set_state(session: Session, host: Host, state: HostState, why: str = "") -> bool:
-    """Move the host to `state` with an event; False when it already was there."""
+def lock(session: Session, host_id: int) -> Host | None:
+    """The host re-read while this transaction holds its row's write lock; None if it is gone.
+
+    Whoever decides a host's state from what the row says (the host browser's writer, maintenance,
+    activate, remove) locks it first, so two deciders never both act on the same old value: an
+    activation that saw libvirt down cannot overwrite the browser's "connected" a moment later.
+    A no-op UPDATE is the one lock both engines honour: PostgreSQL locks the row, SQLite takes the
+    database's write lock (it ignores FOR UPDATE). Locked once per transaction.
+    """
+    transaction = session.get_transaction()
+    held = session.info.get("locked_hosts")
+    if held is None or held[0] is not transaction:
+        held = session.info["locked_hosts"] = (transaction, set())
+    locked: set[int] = held[1]
+    if host_id not in locked:
+        session.execute(
+            update(Host).where(Host.id == host_id).values(state=Host.state).execution_options(synchronize_session=False)
+        )
+        locked.add(host_id)
+        return session.get(Host, host_id, populate_existing=True)
+    return session.get(Host, host_id)
+
+
+def set_state(session: Session, host: Host, state: HostState, why: str = "", by: str = "") -> bool:
+    """Move the host to `state` with an event, keeping `why` as its state reason; False when it already was there."""
     if host.state is state:
         return False
     old = host.state
     host.state = state
     host.state_changed_at = utcnow()
+    host.state_reason = why
     severity = Severity.WARNING if state is HostState.UNAVAILABLE else Severity.INFO
-    event(session, host, "host.state", f"{old} -> {state}" + (f": {why}" if why else ""), severity)
-    log.info("host %s: %s -> %s %s", host.hostname, old, state, why)
+    message = f"{old} -> {state}" + (f": {why}" if why else "") + (f" (by {by})" if by else "")
+    event(session, host, "host.state", message, severity)
+    log.info("host %s: %s -> %s %s%s", host.hostname, old, state, why, f" (by {by})" if by else "")
     return True
 
 
@@ -183,6 +208,9 @@ def summary(host: Host, default_port: int) -> dict[str, object]:
         "uuid": host.uuid,
         "hostname": host.hostname,
         "state": str(host.state),
+        "state_reason": host.state_reason,
+        "state_changed_at": host.state_changed_at.isoformat(),
+        "libvirt_connected": host.libvirt_connected,
         "approved": host.approved_at is not None,
         "approved_by": host.approved_by,
         "libvirt_uri": f"qemu+tcp://{host.hostname}:{host.libvirt_port or default_port}/system",

@@ -61,14 +61,17 @@ Change = DomainChanged | HostUp | HostDown
 
 
 def apply(session: Session, change: Change) -> None:
+    # The host row is locked first, always: the API's maintenance/activate/remove lock it too, so
+    # both sides take the host before its VMs, and each sees what the other committed.
+    host = hosts.lock(session, change.host_id)
+    if host is None:  # removed meanwhile: whatever its session still reports is about nothing
+        return
     if isinstance(change, DomainChanged):
-        host = session.get(Host, change.host_id)
-        if host is not None:
-            _domain(session, host, change.domain)
+        _domain(session, host, change.domain)
     elif isinstance(change, HostUp):
-        _host_up(session, change)
+        _host_up(session, host, change)
     else:
-        _host_down(session, change)
+        _host_down(session, host, change)
 
 
 def _domain(session: Session, host: Host, dom: Domain) -> None:
@@ -101,10 +104,7 @@ def _vm_state(session: Session, vm: Vm, state: VmState, why: str) -> None:
     vm.state_changed_at = utcnow()
 
 
-def _host_up(session: Session, change: HostUp) -> None:
-    host = session.get(Host, change.host_id)
-    if host is None:
-        return
+def _host_up(session: Session, host: Host, change: HostUp) -> None:
     seen = {d.uuid for d in change.domains}
     for dom in change.domains:
         _domain(session, host, dom)
@@ -113,14 +113,14 @@ def _host_up(session: Session, change: HostUp) -> None:
         if vm.uuid not in seen:
             vm.host_id = None
             _vm_state(session, vm, VmState.STOPPED, f"not on {host.hostname} any more")
+    host.libvirt_connected = True
+    # Maintenance is the admin's to end (`drover host activate`); the connection is still recorded.
     if host.state is not HostState.MAINTENANCE:
         hosts.set_state(session, host, HostState.AVAILABLE, f"libvirt connected, {len(seen)} domains")
 
 
-def _host_down(session: Session, change: HostDown) -> None:
-    host = session.get(Host, change.host_id)
-    if host is None:
-        return
+def _host_down(session: Session, host: Host, change: HostDown) -> None:
+    host.libvirt_connected = False
     if host.state is HostState.AVAILABLE:
         hosts.set_state(session, host, HostState.UNAVAILABLE, change.reason)
     # The real state of its guests is unknown now; they are not stopped, nor running for all we know.

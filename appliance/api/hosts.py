@@ -1,15 +1,16 @@
-"""Hosts over the API: list, show, approve a pending host, mint an enrolment token (admin)."""
+"""Hosts over the API: list, show; approve, maintenance, activate, remove and enrolment tokens (admin)."""
 
 from __future__ import annotations
 
 from datetime import timedelta
+from typing import Any
 
 from sqlalchemy import select
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
-from appliance import enrolment, hosts
+from appliance import enrolment, hosts, lifecycle
 from appliance.api.access import caller_roles
 from appliance.api.auth import caller
 from appliance.api.edge import read_json
@@ -53,6 +54,34 @@ def approve_host(request: Request) -> JSONResponse:
     with session(request) as s:
         host = hosts.find(s, request.path_params["key"])
         enrolment.approve(s, host, caller(request).principal)
+        return JSONResponse(hosts.summary(host, port))
+
+
+async def _optional_body(request: Request, fields: frozenset[str]) -> dict[str, Any]:
+    """The body as a JSON object with no fields but `fields`; no body at all is {}."""
+    if not (await request.body()).strip():
+        return {}
+    body = await read_json(request)
+    unknown = sorted(set(body) - fields)
+    if unknown:
+        raise UsageError(
+            f"{unknown[0]}: unknown field", f"fields: {', '.join(sorted(fields))}" if fields else "send no body"
+        )
+    return body
+
+
+async def maintenance_host(request: Request) -> JSONResponse:
+    """POST /hosts/{key}/maintenance {"reason"?}: no new VMs; the host browser keeps following it."""
+    body = await _optional_body(request, frozenset({"reason"}))
+    reason = lifecycle.check_reason(body.get("reason", ""))
+    return await run_in_threadpool(_maintenance, request, reason)
+
+
+def _maintenance(request: Request, reason: str) -> JSONResponse:
+    _require(request, Role.ADMIN, "put hosts into maintenance")
+    port = state(request).cfg.nodes.libvirt_port
+    with session(request) as s:
+        host = lifecycle.maintenance(s, hosts.find(s, request.path_params["key"]), caller(request).principal, reason)
         return JSONResponse(hosts.summary(host, port))
 
 

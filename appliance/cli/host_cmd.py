@@ -1,29 +1,36 @@
-"""`drover host list|show|approve|token`: hosts and enrolment through the API, under the caller's ticket."""
+"""`drover host list|show|approve|maintenance|activate|remove|token`: hosts through the API, as the caller."""
 
 from __future__ import annotations
 
 import argparse
 import json
 from typing import Any
+from urllib.parse import quote
 
 from appliance.cli.api_cmd import client_for
 from appliance.cli.context import load_config
 from nodeagent import wire
 
+_HOST_HELP = "id, DMI UUID, FQDN or short host name"
+
 
 def register(sub: Any) -> None:
-    p = sub.add_parser("host", help="hypervisor hosts: list, show, approve, enrolment tokens")
+    p = sub.add_parser("host", help="hypervisor hosts: list, show, approve, maintenance, remove, enrolment tokens")
     verbs = p.add_subparsers(dest="verb", metavar="VERB", required=True)
     ls = verbs.add_parser("list", help="every host with its state")
     ls.add_argument("--json", action="store_true")
     ls.set_defaults(func=list_hosts)
     show = verbs.add_parser("show", help="one host's facts, NICs, disks and VMs")
-    show.add_argument("host", help="id, DMI UUID or host name")
+    show.add_argument("host", help=_HOST_HELP)
     show.add_argument("--json", action="store_true")
     show.set_defaults(func=show_host)
     approve = verbs.add_parser("approve", help="approve a pending host; its next heartbeat collects its keytab")
-    approve.add_argument("host", help="id, DMI UUID or host name")
+    approve.add_argument("host", help=_HOST_HELP)
     approve.set_defaults(func=approve_host)
+    maint = verbs.add_parser("maintenance", help="no new VMs on an approved host; libvirt and its VMs stay followed")
+    maint.add_argument("host", help=_HOST_HELP)
+    maint.add_argument("--reason", default="", metavar="TEXT", help="why, for the next admin (`host show`)")
+    maint.set_defaults(func=maintenance_host)
     token = verbs.add_parser("token", help="mint a one-time enrolment token (printed once)")
     token.add_argument("--ttl", type=int, default=24 * 3600, metavar="SECONDS", help="lifetime (default: 1 day)")
     token.add_argument("--mac", help="only a node booting from this MAC may use it")
@@ -36,6 +43,11 @@ _SHOW = (
     "id", "hostname", "uuid", "state", "approved_by", "libvirt_uri", "cpu_model", "cpu_count", "cpu_cores",
     "cpu_sockets", "virtualization", "memory_mib", "hypervisor_type", "last_heartbeat_at",
 )  # fmt: skip
+
+
+def _path(host: str, verb: str = "") -> str:
+    """The API path of one host: whatever the admin typed, as one path segment."""
+    return f"/api/v1/hosts/{quote(host, safe='')}" + (f"/{verb}" if verb else "")
 
 
 def _mac(value: str | None) -> str | None:
@@ -60,7 +72,7 @@ def list_hosts(args: argparse.Namespace) -> int:
 
 def show_host(args: argparse.Namespace) -> int:
     with client_for(load_config(args)) as api:
-        h = api.get(f"/api/v1/hosts/{args.host}")
+        h = api.get(_path(args.host))
     if args.json:
         print(json.dumps(h, indent=2))
         return 0
@@ -79,8 +91,17 @@ def show_host(args: argparse.Namespace) -> int:
 
 def approve_host(args: argparse.Namespace) -> int:
     with client_for(load_config(args)) as api:
-        h = api.post(f"/api/v1/hosts/{args.host}/approve")
+        h = api.post(_path(args.host, "approve"))
     print(f"approved host {h['hostname']} ({h['uuid']}); it collects its keytab at its next heartbeat")
+    return 0
+
+
+def maintenance_host(args: argparse.Namespace) -> int:
+    body = {"reason": args.reason} if args.reason else None
+    with client_for(load_config(args)) as api:
+        h = api.post(_path(args.host, "maintenance"), body)
+    link = "connected" if h["libvirt_connected"] else "not connected"
+    print(f"host {h['hostname']} (id {h['id']}) is in maintenance; libvirt {link}, its VMs are still followed")
     return 0
 
 

@@ -6,7 +6,7 @@ import enum
 from datetime import datetime
 from typing import TYPE_CHECKING
 
-from sqlalchemy import BigInteger, ForeignKey, String, UniqueConstraint
+from sqlalchemy import BigInteger, ForeignKey, String, Text, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from appliance.db.base import Base, CreatedMixin, IdMixin, enum_column, utcnow
@@ -50,6 +50,11 @@ class Host(IdMixin, CreatedMixin, Base):
         enum_column(HostState, "host_state"), default=HostState.PENDING, index=True
     )
     state_changed_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # Why it is in its state: the admin's words for maintenance, the libvirt error for unavailable.
+    state_reason: Mapped[str] = mapped_column(Text, default="")
+    # Whether the host browser's libvirt session is up, as its writer last recorded it. Kept apart from
+    # `state` so it stays visible in maintenance, and so activating can choose available or unavailable.
+    libvirt_connected: Mapped[bool] = mapped_column(default=False)
     cpu_model: Mapped[str] = mapped_column(default="")
     cpu_sockets: Mapped[int] = mapped_column(default=1)
     cpu_count: Mapped[int] = mapped_column(default=1)  # logical CPUs libvirt can schedule on

@@ -1,0 +1,179 @@
+"""appliance.lifecycle and the host browser's writer on SQLite and PostgreSQL: maintenance, activate, remove.
+
+The writer is driven with the changes a libvirt session queues (hostbrowser.sync.apply); the lab test
+(test_host_lifecycle_lab.py) does the same through a real `drover serve`, libvirtd and kadmin.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from typing import Any
+
+import pytest
+from sqlalchemy import Engine, func, select
+
+from appliance import hosts, lifecycle
+from appliance.db.base import Base, utcnow
+from appliance.db.engine import session_scope
+from appliance.db.models import Event, Host, HostNic, HostState, Vm, VmState
+from appliance.errors import Conflict, NotFound, UsageError
+from hostbrowser import sync
+
+ADMIN = "admin@LAB.EXAMPLE.TEST"
+
+
+def add_host(
+    engine: Engine,
+    hostname: str = "n1.example.test",
+    *,
+    approved: bool = True,
+    state: HostState = HostState.AVAILABLE,
+    connected: bool = True,
+    macs: tuple[str, ...] = ("52:54:00:10:00:01",),
+) -> int:
+    with session_scope(engine) as s:
+        host = Host(uuid=str(uuid.uuid4()), hostname=hostname, hardware_pool_id=hosts.default_pool(s).id,
+                    state=state, libvirt_connected=connected)  # fmt: skip
+        if approved:
+            host.approved_at, host.approved_by, host.credentials_issued_at = utcnow(), "token test", utcnow()
+        for i, mac in enumerate(macs):
+            host.nics.append(HostNic(name=f"eno{i + 1}", mac=mac, is_boot=i == 0))
+        s.add(host)
+        s.flush()
+        return host.id
+
+
+def add_vm(engine: Engine, host_id: int | None, state: VmState, name: str = "guest") -> str:
+    with session_scope(engine) as s:
+        vm_uuid = str(uuid.uuid4())
+        s.add(Vm(uuid=vm_uuid, name=name, vcpus=1, memory_mib=256, state=state, host_id=host_id,
+                 hardware_pool_id=hosts.default_pool(s).id))  # fmt: skip
+        return vm_uuid
+
+
+def snapshot(engine: Engine) -> dict[str, list[tuple[Any, ...]]]:
+    """Every row of every table: what a refusal must leave exactly as it was."""
+    with session_scope(engine) as s:
+        return {
+            t.name: [tuple(r) for r in s.execute(select(t).order_by(*t.primary_key.columns)).all()]
+            for t in Base.metadata.sorted_tables
+        }
+
+
+def host(engine: Engine, host_id: int) -> tuple[HostState, str, bool]:
+    with session_scope(engine) as s:
+        h = s.get(Host, host_id)
+        assert h is not None
+        return h.state, h.state_reason, h.libvirt_connected
+
+
+def events(engine: Engine, kind: str) -> list[str]:
+    with session_scope(engine) as s:
+        return list(s.scalars(select(Event.message).where(Event.kind == kind).order_by(Event.id)).all())
+
+
+def apply(engine: Engine, *changes: sync.Change) -> None:
+    with session_scope(engine) as s:
+        for change in changes:
+            sync.apply(s, change)
+
+
+def maintenance(engine: Engine, key: str, reason: str = "") -> Host:
+    with session_scope(engine) as s:
+        return lifecycle.maintenance(s, hosts.find(s, key), ADMIN, reason)
+
+
+def test_maintenance_keeps_the_reason_and_writes_an_event(db_engine: Engine) -> None:
+    host_id = add_host(db_engine)
+    done = maintenance(db_engine, "n1", "  replacing DIMM B2 \n")
+    assert (done.id, done.state) == (host_id, HostState.MAINTENANCE)
+    assert host(db_engine, host_id) == (HostState.MAINTENANCE, "replacing DIMM B2", True)
+    assert events(db_engine, "host.state")[-1] == f"available -> maintenance: replacing DIMM B2 (by {ADMIN})"
+    # From unavailable, and without a reason, too.
+    other = add_host(db_engine, "n2.example.test", state=HostState.UNAVAILABLE, connected=False,
+                     macs=("52:54:00:10:00:02",))  # fmt: skip
+    maintenance(db_engine, str(other))
+    assert host(db_engine, other) == (HostState.MAINTENANCE, "", False)
+    assert events(db_engine, "host.state")[-1] == f"unavailable -> maintenance (by {ADMIN})"
+
+
+def test_maintenance_refusals_change_nothing(db_engine: Engine) -> None:
+    pending = add_host(db_engine, "p1.example.test", approved=False, state=HostState.PENDING, connected=False)
+    add_host(db_engine, "m1.example.test", macs=("52:54:00:10:00:02",))
+    maintenance(db_engine, "m1", "first")
+    before = snapshot(db_engine)
+    with pytest.raises(Conflict, match="pending approval") as err:
+        maintenance(db_engine, str(pending))
+    assert "drover host approve" in err.value.hint
+    with pytest.raises(Conflict, match=r"already in maintenance since .* UTC: first"):
+        maintenance(db_engine, "m1.example.test", "second")
+    with pytest.raises(NotFound):
+        maintenance(db_engine, "nosuch")
+    for bad in (5, None, "x" * (lifecycle.MAX_REASON + 1), "bell\x07"):
+        with pytest.raises(UsageError, match="reason"):
+            lifecycle.check_reason(bad)
+    assert snapshot(db_engine) == before
+
+
+def test_in_maintenance_the_browser_records_the_link_and_the_vms_but_not_the_state(db_engine: Engine) -> None:
+    host_id = add_host(db_engine)
+    maintenance(db_engine, "n1", "firmware")
+    vm = str(uuid.uuid4())
+    # The connection drops: the state stays, the link and the VMs follow.
+    apply(db_engine, sync.DomainChanged(host_id, sync.Domain(vm, "g1", VmState.RUNNING)))
+    apply(db_engine, sync.HostDown(host_id, "keepalive timed out"))
+    assert host(db_engine, host_id) == (HostState.MAINTENANCE, "firmware", False)
+    with session_scope(db_engine) as s:
+        assert s.scalars(select(Vm.state).where(Vm.uuid == vm)).one() is VmState.UNREACHABLE
+    # Back, with the domain still there and a new one: re-synced, still in maintenance.
+    new = str(uuid.uuid4())
+    apply(db_engine, sync.HostUp(host_id, (sync.Domain(vm, "g1", VmState.RUNNING), sync.Domain(new, "g2", None))))
+    apply(db_engine, sync.DomainChanged(host_id, sync.Domain(new, "g2", VmState.STOPPED)))
+    assert host(db_engine, host_id) == (HostState.MAINTENANCE, "firmware", True)
+    with session_scope(db_engine) as s:
+        found = {name: vm_state for name, vm_state in s.execute(select(Vm.name, Vm.state).where(Vm.host_id == host_id))}
+        assert found == {"g1": VmState.RUNNING, "g2": VmState.STOPPED}
+    assert events(db_engine, "host.state")[-1].startswith("available -> maintenance")
+
+
+def test_outside_maintenance_the_browser_moves_the_state_and_keeps_the_reason(db_engine: Engine) -> None:
+    host_id = add_host(db_engine, state=HostState.PENDING, connected=False)
+    apply(db_engine, sync.HostUp(host_id, ()))
+    assert host(db_engine, host_id) == (HostState.AVAILABLE, "libvirt connected, 0 domains", True)
+    apply(db_engine, sync.HostDown(host_id, "libvirt unreachable: connection refused"))
+    assert host(db_engine, host_id) == (HostState.UNAVAILABLE, "libvirt unreachable: connection refused", False)
+    # Changes for a host that is gone (removed while its session still reported) are dropped.
+    with session_scope(db_engine) as s:
+        count = s.scalar(select(func.count()).select_from(Event))
+    apply(db_engine, sync.HostUp(999_999, ()), sync.HostDown(999_999, "x"),
+          sync.DomainChanged(999_999, sync.Domain(str(uuid.uuid4()), "z", VmState.RUNNING)))  # fmt: skip
+    with session_scope(db_engine) as s:
+        assert s.scalar(select(func.count()).select_from(Event)) == count
+        assert s.scalar(select(func.count()).select_from(Vm)) == 0
+
+
+def test_the_writer_waits_for_an_admin_holding_the_host(db_engine: Engine) -> None:
+    """An admin's transaction holds the host row (hosts.lock): the browser's change waits for its commit
+    and then decides on what was committed, not on what it would have read before."""
+    host_id = add_host(db_engine, state=HostState.AVAILABLE, connected=True)
+    done = threading.Event()
+    with session_scope(db_engine) as admin:
+        held = hosts.lock(admin, host_id)
+        assert held is not None
+        hosts.set_state(admin, held, HostState.UNAVAILABLE, "held by the test")
+        admin.flush()
+
+        def browser() -> None:
+            apply(db_engine, sync.HostUp(host_id, ()))
+            done.set()
+
+        writer = threading.Thread(target=browser)
+        writer.start()
+        time.sleep(0.5)
+        assert not done.is_set(), "the writer did not wait for the row"
+    writer.join(30)
+    assert done.is_set()
+    # It saw `unavailable` (committed) and made it available; without the lock it would have kept it.
+    assert host(db_engine, host_id) == (HostState.AVAILABLE, "libvirt connected, 0 domains", True)

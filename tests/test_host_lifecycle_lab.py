@@ -1,0 +1,272 @@
+"""Host life cycle end to end: `drover host maintenance|activate|remove` and their REST calls against a real
+`drover serve` (SPNEGO with lab tickets), its host browser on real lab libvirtds, and the lab KDC's kadmin.
+
+The node side is played as in test_hostbrowser_lab.py: identify over HTTPS with a token from the CLI, then
+a lab libvirtd on the key identify issued. Refusals are checked on a second server whose host browser is
+off, so nothing else writes to its database while a test asserts that a refusal changed nothing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import ssl
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from sqlalchemy import Engine, select
+
+from appliance.client import Client
+from appliance.db.base import Base
+from appliance.db.engine import make_engine, session_scope
+from appliance.db.models import Event, Host, HostState, Vm, VmState
+from nodeagent import wire
+from tests.lab.appliance import LabAppliance, start_appliance
+from tests.lab.kdc import APPLIANCE_HOST, LabKdc
+from tests.lab.libvirtd import LabHosts, LabNode, NodeFactory, client_env, virsh
+from tests.lab.net import free_port
+from tests.test_enrolment import facts
+
+pytestmark = pytest.mark.lab
+
+ADMIN = "lc-admin"
+MONITOR = "lc-monitor"
+
+
+@dataclass(frozen=True)
+class Lab:
+    served: LabAppliance
+    db: Engine
+    kdc: LabKdc
+    hosts: LabHosts
+    nodes: NodeFactory
+    libvirt_port: int
+
+
+@pytest.fixture(scope="module")
+def lab(
+    kdc: LabKdc, lab_hosts: LabHosts, libvirt_nodes: NodeFactory, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Lab]:
+    # Every lab node of this module listens on one port on its own loopback address, as real nodes on 16509.
+    port = free_port()
+    served = start_appliance(
+        kdc,
+        tmp_path_factory.mktemp("lifecycle"),
+        extra_env={**lab_hosts.env, "DROVER_NODES_LIBVIRT_PORT": str(port)},
+    )
+    assert served.drover("user", "add", ADMIN, "--role", "admin").returncode == 0
+    assert served.drover("user", "add", MONITOR, "--role", "monitor").returncode == 0
+    engine = make_engine(served.database_url)
+    yield Lab(served, engine, kdc, lab_hosts, libvirt_nodes, port)
+    engine.dispose()
+    served.stop()
+
+
+def wait_for(what: str, check: Callable[[], bool], timeout: float) -> float:
+    start = time.monotonic()
+    while not check():
+        assert time.monotonic() - start < timeout, f"{what} not within {timeout}s"
+        time.sleep(0.05)
+    return time.monotonic() - start
+
+
+def pinned_ca(served: LabAppliance) -> ssl.SSLContext:
+    pem = httpx.get(f"http://127.0.0.1:{served.boot_port}/boot/ca.pem", timeout=5).text
+    assert f"drover.ca=sha256:{hashlib.sha256(ssl.PEM_cert_to_DER_cert(pem)).hexdigest()}" in served.log_text()
+    return ssl.create_default_context(cadata=pem)
+
+
+def identify(served: LabAppliance, dmi: str, fqdn: str, token: str) -> httpx.Response:
+    with httpx.Client(base_url=served.node_url, verify=pinned_ca(served), trust_env=False) as node_http:
+        return node_http.post("/node/v1/identify", content=wire.encode(wire.IdentifyRequest(token, facts(dmi, fqdn))))
+
+
+def heartbeat(served: LabAppliance, dmi: str, agent_token: str) -> httpx.Response:
+    with httpx.Client(base_url=served.node_url, verify=pinned_ca(served), trust_env=False) as node_http:
+        return node_http.post("/node/v1/heartbeat", content=wire.encode(wire.Heartbeat(dmi, agent_token=agent_token)))
+
+
+def mint(served: LabAppliance, *args: str) -> str:
+    minted = served.drover("host", "token", *args, principal=ADMIN)
+    assert minted.returncode == 0, minted.stderr
+    return minted.stdout.splitlines()[0]
+
+
+def row(db: Engine, dmi: str) -> Host | None:
+    with session_scope(db) as s:
+        return s.scalars(select(Host).where(Host.uuid == dmi)).one_or_none()
+
+
+def state_of(db: Engine, dmi: str) -> tuple[HostState, bool] | None:
+    host = row(db, dmi)
+    return (host.state, host.libvirt_connected) if host is not None else None
+
+
+def vm_state(db: Engine, name: str) -> VmState | None:
+    with session_scope(db) as s:
+        return s.scalars(select(Vm.state).where(Vm.name == name)).one_or_none()
+
+
+def host_events(db: Engine, host_id: int, kind: str = "host.state") -> list[str]:
+    with session_scope(db) as s:
+        query = select(Event.message).where(Event.host_id == host_id, Event.kind == kind).order_by(Event.id)
+        return list(s.scalars(query).all())
+
+
+def enrol(lab: Lab, fqdn: str) -> tuple[str, LabNode, wire.IdentifyResponse]:
+    """A node enrolled with a token and its libvirtd up: the host is available when this returns."""
+    dmi = str(uuid.uuid4())
+    r = identify(lab.served, dmi, fqdn, mint(lab.served, "--uuid", dmi))
+    assert r.status_code == 200, r.text
+    answer = wire.decode(wire.IdentifyResponse, r.content)
+    node = lab.nodes.start(fqdn, settings=lab.nodes.plan(fqdn, port=lab.libvirt_port))
+    wait_for(f"{fqdn} available", lambda: state_of(lab.db, dmi) == (HostState.AVAILABLE, True), 20)
+    return dmi, node, answer
+
+
+def drover_ok(lab: Lab, *argv: str) -> str:
+    proc = lab.served.drover(*argv, principal=ADMIN)
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout
+
+
+def listed_state(lab: Lab, fqdn: str) -> str:
+    rows = [line.split() for line in drover_ok(lab, "host", "list").splitlines()[1:]]
+    (found,) = [r for r in rows if r[1] == fqdn]
+    return found[2]
+
+
+def test_maintenance_keeps_following_the_host_but_not_its_state(lab: Lab, tmp_path: Path) -> None:
+    fqdn = "mnt1.example.test"
+    dmi, node, _ = enrol(lab, fqdn)
+    host = row(lab.db, dmi)
+    assert host is not None
+    out = drover_ok(lab, "host", "maintenance", "mnt1", "--reason", "replacing DIMM B2")
+    assert out.strip() == (
+        f"host {fqdn} (id {host.id}) is in maintenance; libvirt connected, its VMs are still followed"
+    )
+    assert state_of(lab.db, dmi) == (HostState.MAINTENANCE, True)
+    assert listed_state(lab, fqdn) == "maintenance"
+    shown = json.loads(drover_ok(lab, "host", "show", fqdn, "--json"))
+    assert (shown["state"], shown["state_reason"], shown["libvirt_connected"]) == (
+        "maintenance", "replacing DIMM B2", True)  # fmt: skip
+    assert host_events(lab.db, host.id)[-1] == (
+        f"available -> maintenance: replacing DIMM B2 (by {ADMIN}@{lab.kdc.realm.name})"
+    )
+
+    # The session stays: a domain defined on the node shows up; the link going away and coming back is
+    # recorded, the state is not touched.
+    env = client_env(lab.kdc, lab.hosts, "drover")
+    name = f"mnt-{uuid.uuid4().hex[:8]}"
+    (tmp_path / "d.xml").write_text(
+        f"<domain type='qemu'><name>{name}</name><memory unit='MiB'>64</memory><os><type>hvm</type></os></domain>"
+    )
+    assert virsh(env, node.uri(), "define", str(tmp_path / "d.xml")).returncode == 0
+    try:
+        wait_for("domain seen in maintenance", lambda: vm_state(lab.db, name) is VmState.STOPPED, 5)
+        node.stop_daemon()
+        wait_for("link down recorded", lambda: state_of(lab.db, dmi) == (HostState.MAINTENANCE, False), 10)
+        node.restart()
+        wait_for("link up recorded", lambda: state_of(lab.db, dmi) == (HostState.MAINTENANCE, True), 15)
+        assert vm_state(lab.db, name) is VmState.STOPPED
+        assert host_events(lab.db, host.id)[-1].startswith("available -> maintenance")
+        shown = json.loads(drover_ok(lab, "host", "show", str(host.id), "--json"))
+        assert (shown["state"], shown["state_reason"]) == ("maintenance", "replacing DIMM B2")
+
+        # A reboot (identify with a new token) keeps it in maintenance.
+        again = identify(lab.served, dmi, fqdn, mint(lab.served, "--uuid", dmi))
+        assert again.status_code == 200, again.text
+        assert state_of(lab.db, dmi) == (HostState.MAINTENANCE, True)
+    finally:
+        virsh(env, node.uri(), "undefine", name)
+
+    twice = lab.served.drover("host", "maintenance", fqdn, principal=ADMIN)
+    assert twice.returncode == 5 and "already in maintenance since" in twice.stderr, twice.stderr
+    assert "replacing DIMM B2" in twice.stderr and "drover host activate" in twice.stderr
+    monitor = lab.served.drover("host", "maintenance", fqdn, principal=MONITOR)
+    assert monitor.returncode == 9 and "may not put hosts into maintenance" in monitor.stderr
+
+
+# --- refusals over REST, on a server nothing else writes to -------------------------------------------
+
+
+@dataclass(frozen=True)
+class Quiet:
+    served: LabAppliance
+    db: Engine
+    admin: Client
+    monitor: Client
+
+
+@pytest.fixture(scope="module")
+def quiet(kdc: LabKdc, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Quiet]:
+    served = start_appliance(kdc, tmp_path_factory.mktemp("quiet"), extra_env={"DROVER_HOSTBROWSER_ENABLED": "false"})
+    assert served.drover("user", "add", ADMIN, "--role", "admin").returncode == 0
+    assert served.drover("user", "add", MONITOR, "--role", "monitor").returncode == 0
+    engine = make_engine(served.database_url)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("KRB5_CONFIG", str(kdc.krb5_conf))  # the client's own GSSAPI calls, in this process
+
+        def client(name: str) -> Client:
+            return Client(served.local_url, service_host=APPLIANCE_HOST, ccache=kdc.ticket(name)["KRB5CCNAME"])
+
+        with client(ADMIN) as admin, client(MONITOR) as monitor:
+            yield Quiet(served, engine, admin, monitor)
+    engine.dispose()
+    served.stop()
+
+
+def everything(db: Engine) -> dict[str, list[tuple[Any, ...]]]:
+    """Every row of every table: what a refusal must leave exactly as it was."""
+    with session_scope(db) as s:
+        return {
+            t.name: [tuple(r) for r in s.execute(select(t).order_by(*t.primary_key.columns)).all()]
+            for t in Base.metadata.sorted_tables
+        }
+
+
+def quiet_host(q: Quiet, fqdn: str, *, approved: bool = True, state: HostState = HostState.AVAILABLE) -> int:
+    """A host row as identify + approval would leave it (no libvirt here: the browser is off)."""
+    dmi = str(uuid.uuid4())
+    r = identify(q.served, dmi, fqdn, mint(q.served, "--uuid", dmi) if approved else "")
+    assert r.status_code == (200 if approved else 202), r.text
+    with session_scope(q.db) as s:
+        host = s.scalars(select(Host).where(Host.uuid == dmi)).one()
+        host.state = state
+        return host.id
+
+
+def refused(q: Quiet, call: Callable[[], httpx.Response], status: int, words: str) -> None:
+    before = everything(q.db)
+    response = call()
+    assert response.status_code == status, response.text
+    assert words in response.json()["error"], response.json()
+    assert everything(q.db) == before
+
+
+def test_maintenance_refusals_over_rest_change_nothing(quiet: Quiet) -> None:
+    ok = quiet_host(quiet, "rq1.example.test")
+    pending = quiet_host(quiet, "rq2.example.test", approved=False, state=HostState.PENDING)
+    admin, url = quiet.admin._http, "/api/v1/hosts/{}/maintenance"
+    refused(quiet, lambda: admin.post(url.format("nosuch.example.test")), 404, "no host")
+    refused(quiet, lambda: admin.post(url.format(pending)), 409, "pending approval")
+    for body, words in (
+        (b"{not json", "not valid JSON"),
+        (b"[1]", "must be a JSON object"),
+        (b'{"reason": 5}', "reason: must be a string"),
+        (b'{"why": "x"}', "why: unknown field"),
+        (json.dumps({"reason": "x" * 1001}).encode(), "at most 1000"),
+    ):
+        refused(quiet, partial(admin.post, url.format(ok), content=body), 400, words)
+    refused(quiet, lambda: quiet.monitor._http.post(url.format(ok)), 403, "may not put hosts into maintenance")
+    refused(quiet, lambda: httpx.post(f"{quiet.served.local_url}{url.format(ok)}"), 401, "")
+    # And the one that is allowed, with an empty body or {}: then a second one is a conflict.
+    assert quiet.admin.post(url.format(ok))["state"] == "maintenance"
+    refused(quiet, lambda: admin.post(url.format("rq1"), json={}), 409, "already in maintenance")
