@@ -55,3 +55,24 @@ def maintenance(session: Session, host: Host, by: str, reason: str = "") -> Host
     log.info("host %s in maintenance (by %s, libvirt %s)", host.hostname, by,
              "connected" if host.libvirt_connected else "not connected")  # fmt: skip
     return host
+
+
+def activate(session: Session, host: Host, by: str) -> Host:
+    """End maintenance: available if the host browser's libvirt session is up, else unavailable.
+
+    `libvirt_connected` is what the browser's writer last recorded, read under the row lock the writer
+    takes too: a session that comes up or goes down right now is applied after this commit and moves
+    the host on from the state chosen here, as it would any other time.
+    """
+    host = _locked(session, host)
+    if host.state is not HostState.MAINTENANCE:
+        raise Conflict(
+            f"host {host.hostname} is not in maintenance (it is {host.state})",
+            "only a host in maintenance is activated; `drover host maintenance` puts it there",
+        )
+    if host.libvirt_connected:
+        hosts.set_state(session, host, HostState.AVAILABLE, "activated; libvirt connected", by)
+    else:
+        why = "activated; libvirt not connected: available once the host browser reaches it"
+        hosts.set_state(session, host, HostState.UNAVAILABLE, why, by)
+    return host

@@ -177,3 +177,81 @@ def test_the_writer_waits_for_an_admin_holding_the_host(db_engine: Engine) -> No
     assert done.is_set()
     # It saw `unavailable` (committed) and made it available; without the lock it would have kept it.
     assert host(db_engine, host_id) == (HostState.AVAILABLE, "libvirt connected, 0 domains", True)
+
+
+def activate(engine: Engine, key: str) -> Host:
+    with session_scope(engine) as s:
+        return lifecycle.activate(s, hosts.find(s, key), ADMIN)
+
+
+def test_activate_is_available_when_libvirt_is_connected_else_unavailable(db_engine: Engine) -> None:
+    up = add_host(db_engine, "up.example.test")
+    down = add_host(db_engine, "down.example.test", macs=("52:54:00:10:00:02",))
+    maintenance(db_engine, "up", "kernel update")
+    maintenance(db_engine, "down", "kernel update")
+    apply(db_engine, sync.HostDown(down, "connection refused"))
+    assert activate(db_engine, "up").state is HostState.AVAILABLE
+    assert host(db_engine, up) == (HostState.AVAILABLE, "activated; libvirt connected", True)
+    assert events(db_engine, "host.state")[-1] == f"maintenance -> available: activated; libvirt connected (by {ADMIN})"
+    assert activate(db_engine, str(down)).state is HostState.UNAVAILABLE
+    state, reason, connected = host(db_engine, down)
+    assert (state, connected) == (HostState.UNAVAILABLE, False) and "available once the host browser" in reason
+    # The browser's next successful connect makes it available, as for any unavailable host.
+    apply(db_engine, sync.HostUp(down, ()))
+    assert host(db_engine, down)[0] is HostState.AVAILABLE
+
+
+def test_activate_refuses_a_host_not_in_maintenance(db_engine: Engine) -> None:
+    add_host(db_engine, "a.example.test")
+    add_host(db_engine, "u.example.test", state=HostState.UNAVAILABLE, connected=False, macs=("52:54:00:10:00:02",))
+    add_host(db_engine, "p.example.test", approved=False, state=HostState.PENDING, macs=("52:54:00:10:00:03",))
+    before = snapshot(db_engine)
+    for key, state in (("a", "available"), ("u", "unavailable"), ("p", "pending")):
+        with pytest.raises(Conflict, match=f"not in maintenance \\(it is {state}\\)") as err:
+            activate(db_engine, key)
+        assert "drover host maintenance" in err.value.hint
+    with pytest.raises(NotFound):
+        activate(db_engine, "nosuch")
+    assert snapshot(db_engine) == before
+
+
+def test_a_connect_during_activation_is_not_lost(db_engine: Engine) -> None:
+    """Activation saw libvirt down and holds the row; the browser's HostUp waits, then makes it available."""
+    host_id = add_host(db_engine, connected=False, state=HostState.UNAVAILABLE)
+    maintenance(db_engine, "n1")
+    done = threading.Event()
+
+    def browser() -> None:
+        apply(db_engine, sync.HostUp(host_id, ()))
+        done.set()
+
+    with session_scope(db_engine) as admin:
+        assert lifecycle.activate(admin, hosts.find(admin, "n1"), ADMIN).state is HostState.UNAVAILABLE
+        admin.flush()
+        writer = threading.Thread(target=browser)
+        writer.start()
+        time.sleep(0.5)
+        assert not done.is_set()
+    writer.join(30)
+    assert host(db_engine, host_id) == (HostState.AVAILABLE, "libvirt connected, 0 domains", True)
+
+
+def test_an_activation_during_a_connect_sees_it(db_engine: Engine) -> None:
+    """The browser's writer holds the row while it applies HostUp; activation waits and sees `connected`."""
+    host_id = add_host(db_engine, connected=False, state=HostState.UNAVAILABLE)
+    maintenance(db_engine, "n1")
+    result: list[HostState] = []
+
+    def admin() -> None:
+        result.append(activate(db_engine, "n1").state)
+
+    with session_scope(db_engine) as writer:
+        sync.apply(writer, sync.HostUp(host_id, ()))
+        writer.flush()
+        thread = threading.Thread(target=admin)
+        thread.start()
+        time.sleep(0.5)
+        assert not result
+    thread.join(30)
+    assert result == [HostState.AVAILABLE]
+    assert host(db_engine, host_id) == (HostState.AVAILABLE, "activated; libvirt connected", True)

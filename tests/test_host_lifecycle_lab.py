@@ -194,6 +194,37 @@ def test_maintenance_keeps_following_the_host_but_not_its_state(lab: Lab, tmp_pa
     assert monitor.returncode == 9 and "may not put hosts into maintenance" in monitor.stderr
 
 
+def test_activate_is_available_or_unavailable_as_libvirt_is(lab: Lab) -> None:
+    fqdn = "act1.example.test"
+    dmi, node, _ = enrol(lab, fqdn)
+    host = row(lab.db, dmi)
+    assert host is not None
+    not_yet = lab.served.drover("host", "activate", fqdn, principal=ADMIN)
+    assert not_yet.returncode == 5 and "not in maintenance (it is available)" in not_yet.stderr, not_yet.stderr
+    drover_ok(lab, "host", "maintenance", "act1")
+    out = drover_ok(lab, "host", "activate", "act1")
+    assert out.strip() == f"host {fqdn} (id {host.id}) is available"
+    assert state_of(lab.db, dmi) == (HostState.AVAILABLE, True) and listed_state(lab, fqdn) == "available"
+    assert host_events(lab.db, host.id)[-1] == (
+        f"maintenance -> available: activated; libvirt connected (by {ADMIN}@{lab.kdc.realm.name})"
+    )
+
+    # In maintenance the node goes away; activated then, it is unavailable until the browser reaches it.
+    drover_ok(lab, "host", "maintenance", str(host.id), "--reason", "power supply")
+    node.stop_daemon()
+    wait_for("link down recorded", lambda: state_of(lab.db, dmi) == (HostState.MAINTENANCE, False), 10)
+    out = drover_ok(lab, "host", "activate", dmi)
+    assert out.strip() == (
+        f"host {fqdn} (id {host.id}) is unavailable: libvirt is not connected; "
+        "it becomes available when the host browser reaches it"
+    )
+    assert state_of(lab.db, dmi) == (HostState.UNAVAILABLE, False) and listed_state(lab, fqdn) == "unavailable"
+    node.restart()
+    wait_for("available after the node is back", lambda: state_of(lab.db, dmi) == (HostState.AVAILABLE, True), 15)
+    monitor = lab.served.drover("host", "activate", fqdn, principal=MONITOR)
+    assert monitor.returncode == 9 and "may not activate hosts" in monitor.stderr
+
+
 # --- refusals over REST, on a server nothing else writes to -------------------------------------------
 
 
@@ -270,3 +301,19 @@ def test_maintenance_refusals_over_rest_change_nothing(quiet: Quiet) -> None:
     # And the one that is allowed, with an empty body or {}: then a second one is a conflict.
     assert quiet.admin.post(url.format(ok))["state"] == "maintenance"
     refused(quiet, lambda: admin.post(url.format("rq1"), json={}), 409, "already in maintenance")
+
+
+def test_activate_refusals_over_rest_change_nothing(quiet: Quiet) -> None:
+    ok = quiet_host(quiet, "ra1.example.test")
+    quiet_host(quiet, "ra2.example.test", approved=False, state=HostState.PENDING)
+    admin, url = quiet.admin._http, "/api/v1/hosts/{}/activate"
+    refused(quiet, lambda: admin.post(url.format("nosuch")), 404, "no host")
+    refused(quiet, lambda: admin.post(url.format(ok)), 409, "not in maintenance (it is available)")
+    refused(quiet, lambda: admin.post(url.format("ra2")), 409, "not in maintenance (it is pending)")
+    assert quiet.admin.post(f"/api/v1/hosts/{ok}/maintenance", {"reason": "r"})["state"] == "maintenance"
+    for body, words in ((b"{", "not valid JSON"), (b'{"force": true}', "force: unknown field"), (b"3", "JSON object")):
+        refused(quiet, partial(admin.post, url.format(ok), content=body), 400, words)
+    refused(quiet, lambda: quiet.monitor._http.post(url.format(ok)), 403, "may not activate hosts")
+    refused(quiet, lambda: httpx.post(f"{quiet.served.local_url}{url.format(ok)}"), 401, "")
+    # No libvirt on this server: the activated host is unavailable.
+    assert quiet.admin.post(url.format("ra1.example.test"))["state"] == "unavailable"

@@ -85,6 +85,20 @@ def _maintenance(request: Request, reason: str) -> JSONResponse:
         return JSONResponse(hosts.summary(host, port))
 
 
+async def activate_host(request: Request) -> JSONResponse:
+    """POST /hosts/{key}/activate (no body): out of maintenance, available or unavailable as libvirt is."""
+    await _optional_body(request, frozenset())
+    return await run_in_threadpool(_activate, request)
+
+
+def _activate(request: Request) -> JSONResponse:
+    _require(request, Role.ADMIN, "activate hosts")
+    port = state(request).cfg.nodes.libvirt_port
+    with session(request) as s:
+        host = lifecycle.activate(s, hosts.find(s, request.path_params["key"]), caller(request).principal)
+        return JSONResponse(hosts.summary(host, port))
+
+
 async def mint_token(request: Request) -> JSONResponse:
     """POST /hosts/tokens {"ttl_seconds"?, "mac"?, "uuid"?, "note"?}: the token is in this answer only."""
     body = await read_json(request)

@@ -26,4 +26,5 @@ routes = [
     Route(f"{PREFIX}/hosts/{{key}}", hosts.show_host, methods=["GET"]),
     Route(f"{PREFIX}/hosts/{{key}}/approve", hosts.approve_host, methods=["POST"]),
     Route(f"{PREFIX}/hosts/{{key}}/maintenance", hosts.maintenance_host, methods=["POST"]),
+    Route(f"{PREFIX}/hosts/{{key}}/activate", hosts.activate_host, methods=["POST"]),
 ]

@@ -31,6 +31,9 @@ def register(sub: Any) -> None:
     maint.add_argument("host", help=_HOST_HELP)
     maint.add_argument("--reason", default="", metavar="TEXT", help="why, for the next admin (`host show`)")
     maint.set_defaults(func=maintenance_host)
+    activate = verbs.add_parser("activate", help="end maintenance: available, or unavailable until libvirt answers")
+    activate.add_argument("host", help=_HOST_HELP)
+    activate.set_defaults(func=activate_host)
     token = verbs.add_parser("token", help="mint a one-time enrolment token (printed once)")
     token.add_argument("--ttl", type=int, default=24 * 3600, metavar="SECONDS", help="lifetime (default: 1 day)")
     token.add_argument("--mac", help="only a node booting from this MAC may use it")
@@ -102,6 +105,17 @@ def maintenance_host(args: argparse.Namespace) -> int:
         h = api.post(_path(args.host, "maintenance"), body)
     link = "connected" if h["libvirt_connected"] else "not connected"
     print(f"host {h['hostname']} (id {h['id']}) is in maintenance; libvirt {link}, its VMs are still followed")
+    return 0
+
+
+def activate_host(args: argparse.Namespace) -> int:
+    with client_for(load_config(args)) as api:
+        h = api.post(_path(args.host, "activate"))
+    if h["state"] == "available":
+        print(f"host {h['hostname']} (id {h['id']}) is available")
+    else:
+        print(f"host {h['hostname']} (id {h['id']}) is {h['state']}: libvirt is not connected; "
+              "it becomes available when the host browser reaches it")  # fmt: skip
     return 0
 
 
