@@ -28,6 +28,10 @@ class RunningBrowser:
         self.browser = browser
         self.ticket = ticket
 
+    def wake(self) -> None:
+        """Make the browser read the database now (the API calls this after removing a host)."""
+        self.browser.wake()
+
     def stop(self) -> None:
         self.browser.stop()
         self.ticket.stop()

@@ -6,6 +6,7 @@ The writer is driven with the changes a libvirt session queues (hostbrowser.sync
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 import uuid
@@ -15,11 +16,29 @@ import pytest
 from sqlalchemy import Engine, func, select
 
 from appliance import hosts, lifecycle
+from appliance.db import tokens
 from appliance.db.base import Base, utcnow
 from appliance.db.engine import session_scope
-from appliance.db.models import Event, Host, HostNic, HostState, Vm, VmState
-from appliance.errors import Conflict, NotFound, UsageError
+from appliance.db.models import (
+    EnrolmentToken,
+    Event,
+    Host,
+    HostDisk,
+    HostNic,
+    HostState,
+    Severity,
+    TargetKind,
+    Task,
+    TaskState,
+    TaskType,
+    Vm,
+    VmState,
+)
+from appliance.db.tokens import Refusal, TokenRefused
+from appliance.errors import Conflict, KerberosError, NotFound, UsageError
+from appliance.kerberos.realm import Realm
 from hostbrowser import sync
+from tests.lab.kdc import LabKdc
 
 ADMIN = "admin@LAB.EXAMPLE.TEST"
 
@@ -255,3 +274,123 @@ def test_an_activation_during_a_connect_sees_it(db_engine: Engine) -> None:
     thread.join(30)
     assert result == [HostState.AVAILABLE]
     assert host(db_engine, host_id) == (HostState.AVAILABLE, "activated; libvirt connected", True)
+
+
+# --- remove: the lab KDC's kadmin deletes the principals, as in `drover serve` ------------------------
+
+
+def with_principal(kdc: LabKdc, engine: Engine, hostname: str, **kw: Any) -> tuple[int, str]:
+    """A host that collected its credentials: its principal exists in the lab realm."""
+    principal = kdc.principal(f"libvirt/{hostname}")
+    return add_host(engine, hostname, **kw), principal
+
+
+def remove(engine: Engine, key: str, realm: Realm, force: bool = False) -> lifecycle.Removed:
+    with session_scope(engine) as s:
+        return lifecycle.remove(s, hosts.find(s, key), ADMIN, realm, force=force)
+
+
+def token_refusal(engine: Engine, token: str, **kw: Any) -> Refusal:
+    with pytest.raises(TokenRefused) as err, session_scope(engine) as s:
+        tokens.consume(s, token, **kw)
+    return err.value.reason
+
+
+@pytest.mark.lab
+def test_remove_forgets_the_host_its_principal_and_its_tokens(db_engine: Engine, kdc: LabKdc) -> None:
+    mac = "52:54:00:20:00:01"
+    host_id, principal = with_principal(kdc, db_engine, "rm1.example.test", macs=(mac, "52:54:00:20:00:02"))
+    stopped = add_vm(db_engine, host_id, VmState.STOPPED, "idle")
+    with session_scope(db_engine) as s:
+        h = s.get(Host, host_id)
+        assert h is not None
+        dmi = h.uuid
+        h.disks.append(HostDisk(name="vda", size_bytes=1 << 30))
+        hosts.event(s, h, "host.identified", "earlier")
+        by_uuid = tokens.mint(s, host_uuid=dmi).token
+        by_mac = tokens.mint(s, mac=mac).token
+        other = tokens.mint(s, mac="52:54:00:99:99:99").token
+        s.add(Task(type=TaskType.HOST_CLEAR, target_kind=TargetKind.HOST, target_id=host_id))
+    removed = remove(db_engine, "rm1", kdc.realm)
+    assert removed.as_dict() == {
+        "id": host_id, "hostname": "rm1.example.test", "uuid": dmi, "principal_deleted": principal,
+        "principal_note": "", "tokens_invalidated": 2, "vms_detached": ["idle (stopped)"], "tasks_canceled": 1,
+    }  # fmt: skip
+    assert not kdc.realm.kadmin().exists(principal)
+    with session_scope(db_engine) as s:
+        assert s.get(Host, host_id) is None
+        for model in (HostNic, HostDisk):
+            assert s.scalar(select(func.count()).select_from(model)) == 0
+        vm = s.scalars(select(Vm).where(Vm.uuid == stopped)).one()
+        assert (vm.host_id, vm.state) == (None, VmState.STOPPED)
+        earlier = s.scalars(select(Event).where(Event.message == "earlier")).one()
+        assert earlier.host_id is None and earlier.subject == "rm1.example.test"
+        gone = s.scalars(select(Event).where(Event.kind == "host.removed")).one()
+        assert gone.host_id is None and gone.subject == "rm1.example.test"
+        assert gone.message == (
+            f"host rm1.example.test ({dmi}, id {host_id}, available) removed by {ADMIN}; principal {principal} "
+            "deleted; 2 unused enrolment token(s) invalidated; VMs left on no host: idle (stopped); "
+            "1 queued task(s) canceled"
+        )
+        assert s.scalars(select(Task.state)).one() is TaskState.CANCELED
+    assert token_refusal(db_engine, by_uuid, host_uuid=dmi) is Refusal.EXPIRED
+    assert token_refusal(db_engine, by_mac, mac=mac) is Refusal.EXPIRED
+    with session_scope(db_engine) as s:  # a token for another machine is left alone
+        untouched = s.scalars(select(EnrolmentToken).where(EnrolmentToken.selector == other.split(".")[1])).one()
+        assert untouched.used_at is None and untouched.expires_at > utcnow()
+    with pytest.raises(NotFound):
+        remove(db_engine, str(host_id), kdc.realm)
+
+
+@pytest.mark.lab
+def test_running_vms_refuse_the_removal_unless_forced(db_engine: Engine, kdc: LabKdc) -> None:
+    host_id, principal = with_principal(kdc, db_engine, "rm2.example.test")
+    running = add_vm(db_engine, host_id, VmState.RUNNING, "web")
+    lost = add_vm(db_engine, host_id, VmState.UNREACHABLE, "db")
+    before = snapshot(db_engine)
+    with pytest.raises(Conflict, match=r"2 VM\(s\) that are or may be running: db \(unreachable\), web \(running\)"):
+        remove(db_engine, "rm2", kdc.realm)
+    assert snapshot(db_engine) == before and kdc.realm.kadmin().exists(principal)
+    removed = remove(db_engine, "rm2", kdc.realm, force=True)
+    assert removed.vms_detached == ["db (unreachable)", "web (running)"]
+    with session_scope(db_engine) as s:
+        states = {v.uuid: (v.host_id, v.state) for v in s.scalars(select(Vm))}
+        assert states == {running: (None, VmState.UNREACHABLE), lost: (None, VmState.UNREACHABLE)}
+        assert s.scalars(select(Event.message).where(Event.kind == "vm.state")).all() == [
+            f"running -> unreachable: host rm2.example.test removed by {ADMIN}"]  # fmt: skip
+        severity = s.scalars(select(Event.severity).where(Event.kind == "host.removed")).one()
+        assert severity is Severity.WARNING
+    assert not kdc.realm.kadmin().exists(principal)
+
+
+@pytest.mark.lab
+def test_a_principal_is_kept_while_another_record_uses_it_and_none_is_needed_for_a_pending_host(
+    db_engine: Engine, kdc: LabKdc
+) -> None:
+    old, principal = with_principal(kdc, db_engine, "twin.example.test")
+    add_host(db_engine, "twin.example.test", macs=("52:54:00:30:00:02",))
+    removed = remove(db_engine, str(old), kdc.realm)
+    assert removed.principal == ""
+    assert removed.principal_note == f"kept {principal}: another host record with the name twin.example.test uses it"
+    assert kdc.realm.kadmin().exists(principal)
+    # A pending host never had one: removing it needs no kadmin at all (this realm could not answer).
+    add_host(db_engine, "pend.example.test", approved=False, state=HostState.PENDING, macs=("52:54:00:30:00:03",))
+    removed = remove(db_engine, "pend", broken_realm(kdc))
+    assert (removed.principal, removed.principal_note) == ("", "never issued: the host did not collect credentials")
+
+
+def broken_realm(kdc: LabKdc) -> Realm:
+    """The lab realm's files under a realm name kadmin does not know: every kadmin call fails."""
+    r = kdc.realm
+    return Realm(dataclasses.replace(r.spec, realm="NOSUCH.TEST"), r.files, r.hostname, r.mode, r.admin_principal)
+
+
+@pytest.mark.lab
+def test_a_kadmin_failure_rolls_the_removal_back(db_engine: Engine, kdc: LabKdc) -> None:
+    with_principal(kdc, db_engine, "rm3.example.test")
+    with session_scope(db_engine) as s:
+        tokens.mint(s, mac="52:54:00:10:00:01")
+    before = snapshot(db_engine)
+    with pytest.raises(KerberosError, match="kadmin"):
+        remove(db_engine, "rm3", broken_realm(kdc))
+    assert snapshot(db_engine) == before

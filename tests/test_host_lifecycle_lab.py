@@ -8,6 +8,7 @@ off, so nothing else writes to its database while a test asserts that a refusal 
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import ssl
@@ -27,8 +28,11 @@ from appliance.client import Client
 from appliance.db.base import Base
 from appliance.db.engine import make_engine, session_scope
 from appliance.db.models import Event, Host, HostState, Vm, VmState
+from appliance.runner import run
 from nodeagent import wire
+from tests.lab.accel import Accel
 from tests.lab.appliance import LabAppliance, start_appliance
+from tests.lab.guest import GuestImage, domain_xml
 from tests.lab.kdc import APPLIANCE_HOST, LabKdc
 from tests.lab.libvirtd import LabHosts, LabNode, NodeFactory, client_env, virsh
 from tests.lab.net import free_port
@@ -225,6 +229,81 @@ def test_activate_is_available_or_unavailable_as_libvirt_is(lab: Lab) -> None:
     assert monitor.returncode == 9 and "may not activate hosts" in monitor.stderr
 
 
+def tcp_clients(node: LabNode) -> int:
+    """How many TCP (i.e. Kerberos) clients the node's libvirtd has, asked over its admin socket."""
+    uri = f"libvirtd:///system?socket={node.root / 'sock' / 'libvirt-admin-sock'}"
+    out = run(["virt-admin", "-c", uri, "client-list", "libvirtd"], env={"PATH": "/usr/bin:/bin"}).stdout
+    return sum(1 for line in out.splitlines() if line.split()[1:2] == ["tcp"])
+
+
+def test_remove_forgets_the_host_drops_its_session_and_a_new_boot_enrols_it_anew(
+    lab: Lab, guest_image: GuestImage, guest_accel: Accel, tmp_path: Path
+) -> None:
+    fqdn = "rm1.example.test"
+    dmi, node, first = enrol(lab, fqdn)
+    old = row(lab.db, dmi)
+    assert old is not None
+    principal = f"libvirt/{fqdn}@{lab.kdc.realm.name}"
+    assert lab.kdc.realm.kadmin().exists(principal) and tcp_clients(node) == 1
+
+    env = client_env(lab.kdc, lab.hosts, "drover")
+    name = f"rm-{uuid.uuid4().hex[:8]}"
+    (tmp_path / "d.xml").write_text(domain_xml(name, guest_image, tmp_path / "serial.log",
+                                               domain_type=guest_accel.domain_type))  # fmt: skip
+    assert virsh(env, node.uri(), "define", str(tmp_path / "d.xml")).returncode == 0
+    try:
+        assert virsh(env, node.uri(), "start", name, timeout=120).returncode == 0
+        wait_for("VM running", lambda: vm_state(lab.db, name) is VmState.RUNNING, 10)
+
+        # A running VM refuses the removal: nothing changes, the session stays.
+        refused = lab.served.drover("host", "remove", "rm1", principal=ADMIN)
+        assert refused.returncode == 5, refused.stderr
+        assert f"1 VM(s) that are or may be running: {name} (running)" in refused.stderr
+        assert "--force" in refused.stderr
+        assert row(lab.db, dmi) is not None and lab.kdc.realm.kadmin().exists(principal) and tcp_clients(node) == 1
+        monitor = lab.served.drover("host", "remove", "rm1", "--force", principal=MONITOR)
+        assert monitor.returncode == 9 and "may not remove hosts" in monitor.stderr
+
+        t0 = time.monotonic()
+        out = drover_ok(lab, "host", "remove", "rm1", "--force").splitlines()
+        assert out == [
+            f"removed host {fqdn} (id {old.id}, {dmi})",
+            f"principal: {principal} deleted",
+            "enrolment tokens invalidated: 0",
+            f"VMs now on no host: {name} (running)",
+        ]
+        dropped = wait_for("session dropped", lambda: tcp_clients(node) == 0, 5)
+        print(f"remove -> libvirt session closed {time.monotonic() - t0:.2f}s ({dropped:.2f}s after the CLI)")
+        assert row(lab.db, dmi) is None and not lab.kdc.realm.kadmin().exists(principal)
+        assert vm_state(lab.db, name) is VmState.UNREACHABLE
+        with session_scope(lab.db) as s:
+            gone = s.scalars(select(Event.message).where(Event.kind == "host.removed", Event.subject == fqdn)).one()
+        assert f"removed by {ADMIN}@{lab.kdc.realm.name}" in gone and f"VMs left on no host: {name}" in gone
+        missing = lab.served.drover("host", "show", fqdn, principal=ADMIN)
+        assert missing.returncode == 4 and "no host" in missing.stderr
+
+        # Its agent token is gone with it; without a token the node is a new pending host.
+        assert heartbeat(lab.served, dmi, first.agent_token).status_code == 401
+        pending = identify(lab.served, dmi, fqdn, "")
+        assert pending.status_code == 202, pending.text
+        again = row(lab.db, dmi)
+        assert again is not None and again.approved_at is None and again.created_at > old.created_at
+        assert listed_state(lab, fqdn) == "pending"
+
+        # A new boot with a token enrols it: a fresh principal and key; the browser finds the VM again.
+        back = identify(lab.served, dmi, fqdn, mint(lab.served, "--uuid", dmi))
+        assert back.status_code == 200, back.text
+        creds = wire.decode(wire.IdentifyResponse, back.content).credentials
+        assert creds is not None and lab.kdc.realm.kadmin().exists(principal)
+        (node.root / "libvirtd.keytab").write_bytes(base64.b64decode(creds.keytab_b64))
+        node.restart()
+        wait_for("enrolled anew and available", lambda: state_of(lab.db, dmi) == (HostState.AVAILABLE, True), 20)
+        wait_for("VM found on it again", lambda: vm_state(lab.db, name) is VmState.RUNNING, 10)
+    finally:
+        virsh(env, node.uri(), "destroy", name)
+        virsh(env, node.uri(), "undefine", name)
+
+
 # --- refusals over REST, on a server nothing else writes to -------------------------------------------
 
 
@@ -317,3 +396,31 @@ def test_activate_refusals_over_rest_change_nothing(quiet: Quiet) -> None:
     refused(quiet, lambda: httpx.post(f"{quiet.served.local_url}{url.format(ok)}"), 401, "")
     # No libvirt on this server: the activated host is unavailable.
     assert quiet.admin.post(url.format("ra1.example.test"))["state"] == "unavailable"
+
+
+def test_remove_refusals_over_rest_change_nothing(quiet: Quiet, kdc: LabKdc) -> None:
+    busy = quiet_host(quiet, "rr1.example.test")
+    principal = f"libvirt/rr1.example.test@{kdc.realm.name}"
+    with session_scope(quiet.db) as s:
+        host = s.get(Host, busy)
+        assert host is not None
+        s.add(Vm(uuid=str(uuid.uuid4()), name="busy-vm", vcpus=1, memory_mib=64, state=VmState.PAUSED, host_id=busy,
+                 hardware_pool_id=host.hardware_pool_id))  # fmt: skip
+    admin, url = quiet.admin._http, f"/api/v1/hosts/{busy}"
+    refused(quiet, lambda: admin.delete("/api/v1/hosts/nosuch.example.test"), 404, "no host")
+    refused(quiet, lambda: admin.delete(url), 409, "1 VM(s) that are or may be running: busy-vm (paused)")
+    refused(quiet, lambda: admin.delete(url, params={"force": "maybe"}), 400, "force: 'maybe' is not true or false")
+    refused(quiet, lambda: admin.delete(url, params={"forec": "true"}), 400, "forec: unknown query parameter")
+    refused(quiet, lambda: admin.request("DELETE", url, content=b'{"force": true}'), 400, "force: unknown field")
+    refused(quiet, lambda: quiet.monitor._http.delete(url, params={"force": "true"}), 403, "may not remove hosts")
+    refused(quiet, lambda: httpx.delete(f"{quiet.served.local_url}{url}?force=true"), 401, "")
+    assert kdc.realm.kadmin().exists(principal)
+    # Forced: the host is gone, its principal too, the VM stays on no host.
+    answer = quiet.admin.request("DELETE", "/api/v1/hosts/rr1", params={"force": "yes"})
+    assert (answer["id"], answer["principal_deleted"], answer["vms_detached"]) == (
+        busy, principal, ["busy-vm (paused)"])  # fmt: skip
+    assert not kdc.realm.kadmin().exists(principal)
+    with session_scope(quiet.db) as s:
+        assert s.get(Host, busy) is None
+        assert s.execute(select(Vm.host_id, Vm.state).where(Vm.name == "busy-vm")).one() == (None, VmState.UNREACHABLE)
+    refused(quiet, lambda: admin.delete(url, params={"force": "true"}), 404, "no host")

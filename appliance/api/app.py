@@ -12,17 +12,20 @@ from appliance.api import v1
 from appliance.api.auth import NegotiateMiddleware
 from appliance.api.edge import HANDLERS
 from appliance.api.negotiate import Acceptor
-from appliance.api.state import ApiState, database
+from appliance.api.state import ApiState, Browser, database
 from appliance.config import Config
 from appliance.kerberos.realm import Realm
 
 log = logging.getLogger(__name__)
 
 
-def create_app(cfg: Config, *, acceptor: Acceptor | None = None, engine: Engine | None = None) -> Starlette:
+def create_app(
+    cfg: Config, *, acceptor: Acceptor | None = None, engine: Engine | None = None, browser: Browser | None = None
+) -> Starlette:
     """The API for `cfg`: tickets checked against the realm's HTTP keytab, state in cfg's database.
 
-    The database must already be at the newest schema (`drover serve` upgrades it first).
+    The database must already be at the newest schema (`drover serve` upgrades it first). `browser` is
+    the host browser of this process, woken when a host is removed so it drops the session at once.
     """
     if acceptor is None:
         realm = Realm.from_config(cfg)
@@ -35,6 +38,6 @@ def create_app(cfg: Config, *, acceptor: Acceptor | None = None, engine: Engine 
         exception_handlers=HANDLERS,
         lifespan=lifespan,
     )
-    app.state.drover = ApiState(cfg=cfg, engine=db)
+    app.state.drover = ApiState(cfg=cfg, engine=db, browser=browser)
     log.debug("API app built for %s (service %s)", cfg.api_url, acceptor.principal)
     return app

@@ -19,6 +19,7 @@ from appliance.db import tokens
 from appliance.db.models import Host
 from appliance.db.models.users import Role
 from appliance.errors import Forbidden, UsageError
+from appliance.kerberos.realm import Realm
 from appliance.pki import Pki
 from nodeagent import wire
 
@@ -97,6 +98,32 @@ def _activate(request: Request) -> JSONResponse:
     with session(request) as s:
         host = lifecycle.activate(s, hosts.find(s, request.path_params["key"]), caller(request).principal)
         return JSONResponse(hosts.summary(host, port))
+
+
+_BOOLEAN = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
+
+
+async def remove_host(request: Request) -> JSONResponse:
+    """DELETE /hosts/{key}[?force=true]: the row, its principal, its tokens; refused while VMs run unless force."""
+    await _optional_body(request, frozenset())
+    unknown = sorted(set(request.query_params) - {"force"})
+    if unknown:
+        raise UsageError(f"{unknown[0]}: unknown query parameter", "the only one is force=true|false")
+    force = _BOOLEAN.get(request.query_params.get("force", "false").lower())
+    if force is None:
+        raise UsageError(f"force: {request.query_params['force']!r} is not true or false")
+    return await run_in_threadpool(_remove, request, force)
+
+
+def _remove(request: Request, force: bool) -> JSONResponse:
+    _require(request, Role.ADMIN, "remove hosts")
+    st = state(request)
+    with session(request) as s:
+        host = hosts.find(s, request.path_params["key"])
+        removed = lifecycle.remove(s, host, caller(request).principal, Realm.from_config(st.cfg), force=force)
+    if st.browser is not None:
+        st.browser.wake()  # committed: the browser's next scan drops the session, now rather than later
+    return JSONResponse(removed.as_dict())
 
 
 async def mint_token(request: Request) -> JSONResponse:

@@ -1,10 +1,11 @@
-"""What the API's handlers share, built once by create_app(): the configuration and the database."""
+"""What the API's handlers share, built once by create_app(): configuration, database, host browser."""
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager, contextmanager
 from dataclasses import dataclass
+from typing import Protocol
 
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session
@@ -15,10 +16,20 @@ from appliance.config import Config
 from appliance.db.engine import make_engine, session_scope
 
 
+class Browser(Protocol):
+    """The host browser when it runs in this process (appliance.launcher.RunningBrowser)."""
+
+    def wake(self) -> None:
+        """Read the database now, e.g. to drop the session of a host just removed."""
+
+
 @dataclass(frozen=True)
 class ApiState:
     cfg: Config
     engine: Engine
+    # None when no host browser runs in this process (disabled, or a test's bare app): it then sees
+    # changes at its next scan, [hostbrowser] scan_seconds later.
+    browser: Browser | None = None
 
 
 def state(conn: HTTPConnection) -> ApiState:

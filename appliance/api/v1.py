@@ -24,6 +24,7 @@ routes = [
     Route(f"{PREFIX}/hosts", hosts.list_hosts, methods=["GET"]),
     Route(f"{PREFIX}/hosts/tokens", hosts.mint_token, methods=["POST"]),
     Route(f"{PREFIX}/hosts/{{key}}", hosts.show_host, methods=["GET"]),
+    Route(f"{PREFIX}/hosts/{{key}}", hosts.remove_host, methods=["DELETE"]),
     Route(f"{PREFIX}/hosts/{{key}}/approve", hosts.approve_host, methods=["POST"]),
     Route(f"{PREFIX}/hosts/{{key}}/maintenance", hosts.maintenance_host, methods=["POST"]),
     Route(f"{PREFIX}/hosts/{{key}}/activate", hosts.activate_host, methods=["POST"]),

@@ -34,6 +34,12 @@ def register(sub: Any) -> None:
     activate = verbs.add_parser("activate", help="end maintenance: available, or unavailable until libvirt answers")
     activate.add_argument("host", help=_HOST_HELP)
     activate.set_defaults(func=activate_host)
+    remove = verbs.add_parser(
+        "remove", help="forget a host: its record, Kerberos principal and tokens (a new boot enrols it anew)"
+    )
+    remove.add_argument("host", help=_HOST_HELP)
+    remove.add_argument("--force", action="store_true", help="even with VMs running (they stay, on no host)")
+    remove.set_defaults(func=remove_host)
     token = verbs.add_parser("token", help="mint a one-time enrolment token (printed once)")
     token.add_argument("--ttl", type=int, default=24 * 3600, metavar="SECONDS", help="lifetime (default: 1 day)")
     token.add_argument("--mac", help="only a node booting from this MAC may use it")
@@ -116,6 +122,19 @@ def activate_host(args: argparse.Namespace) -> int:
     else:
         print(f"host {h['hostname']} (id {h['id']}) is {h['state']}: libvirt is not connected; "
               "it becomes available when the host browser reaches it")  # fmt: skip
+    return 0
+
+
+def remove_host(args: argparse.Namespace) -> int:
+    with client_for(load_config(args)) as api:
+        r = api.request("DELETE", _path(args.host), params={"force": "true"} if args.force else None)
+    print(f"removed host {r['hostname']} (id {r['id']}, {r['uuid']})")
+    print(f"principal: {r['principal_deleted'] + ' deleted' if r['principal_deleted'] else r['principal_note']}")
+    print(f"enrolment tokens invalidated: {r['tokens_invalidated']}")
+    if r["vms_detached"]:
+        print(f"VMs now on no host: {', '.join(r['vms_detached'])}")
+    if r["tasks_canceled"]:
+        print(f"queued tasks canceled: {r['tasks_canceled']}")
     return 0
 
 

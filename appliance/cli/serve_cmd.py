@@ -75,31 +75,32 @@ def serve(args: argparse.Namespace) -> int:
         for sock in sockets:
             sock.close()
         raise
-    group = Group(
-        [
-            listener("api", create_app(cfg), sockets[0]),
-            listener("nodes", create_node_app(cfg, realm=realm), sockets[1],
-                     certfile=str(pki.server_cert), keyfile=str(pki.server_key)),
-            listener("boot", create_boot_app(cfg, pki, sockets[1].getsockname()[1]), sockets[2]),
-        ]
-    )  # fmt: skip
-    log.info(
-        "drover API listening on http://%s:%s (clients: %s, service %s)",
-        cfg.api.listen,
-        cfg.api.port,
-        cfg.api_url,
-        realm.http_principal,
-    )
-    log.info(
-        "node service on %s, boot service on %s (iPXE: chain %s/boot/boot.ipxe, image %s); drover.ca=%s",
-        group.listeners[1].url,
-        group.listeners[2].url,
-        group.listeners[2].url,
-        cfg.boot_image_dir,
-        pki.fingerprint(),
-    )
+    # Before the API app: the API wakes it (a removed host's session is dropped at once).
     browser = start_hostbrowser(cfg, realm) if cfg.hostbrowser.enabled else None
     try:
+        group = Group(
+            [
+                listener("api", create_app(cfg, browser=browser), sockets[0]),
+                listener("nodes", create_node_app(cfg, realm=realm), sockets[1],
+                         certfile=str(pki.server_cert), keyfile=str(pki.server_key)),
+                listener("boot", create_boot_app(cfg, pki, sockets[1].getsockname()[1]), sockets[2]),
+            ]
+        )  # fmt: skip
+        log.info(
+            "drover API listening on http://%s:%s (clients: %s, service %s)",
+            cfg.api.listen,
+            cfg.api.port,
+            cfg.api_url,
+            realm.http_principal,
+        )
+        log.info(
+            "node service on %s, boot service on %s (iPXE: chain %s/boot/boot.ipxe, image %s); drover.ca=%s",
+            group.listeners[1].url,
+            group.listeners[2].url,
+            group.listeners[2].url,
+            cfg.boot_image_dir,
+            pki.fingerprint(),
+        )
         group.run()
     finally:
         if browser is not None:
