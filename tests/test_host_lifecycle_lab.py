@@ -177,8 +177,18 @@ def test_maintenance_keeps_following_the_host_but_not_its_state(lab: Lab, tmp_pa
         wait_for("domain seen in maintenance", lambda: vm_state(lab.db, name) is VmState.STOPPED, 5)
         node.stop_daemon()
         wait_for("link down recorded", lambda: state_of(lab.db, dmi) == (HostState.MAINTENANCE, False), 10)
+        shown_text = drover_ok(lab, "host", "show", "mnt1")
+        for line in (
+            "state:             maintenance",
+            "state_reason:      replacing DIMM B2",
+            "libvirt:           not connected",
+            f"vm:                {name} unreachable",
+        ):
+            assert any(got.startswith(line) for got in shown_text.splitlines()), shown_text
+        assert listed_state(lab, fqdn) == "maintenance"
         node.restart()
         wait_for("link up recorded", lambda: state_of(lab.db, dmi) == (HostState.MAINTENANCE, True), 15)
+        assert "libvirt:           connected" in drover_ok(lab, "host", "show", "mnt1").splitlines()
         assert vm_state(lab.db, name) is VmState.STOPPED
         assert host_events(lab.db, host.id)[-1].startswith("available -> maintenance")
         shown = json.loads(drover_ok(lab, "host", "show", str(host.id), "--json"))
@@ -212,6 +222,7 @@ def test_activate_is_available_or_unavailable_as_libvirt_is(lab: Lab) -> None:
     assert host_events(lab.db, host.id)[-1] == (
         f"maintenance -> available: activated; libvirt connected (by {ADMIN}@{lab.kdc.realm.name})"
     )
+    assert "state_reason:      activated; libvirt connected" in drover_ok(lab, "host", "show", fqdn).splitlines()
 
     # In maintenance the node goes away; activated then, it is unavailable until the browser reaches it.
     drover_ok(lab, "host", "maintenance", str(host.id), "--reason", "power supply")

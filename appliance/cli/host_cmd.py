@@ -49,8 +49,9 @@ def register(sub: Any) -> None:
 
 
 _SHOW = (
-    "id", "hostname", "uuid", "state", "approved_by", "libvirt_uri", "cpu_model", "cpu_count", "cpu_cores",
-    "cpu_sockets", "virtualization", "memory_mib", "hypervisor_type", "last_heartbeat_at",
+    "id", "hostname", "uuid", "state", "state_reason", "state_changed_at", "libvirt", "approved_by", "libvirt_uri",
+    "cpu_model", "cpu_count", "cpu_cores", "cpu_sockets", "virtualization", "memory_mib", "hypervisor_type",
+    "last_heartbeat_at",
 )  # fmt: skip
 
 
@@ -85,6 +86,8 @@ def show_host(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(h, indent=2))
         return 0
+    # The host browser's session, shown apart from the state: in maintenance the state does not follow it.
+    h["libvirt"] = "connected" if h["libvirt_connected"] else "not connected"
     for key in _SHOW:
         print(f"{key + ':':<19}{h[key] if h[key] not in (None, '') else '-'}")
     for nic in h["nics"]:
