@@ -27,6 +27,7 @@ from nodeagent import cmdline, credentials, discovery, facts, heartbeat, libvirt
 from nodeagent.announce import Announcer, ipv4_addresses
 from nodeagent.files import write_atomic
 from nodeagent.identify import ApplianceError, NodeApiClient
+from nodeagent.notify import Readiness
 from nodeagent.proc import CommandFailed, run
 from nodeagent.watch import Watcher
 
@@ -61,6 +62,7 @@ class Options:
     schedule: heartbeat.Schedule = field(default_factory=heartbeat.Schedule)
     refused_pause: float = 30.0  # after a pin mismatch, before fetching the CA again
     request_timeout: float = 10.0
+    ready_deadline: float = 45.0  # READY=1 to systemd at the latest this long after start (see notify.py)
 
 
 class Agent:
@@ -87,6 +89,7 @@ class Agent:
             "pid": 0,
         }
         self.started = time.monotonic()
+        self.readiness = Readiness(opts.ready_deadline)
 
     # --- state file ---------------------------------------------------------------------------
 
@@ -111,6 +114,7 @@ class Agent:
 
     def run(self) -> None:
         self._set(pid=os.getpid())
+        self.readiness.start()
         kcmd = cmdline.read(self.opts.cmdline)
         ip_json = ""
         if self.opts.root == Path("/"):
@@ -120,7 +124,8 @@ class Agent:
                 log.warning("no addresses: %s", exc)
         self.facts = facts.gather(self.opts.root, ip_json=ip_json, boot_mac=kcmd.boot_mac, agent_version=AGENT_VERSION)
         log.info(
-            "facts: uuid %s fqdn %s, %s CPUs (%s), %s NICs, %s disks",
+            "facts in %.1fs: uuid %s fqdn %s, %s CPUs (%s), %s NICs, %s disks",
+            time.monotonic() - self.started,
             self.facts.uuid,
             self.facts.fqdn,
             self.facts.cpu.count,
@@ -136,11 +141,13 @@ class Agent:
                 errors = 0
             except tls.PinError as exc:
                 self._set(state=State.REFUSED, last_error=str(exc))
+                self.readiness.ready(f"refused: {exc}")
                 self.stop.wait(self.opts.refused_pause)
             except (discovery.DiscoveryError, tls.FetchError, ApplianceError, OSError) as exc:
                 errors += 1
                 log.warning("enrolment failed (%s in a row): %s", errors, exc)
                 self._set(errors=self.status["errors"] + 1, last_error=str(exc))
+                self.readiness.ready(f"not enrolled, retrying: {exc}")
                 self.stop.wait(self.opts.schedule.next_delay(self.opts.schedule.error_max, errors))
         self.shutdown()
 
@@ -160,6 +167,8 @@ class Agent:
         )
         if answer.credentials is not None:
             self._apply(answer.credentials)
+        else:
+            self.readiness.ready(f"host {answer.host_id} {answer.status.value}, waiting for approval")
 
         def beat() -> float:
             if self.restart_failed and self.creds is not None:
@@ -215,17 +224,11 @@ class Agent:
             self.creds = creds
             if changed or not self._libvirt_ready():
                 self._restart()
+            # libvirtd may start now (at boot it waits for this); announcing and watching can follow.
+            self.readiness.ready(f"Kerberos as {creds.principal}")
             if self.opts.announce and self.facts is not None:
-                try:
-                    self.announcer.announce(
-                        self.facts.hostname,
-                        self.facts.fqdn,
-                        self.facts.uuid,
-                        ipv4_addresses([a for n in self.facts.nics for a in n.addresses]),
-                        self.opts.libvirt_port,
-                    )
-                except Exception:
-                    log.exception("zeroconf announcement failed; the appliance still has our heartbeat")
+                # zeroconf probes for its name for ~2 s: not on the way to the first heartbeat.
+                threading.Thread(target=self._announce, args=(self.facts,), name="announce", daemon=True).start()
             if self.watcher is None:
                 self.watcher = Watcher(
                     [
@@ -238,6 +241,13 @@ class Agent:
                 )
                 self.watcher.start()
             self._set(state=State.RUNNING, principal=creds.principal)
+
+    def _announce(self, node: wire.Facts) -> None:
+        try:
+            addresses = ipv4_addresses([a for n in node.nics for a in n.addresses])
+            self.announcer.announce(node.hostname, node.fqdn, node.uuid, addresses, self.opts.libvirt_port)
+        except Exception:
+            log.exception("zeroconf announcement failed; the appliance still has our heartbeat")
 
     def _restart(self) -> None:
         try:
@@ -315,6 +325,7 @@ def parse_args(argv: Sequence[str] | None = None) -> Options:
     p.add_argument("--error-backoff", type=float, default=1.0, help="first retry after an error, seconds")
     p.add_argument("--error-backoff-max", type=float, default=30.0)
     p.add_argument("--refused-pause", type=float, default=30.0)
+    p.add_argument("--ready-deadline", type=float, default=45.0, help="tell systemd READY after this long at most")
     p.add_argument("--verbose", "-v", action="store_true")
     a = p.parse_args(argv)
     if a.restart == "command" and not a.restart_command:
@@ -345,6 +356,7 @@ def parse_args(argv: Sequence[str] | None = None) -> Options:
         ),
         schedule=heartbeat.Schedule(error_base=a.error_backoff, error_max=a.error_backoff_max),
         refused_pause=a.refused_pause,
+        ready_deadline=a.ready_deadline,
     )
 
 

@@ -33,7 +33,7 @@ class Announcer:
         self._info: Any = None
 
     def announce(self, hostname: str, fqdn: str, uuid: str, addresses: Sequence[str], port: int = 16509) -> None:
-        from zeroconf import IPVersion, ServiceInfo, Zeroconf  # noqa: PLC0415 - distro package, imported on use: the venv tests import this module without it
+        from zeroconf import InterfaceChoice, IPVersion, ServiceInfo, Zeroconf  # noqa: PLC0415 - distro package, imported on use: the venv tests import this module without it
 
         self.withdraw()
         info = ServiceInfo(
@@ -44,7 +44,7 @@ class Announcer:
             properties={"uuid": uuid, "fqdn": fqdn},
             server=f"{hostname}.local.",
         )
-        zc = Zeroconf(interfaces=self.interfaces or "all", ip_version=IPVersion.V4Only)
+        zc = Zeroconf(interfaces=self.interfaces or InterfaceChoice.All, ip_version=IPVersion.V4Only)
         # allow_name_change: a stale announcement of our own name from before a reboot is not a conflict
         zc.register_service(info, allow_name_change=True)
         self._zc, self._info = zc, info

@@ -165,16 +165,21 @@ def names(root: Path) -> tuple[str, str]:
     hostname nor the resolver gives an FQDN, the name the DHCP server handed out counts (it is per node).
     """
     hostname = _read(root / "proc/sys/kernel/hostname") or _read(root / "etc/hostname") or "localhost"
+    if "." in hostname:
+        return hostname.split(".", 1)[0], hostname
+    # The lease first: it is what the site's DHCP server says this node is called, and asking the
+    # resolver about a single-label name can wait seconds on LLMNR/mDNS timeouts at every boot.
+    dhcp = _dhcp_name(root)
+    if "." in dhcp:
+        return dhcp.split(".", 1)[0], dhcp
     fqdn = hostname
-    if "." not in hostname and root == Path("/"):
+    if root == Path("/"):
         resolved = socket.getfqdn(hostname)
         # getfqdn falls back to any alias of the address, often "localhost": only a longer name counts.
         if resolved.startswith(hostname + "."):
             fqdn = resolved
-    if "." not in fqdn:
-        dhcp = _dhcp_name(root)
-        if dhcp:
-            hostname, fqdn = dhcp, dhcp
+    if "." not in fqdn and dhcp:
+        hostname, fqdn = dhcp, dhcp
     return hostname.split(".", 1)[0], fqdn
 
 

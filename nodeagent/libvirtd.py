@@ -114,14 +114,19 @@ def listening(address: str, port: int, timeout: float = 1.0) -> bool:
         return False
 
 
+class RestartFailed(RuntimeError):
+    """libvirtd (or its TCP socket) did not come up after a restart."""
+
+
 class Restarter(Protocol):
     def restart(self) -> None:
         """Make libvirtd run with the current config and listen on TCP; raise on failure."""
 
 
 class SystemdRestarter:
-    """org.freedesktop.systemd1.Manager over the system bus: enable libvirtd-tcp.socket for this boot
-    (runtime), stop libvirtd.service, start the socket, then start libvirtd.service so it takes it."""
+    """org.freedesktop.systemd1.Manager over the system bus: stop libvirtd.service, start
+    libvirtd-tcp.socket, then start libvirtd.service so it takes the socket.
+    At boot, while libvirtd.service still waits for the agent, only the socket is started."""
 
     def __init__(self, timeout: float = 60.0) -> None:
         self.timeout = timeout
@@ -132,14 +137,44 @@ class SystemdRestarter:
         bus = dbus.SystemBus()
         systemd = bus.get_object("org.freedesktop.systemd1", "/org/freedesktop/systemd1")
         manager = dbus.Interface(systemd, "org.freedesktop.systemd1.Manager")
-        manager.EnableUnitFiles([TCP_SOCKET_UNIT], True, True)  # runtime=True: /run, gone at reboot
-        manager.Reload()
+        # Started, not enabled: enabling would need a daemon reload (seconds on a small node), and the
+        # socket is only wanted for this boot anyway; the next boot enrols afresh.
+        if self._queued(bus, manager, SERVICE_UNIT):
+            # Boot: libvirtd's start job waits for us (the agent's unit is ordered before it). Its
+            # sockets just have to be there when it starts; stopping or starting it now would deadlock.
+            self._wait(bus, manager.StartUnit(TCP_SOCKET_UNIT, "replace"))
+            self._expect(bus, manager, TCP_SOCKET_UNIT, "active")
+            log.info("%s started; %s starts with it once the agent is ready", TCP_SOCKET_UNIT, SERVICE_UNIT)
+            return
         # systemd refuses to start a socket whose service already runs ("Failed to listen on ... Libvirt
         # non-TLS IP socket" on the booted image, where libvirtd.service is up at boot): stop it first.
         self._wait(bus, manager.StopUnit(SERVICE_UNIT, "replace"))
+        self._expect(bus, manager, SERVICE_UNIT, "inactive", "failed")
         self._wait(bus, manager.StartUnit(TCP_SOCKET_UNIT, "replace"))
+        self._expect(bus, manager, TCP_SOCKET_UNIT, "active")
         self._wait(bus, manager.StartUnit(SERVICE_UNIT, "replace"))
+        self._expect(bus, manager, SERVICE_UNIT, "active")
         log.info("restarted %s with %s through systemd's D-Bus API", SERVICE_UNIT, TCP_SOCKET_UNIT)
+
+    @staticmethod
+    def _unit(bus: Any, manager: Any, unit: str, prop: str) -> Any:
+        return bus.get_object("org.freedesktop.systemd1", manager.LoadUnit(unit), introspect=False).Get(
+            "org.freedesktop.systemd1.Unit", prop, dbus_interface="org.freedesktop.DBus.Properties"
+        )
+
+    def _queued(self, bus: Any, manager: Any, unit: str) -> bool:
+        """True while `unit` is inactive with a start job waiting (for us, at boot)."""
+        job_id, _path = self._unit(bus, manager, unit, "Job")
+        return int(job_id) != 0 and str(self._unit(bus, manager, unit, "ActiveState")) == "inactive"
+
+    def _expect(self, bus: Any, manager: Any, unit: str, *states: str) -> None:
+        """A finished job says nothing about its result: a socket that failed to bind ends its job too.
+        So look at the unit itself, and fail loudly instead of heartbeating with libvirtd deaf on TCP."""
+        state = str(self._unit(bus, manager, unit, "ActiveState"))
+        if state not in states:
+            raise RestartFailed(
+                f"{unit} is {state} after its job (wanted {' or '.join(states)}); see journalctl -u {unit}"
+            )
 
     def _wait(self, bus: Any, job: Any) -> None:
         """A job object disappears from the bus when it has finished."""
@@ -148,7 +183,7 @@ class SystemdRestarter:
         deadline = time.monotonic() + self.timeout
         while time.monotonic() < deadline:
             try:
-                bus.get_object("org.freedesktop.systemd1", job).Get(
+                bus.get_object("org.freedesktop.systemd1", job, introspect=False).Get(
                     "org.freedesktop.systemd1.Job", "State", dbus_interface="org.freedesktop.DBus.Properties"
                 )
             except dbus.DBusException:

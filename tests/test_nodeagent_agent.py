@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import itertools
+import socket
 import time
 from pathlib import Path
 
@@ -84,8 +85,17 @@ def test_wrong_fingerprint_is_refused_and_nothing_is_sent(tmp_path: Path, peer: 
 def test_accepted_node_installs_credentials_heartbeats_and_stops_on_sigterm(tmp_path: Path, peer: Peer) -> None:
     args, conf, state, log = _tree(tmp_path, peer, "sha256:" + peer.pki.sha256)
     peer.fail_heartbeats = {2, 3}
-    agent = start_agent(*args, log=log)
+    notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    notify.bind(str(tmp_path / "notify.sock"))
+    notify.settimeout(30)
+    agent = start_agent(*args, log=log, env_extra={"NOTIFY_SOCKET": str(tmp_path / "notify.sock")})
     try:
+        # systemd (Type=notify) hears READY once the first identify has configured libvirtd: at boot
+        # libvirtd.service is ordered after the agent and so starts configured, never restarted.
+        ready = notify.recv(4096).decode()
+        assert ready.startswith("READY=1\n") and "Kerberos as libvirt/node7" in ready, ready
+        assert (tmp_path / "restarts.log").is_file()
+        assert (conf / "etc/libvirt/krb5.tab").is_file()
         wait_for(lambda: len(peer.paths("/node/v1/heartbeat")) >= 6, 30, "six heartbeats", log)
         s = read_state(state)
         keytab = conf / "etc/libvirt/krb5.tab"
@@ -127,6 +137,7 @@ def test_accepted_node_installs_credentials_heartbeats_and_stops_on_sigterm(tmp_
         wait_for(lambda: len((tmp_path / "restarts.log").read_text().splitlines()) == 2, 5, "second restart", log)
     finally:
         took = stop(agent)
+        notify.close()
     assert agent.returncode == 0 and took < 2.0, took
     assert read_state(state)["state"] == "stopped"
 

@@ -208,8 +208,9 @@ def system_python(code: str, *args: str, timeout: float = 60) -> subprocess.Comp
     )
 
 
-def start_agent(*args: str, log: Path) -> subprocess.Popen[bytes]:
+def start_agent(*args: str, log: Path, env_extra: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
     env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "PYTHONPATH": str(ROOT), "PYTHONDONTWRITEBYTECODE": "1"}
+    env.update(env_extra or {})
     with open(log, "ab") as out:
         return subprocess.Popen(
             [SYSTEM_PYTHON, "-c", "import sys; from nodeagent.agent import main; sys.exit(main())", *args],
