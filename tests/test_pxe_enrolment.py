@@ -1,19 +1,16 @@
 """The final proof of enrolment: the node image, PXE-booted in qemu from a REAL `drover serve`, enrols itself.
 
-Nothing stands in for the node: qemu's user network gives the guest DHCP and a one-line TFTP boot.ipxe that
-chains to the appliance's boot service (/boot/boot.ipxe -> /boot/ipxe?mac=... with a one-time token), the
-kernel, initrd and squashfs come from /boot/images/, and the image's drover-agent.service identifies over
-HTTPS, installs the keytab and restarts libvirtd through systemd's D-Bus API. The appliance's host browser
-then reaches that libvirtd over Kerberos through a qemu hostfwd on a loopback address of its own
-(the node's name maps to it in the appliance's nss_wrapper hosts file).
+Nothing stands in for the node (tests/lab/pxe.py): the guest PXE-boots through the appliance's boot
+service (a per-MAC iPXE script with a one-time token), the image's agent identifies over HTTPS, gets
+its keytab and has systemd start libvirtd for Kerberos on TCP, and the appliance's host browser
+reaches that libvirtd as drover@REALM. Then the test itself talks to the node's libvirt over Kerberos,
+kills the node, and boots it again: the same host row comes back.
 """
 
 from __future__ import annotations
 
 import random
-import re
 import time
-import uuid
 from collections.abc import Callable
 from pathlib import Path
 
@@ -21,40 +18,62 @@ import pytest
 from sqlalchemy import Engine, select
 
 from appliance.db.engine import make_engine, session_scope
-from appliance.db.models import Host, HostNic, HostState
+from appliance.db.models import Host, HostNic, HostState, Vm, VmState
+from appliance.kerberos.realm import APPLIANCE_CLIENT
 from tests.lab.accel import detect
-from tests.lab.appliance import start_appliance
+from tests.lab.appliance import LabAppliance, start_appliance
 from tests.lab.image import NodeImage
 from tests.lab.kdc import LabKdc
-from tests.lab.libvirtd import LabHosts
-from tests.lab.qemu import HOST_FROM_GUEST, Guest, start_guest
-
-MARKER = r"DROVER-BOOT (?P<facts>[^\r\n]*uptime=\S+)"  # the image's boot marker (test_image_boot.py)
+from tests.lab.libvirtd import LabHosts, client_env, virsh
+from tests.lab.pxe import BootClock, PxeNode, boot
+from tests.lab.qemu import HOST_FROM_GUEST, Guest
 
 pytestmark = pytest.mark.lab
 
-TIMEOUT = 400
-MAC = "52:54:00:12:34:56"  # qemu's default for the first NIC
-NODE = "node1"
+TIMEOUT = 600  # two TCG boots on a loaded 2-core machine
+
+# A domain the test defines on the node through its Kerberos-only libvirt (never started: that
+# would be TCG inside TCG). Its appearance in the DB proves the appliance follows the node's domains.
+DOMAIN_UUID = "6d1b3c8e-2f4a-4b7d-9c05-1e2f3a4b5c6d"
+DOMAIN_XML = f"""<domain type='qemu'>
+  <name>pxe-probe</name><uuid>{DOMAIN_UUID}</uuid>
+  <memory unit='MiB'>64</memory><vcpu>1</vcpu>
+  <os><type arch='x86_64'>hvm</type></os>
+</domain>
+"""
 
 
-def wait_for(what: str, check: Callable[[], bool], timeout: float, guest: Guest, log: Path) -> float:
+def wait_for(what: str, check: Callable[[], bool], timeout: float, guest: Guest, served: LabAppliance) -> float:
     start = time.monotonic()
     while not check():
         if time.monotonic() - start > timeout:
             raise AssertionError(
                 f"{what} not within {timeout:.0f}s\n--- serial:\n{guest.serial()[-4000:]}\n"
-                f"--- appliance:\n{log.read_text(errors='replace')[-4000:]}"
+                f"--- appliance:\n{served.log_text()[-4000:]}"
             )
-        assert guest.proc.poll() is None or what.startswith("host unavailable"), guest.serial()[-4000:]
+        if guest.proc.poll() is not None and not what.startswith("host unavailable"):
+            raise AssertionError(f"qemu exited ({guest.proc.returncode}) waiting for {what}:\n{guest.serial()[-4000:]}")
         time.sleep(0.2)
     return time.monotonic() - start
 
 
-def host(db: Engine, dmi_uuid: str) -> tuple[int, str, HostState] | None:
+def host_row(db: Engine, dmi_uuid: str) -> Host | None:
     with session_scope(db) as s:
-        row = s.execute(select(Host.id, Host.hostname, Host.state).where(Host.uuid == dmi_uuid)).one_or_none()
-    return (row[0], row[1], row[2]) if row is not None else None
+        host = s.scalars(select(Host).where(Host.uuid == dmi_uuid)).one_or_none()
+        if host is not None:
+            s.expunge(host)
+        return host
+
+
+def state_of(db: Engine, dmi_uuid: str) -> HostState | None:
+    host = host_row(db, dmi_uuid)
+    return host.state if host is not None else None
+
+
+def vm_row(db: Engine, vm_uuid: str) -> tuple[int | None, VmState] | None:
+    with session_scope(db) as s:
+        row = s.execute(select(Vm.host_id, Vm.state).where(Vm.uuid == vm_uuid)).one_or_none()
+    return (row[0], row[1]) if row is not None else None
 
 
 def boot_nics(db: Engine, dmi_uuid: str) -> dict[str, bool]:
@@ -66,11 +85,9 @@ def boot_nics(db: Engine, dmi_uuid: str) -> dict[str, bool]:
 @pytest.mark.boot
 @pytest.mark.timeout(TIMEOUT, func_only=True)
 def test_pxe_booted_node_enrols_itself(node_image: NodeImage, kdc: LabKdc, tmp_path: Path) -> None:
-    address = f"127.0.0.{random.randint(100, 250)}"  # the node's libvirtd, as the appliance reaches it
+    node = PxeNode.numbered(1, "example.test", f"127.0.0.{random.randint(100, 199)}")
     hosts = LabHosts(tmp_path / "nss_hosts")
-    # The node names itself from DHCP (qemu's hostname=/domainname=) or keeps the image's own name.
-    for name in (f"{NODE}.example.test", NODE, "drover-node"):
-        hosts.add(name, address)
+    hosts.add(node.fqdn, node.address)
     served = start_appliance(
         kdc,
         tmp_path / "appliance",
@@ -86,61 +103,68 @@ def test_pxe_booted_node_enrols_itself(node_image: NodeImage, kdc: LabKdc, tmp_p
     try:
         used = served.drover("boot", "use", str(node_image.dir))
         assert used.returncode == 0, used.stdout + used.stderr
+        accel = detect()
 
-        def boot(name: str, dmi_uuid: str) -> Guest:
-            tftp = tmp_path / "tftp"
-            tftp.mkdir(exist_ok=True)
-            (tftp / "boot.ipxe").write_text(
-                f"#!ipxe\ndhcp\nchain http://{HOST_FROM_GUEST}:{served.boot_port}/boot/boot.ipxe\n"
-            )
-            guest = start_guest(
-                name,
-                tmp_path,
-                accel=detect(),
-                tftp_dir=tftp,
-                extra_qemu=(
-                    "-uuid", dmi_uuid,
-                    "-set", f"netdev.n0.hostname={NODE}",
-                    "-set", "netdev.n0.domainname=example.test",
-                    "-set", f"netdev.n0.hostfwd=tcp:{address}:16509-:16509",
-                ),
-            )  # fmt: skip
-            guests.append(guest)
-            return guest
-
-        dmi_uuid = str(uuid.uuid4())
-        guest = boot("pxe-enrol", dmi_uuid)
-        # Both clocks from the same polling loop: qemu start -> host available, and -> the boot marker.
-        seen: dict[str, float] = {}
-
-        def enrolled() -> bool:
-            now = time.monotonic() - guest.started
-            if "marker" not in seen and re.search(MARKER, guest.serial()):
-                seen["marker"] = now
-            if "available" not in seen and (row := host(db, dmi_uuid)) is not None and row[2] is HostState.AVAILABLE:
-                seen["available"] = now
-            return len(seen) == 2
-
-        wait_for("host available and boot marker", enrolled, TIMEOUT - 60, guest, served.log)
-        to_available, to_marker = seen["available"], seen["marker"]
-        row = host(db, dmi_uuid)
-        assert row is not None
-        host_id, hostname, _ = row
-        assert boot_nics(db, dmi_uuid).get(MAC) is True, boot_nics(db, dmi_uuid)
+        # 1. First boot: the host appears available with its real facts. Both clocks come from the
+        #    same polling loop: qemu start -> login prompt, and -> host available.
+        guest = boot(node, tmp_path, served.boot_port, accel)
+        guests.append(guest)
+        clock = BootClock(guest, lambda: state_of(db, node.uuid) is HostState.AVAILABLE)
+        wait_for("host available and login prompt", clock.tick, 400, guest, served)
+        host = host_row(db, node.uuid)
+        assert host is not None
+        assert host.hostname == node.fqdn  # from DHCP: the image has no hostname of its own
+        assert host.cpu_count == 1 and 900 <= host.memory_mib <= 1024, (host.cpu_count, host.memory_mib)
+        assert host.approved_at is not None and host.credentials_issued_at is not None
+        assert boot_nics(db, node.uuid) == {node.mac: True}
         print(
-            f"PXE boot -> available {to_available:.0f}s, -> boot marker {to_marker:.0f}s "
-            f"(ratio {to_available / to_marker:.2f}, {guest.accel}); host {host_id} {hostname}"
+            f"PXE boot -> available {clock.enrolled:.0f}s, -> login prompt {clock.login:.0f}s "
+            f"(ratio {clock.ratio:.2f}, {guest.accel}); host {host.id} {host.hostname}"
         )
 
-        guest.proc.kill()
-        lost = wait_for(
-            "host unavailable",
-            lambda: host(db, dmi_uuid) == (host_id, hostname, HostState.UNAVAILABLE),
+        # 2. The node's libvirt answers Kerberos only, and the appliance follows its domains.
+        uri = node.uri
+        no_ticket = virsh(client_env(kdc, hosts, None), uri, "list", "--all")
+        assert no_ticket.returncode != 0, no_ticket.stdout
+        with_ticket = client_env(kdc, hosts, APPLIANCE_CLIENT)
+        xml = tmp_path / "probe.xml"
+        xml.write_text(DOMAIN_XML)
+        defined = virsh(with_ticket, uri, "define", str(xml))
+        assert defined.returncode == 0, defined.stdout
+        listed = virsh(with_ticket, uri, "list", "--all", "--name")
+        assert "pxe-probe" in listed.stdout, listed.stdout
+        wait_for(
+            "the defined domain in the DB",
+            lambda: vm_row(db, DOMAIN_UUID) == (host.id, VmState.STOPPED),
             10,
             guest,
-            served.log,
+            served,
         )
+
+        # 3. Power cut: unavailable within 10 s, its VMs unreachable.
+        guest.proc.kill()
+        lost = wait_for("host unavailable", lambda: state_of(db, node.uuid) is HostState.UNAVAILABLE, 10, guest, served)
+        assert vm_row(db, DOMAIN_UUID) == (host.id, VmState.UNREACHABLE)
         print(f"qemu killed -> unavailable {lost:.2f}s")
+
+        # 4. Power on again: a new one-time token, a new key, the same host row (keyed by DMI UUID);
+        #    the domain lived in the node's RAM, so the re-sync says it is gone.
+        again = boot(node, tmp_path, served.boot_port, accel, tag="-reboot")
+        guests.append(again)
+        back = wait_for(
+            "the same host available again",
+            lambda: state_of(db, node.uuid) is HostState.AVAILABLE,
+            400,
+            again,
+            served,
+        )
+        rebooted = host_row(db, node.uuid)
+        assert rebooted is not None and rebooted.id == host.id and rebooted.hostname == host.hostname
+        assert boot_nics(db, node.uuid) == {node.mac: True}
+        assert vm_row(db, DOMAIN_UUID) == (None, VmState.STOPPED)
+        with session_scope(db) as s:
+            assert s.scalar(select(Host.id).where(Host.hostname == node.fqdn).order_by(Host.id.desc())) == host.id
+        print(f"rebooted -> available again {back:.0f}s, same host row {host.id}")
     finally:
         for g in guests:
             g.kill()

@@ -1,0 +1,131 @@
+"""Lab nodes that PXE-boot the node image from a real appliance's boot service, in qemu.
+
+qemu's user network gives each guest DHCP (with the node's hostname and domain, as a site's DHCP
+server would) and a TFTP root holding one line of iPXE that chains to the appliance's
+/boot/boot.ipxe; everything else (per-MAC script with a one-time token, kernel, initrd, squashfs)
+comes from the appliance over HTTP at 10.0.2.2. The node's libvirtd port is forwarded to a loopback
+address of its own, which the node's FQDN maps to in an nss_wrapper hosts file (LabHosts), so
+qemu+tcp://<fqdn>/system and the service principal libvirt/<fqdn> match as on a real network.
+
+Used by the PXE enrolment test, the boot benchmark and `make demo`.
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from tests.lab.accel import Accel
+from tests.lab.qemu import HOST_FROM_GUEST, Guest, UserNet, start_guest
+
+LIBVIRT_PORT = 16509
+_UUIDS = uuid.UUID("5f0c2b1e-8d3a-4c57-9e21-6b7a0f4d3c10")  # namespace: the same node gets the same DMI UUID
+
+
+@dataclass(frozen=True)
+class PxeNode:
+    name: str  # short host name, handed out by DHCP
+    domain: str
+    mac: str
+    uuid: str  # DMI system UUID: what makes a rebooted node the same host
+    address: str  # loopback address its libvirtd port is forwarded to
+
+    @property
+    def fqdn(self) -> str:
+        return f"{self.name}.{self.domain}"
+
+    @property
+    def uri(self) -> str:
+        return f"qemu+tcp://{self.fqdn}/system"
+
+    @classmethod
+    def numbered(cls, n: int, domain: str, address: str, prefix: str = "node") -> PxeNode:
+        """Node `n` (1..255) of a set: the same n always gets the same MAC and UUID (reruns, reboots)."""
+        name = f"{prefix}{n}"
+        return cls(name, domain, f"52:54:00:d0:{n // 256:02x}:{n % 256:02x}", str(uuid.uuid5(_UUIDS, name)), address)
+
+
+def boot(node: PxeNode, workdir: Path, boot_port: int, accel: Accel, *, tag: str = "", memory_mb: int = 1024) -> Guest:
+    """Power the node on: firmware PXE -> iPXE -> the appliance's boot service."""
+    tftp = workdir / f"{node.name}.tftp"
+    tftp.mkdir(parents=True, exist_ok=True)
+    (tftp / "boot.ipxe").write_text(f"#!ipxe\ndhcp\nchain http://{HOST_FROM_GUEST}:{boot_port}/boot/boot.ipxe\n")
+    return start_guest(
+        node.name + tag,
+        workdir,
+        accel=accel,
+        memory_mb=memory_mb,
+        tftp_dir=tftp,
+        net=UserNet(node.name, node.domain, ((node.address, LIBVIRT_PORT, LIBVIRT_PORT),)),
+        mac=node.mac,
+        uuid=node.uuid,
+    )
+
+
+class Phase(enum.IntEnum):
+    """How far a node's boot got, from its serial console (iPXE itself prints nothing there)."""
+
+    FIRMWARE = 0  # PXE, iPXE, downloading the kernel and initrd
+    KERNEL = 1
+    INITRD = 2  # dracut: fetching the squashfs into RAM
+    SYSTEM = 3  # systemd on the real root
+    AGENT = 4  # the node agent has talked to the appliance
+    LOGIN = 5  # the getty's login prompt
+
+    @property
+    def label(self) -> str:
+        return {
+            Phase.FIRMWARE: "firmware / iPXE",
+            Phase.KERNEL: "kernel",
+            Phase.INITRD: "initrd, fetching the root image",
+            Phase.SYSTEM: "systemd",
+            Phase.AGENT: "agent enrolling",
+            Phase.LOGIN: "login prompt",
+        }[self]
+
+
+_PHASES = (
+    (Phase.LOGIN, re.compile(r"\blogin: ")),
+    (Phase.AGENT, re.compile(r"nodeagent: (identified|appliance )")),
+    (Phase.SYSTEM, re.compile(r"Welcome to .*Debian GNU/Linux \d+ \(\w+\)(?!.*Initramfs)")),
+    (Phase.INITRD, re.compile(r"Initramfs")),
+    (Phase.KERNEL, re.compile(r"Linux version ")),
+)
+LOGIN_PROMPT = _PHASES[0][1]
+
+
+def phase(serial: str) -> Phase:
+    """The furthest phase the serial output shows."""
+    for found, pattern in _PHASES:
+        if pattern.search(serial):
+            return found
+    return Phase.FIRMWARE
+
+
+@dataclass
+class BootClock:
+    """Two clocks from one polling loop, both from qemu's start: -> login prompt, -> host available."""
+
+    guest: Guest
+    available: Callable[[], bool]
+    login: float | None = None
+    enrolled: float | None = None
+
+    def tick(self) -> bool:
+        """Look once; True when both have been seen."""
+        now = time.monotonic() - self.guest.started
+        if self.login is None and LOGIN_PROMPT.search(self.guest.serial()):
+            self.login = now
+        if self.enrolled is None and self.available():
+            self.enrolled = now
+        return self.login is not None and self.enrolled is not None
+
+    @property
+    def ratio(self) -> float:
+        assert self.login is not None and self.enrolled is not None
+        return self.enrolled / self.login
