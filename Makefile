@@ -42,25 +42,14 @@ test: setup
 bench: setup
 	$(PY) -m bench
 
-# The appliance with its embedded defaults (SQLite, embedded KDC, boot service) serving the node
-# image, in the foreground until Ctrl-C. State lives in $(DEMO_DIR); running it again reuses it.
+# The appliance with its embedded defaults (SQLite, embedded KDC, boot service) and DEMO_NODES qemu
+# nodes that PXE-boot from it and enrol themselves; Ctrl-C tears it all down. State lives in
+# $(DEMO_DIR): running it again reuses the image, realm and database (the nodes come back as the same hosts).
 DEMO_DIR ?= $(CURDIR)/.demo
-DEMO_ENV := DROVER_STATE_DIR=$(DEMO_DIR)/state DROVER_KERBEROS_HOSTNAME=localhost DROVER_NODES_EXTRA_NAMES=10.0.2.2
+DEMO_NODES ?= 2
 
 demo: setup
-	@mkdir -p $(DEMO_DIR)
-	$(VENV)/bin/drover image build --flavor debian --profile hypervisor --out $(DEMO_DIR)/image
-	$(DEMO_ENV) $(VENV)/bin/drover realm init
-	$(DEMO_ENV) $(VENV)/bin/drover boot use $(DEMO_DIR)/image
-	@echo
-	@echo "drover demo: the appliance starts below (Ctrl-C stops it)."
-	@echo "  tickets:   export KRB5_CONFIG=$(DEMO_DIR)/state/realm/krb5.conf"
-	@echo "             kinit -k -t $(DEMO_DIR)/state/realm/admin.keytab admin"
-	@echo "  API:       $(DEMO_ENV) $(VENV)/bin/drover whoami | host list | host token"
-	@echo "  PXE boot:  point iPXE at http://<this host>:8081/boot/boot.ipxe (from a qemu user-net"
-	@echo "             guest: chain http://10.0.2.2:8081/boot/boot.ipxe); enrolled nodes show in host list"
-	@echo
-	$(DEMO_ENV) exec $(VENV)/bin/drover -v serve
+	$(PY) -m tests.lab.demo --dir $(DEMO_DIR) --nodes $(DEMO_NODES)
 
 lint: setup
 	$(VENV)/bin/ruff check .

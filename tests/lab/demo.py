@@ -1,0 +1,336 @@
+"""`make demo`: the appliance with its embedded defaults, and PXE-booted qemu nodes that enrol themselves.
+
+What it runs is what an admin would type: `drover image build`, `drover realm init`, `drover boot use`,
+`drover serve`, `drover host list`. The nodes are the lab's (tests/lab/pxe.py): qemu guests on user
+networking that PXE-boot from the appliance's boot service; their names resolve to loopback
+addresses through an nss_wrapper hosts file, so nothing on this machine (/etc/hosts, bridges,
+firewall) changes. Everything lives under --dir; running it again reuses the image, the realm and
+the database, and the nodes (same MACs and DMI UUIDs) come back as the same hosts.
+
+Ctrl-C (SIGINT) or SIGTERM stops the nodes, the appliance and the KDC it started.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from types import FrameType
+
+import httpx
+from sqlalchemy import Engine, select
+
+from appliance.config import Config, load
+from appliance.db.engine import make_engine, session_scope
+from appliance.db.models import Host, HostState
+from appliance.errors import DroverError
+from appliance.kerberos.realm import APPLIANCE_CLIENT, FIRST_ADMIN, Realm
+from tests.lab import accel
+from tests.lab.libvirtd import LabHosts
+from tests.lab.proc import terminate
+from tests.lab.pxe import Phase, PxeNode, boot, phase
+from tests.lab.qemu import HOST_FROM_GUEST, Guest
+
+ROOT = Path(__file__).resolve().parent.parent.parent
+VENV_BIN = Path(sys.executable).parent
+DOMAIN = "drover.test"
+BOOT_TIMEOUT = 900.0  # per node, TCG on a busy 2-core machine takes 1.5-3 minutes
+QUIET_REPORT = 20.0  # with nothing new, say what we are waiting for this often
+
+
+class DemoError(RuntimeError):
+    pass
+
+
+def say(text: str) -> None:
+    print(f"demo: {text}", flush=True)
+
+
+@dataclass(frozen=True)
+class Demo:
+    dir: Path
+    nodes: tuple[PxeNode, ...]
+
+    @property
+    def state_dir(self) -> Path:
+        return self.dir / "state"
+
+    @property
+    def hosts_file(self) -> Path:
+        return self.dir / "hosts"
+
+    def env(self) -> dict[str, str]:
+        """DROVER_* for every drover process of the demo; the caller's own DROVER_* win (tests pick ports)."""
+        chosen = {
+            "DROVER_STATE_DIR": str(self.state_dir),
+            "DROVER_KERBEROS_HOSTNAME": "localhost",
+            # qemu's user network hands the guests' connections to 10.0.2.2 to this machine's loopback.
+            "DROVER_NODES_LISTEN": "127.0.0.1",
+            "DROVER_NODES_EXTRA_NAMES": HOST_FROM_GUEST,
+        }
+        chosen.update({k: v for k, v in os.environ.items() if k.startswith("DROVER_")})
+        return chosen
+
+    def config(self) -> Config:
+        return load(env=self.env())
+
+
+def drover(demo: Demo, *argv: str, extra_env: dict[str, str] | None = None, capture: bool = False) -> str:
+    """Run the CLI as a user would; its output goes to ours unless captured."""
+    env = {"PATH": f"{VENV_BIN}:{os.environ.get('PATH', '/usr/bin:/bin')}", "HOME": str(demo.dir)}
+    env.update(demo.env())
+    env.update(extra_env or {})
+    done = subprocess.run(
+        [str(VENV_BIN / "drover"), *argv],
+        env=env,
+        cwd=ROOT,
+        stdin=subprocess.DEVNULL,
+        capture_output=capture,
+        text=True,
+        check=False,
+    )
+    if done.returncode != 0:
+        raise DemoError(
+            f"`drover {shlex.join(argv)}` failed (exit {done.returncode}){': ' + done.stderr if capture else ''}"
+        )
+    return done.stdout if capture else ""
+
+
+class Appliance:
+    """`drover -v serve` in its own session (Ctrl-C reaches the demo, which stops it in order)."""
+
+    def __init__(self, demo: Demo, cfg: Config, lab_hosts: LabHosts) -> None:
+        self.demo, self.cfg = demo, cfg
+        self.log = demo.dir / "serve.log"
+        env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(demo.dir), **demo.env(), **lab_hosts.env}
+        with open(self.log, "ab") as out:
+            self.process = subprocess.Popen(
+                [str(VENV_BIN / "drover"), "-v", "serve"],
+                env=env,
+                cwd=ROOT,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+
+    def wait_ready(self, timeout: float = 60) -> None:
+        url = f"http://127.0.0.1:{self.cfg.api.port}/api/v1/health"
+        deadline = time.monotonic() + timeout
+        while True:
+            if self.process.poll() is not None:
+                raise DemoError(f"drover serve exited ({self.process.returncode}); its log ends:\n{self.tail()}")
+            try:
+                if httpx.get(url, timeout=1).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline:
+                raise DemoError(f"drover serve not answering {url} after {timeout:.0f}s:\n{self.tail()}")
+            time.sleep(0.2)
+
+    def tail(self, lines: int = 25) -> str:
+        text = self.log.read_text(errors="replace") if self.log.is_file() else ""
+        return "\n".join(text.splitlines()[-lines:])
+
+    def stop(self) -> None:
+        terminate(self.process, 30)
+
+
+@dataclass(frozen=True)
+class HostRow:
+    id: int
+    state: HostState
+    approved: bool
+
+
+def host_states(db: Engine, nodes: Sequence[PxeNode]) -> dict[str, HostRow]:
+    with session_scope(db) as s:
+        rows = s.execute(
+            select(Host.uuid, Host.id, Host.state, Host.approved_at).where(Host.uuid.in_([n.uuid for n in nodes]))
+        ).all()
+    return {u: HostRow(i, st, approved is not None) for u, i, st, approved in rows}
+
+
+def describe(guest: Guest, row: HostRow | None) -> str:
+    if row is None:
+        reached = phase(guest.serial())
+        return reached.label if reached < Phase.AGENT else "identifying"
+    if row.state is HostState.AVAILABLE:
+        return f"enrolled: host {row.id} available"
+    if row.state is HostState.PENDING and row.approved:
+        return f"host {row.id} approved (boot token): keytab installed, appliance connecting to its libvirtd"
+    if row.state is HostState.PENDING:
+        return f"host {row.id} pending: `drover host approve {row.id}` lets it in"
+    return f"host {row.id} {row.state}"
+
+
+def watch(demo: Demo, db: Engine, guests: dict[str, Guest], appliance: Appliance, stop: threading.Event) -> bool:
+    """Progress lines until every node is available; False if stopped or a node died first."""
+    started = time.monotonic()
+    last: dict[str, str] = {}
+    said = started
+    while not stop.is_set():
+        rows = host_states(db, demo.nodes)
+        now = time.monotonic()
+        for node in demo.nodes:
+            guest = guests[node.name]
+            if guest.proc.poll() is not None:
+                say(f"{node.name}: qemu exited ({guest.proc.returncode}); its log: {guest.qemu_log}")
+                say(guest.qemu_log.read_text(errors="replace")[-1500:] or guest.serial()[-1500:])
+                return False
+            text = describe(guest, rows.get(node.uuid))
+            if last.get(node.name) != text:
+                last[node.name] = text
+                said = now
+                say(f"[{now - started:4.0f}s] {node.name}: {text}")
+        if all((r := rows.get(n.uuid)) is not None and r.state is HostState.AVAILABLE for n in demo.nodes):
+            return True
+        if now - said >= QUIET_REPORT:
+            said = now
+            say(f"[{now - started:4.0f}s] waiting: " + ", ".join(f"{n}: {t}" for n, t in last.items()))
+        if now - started > BOOT_TIMEOUT:
+            say(f"nodes not enrolled after {BOOT_TIMEOUT:.0f}s; appliance log ends:\n{appliance.tail()}")
+            return False
+        stop.wait(1.0)
+    return False
+
+
+def write_env(demo: Demo, cfg: Config, lab_hosts: LabHosts) -> Path:
+    """A file to source in another shell: the demo's config, realm and node names."""
+    path = demo.dir / "env"
+    exports = {
+        **demo.env(),
+        "KRB5_CONFIG": str(cfg.realm_dir / "krb5.conf"),
+        "KRB5CCNAME": f"FILE:{demo.dir / 'ccache'}",
+        "PATH": f"{VENV_BIN}:$PATH",
+        **lab_hosts.env,
+    }
+    lines = ["# . this file: the drover demo's appliance, realm and node names (nss_wrapper) in this shell"]
+    lines += [f"export {k}={v if k == 'PATH' else shlex.quote(v)}" for k, v in exports.items()]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def instructions(demo: Demo, cfg: Config, realm: Realm, env_file: Path) -> None:
+    rel = os.path.relpath(env_file)
+    keytabs = os.path.relpath(realm.files.root)
+    node = demo.nodes[0] if demo.nodes else PxeNode.numbered(1, DOMAIN, "")
+    print(
+        f"""
+demo: ready. In another shell:
+  . {rel}
+  kinit -k -t {keytabs}/admin.keytab {FIRST_ADMIN}@{realm.name}      # the realm's first admin (super_admin)
+  drover host list; drover host show {node.fqdn}
+  API: http://localhost:{cfg.api.port}/api/v1/hosts   (SPNEGO: curl --negotiate -u : URL)
+  kinit -k -t {keytabs}/appliance.keytab {APPLIANCE_CLIENT}@{realm.name}     # nodes let only the appliance in
+  virsh -c {node.uri} list --all
+demo: Ctrl-C stops the nodes and the appliance (state stays in {os.path.relpath(demo.dir)}; rm -rf it to start over).
+""",
+        flush=True,
+    )
+
+
+def run_demo(demo: Demo, stop: threading.Event) -> int:
+    demo.dir.mkdir(parents=True, exist_ok=True)
+    say("node image: building it, or reusing the cached build")
+    drover(demo, "image", "build", "--flavor", "debian", "--profile", "hypervisor", "--out", str(demo.dir / "image"))
+    drover(demo, "realm", "init")
+    drover(demo, "boot", "use", str(demo.dir / "image"))
+    cfg = demo.config()
+    realm = Realm.from_config(cfg)
+    lab_hosts = LabHosts(demo.hosts_file)
+    lab_hosts.add("localhost", "127.0.0.1")
+    for node in demo.nodes:
+        lab_hosts.add(node.fqdn, node.address)
+    say(f"starting the appliance: drover serve (log: {os.path.relpath(demo.dir / 'serve.log')})")
+    appliance = Appliance(demo, cfg, lab_hosts)
+    guests: dict[str, Guest] = {}
+    db = make_engine(cfg.database_url)
+    try:
+        appliance.wait_ready()
+        say(f"appliance up: API http://localhost:{cfg.api.port}, boot service http://127.0.0.1:{cfg.nodes.boot_port}")
+        if demo.nodes:
+            chosen = accel.detect()
+            note = "" if chosen is accel.Accel.KVM else " (no KVM that boots guests here: expect 1.5-3 min per boot)"
+            say(f"PXE-booting {len(demo.nodes)} node(s) in qemu, accelerator {chosen}{note}")
+            for node in demo.nodes:
+                guests[node.name] = boot(node, demo.dir / "nodes", cfg.nodes.boot_port, chosen)
+                say(f"{node.name}: powered on (MAC {node.mac}, DMI UUID {node.uuid}, serial log "
+                    f"{os.path.relpath(guests[node.name].serial_log)})")  # fmt: skip
+            if not watch(demo, db, guests, appliance, stop):
+                return 1 if not stop.is_set() else 0
+        admin = {"KRB5CCNAME": f"FILE:{demo.dir / 'admin.ccache'}", **realm.env()}
+        subprocess.run(
+            ["kinit", "-k", "-t", str(realm.files.admin_keytab), f"{FIRST_ADMIN}@{realm.name}"],
+            env={**admin, "PATH": os.environ.get("PATH", "/usr/bin:/bin")},
+            check=True,
+        )
+        say("drover host list")
+        print(drover(demo, "host", "list", extra_env={**admin, **lab_hosts.env}, capture=True), end="", flush=True)
+        instructions(demo, cfg, realm, write_env(demo, cfg, lab_hosts))
+        # Keep watching: a node that goes away or comes back is worth a line.
+        last = host_states(db, demo.nodes)
+        while not stop.wait(1.0):
+            now = host_states(db, demo.nodes)
+            for node in demo.nodes:
+                row = now.get(node.uuid)
+                if row is not None and row != last.get(node.uuid):
+                    say(f"{node.name}: host {row.id} {row.state}")
+            last = now
+        return 0
+    finally:
+        say("stopping: nodes, appliance, KDC")
+        for guest in guests.values():
+            guest.kill()
+        appliance.stop()
+        db.dispose()
+        try:
+            if realm.pid() is not None:
+                drover(demo, "realm", "stop", capture=True)
+        except DemoError as exc:
+            say(str(exc))
+        say("stopped")
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="make demo", description=__doc__.split("\n\n")[0] if __doc__ else None)
+    p.add_argument("--dir", type=Path, default=ROOT / ".demo", help="where everything lives (default: .demo)")
+    p.add_argument("--nodes", type=int, default=2, help="how many qemu nodes to PXE-boot (default: 2, max 50)")
+    p.add_argument(
+        "--first-address", type=int, default=201, help="node N's libvirtd is forwarded to 127.0.0.(first+N-1)"
+    )
+    a = p.parse_args(argv)
+    if not 0 <= a.nodes <= 50 or not 2 <= a.first_address <= 254 - a.nodes:
+        p.error("--nodes must be 0..50 and the node addresses must fit in 127.0.0.2..254")
+    return a
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    a = parse_args(argv)
+    nodes = tuple(PxeNode.numbered(n, DOMAIN, f"127.0.0.{a.first_address + n - 1}") for n in range(1, a.nodes + 1))
+    demo = Demo(a.dir.resolve(), nodes)
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    try:
+        return run_demo(demo, stop)
+    except (DemoError, DroverError, subprocess.CalledProcessError) as exc:
+        say(f"failed: {exc}")
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,173 @@
+"""`make demo`, run as a user runs it: two PXE-booted qemu nodes enrol, the printed commands work,
+Ctrl-C tears everything down, and a second run brings the same host back.
+
+The demo runs on free ports (its DROVER_* settings yield to the caller's) and its own loopback
+addresses, so a demo someone left running on this machine does not collide with this one.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.lab.image import NodeImage
+from tests.lab.net import free_port
+
+pytestmark = pytest.mark.lab
+
+ROOT = Path(__file__).resolve().parent.parent
+READY = "demo: ready."
+
+
+class DemoRun:
+    def __init__(self, demo_dir: Path, nodes: int, env: dict[str, str]) -> None:
+        self.lines: list[str] = []
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "tests.lab.demo", "--dir", str(demo_dir), "--nodes", str(nodes),
+             "--first-address", "241"],
+            cwd=ROOT,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )  # fmt: skip
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.process.stdout is not None
+        with self.process.stdout:
+            for line in self.process.stdout:
+                self.lines.append(line.rstrip("\n"))
+
+    @property
+    def output(self) -> str:
+        return "\n".join(self.lines)
+
+    def wait_for(self, text: str, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while not any(text in line for line in self.lines):
+            if self.process.poll() is not None:
+                self._reader.join(5)
+                raise AssertionError(f"demo exited ({self.process.returncode}) before {text!r}:\n{self.output[-6000:]}")
+            if time.monotonic() > deadline:
+                raise AssertionError(f"no {text!r} from the demo after {timeout:.0f}s:\n{self.output[-6000:]}")
+            time.sleep(0.5)
+
+    def interrupt(self, timeout: float = 90) -> int:
+        """Ctrl-C, as at the terminal (the demo's children run in sessions of their own)."""
+        self.process.send_signal(signal.SIGINT)
+        code = self.process.wait(timeout)
+        self._reader.join(5)
+        return code
+
+    def kill(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+
+
+def processes_mentioning(text: str) -> list[str]:
+    found = []
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            except OSError:
+                continue
+            if text in cmdline:
+                found.append(f"{proc.name}: {cmdline[:200]}")
+    return found
+
+
+def printed_commands(output: str) -> dict[str, str]:
+    """The shell lines the demo told the user to type, by their first word (the last of each wins)."""
+    commands: dict[str, str] = {}
+    for line in output[output.index(READY) :].splitlines():
+        command = line.split("#", 1)[0].strip()
+        if line.startswith("  ") and command and not command.startswith("API:"):
+            commands[command.split()[0] + (" appliance" if "appliance.keytab" in command else "")] = command
+    return commands
+
+
+def shell(script: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["bash", "-ec", script], cwd=ROOT, capture_output=True, text=True, timeout=timeout, check=False,
+        env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(ROOT)},
+    )  # fmt: skip
+
+
+@pytest.mark.boot
+@pytest.mark.timeout(1800, func_only=True)
+def test_demo_enrols_two_pxe_nodes_stops_on_ctrl_c_and_runs_again(node_image: NodeImage, tmp_path: Path) -> None:
+    # node_image has put the image in the build cache: the demo's own `drover image build` reuses it.
+    demo_dir = tmp_path / "demo"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DROVER_", "KRB5"))}
+    ports = {
+        "DROVER_API_PORT": free_port(),
+        "DROVER_NODES_PORT": free_port(),
+        "DROVER_NODES_BOOT_PORT": free_port(),
+        "DROVER_KERBEROS_KDC_PORT": free_port(),
+        "DROVER_KERBEROS_KADMIN_PORT": free_port(),
+    }
+    env.update({k: str(v) for k, v in ports.items()})
+
+    first = DemoRun(demo_dir, 2, env)
+    try:
+        first.wait_for(READY, 1200)
+    finally:
+        if first.process.poll() is None and READY not in first.output:
+            first.interrupt()
+    out = first.output
+    print(out)
+    # Progress, then the host list with both nodes available.
+    assert "PXE-booting 2 node(s) in qemu" in out
+    for name in ("node1", "node2"):
+        assert re.search(rf"\] {name}: (kernel|initrd|systemd)", out), out
+        assert re.search(rf"\] {name}: enrolled: host \d+ available", out), out
+    table = out[out.index("demo: drover host list") : out.index(READY)]
+    rows = {line.split()[1]: line.split() for line in table.splitlines()[2:] if line.strip()}
+    assert set(rows) == {"node1.drover.test", "node2.drover.test"}, table
+    assert all(r[2] == "available" for r in rows.values()), table
+    first_ids = {name: r[0] for name, r in rows.items()}
+
+    try:
+        # The printed commands, typed into a shell as a user would.
+        cmds = printed_commands(out)
+        source, admin, appliance, virsh = cmds["."], cmds["kinit"], cmds["kinit appliance"], cmds["virsh"]
+        listed = shell(f"{source}\n{admin}\ndrover host list\n")
+        assert listed.returncode == 0 and listed.stdout.count(" available ") == 2, listed.stdout + listed.stderr
+        reached = shell(f"{source}\n{appliance}\n{virsh}\n")
+        assert reached.returncode == 0 and "Id" in reached.stdout, reached.stdout + reached.stderr
+        refused = shell(f"{source}\n{admin}\n{virsh}\n")  # admin@ is not in the node's SASL allow list
+        assert refused.returncode != 0, refused.stdout
+    finally:
+        code = first.interrupt()
+    assert code == 0, first.output[-3000:]
+    assert first.lines[-1] == "demo: stopped", first.output[-3000:]
+    assert processes_mentioning(str(demo_dir)) == []  # no qemu, no drover serve, no KDC left
+    assert shell(f"exec 3<>/dev/tcp/127.0.0.1/{ports['DROVER_API_PORT']}").returncode != 0
+
+    # Again, with one node: everything is reused and node1 is the same host.
+    second = DemoRun(demo_dir, 1, env)
+    try:
+        second.wait_for(READY, 900)
+        again = second.output
+        assert "realm DROVER.TEST already exists" in again, again
+        table = again[again.index("demo: drover host list") : again.index(READY)]
+        rows = {line.split()[1]: line.split() for line in table.splitlines()[2:] if line.strip()}
+        assert rows["node1.drover.test"][0] == first_ids["node1.drover.test"], table
+        assert rows["node1.drover.test"][2] == "available", table
+    finally:
+        code = second.interrupt()
+    assert code == 0 and second.lines[-1] == "demo: stopped", second.output[-3000:]
+    assert processes_mentioning(str(demo_dir)) == []
