@@ -20,7 +20,7 @@ import httpx
 import pytest
 
 from tests.lab.kdc import APPLIANCE_HOST, LabKdc
-from tests.lab.net import free_port
+from tests.lab.net import etc_hosts_twin, free_port
 from tests.lab.proc import terminate
 
 DROVER = [sys.executable, "-m", "appliance.cli"]
@@ -118,6 +118,23 @@ def config_env(kdc: LabKdc, port: int, database_url: str) -> dict[str, str]:
     }
 
 
+def own_resolver(argv: list[str], env: dict[str, str]) -> tuple[list[str], dict[str, str]]:
+    """The server resolves lab names from LabHosts' /etc/hosts twin, bind-mounted in its own mount namespace.
+
+    nss_wrapper (what `extra_env=lab_hosts.env` asks for) corrupts the heap when two threads resolve while it
+    reloads a changed hosts file, and the host browser connects from several threads; glibc reading
+    /etc/hosts is thread-safe. Without a twin beside NSS_WRAPPER_HOSTS, nss_wrapper stays as it was.
+    """
+    hosts = env.get("NSS_WRAPPER_HOSTS", "")
+    twin = etc_hosts_twin(Path(hosts)) if hosts else None
+    if env.get("LD_PRELOAD") != str(NSS_WRAPPER) or twin is None or not twin.is_file():
+        return argv, env
+    env = {k: v for k, v in env.items() if k not in ("LD_PRELOAD", "NSS_WRAPPER_HOSTS")}
+    # unshare without --fork and sh's exec: the pid the caller holds is the server's own.
+    mount = 'mount --bind "$0" /etc/hosts && exec "$@"'
+    return ["unshare", "-m", "--propagation", "private", "sh", "-c", mount, str(twin), *argv], env
+
+
 def start_appliance(
     kdc: LabKdc, state_dir: Path, timeout: float = 30, extra_env: dict[str, str] | None = None
 ) -> LabAppliance:
@@ -129,12 +146,15 @@ def start_appliance(
     log = state_dir / "serve.log"
     port, database_url = free_port(), f"sqlite:///{state_dir / 'drover.db'}"
     env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(state_dir), "PYTHONPATH": str(ROOT)}
+    env["PYTHONFAULTHANDLER"] = "1"  # a crash in C (libvirt, krb5) leaves every thread's stack in serve.log
     node_port, boot_port = free_port(), free_port()
     nodes = {"DROVER_NODES_PORT": str(node_port), "DROVER_NODES_BOOT_PORT": str(boot_port)}
+    argv, server_env = own_resolver([*DROVER, "-v", "serve"], {**env, **config_env(kdc, port, database_url),
+                                                               **nodes, **(extra_env or {})})  # fmt: skip
     with open(log, "ab") as out:
         process = subprocess.Popen(
-            [*DROVER, "-v", "serve"],
-            env={**env, **config_env(kdc, port, database_url), **nodes, **(extra_env or {})},
+            argv,
+            env=server_env,
             cwd=ROOT,
             stdin=subprocess.DEVNULL,
             stdout=out,

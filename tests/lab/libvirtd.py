@@ -37,7 +37,7 @@ from appliance.runner import run, spawn
 from tests.lab import accel
 from tests.lab.guest import GuestImage
 from tests.lab.kdc import APPLIANCE_HOST, LabKdc
-from tests.lab.net import free_port
+from tests.lab.net import etc_hosts_twin, free_port
 from tests.lab.proc import terminate
 
 log = logging.getLogger(__name__)
@@ -125,10 +125,20 @@ class NodeFiles:
 
 
 class LabHosts:
-    """An nss_wrapper hosts file: how client subprocesses resolve lab names without /etc/hosts."""
+    """An nss_wrapper hosts file: how client subprocesses resolve lab names without /etc/hosts.
+
+    Plus a twin in /etc/hosts form (the machine's own lines first) for a process that resolves from
+    several threads at once, the appliance: nss_wrapper 1.1.12 corrupts the heap when two threads look
+    names up while it reloads a changed file. start_appliance bind-mounts the twin over /etc/hosts in
+    the server's own mount namespace, so glibc reads it as it reads /etc/hosts, thread-safely.
+    """
 
     def __init__(self, path: Path) -> None:
         self.path = path
+        self.etc_hosts = etc_hosts_twin(path)
+        base = Path("/etc/hosts").read_text() if Path("/etc/hosts").is_file() else ""
+        self._base = base if base.endswith("\n") or not base else base + "\n"
+        self._etc_text = ""
         self._names: dict[str, str] = {}
         self.add(APPLIANCE_HOST, "127.0.0.1")
 
@@ -138,9 +148,21 @@ class LabHosts:
         # Written to a new file and renamed over the old one: nss_wrapper keeps the file open and
         # reloads only when its mtime second changes or the open file was unlinked, so rewriting
         # in place within the second of its last load left a running appliance with stale names.
+        lines = "".join(f"{addr} {n}\n" for n, addr in self._names.items())
         tmp = self.path.with_name(self.path.name + ".new")
-        tmp.write_text("".join(f"{addr} {n}\n" for n, addr in self._names.items()))
+        tmp.write_text(lines)
         tmp.replace(self.path)
+        self._write_twin(self._base + lines)
+
+    def _write_twin(self, text: str) -> None:
+        # In place, never renamed: a bind mount follows the inode. Appended when names were only added
+        # (the usual case), so a lookup meanwhile sees the old lines or more, never an emptied file.
+        if self._etc_text and text.startswith(self._etc_text):
+            with self.etc_hosts.open("a") as f:
+                f.write(text[len(self._etc_text) :])
+        else:
+            self.etc_hosts.write_text(text)
+        self._etc_text = text
 
     def address(self, name: str) -> str:
         return self._names[name]

@@ -1,9 +1,10 @@
-"""Loopback helpers for the lab: free ports and waiting for a listener."""
+"""Loopback helpers for the lab: free ports, waiting for a listener, where lab names are written."""
 
 from __future__ import annotations
 
 import socket
 import time
+from pathlib import Path
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -23,3 +24,8 @@ def wait_listening(host: str, port: int, timeout: float = 10.0) -> None:
             if time.monotonic() > deadline:
                 raise TimeoutError(f"nothing listening on {host}:{port} after {timeout}s") from None
             time.sleep(0.02)
+
+
+def etc_hosts_twin(nss_hosts: Path) -> Path:
+    """The /etc/hosts-format twin tests.lab.libvirtd.LabHosts keeps beside its nss_wrapper hosts file."""
+    return nss_hosts.with_name(nss_hosts.name + ".etc")
