@@ -105,6 +105,10 @@ class HostBrowserConfig:
     keepalive_count: int = 3
     reconnect_seconds: int = 2  # wait between attempts to reach an unavailable host
     scan_seconds: int = 2  # how often the DB is read for newly approved hosts
+    # Connects (libvirt.open has no timeout) run in this many worker threads, at most one per host at a
+    # time; one still hanging after connect_timeout_seconds is abandoned and its host reported unavailable.
+    connect_workers: int = 4
+    connect_timeout_seconds: int = 10
 
 
 @dataclass(frozen=True)

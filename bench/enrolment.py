@@ -4,9 +4,10 @@
   (pending: DB work only) and with tokens (kadmin issues a keytab each); baseline: GET /api/v1/health on
   the same server process.
 - events: lifecycle changes through the host browser's DB writer; baseline: plain Event inserts, same batch.
-- scale: 1,000 approved hosts with 10 domains each. SIMULATED at the libvirt-connection boundary: the
-  connector hands out in-memory connections instead of calling libvirt.open; everything above it (sessions,
-  writer, DB) is the real code.
+- scale: 1,000 approved hosts with 10 domains each, 10 of them (scattered) hanging in connect like a frozen
+  libvirtd: the other 990 must not wait for them. SIMULATED at the libvirt-connection boundary: the connector
+  hands out in-memory connections (or blocks) instead of calling libvirt.open; everything above it (connect
+  pool, sessions, writer, DB) is the real code.
 """
 
 from __future__ import annotations
@@ -44,6 +45,8 @@ ACCEPTED_REQUESTS = 20
 EVENTS = 20_000
 HOSTS = 1000
 DOMAINS_PER_HOST = 10
+HUNG_HOSTS = 10  # every HOSTS // HUNG_HOSTS-th host never answers a connect (until the end of the run)
+HUNG_TIMEOUT = 5  # [hostbrowser] connect_timeout_seconds for this run, so abandoning shows within it
 
 
 def _rate(count: int, seconds: float) -> float:
@@ -182,38 +185,58 @@ def _scale(tmp: Path) -> dict[str, Any]:
     engine = _fresh_db(tmp / "scale.db")
     _add_hosts(engine, HOSTS)
     conns: dict[str, SimulatedConnection] = {}
+    gone = threading.Event()  # after the loss the hosts stay gone: reconnects fail, as to powered-off nodes
+    release = threading.Event()  # the end of the run: hung connects return (and fail)
+    hung = {f"sim{i}" for i in range(0, HOSTS, HOSTS // HUNG_HOSTS)} if HUNG_HOSTS else set()
+    answering = HOSTS - len(hung)
 
     def connector(uri: str) -> SimulatedConnection:
-        conns[uri] = SimulatedConnection(uri.split("/")[2].split(".", maxsplit=1)[0])
+        name = uri.split("/")[2].split(".", maxsplit=1)[0]
+        if name in hung:
+            release.wait()
+        if gone.is_set() or name in hung:
+            raise libvirt.libvirtError("simulated: the host is gone")
+        conns[uri] = SimulatedConnection(name)
         return conns[uri]
 
-    cfg = load(env={"DROVER_STATE_DIR": str(tmp), "DROVER_DATABASE_URL": f"sqlite:///{tmp / 'scale.db'}"})
+    cfg = load(env={"DROVER_STATE_DIR": str(tmp), "DROVER_DATABASE_URL": f"sqlite:///{tmp / 'scale.db'}",
+                    "DROVER_HOSTBROWSER_CONNECT_TIMEOUT_SECONDS": str(HUNG_TIMEOUT)})  # fmt: skip
     browser = HostBrowser(cfg, engine, connector)
     threads_before = threading.active_count()
     start = time.perf_counter()
     browser.start()
-    while _count(engine, HostState.AVAILABLE) < HOSTS:
-        time.sleep(0.05)
-    all_up = time.perf_counter() - start
-    start = time.perf_counter()
-    for conn in list(conns.values()):
-        conn.on_close(conn, libvirt.VIR_CONNECT_CLOSE_REASON_KEEPALIVE, None)
-    while _count(engine, HostState.UNAVAILABLE) < HOSTS:
-        time.sleep(0.05)
-    all_down = time.perf_counter() - start
-    with session_scope(engine) as s:
-        unreachable = s.scalar(select(func.count()).select_from(Vm).where(Vm.state == VmState.UNREACHABLE))
-    threads = threading.active_count() - threads_before
-    browser.stop()
-    engine.dispose()
+    try:
+        while _count(engine, HostState.AVAILABLE) < answering:
+            time.sleep(0.05)
+        all_up = time.perf_counter() - start
+        start = time.perf_counter()
+        gone.set()
+        for conn in list(conns.values()):
+            conn.on_close(conn, libvirt.VIR_CONNECT_CLOSE_REASON_KEEPALIVE, None)
+        while _count(engine, HostState.UNAVAILABLE) < answering:
+            time.sleep(0.05)
+        all_down = time.perf_counter() - start
+        with session_scope(engine) as s:
+            unreachable = s.scalar(select(func.count()).select_from(Vm).where(Vm.state == VmState.UNREACHABLE))
+        while browser.pool.status()["abandoned"] < len(hung) and time.perf_counter() - start < 3 * HUNG_TIMEOUT:
+            time.sleep(0.05)
+        threads = threading.active_count() - threads_before
+        connects = browser.pool.status()
+    finally:
+        release.set()
+        browser.stop()
+        engine.dispose()
     return {
         "note": "SIMULATED at the libvirt-connection boundary: in-memory connections instead of libvirt.open",
         "hosts": HOSTS,
+        "hung_hosts": len(hung),
         "domains": HOSTS * DOMAINS_PER_HOST,
-        "seconds_until_all_available": round(all_up, 2),
+        "seconds_until_all_available": round(all_up, 2),  # the answering ones
         "seconds_until_all_unavailable_after_loss": round(all_down, 2),
         "vms_unreachable": unreachable,
-        "threads_used": threads,
+        "connects_abandoned": connects["abandoned"],
+        "connect_workers": connects["workers"],
+        "threads_used": threads,  # incl. one stuck thread per hung host
         "max_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
     }
 

@@ -1,8 +1,9 @@
-"""The host browser: one session per approved host, connected and re-connected from one thread.
+"""The host browser: one session per approved host, tended by one thread, connected by a few workers.
 
 Whom to connect to comes from the database: every approved host (by a token or an admin) that has
 collected its credentials. Heartbeats keep those rows fresh; zeroconf browsing of `_libvirt._tcp`
-is not used yet (see the enrolment issue).
+is not used yet (see the enrolment issue). The browser thread never calls into libvirt to connect:
+connects run in hostbrowser.connecting's pool, so one host that never answers holds up no other.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from appliance.db.engine import session_scope
 from appliance.db.models import Host
 from appliance.errors import DroverError
 from hostbrowser import loop
+from hostbrowser.connecting import ConnectPool
 from hostbrowser.session import Connector, HostSession, Target
 from hostbrowser.sync import Writer
 
@@ -51,7 +53,9 @@ class HostBrowser:
         self.connector: Connector = connector or libvirt.open
         self.refresh = refresh
         self._refreshed = float("-inf")
+        self._refresh_lock = threading.Lock()
         self.writer = Writer(engine)
+        self.pool = ConnectPool(cfg.hostbrowser.connect_workers, cfg.hostbrowser.connect_timeout_seconds)
         self.sessions: dict[int, HostSession] = {}
         self._stop = threading.Event()
         self._wake = threading.Event()
@@ -61,6 +65,7 @@ class HostBrowser:
         if self.connector is libvirt.open:
             loop.ensure_running()
         self.writer.start()
+        self.pool.start()
         self._thread.start()
         log.info("host browser started")
 
@@ -72,6 +77,7 @@ class HostBrowser:
         self._stop.set()
         self._wake.set()
         self._thread.join(30)
+        self.pool.stop()
         for session in self.sessions.values():
             session.close()
         self.writer.stop()
@@ -107,17 +113,25 @@ class HostBrowser:
                 current.close()  # renamed or moved to another port: start over
             session = HostSession(target, self.writer, self.connector, (hb.keepalive_interval, hb.keepalive_count))
             self.sessions[host_id] = session
-            self._connect(session)
+            # (If the session it replaces still has a connect in flight, this one waits its turn in tend.)
+            self._submit(session)
 
     def tend(self, now: float, retry_after: float) -> None:
-        """Re-connect sessions that went down, each at most every `retry_after` seconds."""
+        """Give up on hung connects; re-connect sessions that went down, each at most every `retry_after`
+        seconds (at once when nudged), never while an earlier attempt for the host is in flight."""
+        self.pool.expire(now)
         for session in list(self.sessions.values()):
             down = session.down_since
-            if down is None:
+            if down is None or self.pool.busy(session.target.host_id):
                 continue
             session.reap()
-            if now - down >= retry_after and not self._stop.is_set() and not self._connect(session):
-                session.down_since = now
+            if (session.nudged or now - down >= retry_after) and not self._stop.is_set():
+                self._submit(session)
+
+    def _submit(self, session: HostSession) -> None:
+        timeout = self.cfg.hostbrowser.connect_timeout_seconds
+        if self.pool.submit(session.target.host_id, lambda: self._connect(session), lambda: session.abandon(timeout)):
+            session.nudged = False
 
     def _connect(self, session: HostSession) -> bool:
         """Connect; if the host refused our Kerberos ticket, get fresh credentials once and try again.
@@ -126,22 +140,27 @@ class HostBrowser:
         ccache still holds a service ticket for the old key, valid for hours: without dropping it the
         rebooted node refuses us until that ticket expires. Refreshing is at most every reconnect period.
         """
+        started = time.monotonic()
         if session.connect():
             return True
-        now = time.monotonic()
-        if (
-            not session.auth_failed
-            or self.refresh is None
-            or now - self._refreshed < self.cfg.hostbrowser.reconnect_seconds
-        ):
+        if not session.auth_failed or self.refresh is None:
             return False
-        self._refreshed = now
-        log.info("%s refused our Kerberos ticket: getting fresh credentials and trying again", session.target.hostname)
-        try:
-            self.refresh()
-        except DroverError as exc:
-            log.error("refreshing the libvirt client ticket failed: %s", exc)
-            return False
+        # In a connect worker: several may be refused at once, and one fresh ticket serves them all.
+        with self._refresh_lock:
+            now = time.monotonic()
+            if self._refreshed >= started:
+                pass  # another worker got fresh credentials while we were being refused: try with those
+            elif now - self._refreshed < self.cfg.hostbrowser.reconnect_seconds:
+                return False
+            else:
+                self._refreshed = now
+                log.info("%s refused our Kerberos ticket: getting fresh credentials and trying again",
+                         session.target.hostname)  # fmt: skip
+                try:
+                    self.refresh()
+                except DroverError as exc:
+                    log.error("refreshing the libvirt client ticket failed: %s", exc)
+                    return False
         return session.connect()
 
     def status(self) -> dict[str, Any]:
@@ -149,4 +168,5 @@ class HostBrowser:
             "hosts": len(self.sessions),
             "connected": sum(1 for s in self.sessions.values() if s.connected),
             "changes_applied": self.writer.applied,
+            "connects": self.pool.status(),
         }

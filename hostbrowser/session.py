@@ -1,4 +1,9 @@
-"""One libvirt connection to one host: keepalive, lifecycle events, a full re-sync on every (re)connect."""
+"""One libvirt connection to one host: keepalive, lifecycle events, a full re-sync on every (re)connect.
+
+connect() runs in a connect worker (hostbrowser.connecting), the callbacks in libvirt's event loop thread,
+reap() and close() in the browser thread: every change of the connection's state, and the report that
+goes with it, happens under the session's lock, so the writer receives the reports in the order of the states.
+"""
 
 from __future__ import annotations
 
@@ -58,7 +63,7 @@ class Target:
 
 
 class HostSession:
-    """Connects, watches and reports one host; `connect()` is called again by the browser while down."""
+    """Connects, watches and reports one host; the browser has `connect()` run again while it is down."""
 
     def __init__(self, target: Target, writer: Writer, connector: Connector, keepalive: tuple[int, int]) -> None:
         self.target = target
@@ -69,8 +74,10 @@ class HostSession:
         self.down_since: float | None = time.monotonic()
         self.last_error = ""
         self.auth_failed = False  # the last connect was refused by SASL/Kerberos (see HostBrowser.refresh)
+        self.nudged = False  # the host showed signs of life (heartbeat, zeroconf): reconnect without waiting
         self._lock = threading.Lock()
         self._callback_id: int | None = None
+        self._ended = False  # closed by the browser: a connect that returns late must not revive it
 
     @property
     def connected(self) -> bool:
@@ -87,20 +94,43 @@ class HostSession:
             domains = tuple(describe(d) for d in conn.listAllDomains(0))
         except libvirt.libvirtError as exc:
             reason = " ".join(str(exc).split())
-            self.auth_failed = exc.get_error_code() == libvirt.VIR_ERR_AUTH_FAILED
-            if reason != self.last_error:
-                log.warning("cannot reach %s at %s: %s", self.target.hostname, self.target.uri, reason)
-            self.last_error = reason
-            self.writer.put(HostDown(self.target.host_id, f"libvirt unreachable: {reason}"))
+            with self._lock:
+                self.auth_failed = exc.get_error_code() == libvirt.VIR_ERR_AUTH_FAILED
+                self.down_since = time.monotonic()  # the next attempt waits reconnect_seconds from now
+                if self._ended:
+                    return False
+                self._down(f"libvirt unreachable: {reason}", reason)
             return False
         with self._lock:
+            if self._ended:  # the host was dropped or moved while we were connecting
+                log.info("connected to %s too late: the session was closed meanwhile", self.target.uri)
+                _quietly_close(conn, callback_id)
+                return False
             self.conn, self._callback_id, self.down_since, self.last_error = conn, callback_id, None, ""
             self.auth_failed = False
-        # Events were registered before listing, so nothing is missed: any queued meanwhile are no newer
-        # than this list, which is applied after them; events after the list are queued after it.
-        self.writer.put(HostUp(self.target.host_id, domains))
+            # Events were registered before listing, so nothing is missed: any queued meanwhile are no newer
+            # than this list, which is applied after them; events after the list are queued after it.
+            self.writer.put(HostUp(self.target.host_id, domains))
         log.info("connected to %s (%d domains)", self.target.uri, len(domains))
         return True
+
+    def abandon(self, seconds: float) -> None:
+        """The browser gave up waiting for a connect that is still inside libvirt (see hostbrowser.connecting)."""
+        with self._lock:
+            if self._ended or self.down_since is None:
+                return  # it got through (or was closed) just as it was given up: nothing to report
+            self._down(
+                f"libvirtd did not answer within {seconds:g}s (connect_timeout_seconds): connect abandoned, "
+                "the host is tried again once that call returns",
+                f"no answer within {seconds:g}s, connect abandoned",
+            )
+
+    def _down(self, reason: str, short: str) -> None:
+        """Report the host down (lock held); log only when the reason changes, the report every time."""
+        if short != self.last_error:
+            log.warning("cannot reach %s at %s: %s", self.target.hostname, self.target.uri, short)
+        self.last_error = short
+        self.writer.put(HostDown(self.target.host_id, reason))
 
     def _lifecycle(self, conn: Any, dom: Any, event: int, detail: int, opaque: Any) -> None:
         # Runs in the event loop thread: no database here, and only cached or quick calls to libvirt.
@@ -121,9 +151,9 @@ class HostSession:
             libvirt.VIR_CONNECT_CLOSE_REASON_KEEPALIVE: "keepalive timed out",
         }.get(reason, f"closed ({reason})")
         log.warning("lost %s: %s", self.target.hostname, why)
-        self.writer.put(HostDown(self.target.host_id, why))
         with self._lock:
             self.down_since = time.monotonic()
+            self.writer.put(HostDown(self.target.host_id, why))
         # Closing the dead connection is left to the browser thread: closing from inside its own
         # close callback is not allowed.
 
@@ -137,6 +167,7 @@ class HostSession:
 
     def close(self) -> None:
         with self._lock:
+            self._ended = True
             conn, callback_id, self.conn, self._callback_id = self.conn, self._callback_id, None, None
         if conn is not None:
             _quietly_close(conn, callback_id)

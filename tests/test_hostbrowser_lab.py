@@ -31,11 +31,14 @@ from tests.test_enrolment import facts
 
 pytestmark = pytest.mark.lab
 
+CONNECT_TIMEOUT = 3  # [hostbrowser] connect_timeout_seconds of this module's appliance
+
 
 @pytest.fixture(scope="module")
 def served(kdc: LabKdc, lab_hosts: LabHosts, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LabAppliance]:
     # nss_wrapper in the server's environment: its host browser resolves lab node names as the CLI does.
-    lab = start_appliance(kdc, tmp_path_factory.mktemp("served"), extra_env=lab_hosts.env)
+    env = {**lab_hosts.env, "DROVER_HOSTBROWSER_CONNECT_TIMEOUT_SECONDS": str(CONNECT_TIMEOUT)}
+    lab = start_appliance(kdc, tmp_path_factory.mktemp("served"), extra_env=env)
     assert lab.drover("user", "add", "boss", "--role", "admin").returncode == 0
     yield lab
     lab.stop()
@@ -223,3 +226,52 @@ def test_a_frozen_libvirtd_is_noticed_by_keepalive_and_resynced_when_it_thaws(
         print(f"frozen -> unavailable {lost:.2f}s; thawed -> available {back:.2f}s")
     finally:
         virsh(env, uri, "undefine", name)
+
+
+def test_a_host_that_accepts_tcp_but_never_answers_holds_up_no_other_host(
+    served: LabAppliance,
+    db: Engine,
+    kdc: LabKdc,
+    lab_hosts: LabHosts,
+    libvirt_nodes: NodeFactory,
+    guest_image: GuestImage,
+    tmp_path: Path,
+) -> None:
+    """Every reconnect to a frozen libvirtd hangs inside libvirt.open (TCP accepted, SASL never answered):
+    it is abandoned after connect_timeout_seconds, and meanwhile other hosts connect and reconnect."""
+    stuck_uuid, stuck = enrol(served, db, libvirt_nodes, "stuck1.example.test")
+    wait_for("stuck host available", lambda: host_state(db, stuck_uuid) is HostState.AVAILABLE, 15)
+    env = client_env(kdc, lab_hosts, "drover")
+    name = f"busy-{uuid.uuid4().hex[:8]}"
+    xml = tmp_path / "domain.xml"
+    xml.write_text(domain_xml(name, guest_image, tmp_path / "serial.log"))
+    other = None
+    try:
+        with stuck.frozen():
+            wait_for("stuck host unavailable", lambda: host_state(db, stuck_uuid) is HostState.UNAVAILABLE, 10)
+            # The next reconnect (after reconnect_seconds) hangs; it is given up after CONNECT_TIMEOUT.
+            abandoned = wait_for(
+                "abandoned connect reported",
+                lambda: any("did not answer" in m for m in host_events(db, stuck_uuid, "vm.unreachable")),
+                CONNECT_TIMEOUT + 8,
+            )
+            other_uuid, other = enrol(served, db, libvirt_nodes, "busy1.example.test")
+            first = wait_for("other host available", lambda: host_state(db, other_uuid) is HostState.AVAILABLE, 6)
+            assert virsh(env, other.uri("qemu"), "define", str(xml)).returncode == 0
+            seen = wait_for("domain defined on the other host", lambda: vm_state(db, name) is VmState.STOPPED, 1)
+            # A reconnect of the other host while a connect to the stuck one still hangs.
+            other.stop_daemon()
+            wait_for("other host unavailable", lambda: host_state(db, other_uuid) is HostState.UNAVAILABLE, 10)
+            other.restart()
+            again = wait_for("other host back", lambda: host_state(db, other_uuid) is HostState.AVAILABLE, 6)
+            assert host_state(db, stuck_uuid) is HostState.UNAVAILABLE
+        thawed = wait_for(
+            "stuck host available after thaw", lambda: host_state(db, stuck_uuid) is HostState.AVAILABLE, 15
+        )
+        print(
+            f"abandoned after {abandoned:.2f}s; other: available {first:.2f}s, domain seen {seen:.2f}s, "
+            f"reconnected {again:.2f}s; thawed host back {thawed:.2f}s"
+        )
+    finally:
+        if other is not None:
+            virsh(env, other.uri("qemu"), "undefine", name)
