@@ -32,6 +32,10 @@ class RunningBrowser:
         """Make the browser read the database now (the API calls this after removing a host)."""
         self.browser.wake()
 
+    def nudge(self, host_id: int) -> None:
+        """The host heartbeats: if its libvirt session is down, reconnect now (the node service calls this)."""
+        self.browser.nudge(host_id)
+
     def stop(self) -> None:
         self.browser.stop()
         self.ticket.stop()

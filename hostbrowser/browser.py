@@ -28,6 +28,8 @@ from hostbrowser.sync import Writer
 
 log = logging.getLogger(__name__)
 
+NUDGED_SCAN_SECONDS = 1.0
+
 
 def targets(engine: Engine, default_port: int) -> list[Target]:
     with session_scope(engine) as s:
@@ -58,7 +60,10 @@ class HostBrowser:
         self.pool = ConnectPool(cfg.hostbrowser.connect_workers, cfg.hostbrowser.connect_timeout_seconds)
         self.sessions: dict[int, HostSession] = {}
         self._stop = threading.Event()
-        self._wake = threading.Event()
+        self._wake = threading.Event()  # cuts the loop's sleep short
+        self._scan_asked = threading.Event()
+        self._nudged: set[int] = set()
+        self._nudge_lock = threading.Lock()
         self._thread = threading.Thread(target=self._run, name="hostbrowser", daemon=True)
 
     def start(self) -> None:
@@ -71,6 +76,15 @@ class HostBrowser:
 
     def wake(self) -> None:
         """Look at the database now (e.g. right after an approval) instead of at the next scan."""
+        self._scan_asked.set()
+        self._wake.set()
+
+    def nudge(self, host_id: int) -> None:
+        """The host shows signs of life (a heartbeat, a zeroconf announcement): if its session is down, connect
+        now rather than reconnect_seconds after the last attempt; if it has none yet, read the database now.
+        Cheap and thread-safe: called from the node service for every heartbeat of an approved host."""
+        with self._nudge_lock:
+            self._nudged.add(host_id)
         self._wake.set()
 
     def stop(self) -> None:
@@ -87,11 +101,29 @@ class HostBrowser:
         hb = self.cfg.hostbrowser
         last_scan = 0.0
         while not self._stop.is_set():
+            self._wake.clear()
             now = time.monotonic()
-            if now - last_scan >= hb.scan_seconds or self._wake.is_set():
-                self._wake.clear()
+            with self._nudge_lock:
+                nudged, self._nudged = self._nudged, set()
+            # A nudged host without a session was approved since the last scan; many heartbeats of hosts the
+            # scan leaves out must not turn into a scan each, hence at most one such scan a second.
+            unknown = {h for h in nudged if h not in self.sessions}
+            if (
+                now - last_scan >= hb.scan_seconds
+                or self._scan_asked.is_set()
+                or (unknown and now - last_scan >= NUDGED_SCAN_SECONDS)
+            ):
+                self._scan_asked.clear()
                 last_scan = now
                 self.scan()
+            elif unknown:
+                with self._nudge_lock:
+                    self._nudged |= unknown  # for the scan a moment later
+            for host_id in nudged:
+                # Only a session that is down and idle: a connect already under way is the answer to the nudge.
+                session = self.sessions.get(host_id)
+                if session is not None and session.down_since is not None and not self.pool.busy(host_id):
+                    session.nudged = True
             self.tend(now, hb.reconnect_seconds)
             self._wake.wait(0.2)
 

@@ -18,8 +18,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from appliance import credentials, enrolment
-from appliance.api.state import database
+from appliance import credentials, enrolment, hosts
+from appliance.api.state import Browser, database
 from appliance.config import Config
 from appliance.db.engine import session_scope
 from appliance.errors import DroverError, UsageError
@@ -53,12 +53,13 @@ def _decode(cls: type[Any], body: bytes) -> Any:
 
 
 class NodeService:
-    """State shared by the node handlers: config, realm (kadmin), database."""
+    """State shared by the node handlers: config, realm (kadmin), database, the host browser if it runs here."""
 
-    def __init__(self, cfg: Config, realm: Realm, engine: Engine) -> None:
+    def __init__(self, cfg: Config, realm: Realm, engine: Engine, browser: Browser | None = None) -> None:
         self.cfg = cfg
         self.realm = realm
         self.engine = engine
+        self.browser = browser
 
     def issuer(self, reached_as: str) -> enrolment.Issuer:
         return lambda fqdn: credentials.issue(self.cfg, self.realm, fqdn, reached_as)
@@ -80,7 +81,14 @@ class NodeService:
 
     def _heartbeat(self, message: wire.Heartbeat, reached_as: str) -> wire.HeartbeatResponse:
         with session_scope(self.engine) as s:
-            return enrolment.heartbeat(s, message, self.issuer(reached_as), self.cfg.nodes.heartbeat_seconds)
+            answer = enrolment.heartbeat(s, message, self.issuer(reached_as), self.cfg.nodes.heartbeat_seconds)
+            host = hosts.by_uuid(s, message.uuid) if answer.status is wire.IdentifyStatus.ACCEPTED else None
+            host_id = host.id if host is not None else None
+        # Committed (credentials handed out are in the row): a node that beats is up, so if the browser lost
+        # its libvirtd it reconnects now, not reconnect_seconds later; a just-approved one is connected now.
+        if host_id is not None and self.browser is not None:
+            self.browser.nudge(host_id)
+        return answer
 
 
 def _error(request: Request, exc: Exception) -> Response:
@@ -98,9 +106,12 @@ def _error(request: Request, exc: Exception) -> Response:
 _HANDLERS: dict[Any, Any] = {DroverError: _error, HTTPException: _error, Exception: _error}
 
 
-def create_node_app(cfg: Config, *, realm: Realm | None = None, engine: Engine | None = None) -> Starlette:
+def create_node_app(
+    cfg: Config, *, realm: Realm | None = None, engine: Engine | None = None, browser: Browser | None = None
+) -> Starlette:
+    """`browser`: the host browser of this process, nudged by every heartbeat of an approved host."""
     db, lifespan = database(cfg, engine)
-    service = NodeService(cfg, realm or Realm.from_config(cfg), db)
+    service = NodeService(cfg, realm or Realm.from_config(cfg), db, browser)
 
     routes = [
         Route(f"{PREFIX}/identify", service.identify, methods=["POST"]),

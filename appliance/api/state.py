@@ -22,6 +22,9 @@ class Browser(Protocol):
     def wake(self) -> None:
         """Read the database now, e.g. to drop the session of a host just removed."""
 
+    def nudge(self, host_id: int) -> None:
+        """The host is alive (it heartbeats): reconnect now if its libvirt session is down."""
+
 
 @dataclass(frozen=True)
 class ApiState:

@@ -75,13 +75,13 @@ def serve(args: argparse.Namespace) -> int:
         for sock in sockets:
             sock.close()
         raise
-    # Before the API app: the API wakes it (a removed host's session is dropped at once).
+    # Before the apps: the API wakes it (a removed host's session is dropped at once), heartbeats nudge it.
     browser = start_hostbrowser(cfg, realm) if cfg.hostbrowser.enabled else None
     try:
         group = Group(
             [
                 listener("api", create_app(cfg, browser=browser), sockets[0]),
-                listener("nodes", create_node_app(cfg, realm=realm), sockets[1],
+                listener("nodes", create_node_app(cfg, realm=realm, browser=browser), sockets[1],
                          certfile=str(pki.server_cert), keyfile=str(pki.server_key)),
                 listener("boot", create_boot_app(cfg, pki, sockets[1].getsockname()[1]), sockets[2]),
             ]
