@@ -34,6 +34,7 @@ from appliance.db.models import Host, HostState
 from appliance.errors import DroverError
 from appliance.kerberos.realm import APPLIANCE_CLIENT, FIRST_ADMIN, Realm
 from tests.lab import accel
+from tests.lab.appliance import own_resolver
 from tests.lab.libvirtd import LabHosts
 from tests.lab.proc import terminate
 from tests.lab.pxe import Phase, PxeNode, boot, phase
@@ -111,9 +112,13 @@ class Appliance:
         self.demo, self.cfg = demo, cfg
         self.log = demo.dir / "serve.log"
         env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(demo.dir), **demo.env(), **lab_hosts.env}
+        env["PYTHONFAULTHANDLER"] = "1"  # a crash in C (libvirt, krb5) leaves every thread's stack in serve.log
+        # Node names from an /etc/hosts twin in the server's own mount namespace, not nss_wrapper (not
+        # thread-safe, and the host browser connects from several threads).
+        argv, env = own_resolver([str(VENV_BIN / "drover"), "-v", "serve"], env)
         with open(self.log, "ab") as out:
             self.process = subprocess.Popen(
-                [str(VENV_BIN / "drover"), "-v", "serve"],
+                argv,
                 env=env,
                 cwd=ROOT,
                 stdin=subprocess.DEVNULL,
