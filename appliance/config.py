@@ -109,6 +109,9 @@ class HostBrowserConfig:
     # time; one still hanging after connect_timeout_seconds is abandoned and its host reported unavailable.
     connect_workers: int = 4
     connect_timeout_seconds: int = 10
+    # Browse _libvirt._tcp (mDNS) on the interface of [nodes] listen (all when 0.0.0.0): an approved host's
+    # announcement has it connected now, on the port it announces.
+    zeroconf: bool = True
 
 
 @dataclass(frozen=True)

@@ -18,15 +18,17 @@ from appliance.kerberos.realm import Realm
 
 if TYPE_CHECKING:
     from hostbrowser.browser import HostBrowser
+    from hostbrowser.mdns import ZeroconfWatcher
     from hostbrowser.ticket import ApplianceTicket
 
 log = logging.getLogger(__name__)
 
 
 class RunningBrowser:
-    def __init__(self, browser: HostBrowser, ticket: ApplianceTicket) -> None:
+    def __init__(self, browser: HostBrowser, ticket: ApplianceTicket, mdns: ZeroconfWatcher | None = None) -> None:
         self.browser = browser
         self.ticket = ticket
+        self.mdns = mdns
 
     def wake(self) -> None:
         """Make the browser read the database now (the API calls this after removing a host)."""
@@ -37,6 +39,8 @@ class RunningBrowser:
         self.browser.nudge(host_id)
 
     def stop(self) -> None:
+        if self.mdns is not None:
+            self.mdns.stop()
         self.browser.stop()
         self.ticket.stop()
         self.browser.engine.dispose()
@@ -45,6 +49,7 @@ class RunningBrowser:
 def start_hostbrowser(cfg: Config, realm: Realm) -> RunningBrowser | None:
     """Start the host browser with the appliance's own libvirt credentials; None (logged) if it cannot."""
     from hostbrowser.browser import HostBrowser  # noqa: PLC0415 - the launcher is the one allowed importer
+    from hostbrowser.mdns import ZeroconfWatcher  # noqa: PLC0415
     from hostbrowser.ticket import ApplianceTicket  # noqa: PLC0415
 
     ticket = ApplianceTicket(realm, cfg.state_dir / "hostbrowser" / "libvirt.ccache")
@@ -55,4 +60,13 @@ def start_hostbrowser(cfg: Config, realm: Realm) -> RunningBrowser | None:
         return None
     browser = HostBrowser(cfg, make_engine(cfg.database_url), refresh=ticket.acquire)
     browser.start()
-    return RunningBrowser(browser, ticket)
+    mdns = None
+    if cfg.hostbrowser.zeroconf:
+        mdns = ZeroconfWatcher(cfg, browser.engine, browser.nudge, browser.wake)
+        try:
+            mdns.start()
+        except Exception as exc:  # no multicast here: heartbeats and scans still find every host
+            log.error("not browsing _libvirt._tcp with zeroconf: %s", exc)
+            mdns.stop()
+            mdns = None
+    return RunningBrowser(browser, ticket, mdns)

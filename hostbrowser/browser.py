@@ -1,9 +1,10 @@
 """The host browser: one session per approved host, tended by one thread, connected by a few workers.
 
 Whom to connect to comes from the database: every approved host (by a token or an admin) that has
-collected its credentials. Heartbeats keep those rows fresh; zeroconf browsing of `_libvirt._tcp`
-is not used yet (see the enrolment issue). The browser thread never calls into libvirt to connect:
-connects run in hostbrowser.connecting's pool, so one host that never answers holds up no other.
+collected its credentials. A heartbeat (appliance.api.nodes) or a `_libvirt._tcp` announcement
+(hostbrowser.mdns) nudges the browser to connect that host now. The browser thread never calls into
+libvirt to connect: connects run in hostbrowser.connecting's pool, so one host that never answers
+holds up no other.
 """
 
 from __future__ import annotations
@@ -145,8 +146,8 @@ class HostBrowser:
                 current.close()  # renamed or moved to another port: start over
             session = HostSession(target, self.writer, self.connector, (hb.keepalive_interval, hb.keepalive_count))
             self.sessions[host_id] = session
-            # (If the session it replaces still has a connect in flight, this one waits its turn in tend.)
-            self._submit(session)
+            if not self._submit(session):
+                session.nudged = True  # the session it replaces is still connecting: right after that one
 
     def tend(self, now: float, retry_after: float) -> None:
         """Give up on hung connects; re-connect sessions that went down, each at most every `retry_after`
@@ -160,10 +161,12 @@ class HostBrowser:
             if (session.nudged or now - down >= retry_after) and not self._stop.is_set():
                 self._submit(session)
 
-    def _submit(self, session: HostSession) -> None:
+    def _submit(self, session: HostSession) -> bool:
         timeout = self.cfg.hostbrowser.connect_timeout_seconds
         if self.pool.submit(session.target.host_id, lambda: self._connect(session), lambda: session.abandon(timeout)):
             session.nudged = False
+            return True
+        return False
 
     def _connect(self, session: HostSession) -> bool:
         """Connect; if the host refused our Kerberos ticket, get fresh credentials once and try again.
