@@ -123,13 +123,18 @@ def _host_down(session: Session, host: Host, change: HostDown) -> None:
     host.libvirt_connected = False
     if host.state is HostState.AVAILABLE:
         hosts.set_state(session, host, HostState.UNAVAILABLE, change.reason)
+    elif host.state is HostState.UNAVAILABLE:
+        host.state_reason = change.reason  # why the latest attempt failed, for `drover host show`
     # The real state of its guests is unknown now; they are not stopped, nor running for all we know.
-    session.execute(
+    lost = session.execute(
         update(Vm).where(Vm.host_id == host.id, Vm.state != VmState.UNREACHABLE)
         .values(state=VmState.UNREACHABLE, state_changed_at=utcnow())
-    )  # fmt: skip
-    session.add(Event(kind="vm.unreachable", subject=host.hostname, message=change.reason, host_id=host.id,
-                      severity=Severity.WARNING))  # fmt: skip
+    ).rowcount  # fmt: skip
+    # Only when something changed: a host that stays down is retried every few seconds, and an event
+    # per failed attempt would bury everything else (some 1,800 rows an hour per dead host).
+    if lost:
+        session.add(Event(kind="vm.unreachable", subject=host.hostname, message=f"{lost} VMs: {change.reason}",
+                          host_id=host.id, severity=Severity.WARNING))  # fmt: skip
 
 
 class Writer:
