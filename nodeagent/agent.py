@@ -63,6 +63,7 @@ class Options:
     refused_pause: float = 30.0  # after a pin mismatch, before fetching the CA again
     request_timeout: float = 10.0
     ready_deadline: float = 45.0  # READY=1 to systemd at the latest this long after start (see notify.py)
+    network_wait: float = 60.0  # for a routable address before gathering facts (see _wait_for_network)
 
 
 class Agent:
@@ -116,12 +117,7 @@ class Agent:
         self._set(pid=os.getpid())
         self.readiness.start()
         kcmd = cmdline.read(self.opts.cmdline)
-        ip_json = ""
-        if self.opts.root == Path("/"):
-            try:
-                ip_json = run(["ip", "-j", "addr", "show"])
-            except CommandFailed as exc:
-                log.warning("no addresses: %s", exc)
+        ip_json = self._wait_for_network() if self.opts.root == Path("/") else ""
         self.facts = facts.gather(self.opts.root, ip_json=ip_json, boot_mac=kcmd.boot_mac, agent_version=AGENT_VERSION)
         log.info(
             "facts in %.1fs: uuid %s fqdn %s, %s CPUs (%s), %s NICs, %s disks",
@@ -150,6 +146,36 @@ class Agent:
                 self.readiness.ready(f"not enrolled, retrying: {exc}")
                 self.stop.wait(self.opts.schedule.next_delay(self.opts.schedule.error_max, errors))
         self.shutdown()
+
+    def _wait_for_network(self) -> str:
+        """`ip -j addr` once an address is up, or after `network_wait` seconds.
+
+        The unit is not ordered after network-online.target: the interpreter's start-up (seconds on a
+        small or emulated node) then overlaps DHCP instead of following it, on the way to enrolment.
+        """
+        deadline = time.monotonic() + self.opts.network_wait
+        ip_json = ""
+        while not self.stop.is_set():
+            try:
+                ip_json = run(["ip", "-j", "addr", "show"])
+            except CommandFailed as exc:
+                log.warning("no addresses: %s", exc)
+                return ""
+            if facts.has_routable_address(facts.parse_ip_json(ip_json)):
+                self._wait_for_name(deadline)
+                break
+            if time.monotonic() > deadline:
+                log.warning("no routable address after %.0fs: going on without one", self.opts.network_wait)
+                break
+            self.stop.wait(0.25)
+        return ip_json
+
+    def _wait_for_name(self, deadline: float) -> None:
+        """The address can come a moment before networkd has set the hostname or saved the lease it came
+        with: give the name a few seconds, or the host would be recorded as `localhost`."""
+        until = min(deadline, time.monotonic() + 5.0)
+        while "." not in facts.names(self.opts.root)[1] and time.monotonic() < until and not self.stop.is_set():
+            self.stop.wait(0.25)
 
     def _session(self, kcmd: cmdline.KernelCmdline, node: wire.Facts) -> None:
         self._set(state=State.DISCOVER)

@@ -102,6 +102,19 @@ def parse_ip_json(text: str) -> dict[str, tuple[str, ...]]:
     return result
 
 
+def has_routable_address(addresses: dict[str, tuple[str, ...]]) -> bool:
+    """Any IPv4 or global IPv6 address outside loopback: DHCP (or static config) has done its part."""
+    for ifname, addrs in addresses.items():
+        if ifname == "lo":
+            continue
+        for cidr in addrs:
+            ip = cidr.split("/", 1)[0]
+            if ip.startswith("127.") or ip.lower().startswith("fe80:") or ip == "::1":
+                continue
+            return True
+    return False
+
+
 def nics(root: Path, addresses: dict[str, tuple[str, ...]], boot_mac: str = "") -> tuple[wire.Nic, ...]:
     """Physical Ethernet interfaces (those with a `device` link); bridges, taps, ifb and lo are left out."""
     found = []

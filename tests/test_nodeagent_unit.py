@@ -123,3 +123,30 @@ def test_facts_on_this_machine_with_the_system_python() -> None:
     f = json.loads(proc.stdout)
     assert f["cpu"]["count"] >= 1 and f["memory_bytes"] > 0 and f["kernel"]
     assert any(n["addresses"] for n in f["nics"]), f["nics"]  # this VM's eth0 has an address
+
+
+def test_a_routable_address_means_the_network_is_up() -> None:
+    up = json.dumps(
+        [
+            {"ifname": "lo", "addr_info": [{"local": "127.0.0.1", "prefixlen": 8}]},
+            {"ifname": "ens3", "addr_info": [{"local": "fe80::5054:ff:fe12:3456", "prefixlen": 64}]},
+        ]
+    )
+    assert not facts.has_routable_address(facts.parse_ip_json(up))  # loopback and link-local only: DHCP not done
+    leased = json.loads(up)
+    leased[1]["addr_info"].append({"local": "10.0.2.15", "prefixlen": 24})
+    assert facts.has_routable_address(facts.parse_ip_json(json.dumps(leased)))
+    v6 = [{"ifname": "ens3", "addr_info": [{"local": "2001:db8::15", "prefixlen": 64}]}]
+    assert facts.has_routable_address(facts.parse_ip_json(json.dumps(v6)))
+
+
+def test_the_dhcp_lease_names_the_node_before_the_resolver(tmp_path: Path) -> None:
+    (tmp_path / "proc/sys/kernel").mkdir(parents=True)
+    (tmp_path / "proc/sys/kernel/hostname").write_text("node4\n")  # what networkd set from DHCP
+    assert facts.names(tmp_path) == ("node4", "node4")  # no lease: the name as it is
+    leases = tmp_path / "run/systemd/netif/leases"
+    leases.mkdir(parents=True)
+    (leases / "2").write_text(
+        "# This is private data. Do not parse.\nADDRESS=10.0.2.15\nHOSTNAME=node4\nDOMAINNAME=rack1.example.test\n"
+    )
+    assert facts.names(tmp_path) == ("node4", "node4.rack1.example.test")
