@@ -11,8 +11,9 @@ import logging
 import queue
 import threading
 from dataclasses import dataclass
+from typing import Any, cast
 
-from sqlalchemy import Engine, select, update
+from sqlalchemy import CursorResult, Engine, select, update
 from sqlalchemy.orm import Session
 
 from appliance import hosts
@@ -126,10 +127,11 @@ def _host_down(session: Session, host: Host, change: HostDown) -> None:
     elif host.state is HostState.UNAVAILABLE:
         host.state_reason = change.reason  # why the latest attempt failed, for `drover host show`
     # The real state of its guests is unknown now; they are not stopped, nor running for all we know.
-    lost = session.execute(
+    marked = session.execute(
         update(Vm).where(Vm.host_id == host.id, Vm.state != VmState.UNREACHABLE)
         .values(state=VmState.UNREACHABLE, state_changed_at=utcnow())
-    ).rowcount  # fmt: skip
+    )  # fmt: skip
+    lost = cast("CursorResult[Any]", marked).rowcount
     # Only when something changed: a host that stays down is retried every few seconds, and an event
     # per failed attempt would bury everything else (some 1,800 rows an hour per dead host).
     if lost:

@@ -26,15 +26,15 @@ from typing import Any
 import pytest
 from sqlalchemy import Engine, func, select
 
-from appliance.db.engine import make_engine, session_scope
+from appliance.db.engine import session_scope
 from appliance.db.models import EnrolmentToken, Event, Host, HostNic, HostState, Vm, VmState
 from tests.lab.accel import Accel
-from tests.lab.appliance import LabAppliance, start_appliance
+from tests.lab.appliance import LabAppliance
 from tests.lab.guest import GuestImage, domain_xml
 from tests.lab.kdc import LabKdc
 from tests.lab.libvirtd import LabHosts, LabNode, NodeFactory, NodeFiles, NodeSettings, client_env, libvirtd_conf, virsh
-from tests.lab.net import free_port
 from tests.lab.nodeagent_peer import SYSTEM_PYTHON, read_state, start_agent, stop
+from tests.lab.rack import Lab, rack
 
 pytestmark = pytest.mark.lab
 
@@ -46,33 +46,13 @@ _CLIENT = (
 )
 
 
-@dataclass(frozen=True)
-class Lab:
-    served: LabAppliance
-    db: Engine
-    kdc: LabKdc
-    hosts: LabHosts
-    nodes: NodeFactory
-    libvirt_port: int
-
-
 @pytest.fixture(scope="module")
 def lab(
     kdc: LabKdc, lab_hosts: LabHosts, libvirt_nodes: NodeFactory, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Lab]:
-    # Every lab node of this module listens on the same port on its own loopback address, as real nodes
-    # all listen on 16509: the appliance is told that port, nothing is poked into its database.
-    port = free_port()
-    served = start_appliance(
-        kdc,
-        tmp_path_factory.mktemp("e2e-appliance"),
-        extra_env={**lab_hosts.env, "DROVER_NODES_HEARTBEAT_SECONDS": "1", "DROVER_NODES_LIBVIRT_PORT": str(port)},
-    )
-    assert served.drover("user", "add", ADMIN, "--role", "admin").returncode == 0
-    engine = make_engine(served.database_url)
-    yield Lab(served, engine, kdc, lab_hosts, libvirt_nodes, port)
-    engine.dispose()
-    served.stop()
+    state = tmp_path_factory.mktemp("e2e-appliance")
+    with rack(kdc, lab_hosts, libvirt_nodes, state, {ADMIN: "admin"}, {"DROVER_NODES_HEARTBEAT_SECONDS": "1"}) as lab:
+        yield lab
 
 
 class RestartServer:

@@ -35,7 +35,7 @@ from tests.lab.appliance import LabAppliance, start_appliance
 from tests.lab.guest import GuestImage, domain_xml
 from tests.lab.kdc import APPLIANCE_HOST, LabKdc
 from tests.lab.libvirtd import LabHosts, LabNode, NodeFactory, client_env, virsh
-from tests.lab.net import free_port
+from tests.lab.rack import Lab, rack
 from tests.test_enrolment import facts
 
 pytestmark = pytest.mark.lab
@@ -44,33 +44,13 @@ ADMIN = "lc-admin"
 MONITOR = "lc-monitor"
 
 
-@dataclass(frozen=True)
-class Lab:
-    served: LabAppliance
-    db: Engine
-    kdc: LabKdc
-    hosts: LabHosts
-    nodes: NodeFactory
-    libvirt_port: int
-
-
 @pytest.fixture(scope="module")
 def lab(
     kdc: LabKdc, lab_hosts: LabHosts, libvirt_nodes: NodeFactory, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Lab]:
-    # Every lab node of this module listens on one port on its own loopback address, as real nodes on 16509.
-    port = free_port()
-    served = start_appliance(
-        kdc,
-        tmp_path_factory.mktemp("lifecycle"),
-        extra_env={**lab_hosts.env, "DROVER_NODES_LIBVIRT_PORT": str(port)},
-    )
-    assert served.drover("user", "add", ADMIN, "--role", "admin").returncode == 0
-    assert served.drover("user", "add", MONITOR, "--role", "monitor").returncode == 0
-    engine = make_engine(served.database_url)
-    yield Lab(served, engine, kdc, lab_hosts, libvirt_nodes, port)
-    engine.dispose()
-    served.stop()
+    users = {ADMIN: "admin", MONITOR: "monitor"}
+    with rack(kdc, lab_hosts, libvirt_nodes, tmp_path_factory.mktemp("lifecycle"), users) as lab:
+        yield lab
 
 
 def wait_for(what: str, check: Callable[[], bool], timeout: float) -> float:
