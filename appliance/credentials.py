@@ -14,6 +14,10 @@ from appliance.kerberos.kadmin import check_principal
 from appliance.kerberos.realm import APPLIANCE_CLIENT, Realm
 from nodeagent import wire
 
+# Who a node's libvirtd lets in over SASL GSSAPI: the appliance's own principal (its default-realm name).
+# Sent with the credentials, and on the iPXE kernel line so libvirtd can start configured at boot.
+LIBVIRT_ALLOWED_USERS: tuple[str, ...] = (APPLIANCE_CLIENT,)
+
 log = logging.getLogger(__name__)
 
 
@@ -55,5 +59,5 @@ def issue(cfg: Config, realm: Realm, fqdn: str, reached_as: str) -> wire.Credent
         realm=realm.name,
         krb5_conf=node_krb5_conf(cfg, realm.name, reached_as),
         keytab_b64=base64.b64encode(keytab).decode("ascii"),
-        allowed_users=(APPLIANCE_CLIENT,),
+        allowed_users=LIBVIRT_ALLOWED_USERS,
     )

@@ -91,6 +91,7 @@ class Agent:
         }
         self.started = time.monotonic()
         self.readiness = Readiness(opts.ready_deadline)
+        self.prepared = False  # libvirtd set up from the kernel command line before enrolment (see _prepare)
 
     # --- state file ---------------------------------------------------------------------------
 
@@ -117,6 +118,7 @@ class Agent:
         self._set(pid=os.getpid())
         self.readiness.start()
         kcmd = cmdline.read(self.opts.cmdline)
+        self._prepare(kcmd)
         ip_json = self._wait_for_network() if self.opts.root == Path("/") else ""
         self.facts = facts.gather(self.opts.root, ip_json=ip_json, boot_mac=kcmd.boot_mac, agent_version=AGENT_VERSION)
         log.info(
@@ -146,6 +148,20 @@ class Agent:
                 self.readiness.ready(f"not enrolled, retrying: {exc}")
                 self.stop.wait(self.opts.schedule.next_delay(self.opts.schedule.error_max, errors))
         self.shutdown()
+
+    def _prepare(self, kcmd: cmdline.KernelCmdline) -> None:
+        """With drover.libvirt_allow on the kernel line, set libvirtd up for Kerberos on TCP now, with an
+        empty keytab, and let systemd start it: it starts once, while the node is still getting an address
+        and enrolling, and takes the real keytab when identify brings it (read at each authentication)."""
+        if not kcmd.libvirt_allow:
+            return
+        with self.lock:
+            credentials.ensure_keytab(self.creds_paths.keytab)
+            libvirtd.configure(self.libvirtd_paths, self.creds_paths.keytab, kcmd.libvirt_allow)
+            self._restart()
+            self.prepared = not self.restart_failed
+        if self.prepared:
+            self.readiness.ready(f"libvirtd set up for {','.join(kcmd.libvirt_allow)} from the kernel command line")
 
     def _wait_for_network(self) -> str:
         """`ip -j addr` once an address is up, or after `network_wait` seconds.
@@ -245,10 +261,12 @@ class Agent:
     def _apply(self, creds: wire.Credentials) -> None:
         with self.lock:
             self._set(state=State.CONFIGURE)
-            changed = credentials.install(creds, self.creds_paths)
-            changed |= libvirtd.configure(self.libvirtd_paths, self.creds_paths.keytab, creds.allowed_users)
+            credentials.install(creds, self.creds_paths)
+            reconfigured = libvirtd.configure(self.libvirtd_paths, self.creds_paths.keytab, creds.allowed_users)
             self.creds = creds
-            if changed or not self._libvirt_ready():
+            # libvirtd reads the keytab and krb5.conf at every authentication: new keys need no restart,
+            # only a changed libvirtd config does (or a libvirtd we have not started on this config).
+            if reconfigured or not (self.prepared or self._libvirt_ready()):
                 self._restart()
             # libvirtd may start now (at boot it waits for this); announcing and watching can follow.
             self.readiness.ready(f"Kerberos as {creds.principal}")
@@ -299,9 +317,10 @@ class Agent:
                 return  # our own atomic write, or a change that was already undone
             log.warning("%s was changed or deleted behind our back: re-installing", path)
             credentials.install(creds, self.creds_paths)
-            libvirtd.configure(self.libvirtd_paths, self.creds_paths.keytab, creds.allowed_users)
+            reconfigured = libvirtd.configure(self.libvirtd_paths, self.creds_paths.keytab, creds.allowed_users)
             self._set(reinstalls=self.status["reinstalls"] + 1)
-            self._restart()
+            if reconfigured:  # a keytab or krb5.conf put back is read at the next authentication
+                self._restart()
 
     def _libvirt_ready(self) -> bool:
         if self.creds is None:

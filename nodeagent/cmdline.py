@@ -28,6 +28,9 @@ class KernelCmdline:
     token: str = ""  # drover.token: one-time enrolment token
     ca_sha256: str = ""  # drover.ca: 64 lowercase hex digits, SHA-256 of the CA certificate's DER
     boot_mac: str = ""  # from BOOTIF, normalized aa:bb:cc:dd:ee:ff
+    # drover.libvirt_allow: SASL user names libvirtd lets in (the appliance's principal), so libvirtd
+    # can start at boot already configured, before enrolment brings the keytab
+    libvirt_allow: tuple[str, ...] = ()
     params: dict[str, str] = field(default_factory=dict)  # every key=value (last one wins)
 
 
@@ -53,6 +56,14 @@ def parse_bootif(value: str) -> str:
         raise CmdlineError(f"BOOTIF: not a MAC address: {value!r}") from None
 
 
+def parse_users(value: str) -> tuple[str, ...]:
+    users = tuple(u for u in value.split(",") if u)
+    for user in users:
+        if not re.fullmatch(r"[A-Za-z0-9._/@-]{1,256}", user):
+            raise CmdlineError(f"drover.libvirt_allow: not a SASL user name: {user!r}")
+    return users
+
+
 def parse(text: str) -> KernelCmdline:
     try:
         words = shlex.split(text)  # the kernel honours double quotes around values
@@ -70,6 +81,7 @@ def parse(text: str) -> KernelCmdline:
         token=params.get("drover.token", ""),
         ca_sha256=parse_fingerprint(params["drover.ca"]) if params.get("drover.ca") else "",
         boot_mac=parse_bootif(params["BOOTIF"]) if params.get("BOOTIF") else "",
+        libvirt_allow=parse_users(params.get("drover.libvirt_allow", "")),
         params=params,
     )
 

@@ -15,6 +15,7 @@ log = logging.getLogger(__name__)
 
 KEYTAB_MODE = 0o600
 KRB5_CONF_MODE = 0o644
+EMPTY_KEYTAB = b"\x05\x02"  # the MIT keytab header and no entries
 
 
 class CredentialsError(ValueError):
@@ -35,7 +36,7 @@ def keytab_bytes(creds: wire.Credentials) -> bytes:
         data = base64.b64decode(creds.keytab_b64, validate=True)
     except binascii.Error as exc:
         raise CredentialsError(f"keytab_b64: not base64: {exc}") from None
-    if data[:2] != b"\x05\x02":  # MIT keytab file format version 0x0502
+    if data[:2] != EMPTY_KEYTAB:  # MIT keytab file format version 0x0502
         raise CredentialsError("keytab_b64: not a version 2 keytab")
     return data
 
@@ -48,7 +49,7 @@ def installed(creds: wire.Credentials, paths: CredentialPaths) -> bool:
 
 
 def install(creds: wire.Credentials, paths: CredentialPaths) -> bool:
-    """Write what differs; return True when anything changed (libvirtd then needs a restart)."""
+    """Write what differs; return True when anything changed."""
     keytab = keytab_bytes(creds)
     changed = False
     if not same_content(paths.krb5_conf, creds.krb5_conf.encode(), KRB5_CONF_MODE):
@@ -60,3 +61,12 @@ def install(creds: wire.Credentials, paths: CredentialPaths) -> bool:
     if changed:
         log.info("installed keytab for %s at %s (0600) and %s", creds.principal, paths.keytab, paths.krb5_conf)
     return changed
+
+
+def ensure_keytab(path: Path) -> bool:
+    """An empty keytab where there is none, so libvirtd's SASL GSSAPI plugin loads (it refuses to start
+    without a readable keytab file) before enrolment brings the real one. True when one was written."""
+    if path.exists():
+        return False
+    write_atomic(path, EMPTY_KEYTAB, KEYTAB_MODE)
+    return True

@@ -121,6 +121,7 @@ def test_script_carries_url_pin_and_a_token_good_once_for_that_mac(served: Serve
     assert args["root"] == f"live:{origin}/boot/images/rootfs.squashfs"
     assert args["drover.appliance"] == origin
     assert args["BOOTIF"] == "01-" + MAC.replace(":", "-")
+    assert args["drover.libvirt_allow"] == "drover"  # libvirtd can start configured before enrolment
     assert re.fullmatch(r"drv1\.[0-9a-f]{16}\.[A-Za-z0-9_-]+", args["drover.token"])
     # The pin matches the CA the boot port hands out, which the HTTPS node API is signed by.
     ca = served.boot.get("/boot/ca.pem")

@@ -161,11 +161,11 @@ class FakeNode:
             (net / name / "type").write_text("1\n")
             (net / name / "speed").write_text("1000\n")
 
-    def cmdline(self, appliance: LabAppliance, token: str, ca: str, bootif: str) -> None:
+    def cmdline(self, appliance: LabAppliance, token: str, ca: str, bootif: str, extra: str = "") -> None:
         token_arg = f" drover.token={token}" if token else ""
         (self.tmp / "cmdline").write_text(
             f"BOOT_IMAGE=vmlinuz drover.appliance=http://127.0.0.1:{appliance.boot_port}{token_arg} "
-            f"drover.ca={ca} BOOTIF={bootif} quiet\n"
+            f"drover.ca={ca} BOOTIF={bootif} {extra} quiet\n"
         )
 
     def start_agent(self) -> Any:
@@ -489,3 +489,28 @@ def test_a_failed_libvirtd_restart_is_retried_until_the_host_is_available(
         stop(agent)
     assert node.restarter.fail_next == 0 and node.restarter.restarts == 1
     assert node.log.read_text().count("restarting libvirtd failed") == 2
+
+
+def test_libvirtd_set_up_from_the_kernel_line_takes_the_keytab_without_a_restart(
+    lab: Lab, make_node: Callable[[str, str], FakeNode]
+) -> None:
+    """drover.libvirt_allow (the boot service puts it on every node's kernel line): the agent configures
+    libvirtd with an empty keytab and starts it before it even has an address; the keytab identify brings
+    is read at the appliance's first authentication. libvirtd starts once, and never again."""
+    fqdn, dmi_uuid = "node13.example.test", str(uuid.uuid4())
+    node = make_node(fqdn, dmi_uuid)
+    node.facts_tree({"ens3": "52:54:00:e2:e0:5d"})
+    token, ca = mint(lab)
+    node.cmdline(lab.served, token, ca, "01-52-54-00-e2-e0-5d", extra="drover.libvirt_allow=drover")
+    keytab = node.conf / "etc/libvirt/krb5.tab"
+    agent = node.start_agent()
+    try:
+        wait_for("libvirtd started before enrolment", lambda: node.restarter.restarts == 1, 30, node.log)
+        took = wait_for("host available", lambda: host_state(lab.db, dmi_uuid) is HostState.AVAILABLE, 30, node.log)
+        print(f"libvirtd prepared from the kernel line; available {took:.2f}s later")
+    finally:
+        stop(agent)
+    assert node.restarter.restarts == 1  # the start before enrolment; the keytab needed no restart
+    assert len(keytab.read_bytes()) > 2  # the real keytab replaced the empty one
+    text = node.log.read_text()
+    assert text.index("from the kernel command line") < text.index("identified as host")

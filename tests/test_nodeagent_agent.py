@@ -129,11 +129,16 @@ def test_accepted_node_installs_credentials_heartbeats_and_stops_on_sigterm(tmp_
         assert all(0.7 < g < 1.6 for g in normal), gaps  # 1 s +-20% jitter, plus request time
         assert len({round(g, 2) for g in normal}) > 1, gaps  # jitter: not a fixed period
 
-        # pyinotify: deleting the keytab puts it back (and restarts libvirtd again)
+        # pyinotify: deleting the keytab puts it back; libvirtd reads it at each authentication: no restart
         keytab.unlink()
         wait_for(keytab.exists, 10, "keytab re-installed", log)
         assert keytab.read_bytes() == KEYTAB and keytab.stat().st_mode & 0o777 == 0o600
         wait_for(lambda: read_state(state).get("reinstalls") == 1, 5, "reinstall counted", log)
+        # ... while an edited libvirtd.conf is put back and libvirtd restarted on it
+        libvirtd_conf_path = conf / "etc/libvirt/libvirtd.conf"
+        libvirtd_conf_path.write_text(libvirtd_conf_path.read_text().replace('auth_tcp = "sasl"', 'auth_tcp = "none"'))
+        wait_for(lambda: read_state(state).get("reinstalls") == 2, 10, "libvirtd.conf re-installed", log)
+        assert 'auth_tcp = "sasl"' in libvirtd_conf_path.read_text()
         wait_for(lambda: len((tmp_path / "restarts.log").read_text().splitlines()) == 2, 5, "second restart", log)
     finally:
         took = stop(agent)

@@ -19,16 +19,28 @@ def test_cmdline_parses_drover_params_and_bootif(tmp_path: Path) -> None:
     path = tmp_path / "cmdline"
     path.write_text(
         f"BOOT_IMAGE=/vmlinuz root=live:http://x/rootfs.squashfs drover.appliance=http://10.0.2.2:8081/ "
-        f'drover.token=drv1.abc drover.ca={FP} BOOTIF=01-52-54-00-12-34-56 quiet x="a b"\n'
+        f'drover.token=drv1.abc drover.ca={FP} BOOTIF=01-52-54-00-12-34-56 quiet x="a b" '
+        "drover.libvirt_allow=drover,ops/admin@EXAMPLE.TEST\n"
     )
     k = cmdline.read(path)
+    assert k.libvirt_allow == ("drover", "ops/admin@EXAMPLE.TEST")
     assert k.appliance == "http://10.0.2.2:8081" and k.token == "drv1.abc"
     assert k.ca_sha256 == "ab" * 32 and k.boot_mac == "52:54:00:12:34:56"
     assert k.params["x"] == "a b" and k.params["quiet"] == ""
     assert cmdline.parse("quiet") == cmdline.KernelCmdline(params={"quiet": ""})
 
 
-@pytest.mark.parametrize("text", ["drover.ca=md5:00", "drover.ca=sha256:abcd", "BOOTIF=01-zz", "drover.appliance=x"])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "drover.ca=md5:00",
+        "drover.ca=sha256:abcd",
+        "BOOTIF=01-zz",
+        "drover.appliance=x",
+        "drover.libvirt_allow=drover,a'b",
+        'drover.libvirt_allow="x y"',
+    ],
+)
 def test_cmdline_refuses_malformed_drover_params(text: str) -> None:
     with pytest.raises(cmdline.CmdlineError):
         cmdline.parse(text)

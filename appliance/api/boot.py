@@ -2,7 +2,8 @@
 
 - GET /boot/ca.pem                 the appliance's CA (the node pins it against drover.ca=sha256:...)
 - GET /boot/boot.ipxe              a static chain script: asks for /boot/ipxe?mac=<the booting NIC's MAC>
-- GET /boot/ipxe?mac=MAC           the node's script: kernel line with drover.appliance, drover.ca, BOOTIF
+- GET /boot/ipxe?mac=MAC           the node's script: kernel line with drover.appliance, drover.ca,
+                                   drover.libvirt_allow, BOOTIF
                                    and (when [boot] auto_token allows) a fresh one-time token bound to MAC
 - GET|HEAD /boot/images/NAME       an artifact listed in the served image's manifest.json (Range works)
 
@@ -29,6 +30,7 @@ from appliance import bootimage
 from appliance.api.nodes import ca_route
 from appliance.api.state import database
 from appliance.config import Config
+from appliance.credentials import LIBVIRT_ALLOWED_USERS
 from appliance.db import tokens
 from appliance.db.engine import session_scope
 from appliance.db.models import Event, HostNic
@@ -97,7 +99,12 @@ class BootService:
         return PlainTextResponse(text, headers={"Cache-Control": "no-store"})
 
     def _script(self, mac: str, origin: str, client: str) -> str:
-        args = [f"drover.appliance={origin}", f"drover.ca={self.fingerprint}", f"BOOTIF=01-{mac.replace(':', '-')}"]
+        args = [
+            f"drover.appliance={origin}",
+            f"drover.ca={self.fingerprint}",
+            f"drover.libvirt_allow={','.join(LIBVIRT_ALLOWED_USERS)}",
+            f"BOOTIF=01-{mac.replace(':', '-')}",
+        ]
         refusal = self.token_refusal(mac)
         with session_scope(self.engine) as s:
             if refusal:
