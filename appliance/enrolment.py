@@ -80,9 +80,12 @@ def identify(session: Session, request: wire.IdentifyRequest, issue: Issuer, hea
         status, message = wire.IdentifyStatus.PENDING, "recorded; waiting for an admin: drover host approve"
     session.flush()
     hosts.lock(session, host.id)  # the state as committed now, not as read before: see hosts.lock
-    if host.state is not HostState.MAINTENANCE:
+    live = credentials is not None and host.state is HostState.AVAILABLE and host.libvirt_connected
+    if host.state is not HostState.MAINTENANCE and not live:
         hosts.set_state(session, host, HostState.PENDING, "identified")
-    # else: a host rebooted during its maintenance (the usual reason for one) stays there until activated.
+    # else: a host rebooted during its maintenance (the usual reason for one) stays there until activated;
+    # and an agent that identifies again while the host browser's session to its libvirtd is up (the agent
+    # restarted, not the node) leaves the host available: libvirtd reads the new keytab at the next login.
     host.last_heartbeat_at = utcnow()
     session.flush()
     log.info("identify %s (%s): %s, NICs %s", host.hostname, host.uuid, status, nics.describe())
