@@ -19,11 +19,11 @@ import httpx
 import pytest
 from sqlalchemy import Engine, select
 
-from appliance.db.engine import make_engine, session_scope
+from appliance.db.engine import session_scope
 from appliance.db.models import Event, Host, HostState, Vm, VmState
 from nodeagent import wire
 from tests.lab.accel import Accel
-from tests.lab.appliance import LabAppliance, start_appliance
+from tests.lab.appliance import LabAppliance, admin_appliance
 from tests.lab.guest import GuestImage, domain_xml
 from tests.lab.kdc import LabKdc
 from tests.lab.libvirtd import LabHosts, LabNode, NodeFactory, client_env, virsh
@@ -38,17 +38,8 @@ CONNECT_TIMEOUT = 3  # [hostbrowser] connect_timeout_seconds of this module's ap
 def served(kdc: LabKdc, lab_hosts: LabHosts, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LabAppliance]:
     # nss_wrapper in the server's environment: its host browser resolves lab node names as the CLI does.
     env = {**lab_hosts.env, "DROVER_HOSTBROWSER_CONNECT_TIMEOUT_SECONDS": str(CONNECT_TIMEOUT)}
-    lab = start_appliance(kdc, tmp_path_factory.mktemp("served"), extra_env=env)
-    assert lab.drover("user", "add", "boss", "--role", "admin").returncode == 0
-    yield lab
-    lab.stop()
-
-
-@pytest.fixture(scope="module")
-def db(served: LabAppliance) -> Iterator[Engine]:
-    engine = make_engine(served.database_url)
-    yield engine
-    engine.dispose()
+    with admin_appliance(kdc, tmp_path_factory.mktemp("served"), env) as lab:
+        yield lab
 
 
 def pinned_ca(lab: LabAppliance) -> ssl.SSLContext:

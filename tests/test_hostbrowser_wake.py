@@ -19,10 +19,10 @@ import httpx
 import pytest
 from sqlalchemy import Engine, select
 
-from appliance.db.engine import make_engine, session_scope
+from appliance.db.engine import session_scope
 from appliance.db.models import Host, HostState, VmState
 from nodeagent import wire
-from tests.lab.appliance import ROOT, LabAppliance, start_appliance
+from tests.lab.appliance import ROOT, LabAppliance, admin_appliance
 from tests.lab.guest import GuestImage, domain_xml
 from tests.lab.kdc import LabKdc
 from tests.lab.libvirtd import LabHosts, LabNode, NodeFactory, client_env, virsh
@@ -42,17 +42,8 @@ def served(kdc: LabKdc, lab_hosts: LabHosts, tmp_path_factory: pytest.TempPathFa
         "DROVER_HOSTBROWSER_SCAN_SECONDS": str(SLOW),
         "DROVER_HOSTBROWSER_RECONNECT_SECONDS": str(SLOW),
     }
-    lab = start_appliance(kdc, tmp_path_factory.mktemp("wake"), extra_env=env)
-    assert lab.drover("user", "add", "boss", "--role", "admin").returncode == 0
-    yield lab
-    lab.stop()
-
-
-@pytest.fixture(scope="module")
-def db(served: LabAppliance) -> Iterator[Engine]:
-    engine = make_engine(served.database_url)
-    yield engine
-    engine.dispose()
+    with admin_appliance(kdc, tmp_path_factory.mktemp("wake"), env) as lab:
+        yield lab
 
 
 class EnrolledNode:

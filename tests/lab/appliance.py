@@ -13,12 +13,15 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 import pytest
+from sqlalchemy import Engine
 
+from appliance.db.engine import make_engine
 from tests.lab.kdc import APPLIANCE_HOST, LabKdc
 from tests.lab.net import etc_hosts_twin, free_port
 from tests.lab.proc import terminate
@@ -181,3 +184,26 @@ def appliance(kdc: LabKdc, tmp_path_factory: pytest.TempPathFactory) -> Iterator
     lab = start_appliance(kdc, tmp_path_factory.mktemp("appliance"))
     yield lab
     lab.stop()
+
+
+ADMIN = "boss"  # the lab's admin principal in appliances started by admin_appliance()
+
+
+@contextmanager
+def admin_appliance(kdc: LabKdc, state_dir: Path, extra_env: dict[str, str]) -> Iterator[LabAppliance]:
+    """start_appliance() with ADMIN holding the admin role, stopped at the end of the block."""
+    lab = start_appliance(kdc, state_dir, extra_env=extra_env)
+    try:
+        added = lab.drover("user", "add", ADMIN, "--role", "admin")
+        assert added.returncode == 0, added.stdout + added.stderr
+        yield lab
+    finally:
+        lab.stop()
+
+
+@pytest.fixture(scope="module")
+def db(served: LabAppliance) -> Iterator[Engine]:
+    """The database of the module's own `served` appliance."""
+    engine = make_engine(served.database_url)
+    yield engine
+    engine.dispose()
