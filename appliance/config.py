@@ -61,14 +61,17 @@ class ApiConfig:
     port: int = 8080
     # How clients reach the API; empty means http://<kerberos.hostname>:<port>.
     url: str = ""
+    # Request bodies over this are refused (413) before authentication reads anything.
+    max_body_bytes: int = 1024 * 1024
 
 
 @dataclass(frozen=True)
 class NodesConfig:
     """The node-facing side: HTTPS identify/heartbeat with the appliance's own CA, plain HTTP boot files."""
 
-    # Nodes reach the appliance over the network, so unlike the API this listens everywhere by default.
-    listen: str = "0.0.0.0"
+    # The appliance's address on the provisioning network, where nodes PXE-boot and identify. Loopback by
+    # default: listening everywhere would offer enrolment on every network the appliance is on.
+    listen: str = "127.0.0.1"
     port: int = 8443  # HTTPS: POST /node/v1/identify, /node/v1/heartbeat
     boot_port: int = 8081  # plain HTTP: GET /boot/ca.pem (checked by the node against drover.ca=sha256:...)
     # Extra names and addresses in the server certificate, comma separated (e.g. 10.0.2.2 for qemu user-net).
@@ -78,6 +81,8 @@ class NodesConfig:
     libvirt_port: int = 16509  # where nodes' libvirtd listens for qemu+tcp, unless a host row says otherwise
     heartbeat_seconds: int = 10
     max_body_bytes: int = 256 * 1024
+    # Identify requests a minute from one source address (0: no limit); past it: 429.
+    identify_per_minute: int = 60
 
 
 @dataclass(frozen=True)
@@ -87,12 +92,12 @@ class BootConfig:
     # The image directory served (a `drover image build --out` dir with manifest.json); empty means
     # <state_dir>/images/current, the symlink `drover boot use DIR` points at the image to serve.
     image_dir: str = ""
-    # Put a fresh one-time enrolment token, bound to the booting MAC, on each iPXE script's kernel
-    # line; false: no token, every node identifies as `pending` and waits for `drover host approve`.
-    auto_token: bool = True
+    # Lifetime of the one-time token on an iPXE kernel line. Tokens go only to enrolled hosts rebooting
+    # (bound to their DMI UUID) and to machines booting inside an enrolment window (`drover host enrol`);
+    # any other machine identifies without one and waits as `pending` for `drover host approve`.
     token_ttl_seconds: int = 3600
-    # Comma-separated MACs that get a token; empty: every MAC (when auto_token is on).
-    allow_macs: str = ""
+    # Per-MAC boot scripts a minute from one source address (0: no limit); past it: 429.
+    scripts_per_minute: int = 30
 
 
 @dataclass(frozen=True)

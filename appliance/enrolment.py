@@ -1,13 +1,19 @@
-"""What identify and heartbeat do to the database: tokens, approval, the per-boot agent token, credentials.
+"""What identify and heartbeat do to the database: tokens, claims, approval, the agent token, credentials.
 
-Rules:
+Rules (the trust model is in the README: a PXE client cannot prove who it is):
+- An enrolled host whose libvirt session is up is alive: an identify with its DMI UUID, its FQDN or one
+  of its MACs comes from a second machine and is refused, with a warning event. Nothing changes.
 - identify with a token: the token must be valid for this node (single use, unexpired, bound UUID/MAC);
-  the host is recorded, approved and gets credentials at once. A refused token changes nothing.
-- identify without a token: a new or still-pending host is recorded `pending` with no credentials; an
-  already enrolled host is refused (its DMI UUID is not a secret; re-enrolling needs a token).
+  re-enrolling an enrolled host (its stateless reboot) needs a token bound to that host's UUID. The
+  host is recorded, approved and gets credentials (a new key) at once. A refused token changes nothing.
+- identify without a token: a new or pending host gets a *claim* (facts, source address, its own agent
+  token) and waits as `pending`; an enrolled host is refused. A second machine's claim never replaces
+  the first one: with two live claims the admin must say which one to approve.
 - a host in maintenance stays in maintenance through identify (a reboot); only `activate` ends it.
-- heartbeat: must carry this boot's agent token; an approved host whose credentials are not yet
-  handed out (an admin approved it while pending) gets them, once.
+- heartbeat: must carry the agent token of the host's approved agent or of one of its claims; an
+  approved host whose credentials are not yet handed out (an admin approved it while pending) gets them, once.
+Nothing an unauthenticated client sends creates a Kerberos principal: credentials are issued only
+after a valid token or an admin's approval.
 """
 
 from __future__ import annotations
@@ -18,20 +24,25 @@ import logging
 import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import timedelta
 
+from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
 from appliance import hosts
 from appliance.db import tokens
 from appliance.db.base import utcnow
-from appliance.db.models import Host, HostState, Severity
-from appliance.errors import AuthError, Conflict
+from appliance.db.models import Event, Host, HostClaim, HostNic, HostState, Severity
+from appliance.errors import AuthError, Conflict, IdentityConflict, NotFound
+from appliance.text import shown
 from nodeagent import wire
 
 log = logging.getLogger(__name__)
 
 # Makes the node's credentials; called inside the transaction, so a kadmin failure rolls everything back.
 Issuer = Callable[[str], wire.Credentials]
+
+CLAIM_LIVE_BEATS = 3  # a claim unheard of for this many heartbeat intervals is a machine that went away
 
 
 @dataclass(frozen=True)
@@ -44,51 +55,80 @@ def _hash(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
-def _new_agent_token(host: Host) -> str:
+def _new_agent_token() -> tuple[str, str]:
     token = secrets.token_urlsafe(32)
-    host.agent_token_hash = _hash(token)
-    return token
+    return token, _hash(token)
 
 
-def identify(session: Session, request: wire.IdentifyRequest, issue: Issuer, heartbeat_seconds: int) -> Identified:
+def identify(
+    session: Session, request: wire.IdentifyRequest, issue: Issuer, heartbeat_seconds: int, source: str = ""
+) -> Identified:
     facts = request.facts
     existing = hosts.by_uuid(session, facts.uuid)
+    if existing is not None:
+        existing = hosts.lock(session, existing.id)  # decided on the committed row: see hosts.lock
+    enrolled = existing is not None and existing.approved_at is not None
+    if existing is not None and enrolled and existing.libvirt_connected:
+        raise IdentityConflict(
+            f"host {existing.hostname} ({existing.uuid}) is enrolled and its libvirtd answers the appliance: "
+            "a second machine claims its DMI UUID",
+            "if the enrolled machine was replaced, power it off (or `drover host remove` it) first",
+            host_id=existing.id,
+            subject=existing.hostname,
+        )
+    check_unique(session, facts)
     if request.token:
         # Consumed before the host row is touched: a refusal raises, and the caller's rollback
         # leaves hosts, NICs, events and the token exactly as they were.
         token = tokens.consume(session, request.token, host_uuid=facts.uuid, mac=facts.boot_mac or None)
+        if enrolled and token.host_uuid != facts.uuid:
+            log.warning("token %s is not bound to enrolled host %s: refused", token.selector, facts.uuid)
+            raise tokens.TokenRefused(tokens.Refusal.WRONG_HOST)
         host, created, nics = hosts.record(session, facts)
         token.used_by_host_id = host.id
         host.approved_at, host.approved_by = utcnow(), f"token {token.selector}"
         credentials = issue(hosts.fqdn_of(facts))
         host.credentials_issued_at = utcnow()
-        agent_token = _new_agent_token(host)
-        hosts.event(session, host, "host.identified", f"accepted with token {token.selector}; NICs {nics.describe()}")
+        agent_token, host.agent_token_hash = _new_agent_token()
+        session.execute(delete(HostClaim).where(HostClaim.host_id == host.id))
+        hosts.event(session, host, "host.identified",
+                    f"accepted with token {token.selector} from {source or '?'}; NICs {nics.describe()}")  # fmt: skip
         status, message = wire.IdentifyStatus.ACCEPTED, "enrolled"
     else:
-        if existing is not None and existing.approved_at is not None:
+        if existing is not None and enrolled:
             raise Conflict(
                 f"host {facts.uuid} is already enrolled; identifying again needs an enrolment token",
-                "boot it with a fresh token (`drover host token`)",
+                "boot it with a fresh token (`drover host token`), or from the boot service",
             )
-        host, created, nics = hosts.record(session, facts)
+        if existing is None:
+            host, created, nics = hosts.record(session, facts)
+        else:
+            host, created, nics = existing, False, hosts.NicChanges()  # the first claim's facts stay on the row
         credentials = None
-        agent_token = _new_agent_token(host)
-        hosts.event(
-            session, host, "host.pending", f"identified without a token; NICs {nics.describe()}", Severity.WARNING
-        )
+        agent_token, claim = _claim(session, host, facts, source)
+        rivals = [c for c in live_claims(session, host, heartbeat_seconds) if c.id != claim.id]
+        if rivals:
+            hosts.event(
+                session,
+                host,
+                "host.claim_conflict",
+                f"{len(rivals) + 1} machines claim pending host {host.hostname}: {describe_claim(claim)}; "
+                + "; ".join(describe_claim(c) for c in rivals)
+                + " — approve one with `drover host approve HOST --claim ID`",
+                Severity.WARNING,
+            )
+        else:
+            hosts.event(session, host, "host.pending",
+                        f"identified without a token ({describe_claim(claim)}); NICs {nics.describe()}",
+                        Severity.WARNING)  # fmt: skip
         status, message = wire.IdentifyStatus.PENDING, "recorded; waiting for an admin: drover host approve"
     session.flush()
-    hosts.lock(session, host.id)  # the state as committed now, not as read before: see hosts.lock
-    live = credentials is not None and host.state is HostState.AVAILABLE and host.libvirt_connected
-    if host.state is not HostState.MAINTENANCE and not live:
+    if host.state is not HostState.MAINTENANCE:
         hosts.set_state(session, host, HostState.PENDING, "identified")
-    # else: a host rebooted during its maintenance (the usual reason for one) stays there until activated;
-    # and an agent that identifies again while the host browser's session to its libvirtd is up (the agent
-    # restarted, not the node) leaves the host available: libvirtd reads the new keytab at the next login.
+    # else: a host rebooted during its maintenance (the usual reason for one) stays there until activated.
     host.last_heartbeat_at = utcnow()
     session.flush()
-    log.info("identify %s (%s): %s, NICs %s", host.hostname, host.uuid, status, nics.describe())
+    log.info("identify %s (%s) from %s: %s, NICs %s", host.hostname, host.uuid, source, status, nics.describe())
     response = wire.IdentifyResponse(
         status=status,
         host_id=host.id,
@@ -100,12 +140,96 @@ def identify(session: Session, request: wire.IdentifyRequest, issue: Issuer, hea
     return Identified(response, created)
 
 
+def check_unique(session: Session, facts: wire.Facts) -> None:
+    """Refuse facts naming an FQDN or a MAC that belongs to another enrolled host (IdentityConflict)."""
+    name = hosts.fqdn_of(facts)
+    other = session.scalars(
+        select(Host).where(Host.hostname == name, Host.approved_at.is_not(None), Host.uuid != facts.uuid)
+    ).first()
+    if other is not None:
+        raise IdentityConflict(
+            f"host name {name} belongs to enrolled host {other.id} ({other.uuid}); machine {facts.uuid} claims it",
+            "names are unique among enrolled hosts: if that machine was replaced, `drover host remove` it first",
+            host_id=other.id,
+            subject=name,
+        )
+    macs = sorted({nic.mac for nic in facts.nics} | ({facts.boot_mac} if facts.boot_mac else set()))
+    if not macs:
+        return
+    clash = session.execute(
+        select(HostNic.mac, Host)
+        .join(Host, HostNic.host_id == Host.id)
+        .where(HostNic.mac.in_(macs), Host.approved_at.is_not(None), Host.uuid != facts.uuid)
+    ).first()
+    if clash is not None:
+        mac, owner = clash
+        raise IdentityConflict(
+            f"MAC {mac} belongs to enrolled host {owner.hostname} ({owner.uuid}); machine {facts.uuid} claims it",
+            "MACs are unique among enrolled hosts: if the NIC moved, `drover host remove` the old host first",
+            host_id=owner.id,
+            subject=owner.hostname,
+        )
+
+
+def record_conflict(session: Session, exc: IdentityConflict, source: str) -> None:
+    """The warning an admin must see: written in its own transaction, since the refused one rolled back."""
+    session.add(
+        Event(
+            kind="host.identity_conflict",
+            subject=exc.subject,
+            message=f"identify from {source or '?'} refused: {exc.message}",
+            host_id=exc.host_id,
+            severity=Severity.WARNING,
+        )
+    )
+
+
+def _claim(session: Session, host: Host, facts: wire.Facts, source: str) -> tuple[str, HostClaim]:
+    now = utcnow()
+    token, token_hash = _new_agent_token()
+    claim = HostClaim(
+        host_id=host.id,
+        agent_token_hash=token_hash,
+        source=source[:64],
+        hostname=hosts.fqdn_of(facts),
+        boot_mac=facts.boot_mac,
+        facts=wire.to_dict(facts),
+        last_seen_at=now,
+        created_at=now,
+    )
+    session.add(claim)
+    session.flush()
+    return token, claim
+
+
+def live_claims(session: Session, host: Host, heartbeat_seconds: int) -> list[HostClaim]:
+    since = utcnow() - timedelta(seconds=heartbeat_seconds * CLAIM_LIVE_BEATS)
+    return list(
+        session.scalars(
+            select(HostClaim).where(HostClaim.host_id == host.id, HostClaim.last_seen_at > since).order_by(HostClaim.id)
+        )
+    )
+
+
+def describe_claim(claim: HostClaim) -> str:
+    return (f"claim {claim.id} from {shown(claim.source) or '?'}, boot MAC {claim.boot_mac or '?'}, "
+            f"name {shown(claim.hostname)}")  # fmt: skip
+
+
 def heartbeat(session: Session, beat: wire.Heartbeat, issue: Issuer, heartbeat_seconds: int) -> wire.HeartbeatResponse:
     host = hosts.by_uuid(session, beat.uuid)
     expected = host.agent_token_hash if host is not None else None
+    presented = _hash(beat.agent_token)
     # Compared even for unknown hosts, so timing does not tell which UUIDs exist.
-    ok = hmac.compare_digest(_hash(beat.agent_token), expected or "0" * 64)
-    if host is None or not ok or not beat.agent_token:
+    ok = hmac.compare_digest(presented, expected or "0" * 64) and bool(beat.agent_token)
+    if host is not None and not ok and beat.agent_token:
+        claim = session.scalars(
+            select(HostClaim).where(HostClaim.host_id == host.id, HostClaim.agent_token_hash == presented)
+        ).one_or_none()
+        if claim is not None:  # a pending machine, one of possibly several claiming this host
+            claim.last_seen_at = utcnow()
+            return wire.HeartbeatResponse(status=wire.IdentifyStatus.PENDING, heartbeat_seconds=heartbeat_seconds)
+    if host is None or not ok:
         raise AuthError("unknown host or agent token", "identify again")
     host.last_heartbeat_at = utcnow()
     credentials = None
@@ -118,11 +242,40 @@ def heartbeat(session: Session, beat: wire.Heartbeat, issue: Issuer, heartbeat_s
     return wire.HeartbeatResponse(status=status, heartbeat_seconds=heartbeat_seconds, credentials=credentials)
 
 
-def approve(session: Session, host: Host, by: str) -> None:
-    """Approve a pending host: its next heartbeat collects credentials."""
+def approve(session: Session, host: Host, by: str, heartbeat_seconds: int, claim_id: int | None = None) -> None:
+    """Approve a pending host, as one of its claims says it is: that machine's next heartbeat collects credentials.
+
+    With more than one live claim (two machines say they are this host) the admin must name the claim.
+    """
     if host.approved_at is not None:
         raise Conflict(f"host {host.hostname} is already approved (by {host.approved_by})")
+    claims = list(session.scalars(select(HostClaim).where(HostClaim.host_id == host.id).order_by(HostClaim.id)))
+    if claim_id is not None:
+        chosen = next((c for c in claims if c.id == claim_id), None)
+        if chosen is None:
+            raise NotFound(f"host {host.hostname} has no claim {claim_id}", "`drover host show` lists its claims")
+    else:
+        live = live_claims(session, host, heartbeat_seconds)
+        if len(live) > 1:
+            raise Conflict(
+                f"{len(live)} machines claim host {host.hostname}: " + "; ".join(describe_claim(c) for c in live),
+                "check which one is yours (`drover host show`), then `drover host approve HOST --claim ID`",
+            )
+        chosen = live[0] if live else (claims[-1] if claims else None)
+    if chosen is not None:
+        facts = wire.from_dict(wire.Facts, chosen.facts)
+        check_unique(session, facts)
+        hosts.record(session, facts)
+        host.agent_token_hash = chosen.agent_token_hash
+        session.execute(delete(HostClaim).where(HostClaim.host_id == host.id))
+    else:
+        taken = session.scalars(
+            select(Host).where(Host.hostname == host.hostname, Host.approved_at.is_not(None), Host.id != host.id)
+        ).first()
+        if taken is not None:
+            raise Conflict(f"host name {host.hostname} belongs to enrolled host {taken.id}", "remove one of them")
     host.approved_at, host.approved_by = utcnow(), by
     host.credentials_issued_at = None
-    hosts.event(session, host, "host.approved", f"approved by {by}")
-    log.info("host %s approved by %s", host.hostname, by)
+    which = f" as {describe_claim(chosen)}" if chosen is not None else ""
+    hosts.event(session, host, "host.approved", f"approved by {by}{which}")
+    log.info("host %s approved by %s%s", host.hostname, by, which)

@@ -38,6 +38,26 @@ class Conflict(DroverError):
     http_status = 409
 
 
+class TooManyRequests(DroverError):
+    """An unauthenticated source asked too often (appliance.ratelimit)."""
+
+    exit_code = 1
+    http_status = 429
+
+
+class PayloadTooLarge(UsageError):
+    http_status = 413
+
+
+class IdentityConflict(Conflict):
+    """Two machines claim one identity (a DMI UUID, an FQDN, a MAC): refused, and an admin is warned."""
+
+    def __init__(self, message: str, hint: str = "", *, host_id: int | None = None, subject: str = "") -> None:
+        super().__init__(message, hint)
+        self.host_id = host_id  # the enrolled host whose identity was claimed
+        self.subject = subject
+
+
 class ToolMissing(DroverError):
     """A program drover needs is not installed."""
 

@@ -110,7 +110,7 @@ def record(session: Session, facts: wire.Facts) -> tuple[Host, bool, NicChanges]
 
 
 def fqdn_of(facts: wire.Facts) -> str:
-    return (facts.fqdn or facts.hostname).lower().rstrip(".")
+    return wire.fold_hostname(facts.fqdn or facts.hostname)
 
 
 def _reconcile_nics(session: Session, host: Host, facts: wire.Facts) -> NicChanges:
@@ -240,5 +240,16 @@ def detail(host: Host, default_port: int) -> dict[str, object]:
         ],
         "vms": [
             {"name": v.name, "uuid": v.uuid, "state": str(v.state)} for v in sorted(host.vms, key=lambda v: v.name)
+        ],
+        "claims": [
+            {
+                "id": c.id,
+                "source": c.source,
+                "hostname": c.hostname,
+                "boot_mac": c.boot_mac,
+                "created_at": c.created_at.isoformat(),
+                "last_seen_at": c.last_seen_at.isoformat(),
+            }
+            for c in host.claims
         ],
     }

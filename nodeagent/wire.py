@@ -22,9 +22,19 @@ _MAX_STR = 512
 _MAX_LIST = 256
 _MAX_FLAG_LIST = 512
 
-_MAC = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
-_UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
-_HOSTNAME = re.compile(r"^(?=.{1,253}$)[A-Za-z0-9]([A-Za-z0-9-]{0,62})(\.[A-Za-z0-9]([A-Za-z0-9-]{0,62}))*\.?$")
+MAX_DEPTH = 32  # the deepest real message is 4 levels; a deeper body is an attack on the parser
+# fullmatch everywhere: `$` would also match before a trailing newline.
+_MAC = re.compile(r"[0-9a-f]{2}(:[0-9a-f]{2}){5}")
+_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+# RFC 1123 host name: labels of 1-63 letters, digits and inner hyphens; 253 characters in all; one
+# trailing dot (the root) allowed, it is folded away wherever names are compared.
+_HOSTNAME = re.compile(rf"(?=.{{1,253}}\.?$){_LABEL}(?:\.{_LABEL})*\.?", re.ASCII)
+# Text the appliance stores, logs and prints: no C0/C1 control characters, no DEL. Multi-line fields
+# (krb5.conf, a message) may carry newlines and tabs.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+_CONTROL_MULTILINE = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+_MULTILINE = ("krb5_conf", "keytab_b64", "message")
 
 
 class WireError(ValueError):
@@ -38,16 +48,28 @@ class IdentifyStatus(enum.StrEnum):
 
 def normalize_mac(value: str) -> str:
     mac = value.strip().lower().replace("-", ":")
-    if not _MAC.match(mac):
+    if not _MAC.fullmatch(mac):
         raise WireError(f"not a MAC address: {value!r}")
     return mac
 
 
 def normalize_uuid(value: str) -> str:
     uuid = value.strip().lower()
-    if not _UUID.match(uuid):
+    if not _UUID.fullmatch(uuid):
         raise WireError(f"not a UUID: {value!r}")
     return uuid
+
+
+def check_hostname(value: str) -> str:
+    """An RFC 1123 host name (or FQDN) as it is, or WireError."""
+    if not _HOSTNAME.fullmatch(value):
+        raise WireError(f"not an RFC 1123 host name: {value!r}")
+    return value
+
+
+def fold_hostname(value: str) -> str:
+    """The form host names are compared and stored in: lower case, no trailing dot."""
+    return value.lower().rstrip(".")
 
 
 @dataclass(frozen=True)
@@ -87,16 +109,16 @@ class Cpu:
 
 @dataclass(frozen=True)
 class Facts:
-    uuid: str = field(metadata={"check": normalize_uuid})  # DMI system UUID: the host's identity
-    hostname: str
-    fqdn: str
+    uuid: str = field(metadata={"check": normalize_uuid, "required": True})  # DMI system UUID: the host's identity
+    hostname: str = field(metadata={"check": check_hostname, "required": True})
+    fqdn: str = field(metadata={"check": check_hostname})  # "" when the node knows no domain
     arch: str
     kernel: str
     memory_bytes: int
     cpu: Cpu
     nics: tuple[Nic, ...] = ()
     disks: tuple[Disk, ...] = ()
-    boot_mac: str = ""
+    boot_mac: str = field(default="", metadata={"check": normalize_mac})
     agent_version: str = ""
 
 
@@ -130,7 +152,7 @@ class IdentifyResponse:
 
 @dataclass(frozen=True)
 class Heartbeat:
-    uuid: str = field(metadata={"check": normalize_uuid})
+    uuid: str = field(metadata={"check": normalize_uuid, "required": True})
     libvirt_ready: bool = False  # libvirtd configured with our keytab and answering
     has_credentials: bool = False
     uptime_seconds: int = 0
@@ -153,6 +175,10 @@ def _check_str(value: Any, path: str, limit: int = _MAX_STR) -> str:
         raise WireError(f"{path}: expected a string")
     if len(value) > limit:
         raise WireError(f"{path}: longer than {limit} characters")
+    control = _CONTROL_MULTILINE if path.endswith(_MULTILINE) else _CONTROL
+    bad = control.search(value)
+    if bad:
+        raise WireError(f"{path}: control character U+{ord(bad.group()):04X} at offset {bad.start()}")
     return value
 
 
@@ -209,6 +235,8 @@ def _from_dict(cls: type[M], data: Any, path: str) -> M:
             continue
         value = _decode(hints[name], data[name], where)
         check = f.metadata.get("check")
+        if value == "" and f.metadata.get("required"):
+            raise WireError(f"{where}: must not be empty")
         if check is not None and value != "":
             try:
                 value = check(value)
@@ -243,12 +271,44 @@ def encode(message: Any) -> bytes:
 def decode(cls: type[M], body: bytes) -> M:
     if len(body) > MAX_MESSAGE_BYTES:
         raise WireError(f"message larger than {MAX_MESSAGE_BYTES} bytes")
+    return from_dict(cls, loads(body))
+
+
+def loads(body: bytes | str) -> Any:
+    """JSON, nested at most MAX_DEPTH deep, or WireError (never RecursionError: that is a 500 waiting to happen)."""
     try:
-        data = json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        text = body.decode() if isinstance(body, bytes) else body
+    except UnicodeDecodeError as exc:
+        raise WireError(f"not JSON (not UTF-8): {exc}") from None
+    if _depth(text) > MAX_DEPTH:
+        raise WireError(f"JSON nested deeper than {MAX_DEPTH} levels")
+    try:
+        return json.loads(text)
+    except (json.JSONDecodeError, RecursionError) as exc:
         raise WireError(f"not JSON: {exc}") from None
-    return from_dict(cls, data)
+
+
+def _depth(text: str) -> int:
+    """How deep brackets nest, outside strings: counted before parsing, in one linear pass."""
+    depth = deepest = 0
+    in_string = escaped = False
+    for char in text:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif char == "\\":
+                escaped = True
+            elif char == '"':
+                in_string = False
+        elif char == '"':
+            in_string = True
+        elif char in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif char in "]}":
+            depth -= 1
+    return deepest
 
 
 def valid_hostname(name: str) -> bool:
-    return bool(_HOSTNAME.match(name))
+    return bool(_HOSTNAME.fullmatch(name))

@@ -25,7 +25,7 @@ from appliance.db.models import EnrolmentToken, Event, Host
 from image.manifest import Artifact, Manifest
 from image.profile import Compression, Flavor, Profile
 from nodeagent import wire
-from tests.lab.appliance import LabAppliance, start_appliance
+from tests.lab.appliance import ADMIN, LabAppliance, admin_appliance
 from tests.lab.kdc import LabKdc
 
 pytestmark = pytest.mark.lab
@@ -33,6 +33,7 @@ pytestmark = pytest.mark.lab
 MAC = "52:54:00:b0:07:01"
 OTHER_MAC = "52:54:00:b0:07:02"
 UNLISTED = "52:54:00:b0:07:03"
+SCRIPTS_PER_MINUTE = 40
 
 
 @dataclass
@@ -77,17 +78,22 @@ def fake_image(directory: Path) -> Path:
 def served(kdc: LabKdc, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     root = tmp_path_factory.mktemp("boot")
     link = root / "images" / "current"
-    extra = {"DROVER_BOOT_IMAGE_DIR": str(link), "DROVER_BOOT_ALLOW_MACS": f"{MAC},{OTHER_MAC}"}
-    lab = start_appliance(kdc, root / "state", extra_env=extra)
-    engine = make_engine(lab.database_url)
-    try:
-        with httpx.Client(base_url=f"http://127.0.0.1:{lab.boot_port}", trust_env=False, timeout=10) as boot:
-            s = Served(lab, link, fake_image(root / "build" / "out"), boot, engine)
-            s.publish()
-            yield s
-    finally:
-        engine.dispose()
-        lab.stop()
+    extra = {"DROVER_BOOT_IMAGE_DIR": str(link), "DROVER_BOOT_SCRIPTS_PER_MINUTE": str(SCRIPTS_PER_MINUTE)}
+    with admin_appliance(kdc, root / "state", extra) as lab:
+        engine = make_engine(lab.database_url)
+        try:
+            with httpx.Client(base_url=f"http://127.0.0.1:{lab.boot_port}", trust_env=False, timeout=10) as boot:
+                s = Served(lab, link, fake_image(root / "build" / "out"), boot, engine)
+                s.publish()
+                yield s
+        finally:
+            engine.dispose()
+
+
+def enrol(served: Served, *args: str) -> str:
+    done = served.lab.drover("host", "enrol", *args, principal=ADMIN)
+    assert done.returncode == 0, done.stderr
+    return done.stdout
 
 
 def snapshot(engine: Engine) -> tuple[int, ...]:
@@ -103,13 +109,15 @@ def kernel_args(script: str) -> dict[str, str]:
 
 def facts(uuid: str, mac: str) -> wire.Facts:
     return wire.Facts(
-        uuid=uuid, hostname="boot1", fqdn=f"boot{uuid[:4]}.example.test", arch="x86_64", kernel="6.1.0",
+        uuid=uuid, hostname="boot1", fqdn=f"boot{uuid[:8]}.example.test", arch="x86_64", kernel="6.1.0",
         memory_bytes=1 << 30, cpu=wire.Cpu("QEMU", 2, 2, 1, ("vmx",)),
         nics=(wire.Nic("ens3", mac, 1000, ("10.0.2.15/24",), True),), disks=(), boot_mac=mac, agent_version="0.1.0",
     )  # fmt: skip
 
 
 def test_script_carries_url_pin_and_a_token_good_once_for_that_mac(served: Served) -> None:
+    opened = enrol(served, "--window", "10m", "--count", "2", "--mac", MAC, "--mac", OTHER_MAC)
+    assert re.search(r"window \d+ open: 0/2 host\(s\), 52:54:00:b0:07:01, 52:54:00:b0:07:02", opened), opened
     before = snapshot(served.engine)
     r = served.boot.get("/boot/ipxe", params={"mac": MAC.replace(":", "-").upper()})  # iPXE's :hexhyp form
     assert r.status_code == 200, r.text
@@ -153,21 +161,52 @@ def test_script_carries_url_pin_and_a_token_good_once_for_that_mac(served: Serve
         # The other MAC's own script works for it.
         theirs = kernel_args(other.text)["drover.token"]
         assert identify(theirs, facts("b0070002-0000-4000-8000-000000000002", OTHER_MAC)).status_code == 200
-    # A known MAC's next boot event is linked to its host.
+    # An enrolled MAC's next boot (its reboot) gets a token bound to its host, window or not.
+    enrol(served, "--close")
     served.boot.get("/boot/ipxe", params={"mac": MAC})
     with session_scope(served.engine) as s:
         ev = s.scalars(select(Event).order_by(Event.id.desc())).first()
         assert ev is not None and ev.kind == "boot.script" and ev.host_id is not None
+        bound = s.scalars(select(EnrolmentToken).where(EnrolmentToken.used_at.is_(None), EnrolmentToken.mac == MAC))
+        assert [t.host_uuid for t in bound] == ["b0070001-0000-4000-8000-000000000001"]
 
 
-def test_a_mac_outside_allow_macs_gets_no_token(served: Served) -> None:
+def test_a_mac_outside_every_window_gets_no_token_and_writes_nothing(served: Served) -> None:
     before = snapshot(served.engine)
     r = served.boot.get("/boot/ipxe", params={"mac": UNLISTED})
     assert r.status_code == 200, r.text
     args = kernel_args(r.text)
     assert "drover.token" not in args and args["drover.ca"].startswith("sha256:")
-    after = snapshot(served.engine)
-    assert (after[0], after[1]) == (before[0], before[1] + 1)  # an event, no token
+    assert snapshot(served.engine) == before  # no token, no event: a spray of MACs writes no rows
+
+
+def test_a_window_serves_its_count_of_machines_until_closed(served: Served) -> None:
+    enrol(served, "--window", "10m", "--count", "1", "--note", "rack 7")
+    first = kernel_args(served.boot.get("/boot/ipxe", params={"mac": "52:54:00:b0:07:10"}).text)
+    assert "drover.token" in first
+    # The same machine asking again (iPXE retries) gets a new token that replaces its first; the count holds.
+    again = kernel_args(served.boot.get("/boot/ipxe", params={"mac": "52:54:00:b0:07:10"}).text)
+    assert "drover.token" in again and again["drover.token"] != first["drover.token"]
+    # The window is full: the next machine gets nothing.
+    assert "drover.token" not in kernel_args(served.boot.get("/boot/ipxe", params={"mac": "52:54:00:b0:07:11"}).text)
+    listed = enrol(served, "--list")
+    assert re.search(r"window \d+ open: 1/1 host\(s\), any MAC, until .* — rack 7", listed), listed
+    with session_scope(served.engine) as s:
+        live = s.scalars(select(EnrolmentToken).where(EnrolmentToken.mac == "52:54:00:b0:07:10")).all()
+        assert len(live) == 1  # the replaced token was deleted, not left to expire
+    closed = enrol(served, "--close")
+    assert closed.startswith("closed 1 enrolment window(s)"), closed
+    assert "no enrolment window is open" in enrol(served, "--list")
+    # Its unused token died with it.
+    with session_scope(served.engine) as s:
+        assert not s.scalars(select(EnrolmentToken).where(EnrolmentToken.mac == "52:54:00:b0:07:10")).all()
+    bad = served.lab.drover("host", "enrol", "--window", "2x", principal=ADMIN)
+    assert bad.returncode == 2 and "not a duration" in bad.stderr
+    too_long = served.lab.drover("host", "enrol", "--window", "2d", principal=ADMIN)
+    assert too_long.returncode == 2 and "must last from 1 second to" in too_long.stderr
+    not_admin = served.lab.drover("host", "enrol", "--window", "5m", principal="nobody")
+    assert not_admin.returncode != 0
+    assert "no enrolment window is open" in enrol(served, "--list")
 
 
 def test_chain_script_asks_for_the_per_mac_script(served: Served) -> None:
@@ -252,3 +291,18 @@ def test_boot_use_refuses_an_image_that_does_not_match_its_manifest(served: Serv
     done = served.lab.drover("boot", "use", str(broken), env=served.env)
     assert done.returncode == 4 and "vmlinuz" in done.stderr, done.stderr
     assert served.link.resolve() == served.image  # still serving the good one
+
+
+def test_a_flood_of_script_requests_is_cut_off_per_source(served: Served) -> None:
+    """Last in this module: it spends the source's budget. 120 requests for new MACs while a window for 5 is
+    open: at most SCRIPTS_PER_MINUTE answered, the rest 429; 5 tokens and 5 events, nothing more."""
+    enrol(served, "--window", "10m", "--count", "5")
+    before = snapshot(served.engine)
+    codes = [served.boot.get("/boot/ipxe", params={"mac": f"52:54:00:f1:00:{i:02x}"}).status_code for i in range(120)]
+    assert set(codes) == {200, 429}
+    assert codes.count(200) <= SCRIPTS_PER_MINUTE and codes[-1] == 429
+    after = snapshot(served.engine)
+    assert (after[0] - before[0], after[1] - before[1], after[2] - before[2]) == (5, 5, 0)
+    r = served.boot.get("/boot/ipxe", params={"mac": "52:54:00:f1:00:ff"})
+    assert r.status_code == 429 and "try again in" in r.text
+    enrol(served, "--close")

@@ -42,6 +42,7 @@ MAC = "52:54:00:12:34:56"
 
 
 def facts(uuid: str = UUID, fqdn: str = "enrol1.example.test", nics: tuple[wire.Nic, ...] | None = None) -> wire.Facts:
+    nics = nics if nics is not None else (wire.Nic("ens3", MAC, 1000, ("10.0.2.15/24",), True),)
     return wire.Facts(
         uuid=uuid,
         hostname=fqdn.split(".", maxsplit=1)[0],
@@ -50,9 +51,9 @@ def facts(uuid: str = UUID, fqdn: str = "enrol1.example.test", nics: tuple[wire.
         kernel="6.1.0-28-amd64",
         memory_bytes=2 << 30,
         cpu=wire.Cpu("QEMU Virtual CPU", 4, 2, 1, ("fpu", "vmx", "sse2")),
-        nics=nics if nics is not None else (wire.Nic("ens3", MAC, 1000, ("10.0.2.15/24",), True),),
+        nics=nics,
         disks=(wire.Disk("vda", 10 << 30, "virtio", "S1"),),
-        boot_mac=MAC,
+        boot_mac=next((n.mac for n in nics if n.boot), ""),
         agent_version="0.1.0",
     )
 
@@ -153,7 +154,11 @@ def test_reboot_is_the_same_host_with_nics_reconciled(node_api: httpx.Client, en
         wire.Nic("ens3", MAC, 10000, ("10.0.2.16/24",), True),  # updated: speed and address
         wire.Nic("ens4", "52:54:00:aa:bb:cc", 1000),  # added; the old second NIC is gone
     )
-    again = wire.decode(wire.IdentifyResponse, identify(node_api, token(engine), facts(nics=nics)).content)
+    # Enrolled: only a token bound to this machine re-enrols it (the boot service mints those for its reboot).
+    unbound = identify(node_api, token(engine), facts(nics=nics))
+    assert unbound.status_code == 401, unbound.text
+    bound = token(engine, host_uuid=UUID, mac=MAC)
+    again = wire.decode(wire.IdentifyResponse, identify(node_api, bound, facts(nics=nics)).content)
     assert again.host_id == first.host_id and again.agent_token != first.agent_token
     with session_scope(engine) as s:
         assert s.scalar(select(func.count()).select_from(Host)) == 1
@@ -179,7 +184,7 @@ def test_no_token_is_pending_then_approval_hands_credentials_out_once(node_api: 
     with session_scope(engine) as s:
         host = hosts.by_uuid(s, UUID)
         assert host is not None
-        enrolment.approve(s, host, "admin@LAB")
+        enrolment.approve(s, host, "admin@LAB", heartbeat_seconds=10)
     # Knowing the UUID is not enough to collect the keytab: the boot's agent token is.
     forged = beat("not-the-agent-token")
     assert forged.status_code == 401, forged.text
@@ -206,16 +211,18 @@ def test_refused_tokens_change_nothing(node_api: httpx.Client, engine: Engine) -
     used = token(engine)
     assert identify(node_api, used).status_code == 200
     req = wire.IdentifyRequest
+    # Another machine: its own name and NIC (the enrolled host's would be refused before any token is read).
+    other = facts(uuid=OTHER, fqdn="x.example.test", nics=(wire.Nic("ens3", "52:54:00:00:00:11", 1000, (), True),))
     _refused(node_api, engine, wire.encode(req(used, facts())), 401, "enrolment token refused")
     with session_scope(engine) as s:
         expired = mint(s, ttl=timedelta(seconds=1), now=utcnow() - timedelta(minutes=5)).token
-    _refused(node_api, engine, wire.encode(req(expired, facts(uuid=OTHER))), 401, "enrolment token refused")
+    _refused(node_api, engine, wire.encode(req(expired, other)), 401, "enrolment token refused")
     bound = token(engine, host_uuid=UUID)
     # A forged UUID presenting the token bound to another machine.
-    _refused(node_api, engine, wire.encode(req(bound, facts(uuid=OTHER, fqdn="x.example.test"))), 401, "refused")
+    _refused(node_api, engine, wire.encode(req(bound, other)), 401, "refused")
     mac_bound = token(engine, mac="52:54:00:00:00:99")
-    _refused(node_api, engine, wire.encode(req(mac_bound, facts(uuid=OTHER))), 401, "refused")
-    _refused(node_api, engine, wire.encode(req("drv1.nope.nope", facts(uuid=OTHER))), 401, "refused")
+    _refused(node_api, engine, wire.encode(req(mac_bound, other)), 401, "refused")
+    _refused(node_api, engine, wire.encode(req("drv1.nope.nope", other)), 401, "refused")
 
 
 def test_bad_bodies_are_400_naming_the_field(node_api: httpx.Client, engine: Engine) -> None:

@@ -263,6 +263,15 @@ def available_events(db: Engine, host_id: int) -> int:
         )
 
 
+def conflict_events(db: Engine, host_id: int) -> int:
+    with session_scope(db) as s:
+        return s.scalar(
+            select(func.count()).select_from(Event).where(
+                Event.host_id == host_id, Event.kind == "host.identity_conflict"
+            )
+        ) or 0
+
+
 def snapshot(db: Engine) -> tuple[object, ...]:
     """What a refused node must not change: hosts, their NICs, approvals, agent tokens, enrolment tokens.
     (Host states and events are left out: the host browser keeps updating earlier tests' hosts.)"""
@@ -277,9 +286,9 @@ def snapshot(db: Engine) -> tuple[object, ...]:
     return (nics, used, rows)
 
 
-def mint(lab: Lab) -> tuple[str, str]:
-    """`drover host token` as an admin: the token and the CA pin from the printed kernel arguments."""
-    minted = lab.served.drover("host", "token", principal=ADMIN)
+def mint(lab: Lab, *bound: str) -> tuple[str, str]:
+    """`drover host token [--uuid U --mac M]` as an admin: the token and the CA pin from the kernel arguments."""
+    minted = lab.served.drover("host", "token", *bound, principal=ADMIN)
     assert minted.returncode == 0, minted.stderr
     pin = re.search(r"drover\.ca=(sha256:[0-9a-f]{64})", minted.stdout)
     assert pin is not None, minted.stdout
@@ -369,25 +378,45 @@ def test_agent_enrols_host_browser_follows_its_libvirtd_and_a_reboot_keeps_the_h
     finally:
         stop(agent)
 
-    # A "reboot" of the agent alone: same DMI UUID, a new token, one NIC replaced. Same host id, NICs
-    # reconciled by MAC, a fresh keytab (new key version) installed, which the running libvirtd reads at
-    # the next authentication: no restart, and a new client with a new service ticket gets in.
+    # The agent alone restarts while the appliance's libvirt session to the node is up: the appliance cannot
+    # tell it from a second machine claiming this DMI UUID, so the identify is refused (no takeover), a
+    # warning event says so, nothing changes and the running libvirtd keeps its key.
     old_keytab = node.keytab.read_bytes()
+    token2, _ = mint(lab, "--uuid", dmi_uuid, "--mac", "52:54:00:e2:e0:07")
+    before = snapshot(lab.db)
+    node.cmdline(lab.served, token2, ca, "01-52-54-00-e2-e0-07")
+    node.state.unlink()
+    agent = node.start_agent()
+    try:
+        wait_for("identify refused", lambda: "409" in read_state(node.state).get("last_error", ""), 30, node.log)
+    finally:
+        stop(agent)
+    assert snapshot(lab.db) == before and node.keytab.read_bytes() == old_keytab
+    assert host_state(lab.db, dmi_uuid) is HostState.AVAILABLE
+    assert conflict_events(lab.db, host_id) >= 1
+
+    # A real (stateless) reboot: libvirtd goes down with the machine and comes back with an empty keytab;
+    # the host token bound to this machine re-enrols it: same host id, NICs reconciled by MAC (one
+    # replaced), a fresh keytab (new key version) which the running libvirtd reads at the next login.
+    lab_node = node.restarter.node
+    assert lab_node is not None
+    lab_node.stop_daemon()
+    wait_for("host unavailable", lambda: host_state(lab.db, dmi_uuid) is HostState.UNAVAILABLE, 10)
+    node.keytab.write_bytes(b"\x05\x02")  # an empty keytab, as the image boots with
+    lab_node.restart()
     seen = available_events(lab.db, host_id)
     node.facts_tree({"ens3": "52:54:00:e2:e0:07", "ens5": "52:54:00:e2:e0:09"})
-    token2, _ = mint(lab)
-    node.cmdline(lab.served, token2, ca, "01-52-54-00-e2-e0-07")
     node.state.unlink()
     t1 = time.monotonic()
     agent = node.start_agent()
     try:
         wait_for("agent running again", lambda: read_state(node.state).get("state") == "running", 30, node.log)
         assert read_state(node.state)["host_id"] == host_id
-        assert node.keytab.read_bytes() != old_keytab and node.restarter.restarts == 1
+        assert node.keytab.read_bytes() not in (old_keytab, b"\x05\x02") and node.restarter.restarts == 1
+        wait_for("host available after the reboot", lambda: host_state(lab.db, dmi_uuid) is HostState.AVAILABLE, 30)
         fresh = virsh(client_env(lab.kdc, lab.hosts, "drover"), uri, "list", "--all", "--name")
         assert fresh.returncode == 0 and name in fresh.stdout, fresh.stdout
-        wait_for("host available after the reboot", lambda: host_state(lab.db, dmi_uuid) is HostState.AVAILABLE, 30)
-        assert available_events(lab.db, host_id) == seen  # the appliance's session never dropped
+        assert available_events(lab.db, host_id) == seen + 1
         rebooted = time.monotonic() - t1
         assert nic_macs(lab.db, dmi_uuid) == {
             "52:54:00:e2:e0:07": ("ens3", True),
@@ -399,11 +428,9 @@ def test_agent_enrols_host_browser_follows_its_libvirtd_and_a_reboot_keeps_the_h
         print(f"reboot: agent start -> available again {rebooted:.2f}s; {total:.1f}s since the first start")
     finally:
         stop(agent)
-        lab_node = node.restarter.node
-        if lab_node is not None:
-            env = client_env(lab.kdc, lab.hosts, "drover")
-            virsh(env, lab_node.uri("qemu"), "destroy", name)
-            virsh(env, lab_node.uri("qemu"), "undefine", name)
+        env = client_env(lab.kdc, lab.hosts, "drover")
+        virsh(env, lab_node.uri("qemu"), "destroy", name)
+        virsh(env, lab_node.uri("qemu"), "undefine", name)
 
 
 def test_pending_agent_gets_its_keytab_after_cli_approval(lab: Lab, make_node: Callable[[str, str], FakeNode]) -> None:
@@ -518,3 +545,133 @@ def test_libvirtd_set_up_from_the_kernel_line_takes_the_keytab_without_a_restart
     assert len(keytab.read_bytes()) > 2  # the real keytab replaced the empty one
     text = node.log.read_text()
     assert text.index("from the kernel command line") < text.index("identified as host")
+
+
+# --- attacks on enrolment (issue 8): each one against the real `drover serve`, with a real enrolled node ---
+
+
+def kvno(lab: Lab, principal: str) -> int:
+    """The key version of `principal` in the lab KDC, or 0 when it does not exist."""
+    out = lab.kdc.realm.kadmin().query(f"getprinc {principal}")
+    found = re.search(r"vno (\d+)", out)
+    return int(found.group(1)) if found else 0
+
+
+def principals(lab: Lab) -> list[str]:
+    return sorted(lab.kdc.realm.kadmin().principals())
+
+
+def node_client(lab: Lab) -> Any:
+    """An HTTPS client of the node API, pinned to the appliance's CA, as an attacker on the network has it."""
+    import ssl
+
+    import httpx
+
+    ca = httpx.get(f"http://127.0.0.1:{lab.served.boot_port}/boot/ca.pem", trust_env=False, timeout=10)
+    return httpx.Client(
+        base_url=lab.served.node_url, verify=ssl.create_default_context(cadata=ca.text), trust_env=False, timeout=30
+    )
+
+
+def forged_identify(client: Any, token: str, dmi_uuid: str, fqdn: str, mac: str) -> Any:
+    from nodeagent import wire
+
+    facts = wire.Facts(
+        uuid=dmi_uuid, hostname=fqdn.split(".")[0], fqdn=fqdn, arch="x86_64", kernel="6.1.0",
+        memory_bytes=1 << 30, cpu=wire.Cpu("Forged CPU", 1, 1, 1, ()),
+        nics=(wire.Nic("eth0", mac, 1000, (), True),), boot_mac=mac,
+    )  # fmt: skip
+    return client.post("/node/v1/identify", content=wire.encode(wire.IdentifyRequest(token, facts)))
+
+
+def test_no_second_machine_takes_an_enrolled_hosts_uuid_name_or_mac(
+    lab: Lab, make_node: Callable[[str, str], FakeNode]
+) -> None:
+    fqdn, dmi_uuid, mac = "node14.example.test", str(uuid.uuid4()), "52:54:00:e2:e0:6e"
+    node = make_node(fqdn, dmi_uuid)
+    node.facts_tree({"ens3": mac})
+    token, ca = mint(lab)
+    node.cmdline(lab.served, token, ca, "01-" + mac.replace(":", "-"))
+    agent = node.start_agent()
+    try:
+        wait_for("host available", lambda: host_state(lab.db, dmi_uuid) is HostState.AVAILABLE, 30, node.log)
+        row = host_row(lab.db, dmi_uuid)
+        assert row is not None
+        host_id = row[0]
+        principal = f"libvirt/{fqdn}@{lab.kdc.realm.name}"
+        version, known = kvno(lab, principal), principals(lab)
+        beats = read_state(node.state)["heartbeats"]
+        # Tokens as the boot service hands them out: bound to the host for its reboot (anyone asking with its
+        # MAC gets one), unbound ones as an enrolment window gives them (test_boot_service covers the service).
+        stolen, window1, window2 = mint(lab, "--uuid", dmi_uuid, "--mac", mac)[0], mint(lab)[0], mint(lab)[0]
+        before = snapshot(lab.db)
+        with node_client(lab) as client:
+            # 1. Its reboot token and its DMI UUID: refused while its libvirtd answers the appliance.
+            r = forged_identify(client, stolen, dmi_uuid, "attacker.example.test", "52:54:00:aa:00:01")
+            assert r.status_code == 409 and "a second machine claims its DMI UUID" in r.json()["error"], r.text
+            # 2. A new UUID with a window token, claiming its name (case and trailing dot folded).
+            r = forged_identify(client, window1, str(uuid.uuid4()), fqdn.upper() + ".", "52:54:00:aa:00:02")
+            assert r.status_code == 409 and f"host name {fqdn} belongs to enrolled host" in r.json()["error"], r.text
+            # 3. A new UUID with a window token, claiming its boot MAC.
+            r = forged_identify(client, window2, str(uuid.uuid4()), "attacker3.example.test", mac)
+            assert r.status_code == 409 and f"MAC {mac} belongs to enrolled host" in r.json()["error"], r.text
+        wait_for("more heartbeats", lambda: read_state(node.state)["heartbeats"] >= beats + 2, 10, node.log)
+        # Nothing changed: rows, NICs, tokens used, the principal's key, the set of principals.
+        assert snapshot(lab.db) == before
+        assert kvno(lab, principal) == version and principals(lab) == known
+        assert host_state(lab.db, dmi_uuid) is HostState.AVAILABLE
+        assert conflict_events(lab.db, host_id) == 3
+        # The real node still authenticates with its key.
+        listing = virsh(client_env(lab.kdc, lab.hosts, "drover"), node.restarter.node.uri("qemu"), "list")  # type: ignore[union-attr]
+        assert listing.returncode == 0, listing.stdout
+    finally:
+        stop(agent)
+
+
+def test_two_machines_claiming_a_pending_host_need_the_admin_to_choose(
+    lab: Lab, make_node: Callable[[str, str], FakeNode]
+) -> None:
+    """Without tokens: the real node claims first, a forger claims the same DMI UUID later. Neither claim
+    replaces the other; approval names the claim; only that machine's agent collects the keytab."""
+    fqdn, dmi_uuid, mac = "node15.example.test", str(uuid.uuid4()), "52:54:00:e2:e0:7f"
+    node = make_node(fqdn, dmi_uuid)
+    node.facts_tree({"ens3": mac})
+    _, ca = mint(lab)
+    node.cmdline(lab.served, "", ca, "01-" + mac.replace(":", "-"))
+    agent = node.start_agent()
+    try:
+        wait_for("pending host", lambda: host_state(lab.db, dmi_uuid) is HostState.PENDING, 40, node.log)
+        wait_for("agent heartbeating", lambda: read_state(node.state).get("heartbeats", 0) >= 1, 20, node.log)
+        from nodeagent import wire
+
+        with node_client(lab) as client:
+            r = forged_identify(client, "", dmi_uuid, "evil.example.test", "52:54:00:aa:00:05")
+            assert r.status_code == 202, r.text
+            forged = wire.decode(wire.IdentifyResponse, r.content)
+            assert forged.status is wire.IdentifyStatus.PENDING and forged.credentials is None
+
+            def forger_beat() -> Any:
+                beat = wire.Heartbeat(dmi_uuid, agent_token=forged.agent_token)
+                return client.post("/node/v1/heartbeat", content=wire.encode(beat))
+
+            assert forger_beat().status_code == 200
+            # The row keeps the first claim's facts; `host show` lists both claims with where they came from.
+            assert listed(lab, fqdn)[1:4] == [fqdn, "pending", "no"]
+            show = shown(lab, fqdn)
+            claims = re.findall(r"^claim: +(\d+) from (\S+): (\S+)", show, re.M)
+            assert [c[2] for c in claims] == [fqdn, "evil.example.test"], show
+            refused = lab.served.drover("host", "approve", fqdn, principal=ADMIN)
+            assert refused.returncode == 5 and "2 machines claim host" in refused.stderr, refused.stderr
+            assert not node.keytab.exists()
+            approved = lab.served.drover("host", "approve", fqdn, "--claim", claims[0][0], principal=ADMIN)
+            assert approved.returncode == 0, approved.stderr
+            wait_for("keytab to the real node", node.keytab.exists, 20, node.log)
+            assert forger_beat().status_code == 401  # the other claim is gone with the approval
+        wait_for("approved host available", lambda: host_state(lab.db, dmi_uuid) is HostState.AVAILABLE, 40)
+        with session_scope(lab.db) as s:
+            host = s.scalars(select(Host).where(Host.uuid == dmi_uuid)).one()
+            assert host.hostname == fqdn and [n.mac for n in host.nics] == [mac]
+            kinds = set(s.scalars(select(Event.kind).where(Event.host_id == host.id)))
+            assert {"host.pending", "host.claim_conflict", "host.approved"} <= kinds
+    finally:
+        stop(agent)

@@ -101,5 +101,7 @@ def test_status_must_be_known() -> None:
 
 def test_hostnames() -> None:
     assert wire.valid_hostname("node1.example.test")
+    assert wire.valid_hostname("NODE2.example.test.")  # valid; folded to node2.example.test where compared
+    assert not wire.valid_hostname("node1.example.test\n")  # `$` used to match before the newline
     assert not wire.valid_hostname("-bad.example.test")
     assert not wire.valid_hostname("a b")

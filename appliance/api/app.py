@@ -10,7 +10,7 @@ from starlette.middleware import Middleware
 
 from appliance.api import v1
 from appliance.api.auth import NegotiateMiddleware
-from appliance.api.edge import HANDLERS
+from appliance.api.edge import HANDLERS, BodyLimit
 from appliance.api.negotiate import Acceptor
 from appliance.api.state import ApiState, Browser, database
 from appliance.config import Config
@@ -34,7 +34,11 @@ def create_app(
 
     app = Starlette(
         routes=v1.routes,
-        middleware=[Middleware(NegotiateMiddleware, acceptor=acceptor, public=v1.PUBLIC)],
+        # Outermost first: the size of a body is refused before a ticket is even looked at.
+        middleware=[
+            Middleware(BodyLimit, limit=cfg.api.max_body_bytes),
+            Middleware(NegotiateMiddleware, acceptor=acceptor, public=v1.PUBLIC),
+        ],
         exception_handlers=HANDLERS,
         lifespan=lifespan,
     )

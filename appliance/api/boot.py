@@ -3,12 +3,13 @@
 - GET /boot/ca.pem                 the appliance's CA (the node pins it against drover.ca=sha256:...)
 - GET /boot/boot.ipxe              a static chain script: asks for /boot/ipxe?mac=<the booting NIC's MAC>
 - GET /boot/ipxe?mac=MAC           the node's script: kernel line with drover.appliance, drover.ca,
-                                   drover.libvirt_allow, BOOTIF
-                                   and (when [boot] auto_token allows) a fresh one-time token bound to MAC
+                                   drover.libvirt_allow, BOOTIF and, for an enrolled host's reboot or a
+                                   MAC inside an enrolment window, a one-time token (appliance.admission)
 - GET|HEAD /boot/images/NAME       an artifact listed in the served image's manifest.json (Range works)
 
 Plain HTTP because iPXE cannot pin our CA; the token it carries is bound to the MAC and single use.
-Errors are text (iPXE and curl show them as they are); a refused request writes nothing to the DB.
+Script requests are rate-limited per source address ([boot] scripts_per_minute). Errors are text (iPXE
+and curl show them as they are); a refused request writes nothing to the DB and echoes no input back.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import re
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
@@ -26,16 +27,17 @@ from starlette.requests import Request
 from starlette.responses import FileResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
-from appliance import bootimage
+from appliance import admission, bootimage
 from appliance.api.nodes import ca_route
 from appliance.api.state import database
 from appliance.config import Config
 from appliance.credentials import LIBVIRT_ALLOWED_USERS
-from appliance.db import tokens
 from appliance.db.engine import session_scope
-from appliance.db.models import Event, HostNic
-from appliance.errors import ConfigError, DroverError, UsageError
+from appliance.db.models import Event
+from appliance.errors import DroverError, UsageError
 from appliance.pki import Pki
+from appliance.ratelimit import RateLimit
+from appliance.text import shown
 from image.bootfiles import check_args, ipxe_script
 from nodeagent import wire
 
@@ -52,25 +54,16 @@ class BootService:
         self.cfg = cfg
         self.engine = engine
         self.fingerprint = pki.fingerprint()
-        try:
-            self.allowed = {wire.normalize_mac(m) for m in cfg.boot.allow_macs.split(",") if m.strip()}
-        except wire.WireError as exc:
-            raise ConfigError(f"[boot] allow_macs: {exc}") from None
+        self.limit = RateLimit(cfg.boot.scripts_per_minute, "boot scripts")
 
     def origin(self, request: Request) -> str:
         """http://<the name and port the node used to reach us>: what its later requests should use too."""
         host = request.headers.get("host") or f"{self.cfg.hostname}:{self.cfg.nodes.boot_port}"
         if not _HOST.fullmatch(host):
-            raise UsageError(f"Host header {host!r}: not a host name or IPv4 address a kernel command line can carry")
+            raise UsageError(
+                f"Host header {shown(host, 40)}: not a host name or IPv4 address a kernel command line can carry"
+            )
         return f"http://{host}"
-
-    def token_refusal(self, mac: str) -> str:
-        """Why `mac` gets no token ("" when it gets one)."""
-        if not self.cfg.boot.auto_token:
-            return "[boot] auto_token is off"
-        if self.allowed and mac not in self.allowed:
-            return "MAC not in [boot] allow_macs"
-        return ""
 
     def chain(self, request: Request) -> Response:
         origin = self.origin(request)
@@ -91,10 +84,13 @@ class BootService:
         try:
             mac = wire.normalize_mac(given)
         except wire.WireError:
-            raise UsageError(f"mac: not a MAC address: {given!r}", f"ask for {SCRIPT}?mac=${{netX/mac}}") from None
+            raise UsageError(
+                f"mac: not a MAC address ({len(given)} characters)", f"ask for {SCRIPT}?mac=${{netX/mac}}"
+            ) from None
         origin = self.origin(request)
         bootimage.current(self.cfg)  # 503 before anything is written
         client = request.client.host if request.client else "?"
+        self.limit.check(client)
         text = await run_in_threadpool(self._script, mac, origin, client)
         return PlainTextResponse(text, headers={"Cache-Control": "no-store"})
 
@@ -105,27 +101,24 @@ class BootService:
             f"drover.libvirt_allow={','.join(LIBVIRT_ALLOWED_USERS)}",
             f"BOOTIF=01-{mac.replace(':', '-')}",
         ]
-        refusal = self.token_refusal(mac)
+        ttl = timedelta(seconds=self.cfg.boot.token_ttl_seconds)
         with session_scope(self.engine) as s:
-            if refusal:
-                detail = f"no token: {refusal}; the host will wait for approval"
-            else:
-                ttl = timedelta(seconds=self.cfg.boot.token_ttl_seconds)
-                minted = tokens.mint(s, ttl=ttl, mac=mac, created_by="boot service", note=f"iPXE script, {client}")
-                args.append(f"drover.token={minted.token}")
-                detail = f"token {minted.token.split('.')[1]} (id {minted.id}) until {minted.expires_at:%H:%M:%S}"
+            decided = admission.boot_token(s, mac, ttl, client)
+            if decided.token is not None:
+                args.append(f"drover.token={decided.token}")
             # Rendered inside the transaction: an argument it refuses rolls the token back.
             text = ipxe_script(f"{origin}{IMAGES}", check_args(args))
-            nic = s.scalars(select(HostNic).where(HostNic.mac == mac)).first()
-            s.add(
-                Event(
-                    kind="boot.script",
-                    subject=mac,
-                    message=f"iPXE script for {mac} to {client} via {origin}; {detail}",
-                    host_id=nic.host_id if nic is not None else None,
+            if decided.token is not None:
+                # Events only for tokens handed out: a stream of unknown MACs must not become a stream of rows.
+                s.add(
+                    Event(
+                        kind="boot.script",
+                        subject=mac,
+                        message=f"iPXE script for {mac} to {client} via {origin}; {decided.detail}",
+                        host_id=decided.host_id,
+                    )
                 )
-            )
-        log.info("boot script for %s (%s): %s", mac, client, detail)
+        log.info("boot script for %s (%s): %s", mac, client, decided.detail)
         return text
 
     def artifact(self, request: Request) -> Response:

@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
-import json
 import logging
 from typing import Any
 
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.types import ExceptionHandler
+from starlette.types import ASGIApp, ExceptionHandler, Message, Receive, Scope, Send
 
 from appliance.api.negotiate import SCHEME
-from appliance.errors import AuthError, DroverError, UsageError
+from appliance.errors import AuthError, DroverError, PayloadTooLarge, UsageError
+from nodeagent import wire
 
 log = logging.getLogger(__name__)
 
@@ -27,12 +27,45 @@ async def read_json(request: Request) -> dict[str, Any]:
     """The request body as a JSON object, or UsageError (400) before any handler changes anything."""
     raw = await request.body()
     try:
-        body = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        body = wire.loads(raw)  # depth-bounded: a deeply nested body is a 400, not a RecursionError
+    except wire.WireError as exc:
         raise UsageError(f"request body is not valid JSON: {exc}", "send a JSON object") from None
     if not isinstance(body, dict):
         raise UsageError(f"request body must be a JSON object, not {type(body).__name__}", "send a JSON object")
     return body
+
+
+class BodyLimit:
+    """Refuse request bodies over `limit` bytes before anything else reads them (authentication and role
+    checks included): a declared Content-Length at once, a chunked body as soon as it passes the limit."""
+
+    def __init__(self, app: ASGIApp, limit: int) -> None:
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope["headers"]).get(b"content-length", b"")
+        if declared.isdigit() and int(declared) > self.limit:
+            await error_response(self._refusal())(scope, receive, send)
+            return
+        seen = 0
+
+        async def limited() -> Message:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.limit:
+                    raise self._refusal()
+            return message
+
+        await self.app(scope, limited, send)
+
+    def _refusal(self) -> PayloadTooLarge:
+        return PayloadTooLarge(f"request body larger than {self.limit} bytes", "send less")
 
 
 def _drover_error(request: Request, exc: Exception) -> Response:

@@ -10,7 +10,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
-from appliance import enrolment, hosts, lifecycle
+from appliance import admission, enrolment, hosts, lifecycle
 from appliance.api.access import caller_roles
 from appliance.api.auth import caller
 from appliance.api.edge import read_json
@@ -49,13 +49,71 @@ def show_host(request: Request) -> JSONResponse:
         return JSONResponse(hosts.detail(host, port))
 
 
-def approve_host(request: Request) -> JSONResponse:
+async def approve_host(request: Request) -> JSONResponse:
+    """POST /hosts/{key}/approve {"claim"?}: which machine, when several claim the host (`host show`)."""
+    body = await _optional_body(request, frozenset({"claim"}))
+    claim = body.get("claim")
+    if claim is not None and (not isinstance(claim, int) or isinstance(claim, bool) or claim < 1):
+        raise UsageError("claim: must be a claim id (a positive integer)", "`drover host show HOST` lists claims")
+    return await run_in_threadpool(_approve, request, claim)
+
+
+def _approve(request: Request, claim: int | None) -> JSONResponse:
     _require(request, Role.ADMIN, "approve hosts")
-    port = state(request).cfg.nodes.libvirt_port
+    cfg = state(request).cfg
     with session(request) as s:
         host = hosts.find(s, request.path_params["key"])
-        enrolment.approve(s, host, caller(request).principal)
-        return JSONResponse(hosts.summary(host, port))
+        enrolment.approve(s, host, caller(request).principal, cfg.nodes.heartbeat_seconds, claim)
+        return JSONResponse(hosts.summary(host, cfg.nodes.libvirt_port))
+
+
+async def open_window(request: Request) -> JSONResponse:
+    """POST /enrolment/windows {"seconds", "count"?, "macs"?, "note"?}: PXE boots get tokens for a while."""
+    body = await read_json(request)
+    unknown = sorted(set(body) - {"seconds", "count", "macs", "note"})
+    if unknown:
+        raise UsageError(f"{unknown[0]}: unknown field", "fields: seconds, count, macs, note")
+    seconds, count = body.get("seconds"), body.get("count", 1)
+    for name, value in (("seconds", seconds), ("count", count)):
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise UsageError(f"{name}: must be an integer")
+    macs = body.get("macs", [])
+    if not isinstance(macs, list) or not all(isinstance(m, str) for m in macs) or len(macs) > admission.MAX_HOSTS:
+        raise UsageError(f"macs: must be a list of at most {admission.MAX_HOSTS} MAC addresses")
+    note = body.get("note", "")
+    if not isinstance(note, str):
+        raise UsageError("note: must be a string")
+    assert isinstance(seconds, int) and isinstance(count, int)
+    return await run_in_threadpool(_open_window, request, timedelta(seconds=seconds), count, macs, note)
+
+
+def _open_window(request: Request, duration: timedelta, count: int, macs: list[str], note: str) -> JSONResponse:
+    _require(request, Role.ADMIN, "open enrolment windows")
+    with session(request) as s:
+        window = admission.open_window(
+            s, by=caller(request).principal, duration=duration, max_hosts=count, macs=macs, note=note
+        )
+        return JSONResponse(admission.window_view(window), status_code=201)
+
+
+def list_windows(request: Request) -> JSONResponse:
+    """GET /enrolment/windows[?all=true]: open windows (all=true: closed and expired ones too)."""
+    _require(request, Role.MONITOR, "see enrolment windows")
+    every = _BOOLEAN.get(request.query_params.get("all", "false").lower())
+    if every is None:
+        raise UsageError("all: must be true or false")
+    with session(request) as s:
+        rows = admission.windows(s, include_closed=every)
+        return JSONResponse({"windows": [admission.window_view(w) for w in rows]})
+
+
+def close_windows(request: Request) -> JSONResponse:
+    """DELETE /enrolment/windows[/{id}]: close one or every open window; their unused tokens die with them."""
+    _require(request, Role.ADMIN, "close enrolment windows")
+    raw = request.path_params.get("id")
+    with session(request) as s:
+        closed = admission.close_windows(s, by=caller(request).principal, window_id=int(raw) if raw else None)
+        return JSONResponse({"closed": [admission.window_view(w) for w in closed]})
 
 
 async def _optional_body(request: Request, fields: frozenset[str]) -> dict[str, Any]:

@@ -22,9 +22,10 @@ from appliance import credentials, enrolment, hosts
 from appliance.api.state import Browser, database
 from appliance.config import Config
 from appliance.db.engine import session_scope
-from appliance.errors import DroverError, UsageError
+from appliance.errors import DroverError, IdentityConflict, UsageError
 from appliance.kerberos.realm import Realm
 from appliance.pki import Pki
+from appliance.ratelimit import RateLimit
 from nodeagent import wire
 
 log = logging.getLogger(__name__)
@@ -60,19 +61,29 @@ class NodeService:
         self.realm = realm
         self.engine = engine
         self.browser = browser
+        self.limit = RateLimit(cfg.nodes.identify_per_minute, "identify requests")
 
     def issuer(self, reached_as: str) -> enrolment.Issuer:
         return lambda fqdn: credentials.issue(self.cfg, self.realm, fqdn, reached_as)
 
     async def identify(self, request: Request) -> Response:
+        source = request.client.host if request.client else ""
+        self.limit.check(source or "?")
         message = _decode(wire.IdentifyRequest, await read_limited(request, self.cfg.nodes.max_body_bytes))
-        result = await run_in_threadpool(self._identify, message, request.url.hostname or "")
+        result = await run_in_threadpool(self._identify, message, request.url.hostname or "", source)
         status = 200 if result.response.status is wire.IdentifyStatus.ACCEPTED else 202
         return Response(wire.encode(result.response), status_code=status, media_type="application/json")
 
-    def _identify(self, message: wire.IdentifyRequest, reached_as: str) -> enrolment.Identified:
-        with session_scope(self.engine) as s:
-            return enrolment.identify(s, message, self.issuer(reached_as), self.cfg.nodes.heartbeat_seconds)
+    def _identify(self, message: wire.IdentifyRequest, reached_as: str, source: str) -> enrolment.Identified:
+        beat = self.cfg.nodes.heartbeat_seconds
+        try:
+            with session_scope(self.engine) as s:
+                return enrolment.identify(s, message, self.issuer(reached_as), beat, source)
+        except IdentityConflict as exc:
+            # The refusal rolled everything back; the warning for the admin is committed on its own.
+            with session_scope(self.engine) as s:
+                enrolment.record_conflict(s, exc, source)
+            raise
 
     async def heartbeat(self, request: Request) -> Response:
         message = _decode(wire.Heartbeat, await read_limited(request, self.cfg.nodes.max_body_bytes))

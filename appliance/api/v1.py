@@ -28,4 +28,8 @@ routes = [
     Route(f"{PREFIX}/hosts/{{key}}/approve", hosts.approve_host, methods=["POST"]),
     Route(f"{PREFIX}/hosts/{{key}}/maintenance", hosts.maintenance_host, methods=["POST"]),
     Route(f"{PREFIX}/hosts/{{key}}/activate", hosts.activate_host, methods=["POST"]),
+    Route(f"{PREFIX}/enrolment/windows", hosts.open_window, methods=["POST"]),
+    Route(f"{PREFIX}/enrolment/windows", hosts.list_windows, methods=["GET"]),
+    Route(f"{PREFIX}/enrolment/windows", hosts.close_windows, methods=["DELETE"]),
+    Route(f"{PREFIX}/enrolment/windows/{{id:int}}", hosts.close_windows, methods=["DELETE"]),
 ]

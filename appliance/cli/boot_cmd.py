@@ -27,13 +27,14 @@ def register(sub: Any) -> None:
 
 def _urls(cfg: Config) -> str:
     base = f"http://{cfg.hostname}:{cfg.nodes.boot_port}"
-    policy = "a one-time token bound to the MAC" if cfg.boot.auto_token else "no token (hosts wait for approval)"
-    if cfg.boot.auto_token and cfg.boot.allow_macs:
-        policy += f", for {cfg.boot.allow_macs} only"
+    policy = (
+        "enrolled hosts rebooting and MACs inside an enrolment window (`drover host enrol`) get a one-time "
+        "token; other machines wait as pending for `drover host approve`"
+    )
     return (
         f"iPXE chain:   {base}/boot/boot.ipxe  (or {base}/boot/ipxe?mac=${{net0/mac}})\n"
         f"artifacts:    {base}/boot/images/<name>\n"
-        f"tokens:       {policy}, valid {cfg.boot.token_ttl_seconds}s\n"
+        f"tokens:       {policy}; valid {cfg.boot.token_ttl_seconds}s\n"
     )
 
 

@@ -9,6 +9,7 @@ from typing import Any
 
 from sqlalchemy import Engine
 
+from appliance import statedir
 from appliance.cli.context import load_config
 from appliance.db import migrate
 from appliance.db.engine import make_engine
@@ -37,7 +38,9 @@ def open_database(args: argparse.Namespace) -> Iterator[Engine]:
 
 
 def upgrade(args: argparse.Namespace) -> int:
-    revs = migrate.upgrade(load_config(args).database_url)
+    cfg = load_config(args)
+    statedir.secure_dir(cfg.state_dir)
+    revs = migrate.upgrade(cfg.database_url)
     if revs.changed:
         print(f"database {revs.url} upgraded from {revs.before or 'empty'} to {revs.after}")
     else:

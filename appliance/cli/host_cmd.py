@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 from typing import Any
 from urllib.parse import quote
 
 from appliance.cli.api_cmd import client_for
 from appliance.cli.context import load_config
+from appliance.text import shown
 from nodeagent import wire
 
 _HOST_HELP = "id, DMI UUID, FQDN or short host name"
@@ -26,7 +28,20 @@ def register(sub: Any) -> None:
     show.set_defaults(func=show_host)
     approve = verbs.add_parser("approve", help="approve a pending host; its next heartbeat collects its keytab")
     approve.add_argument("host", help=_HOST_HELP)
+    approve.add_argument("--claim", type=int, metavar="ID", help="which machine, when several claim the host")
     approve.set_defaults(func=approve_host)
+    enrol = verbs.add_parser(
+        "enrol", help="open (or list, or close) an enrolment window: machines PXE-booting in it get a token"
+    )
+    what = enrol.add_mutually_exclusive_group(required=True)
+    what.add_argument("--window", type=_duration, metavar="DURATION", help="open one for this long: 90s, 30m, 2h")
+    what.add_argument("--list", action="store_true", help="the open windows (with --all: every window)")
+    what.add_argument("--close", nargs="?", const=0, type=int, metavar="ID", help="close one window, or all")
+    enrol.add_argument("--count", type=int, default=1, metavar="N", help="how many machines (default 1)")
+    enrol.add_argument("--mac", action="append", default=[], metavar="MAC", help="only this MAC (repeatable)")
+    enrol.add_argument("--note", default="", help="free text kept with the window")
+    enrol.add_argument("--all", action="store_true", help="with --list: closed and expired windows too")
+    enrol.set_defaults(func=enrol_cmd)
     maint = verbs.add_parser("maintenance", help="no new VMs on an approved host; libvirt and its VMs stay followed")
     maint.add_argument("host", help=_HOST_HELP)
     maint.add_argument("--reason", default="", metavar="TEXT", help="why, for the next admin (`host show`)")
@@ -60,6 +75,18 @@ def _path(host: str, verb: str = "") -> str:
     return f"/api/v1/hosts/{quote(host, safe='')}" + (f"/{verb}" if verb else "")
 
 
+_DURATION = re.compile(r"([0-9]+)([smhd]?)")
+_UNIT = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def _duration(value: str) -> int:
+    """90, 90s, 30m, 2h, 1d -> seconds."""
+    match = _DURATION.fullmatch(value.strip().lower())
+    if match is None:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a duration (e.g. 90s, 30m, 2h)")
+    return int(match.group(1)) * _UNIT[match.group(2)]
+
+
 def _mac(value: str | None) -> str | None:
     return wire.normalize_mac(value) if value else None
 
@@ -72,8 +99,9 @@ def list_hosts(args: argparse.Namespace) -> int:
         return 0
     table = [("ID", "HOSTNAME", "STATE", "APPROVED", "CPUS", "MEMORY", "UUID")]
     for h in rows:
-        table.append((str(h["id"]), h["hostname"], h["state"], "yes" if h["approved"] else "no",
-                      str(h["cpu_count"]), f"{h['memory_mib']} MiB", h["uuid"]))  # fmt: skip
+        # shown(): names come from the nodes; whatever they hold, they print as one harmless line.
+        table.append((str(h["id"]), shown(h["hostname"]), h["state"], "yes" if h["approved"] else "no",
+                      str(h["cpu_count"]), f"{h['memory_mib']} MiB", shown(h["uuid"])))  # fmt: skip
     widths = [max(len(r[i]) for r in table) for i in range(len(table[0]))]
     for row in table:
         print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
@@ -89,7 +117,7 @@ def show_host(args: argparse.Namespace) -> int:
     # The host browser's session, shown apart from the state: in maintenance the state does not follow it.
     h["libvirt"] = "connected" if h["libvirt_connected"] else "not connected"
     for key in _SHOW:
-        print(f"{key + ':':<19}{h[key] if h[key] not in (None, '') else '-'}")
+        print(f"{key + ':':<19}{shown(h[key], 200) if h[key] not in (None, '') else '-'}")
     for nic in h["nics"]:
         boot = " (boot)" if nic["boot"] else ""
         print(f"nic:               {nic['name']} {nic['mac']} {nic['speed_mbps'] or '?'} Mb/s{boot} "
@@ -98,12 +126,17 @@ def show_host(args: argparse.Namespace) -> int:
         print(f"disk:              {disk['name']} {disk['size_bytes'] // 2**30} GiB {disk['model']}".rstrip())
     for vm in h["vms"]:
         print(f"vm:                {vm['name']} {vm['state']} {vm['uuid']}")
+    for c in h["claims"]:
+        print(f"claim:             {c['id']} from {shown(c['source']) or '?'}: {shown(c['hostname'])} "
+              f"boot MAC {c['boot_mac'] or '?'}, first {c['created_at']}, last seen {c['last_seen_at']}")  # fmt: skip
+    if len(h["claims"]) > 1:
+        print(f"hint:              {len(h['claims'])} machines claim this host: approve one with --claim ID")
     return 0
 
 
 def approve_host(args: argparse.Namespace) -> int:
     with client_for(load_config(args)) as api:
-        h = api.post(_path(args.host, "approve"))
+        h = api.post(_path(args.host, "approve"), {"claim": args.claim} if args.claim else None)
     print(f"approved host {h['hostname']} ({h['uuid']}); it collects its keytab at its next heartbeat")
     return 0
 
@@ -152,4 +185,31 @@ def mint_token(args: argparse.Namespace) -> int:
     # The token alone on the first line, so `drover host token | head -1` gives a script just the token.
     print(t["token"])
     print(f"# expires {t['expires_at']}; kernel command line: {t['kernel_args']}")
+    return 0
+
+
+def _print_window(w: dict[str, Any]) -> None:
+    macs = ", ".join(w["macs"]) or "any MAC"
+    print(f"window {w['id']} {w['state']}: {w['hosts_served']}/{w['max_hosts']} host(s), {macs}, "
+          f"until {w['expires_at']} (opened by {w['opened_by']}){' — ' + w['note'] if w['note'] else ''}")  # fmt: skip
+
+
+def enrol_cmd(args: argparse.Namespace) -> int:
+    with client_for(load_config(args)) as api:
+        if args.list:
+            rows = api.get("/api/v1/enrolment/windows", params={"all": "true"} if args.all else None)["windows"]
+            for w in rows:
+                _print_window(w)
+            if not rows:
+                print("no enrolment window is open: machines that PXE-boot now wait as pending for approval")
+            return 0
+        if args.close is not None:
+            path = "/api/v1/enrolment/windows" + (f"/{args.close}" if args.close else "")
+            closed = api.request("DELETE", path)["closed"]
+            print(f"closed {len(closed)} enrolment window(s)" + "".join(f"; {w['id']}" for w in closed))
+            return 0
+        body = {"seconds": args.window, "count": args.count, "macs": [_mac(m) for m in args.mac], "note": args.note}
+        w = api.post("/api/v1/enrolment/windows", body)
+    _print_window(w)
+    print("machines that PXE-boot from the boot service now get a one-time token and enrol without approval")
     return 0

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from appliance import statedir
 from appliance.bootstrap import grant_first_admin
 from appliance.cli.context import load_config
 from appliance.config import KerberosMode
@@ -42,6 +43,7 @@ def _realm(args: argparse.Namespace) -> Realm:
 
 def init(args: argparse.Namespace) -> int:
     cfg = load_config(args)
+    statedir.secure_dir(cfg.state_dir)
     realm = Realm.from_config(cfg)
     created = realm.create()
     granted = grant_first_admin(cfg, f"{FIRST_ADMIN}@{realm.name}")

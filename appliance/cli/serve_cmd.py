@@ -7,6 +7,7 @@ import logging
 import os
 from typing import Any
 
+from appliance import statedir
 from appliance.api import create_app
 from appliance.api.boot import create_boot_app
 from appliance.api.nodes import create_node_app
@@ -62,6 +63,7 @@ def prepare_realm(cfg: Config) -> Realm:
 def serve(args: argparse.Namespace) -> int:
     cfg = load_config(args)
     _log_level(cfg)
+    statedir.secure_dir(cfg.state_dir)
     realm = prepare_realm(cfg)
     revs = migrate.upgrade(cfg.database_url)
     log.info("database %s at schema %s", revs.url, revs.after)

@@ -12,6 +12,7 @@ import sqlalchemy.exc
 from sqlalchemy import URL, Connection, Engine, create_engine, event, make_url
 from sqlalchemy.orm import Session, sessionmaker
 
+from appliance import statedir
 from appliance.errors import DatabaseError
 
 log = logging.getLogger(__name__)
@@ -53,18 +54,17 @@ def sqlite_path(url: URL) -> Path | None:
 
 
 def _ensure_sqlite_dir(path: Path) -> None:
+    """The database's directory 0700 and its files 0600: it holds token hashes and permissions."""
     directory = path.parent
-    if directory.is_dir():
-        return
     try:
-        # 0700: the database holds enrolment token hashes and permissions; only the appliance reads it.
-        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        if not directory.exists():  # an existing one may be shared (/tmp): the state dir is narrowed by its users
+            statedir.secure_dir(directory)
+        statedir.secure_sqlite(path)
     except OSError as exc:
         raise DatabaseError(
-            f"cannot create directory {directory} for the SQLite database: {exc.strerror}",
+            f"cannot prepare {path} for the SQLite database: {exc.strerror}",
             f"set DROVER_STATE_DIR to a writable directory, or point {SETTING} elsewhere",
         ) from None
-    log.info("created %s for the SQLite database", directory)
 
 
 def _sqlite_on_connect(dbapi_connection: Any, _record: Any) -> None:

@@ -10,7 +10,7 @@ import secrets
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import select, update
+from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session
 
 from appliance.db.base import utcnow
@@ -21,6 +21,7 @@ log = logging.getLogger(__name__)
 
 PREFIX = "drv1"  # lets a later token format coexist, and makes a token recognisable in a log or a paste
 DEFAULT_TTL = timedelta(hours=24)
+BOOT_SERVICE = "boot service"  # created_by of the tokens the boot service puts on iPXE kernel lines
 
 
 class Refusal(enum.StrEnum):
@@ -69,6 +70,7 @@ def mint(
     mac: str | None = None,
     created_by: str | None = None,
     note: str = "",
+    window_id: int | None = None,
     now: datetime | None = None,
 ) -> MintedToken:
     """Store a new token and return its plain text, `drv1.<selector>.<secret>`; the caller commits."""
@@ -87,11 +89,35 @@ def mint(
         mac=_normal_mac(mac),
         created_by=created_by,
         note=note,
+        window_id=window_id,
     )
     session.add(row)
     session.flush()
     log.info("minted enrolment token %s (id %s) expiring %s", selector, row.id, row.expires_at)
     return MintedToken(row.id, f"{PREFIX}.{selector}.{secret}", row.expires_at)
+
+
+def purge(session: Session, *, mac: str | None = None, now: datetime | None = None) -> int:
+    """Delete unused tokens that can no longer be used (expired), and with `mac` the unused tokens the boot
+    service minted for that MAC (a new boot script replaces the last one: a MAC holds one live boot token;
+    tokens an admin minted are left alone)."""
+    now = now or utcnow()
+    gone = session.execute(
+        delete(EnrolmentToken)
+        .where(EnrolmentToken.used_at.is_(None), EnrolmentToken.expires_at <= now)
+        .execution_options(synchronize_session=False)
+    ).rowcount  # type: ignore[attr-defined]
+    if mac is not None:
+        gone += session.execute(
+            delete(EnrolmentToken)
+            .where(
+                EnrolmentToken.used_at.is_(None),
+                EnrolmentToken.mac == _normal_mac(mac),
+                EnrolmentToken.created_by == BOOT_SERVICE,
+            )
+            .execution_options(synchronize_session=False)
+        ).rowcount  # type: ignore[attr-defined]
+    return int(gone)
 
 
 def consume(

@@ -1,7 +1,7 @@
 """Every model, imported here so Base.metadata is complete for migrations and for anyone who needs a class."""
 
 from appliance.db.base import Base
-from appliance.db.models.enrolment import EnrolmentToken
+from appliance.db.models.enrolment import EnrolmentToken, EnrolmentWindow, HostClaim
 from appliance.db.models.events import Event, Severity
 from appliance.db.models.hosts import Arch, Host, HostDisk, HostNic, HostState, HypervisorType
 from appliance.db.models.networks import BootProtocol, IpRange, Network
@@ -21,9 +21,11 @@ __all__ = [
     "Cluster",
     "DiskBus",
     "EnrolmentToken",
+    "EnrolmentWindow",
     "Event",
     "HardwarePool",
     "Host",
+    "HostClaim",
     "HostDisk",
     "HostNic",
     "HostState",

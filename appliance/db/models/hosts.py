@@ -6,12 +6,13 @@ import enum
 from datetime import datetime
 from typing import TYPE_CHECKING
 
-from sqlalchemy import BigInteger, ForeignKey, String, Text, UniqueConstraint
+from sqlalchemy import BigInteger, ForeignKey, Index, String, Text, UniqueConstraint, text
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from appliance.db.base import Base, CreatedMixin, IdMixin, enum_column, utcnow
 
 if TYPE_CHECKING:
+    from appliance.db.models.enrolment import HostClaim
     from appliance.db.models.networks import Network
     from appliance.db.models.pools import Cluster, HardwarePool
     from appliance.db.models.vms import Vm
@@ -42,9 +43,20 @@ class Arch(enum.StrEnum):
 
 class Host(IdMixin, CreatedMixin, Base):
     __tablename__ = "hosts"
+    __table_args__ = (
+        # One enrolled host per name: a second machine claiming an enrolled host's FQDN must never get (or
+        # re-key) its libvirt/<fqdn> principal. Pending rows may share a name until an admin decides.
+        Index(
+            "uq_hosts_enrolled_hostname",
+            "hostname",
+            unique=True,
+            sqlite_where=text("approved_at IS NOT NULL"),
+            postgresql_where=text("approved_at IS NOT NULL"),
+        ),
+    )
     # The DMI system UUID, lower case: the one identity a stateless node keeps across reboots.
     uuid: Mapped[str] = mapped_column(unique=True)
-    # Not unique: a re-imaged or replaced machine may briefly share a name with the record it replaces.
+    # Unique among enrolled hosts (the index above); a pending machine may claim a name an admin then refuses.
     hostname: Mapped[str] = mapped_column(index=True)  # FQDN
     state: Mapped[HostState] = mapped_column(
         enum_column(HostState, "host_state"), default=HostState.PENDING, index=True
@@ -83,6 +95,10 @@ class Host(IdMixin, CreatedMixin, Base):
     nics: Mapped[list[HostNic]] = relationship(back_populates="host", cascade="all, delete-orphan")
     disks: Mapped[list[HostDisk]] = relationship(back_populates="host", cascade="all, delete-orphan")
     vms: Mapped[list[Vm]] = relationship(back_populates="host")
+    # Pending hosts only: the machines that identified as this host without a token (enrolment.py).
+    claims: Mapped[list[HostClaim]] = relationship(
+        cascade="all, delete-orphan", passive_deletes=True, order_by="HostClaim.id"
+    )
 
 
 class HostNic(IdMixin, Base):

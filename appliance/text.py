@@ -1,0 +1,16 @@
+"""Untrusted text made safe to log or print: control characters escaped, length bounded."""
+
+from __future__ import annotations
+
+import re
+
+_UNSAFE = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+DEFAULT_LIMIT = 80
+
+
+def shown(value: object, limit: int = DEFAULT_LIMIT) -> str:
+    """`value` as one printable line of at most `limit` characters (plus an ellipsis and the full length)."""
+    text = str(value)
+    cut = len(text) > limit
+    text = _UNSAFE.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), text[:limit])
+    return f"{text}…({len(str(value))} chars)" if cut else text
