@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import httpx
 import pytest
@@ -137,3 +139,47 @@ def test_granting_without_a_ticket_is_401(appliance: LabAppliance) -> None:
     response = httpx.post(f"{appliance.local_url}/api/v1/users", json={"principal": "h@X", "role": "admin"})
     assert response.status_code == 401
     assert _db_snapshot(appliance) == before
+
+
+def _rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise AssertionError("no VmRSS")
+
+
+def test_oversized_bodies_are_refused_before_the_role_check_reads_them(
+    appliance: LabAppliance, kdc: LabKdc, as_user: AsUser
+) -> None:
+    """Issue 8: a 300 MB POST by a `monitor` user took the server to 1 GB before its 403. Now the declared
+    size is refused at once, and a chunked body without a length is cut off past [api] max_body_bytes."""
+    _grant_cli(appliance, f"watcher@{kdc.realm.name}", "monitor")
+    http = as_user("watcher")._http
+    before_rss, before_db = _rss_kib(appliance.process.pid), _db_snapshot(appliance)
+
+    # Declared 300 MB, 16 bytes sent, no ticket at all: the size is refused first (413, not 401).
+    port = int(appliance.local_url.rsplit(":", 1)[1])
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
+        raw.sendall(b"POST /api/v1/users HTTP/1.1\r\nHost: x\r\nContent-Length: 314572800\r\n\r\n" + b"{" * 16)
+        answer = ""
+        while "larger than" not in answer and (chunk := raw.recv(65536).decode()):
+            answer += chunk
+    assert answer.startswith("HTTP/1.1 413") and "larger than 1048576 bytes" in answer, answer
+
+    def chunks() -> Iterator[bytes]:
+        for _ in range(8):  # 8 MiB, bounded: the server stops reading after the first MiB
+            yield b" " * 2**20
+
+    chunked = http.post("/api/v1/users", content=chunks())
+    assert chunked.status_code == 413, chunked.text
+    assert _rss_kib(appliance.process.pid) - before_rss < 32 * 1024
+    assert _db_snapshot(appliance) == before_db
+
+
+def test_deeply_nested_json_is_a_400_not_a_500(appliance: LabAppliance, root: Client) -> None:
+    before = _db_snapshot(appliance)
+    body = b"[" * 100_000 + b"]" * 100_000
+    response = root._http.post("/api/v1/users", content=body, headers={"Content-Type": "application/json"})
+    assert response.status_code == 400 and "nested deeper than" in response.json()["error"], response.text
+    assert _db_snapshot(appliance) == before
+    assert "RecursionError" not in appliance.log_text()

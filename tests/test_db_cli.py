@@ -118,3 +118,32 @@ def test_state_dir_that_cannot_be_created(tmp_path: Path) -> None:
     error, hint = proc.stderr.splitlines()
     assert "cannot create directory" in error
     assert "DROVER_STATE_DIR" in hint
+
+
+def _mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+def test_state_dir_is_0700_and_the_database_0600_from_the_first_run_and_after_an_upgrade(tmp_path: Path) -> None:
+    """Issue 8: the state dir was 0755 and drover.db 0644 (hosts, users, roles, token hashes)."""
+    old = os.umask(0o022)  # a usual umask: without care, files come out world-readable
+    try:
+        fresh = tmp_path / "fresh" / "state"
+        done = drover("db", "upgrade", state_dir=fresh)
+        assert done.returncode == 0, done.stderr
+        assert _mode(fresh) == 0o700 and _mode(fresh / "drover.db") == 0o600
+        assert all(_mode(p) == 0o600 for p in fresh.glob("drover.db*"))
+        # As an older drover left them: wide open. The next run narrows them.
+        older = tmp_path / "older"
+        older.mkdir(mode=0o755)
+        (older / "drover.db").touch(mode=0o644)
+        (older / "drover.db-wal").touch(mode=0o644)
+        older.chmod(0o755)
+        done = drover("db", "upgrade", state_dir=older)
+        assert done.returncode == 0, done.stderr
+        assert _mode(older) == 0o700
+        assert {p.name: _mode(p) for p in older.glob("drover.db*")} == {
+            p.name: 0o600 for p in older.glob("drover.db*")
+        } and _mode(older / "drover.db-wal") == 0o600
+    finally:
+        os.umask(old)

@@ -15,6 +15,7 @@ import contextlib
 import re
 import shlex
 import socket
+import ssl
 import threading
 import time
 import uuid
@@ -23,11 +24,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from sqlalchemy import Engine, func, select
 
 from appliance.db.engine import session_scope
 from appliance.db.models import EnrolmentToken, Event, Host, HostNic, HostState, Vm, VmState
+from nodeagent import wire
 from tests.lab.accel import Accel
 from tests.lab.appliance import LabAppliance
 from tests.lab.guest import GuestImage, domain_xml
@@ -563,10 +566,6 @@ def principals(lab: Lab) -> list[str]:
 
 def node_client(lab: Lab) -> Any:
     """An HTTPS client of the node API, pinned to the appliance's CA, as an attacker on the network has it."""
-    import ssl
-
-    import httpx
-
     ca = httpx.get(f"http://127.0.0.1:{lab.served.boot_port}/boot/ca.pem", trust_env=False, timeout=10)
     return httpx.Client(
         base_url=lab.served.node_url, verify=ssl.create_default_context(cadata=ca.text), trust_env=False, timeout=30
@@ -574,10 +573,8 @@ def node_client(lab: Lab) -> Any:
 
 
 def forged_identify(client: Any, token: str, dmi_uuid: str, fqdn: str, mac: str) -> Any:
-    from nodeagent import wire
-
     facts = wire.Facts(
-        uuid=dmi_uuid, hostname=fqdn.split(".")[0], fqdn=fqdn, arch="x86_64", kernel="6.1.0",
+        uuid=dmi_uuid, hostname=fqdn.split(".", maxsplit=1)[0], fqdn=fqdn, arch="x86_64", kernel="6.1.0",
         memory_bytes=1 << 30, cpu=wire.Cpu("Forged CPU", 1, 1, 1, ()),
         nics=(wire.Nic("eth0", mac, 1000, (), True),), boot_mac=mac,
     )  # fmt: skip
@@ -642,8 +639,6 @@ def test_two_machines_claiming_a_pending_host_need_the_admin_to_choose(
     try:
         wait_for("pending host", lambda: host_state(lab.db, dmi_uuid) is HostState.PENDING, 40, node.log)
         wait_for("agent heartbeating", lambda: read_state(node.state).get("heartbeats", 0) >= 1, 20, node.log)
-        from nodeagent import wire
-
         with node_client(lab) as client:
             r = forged_identify(client, "", dmi_uuid, "evil.example.test", "52:54:00:aa:00:05")
             assert r.status_code == 202, r.text
