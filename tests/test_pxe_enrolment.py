@@ -103,6 +103,11 @@ def test_pxe_booted_node_enrols_itself(node_image: NodeImage, kdc: LabKdc, tmp_p
     try:
         used = served.drover("boot", "use", str(node_image.dir))
         assert used.returncode == 0, used.stdout + used.stderr
+        # The admin vouches for this one machine: a window of one, for its MAC (no other machine gets a token).
+        granted = served.drover("user", "add", "pxe-boss", "--role", "admin")
+        assert granted.returncode == 0, granted.stderr
+        opened = served.drover("host", "enrol", "--window", "10m", "--mac", node.mac, principal="pxe-boss")
+        assert opened.returncode == 0, opened.stderr
         accel = detect()
 
         # 1. First boot: the host appears available with its real facts. Both clocks come from the
@@ -147,8 +152,11 @@ def test_pxe_booted_node_enrols_itself(node_image: NodeImage, kdc: LabKdc, tmp_p
         assert vm_row(db, DOMAIN_UUID) == (host.id, VmState.UNREACHABLE)
         print(f"qemu killed -> unavailable {lost:.2f}s")
 
-        # 4. Power on again: a new one-time token, a new key, the same host row (keyed by DMI UUID);
-        #    the domain lived in the node's RAM, so the re-sync says it is gone.
+        # 4. Power on again: the window is used up, but an enrolled host's reboot gets a token bound to it
+        #    (a new key, the same host row, keyed by DMI UUID); the domain lived in the node's RAM, so the
+        #    re-sync says it is gone.
+        windows = served.drover("host", "enrol", "--list", principal="pxe-boss")
+        assert "1/1 host(s)" in windows.stdout, windows.stdout
         again = boot(node, tmp_path, served.boot_port, accel, tag="-reboot")
         guests.append(again)
         back = wait_for(

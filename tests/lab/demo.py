@@ -263,7 +263,20 @@ def run_demo(demo: Demo, stop: threading.Event) -> int:
     try:
         appliance.wait_ready()
         say(f"appliance up: API http://localhost:{cfg.api.port}, boot service http://127.0.0.1:{cfg.nodes.boot_port}")
+        admin = {"KRB5CCNAME": f"FILE:{demo.dir / 'admin.ccache'}", **realm.env()}
+        subprocess.run(
+            ["kinit", "-k", "-t", str(realm.files.admin_keytab), f"{FIRST_ADMIN}@{realm.name}"],
+            env={**admin, "PATH": os.environ.get("PATH", "/usr/bin:/bin")},
+            check=True,
+        )
+        admin_env = {**admin, **lab_hosts.env}
         if demo.nodes:
+            # Nobody else gets a token: a window for exactly these machines, the way an admin enrols a rack.
+            macs = [arg for node in demo.nodes for arg in ("--mac", node.mac)]
+            say(f"opening an enrolment window for the demo's {len(demo.nodes)} node(s): drover host enrol "
+                f"--window 15m --count {len(demo.nodes)} {' '.join(macs)}")  # fmt: skip
+            drover(demo, "host", "enrol", "--window", "15m", "--count", str(len(demo.nodes)), *macs,
+                   extra_env=admin_env, capture=True)  # fmt: skip
             chosen = accel.detect()
             note = "" if chosen is accel.Accel.KVM else " (no KVM that boots guests here: expect 1.5-3 min per boot)"
             say(f"PXE-booting {len(demo.nodes)} node(s) in qemu, accelerator {chosen}{note}")
@@ -273,14 +286,10 @@ def run_demo(demo: Demo, stop: threading.Event) -> int:
                     f"{os.path.relpath(guests[node.name].serial_log)})")  # fmt: skip
             if not watch(demo, db, guests, appliance, stop):
                 return 1 if not stop.is_set() else 0
-        admin = {"KRB5CCNAME": f"FILE:{demo.dir / 'admin.ccache'}", **realm.env()}
-        subprocess.run(
-            ["kinit", "-k", "-t", str(realm.files.admin_keytab), f"{FIRST_ADMIN}@{realm.name}"],
-            env={**admin, "PATH": os.environ.get("PATH", "/usr/bin:/bin")},
-            check=True,
-        )
+            drover(demo, "host", "enrol", "--close", extra_env=admin_env, capture=True)
+            say("enrolment window closed: their reboots get tokens bound to them; any other machine waits as pending")
         say("drover host list")
-        print(drover(demo, "host", "list", extra_env={**admin, **lab_hosts.env}, capture=True), end="", flush=True)
+        print(drover(demo, "host", "list", extra_env=admin_env, capture=True), end="", flush=True)
         instructions(demo, cfg, realm, write_env(demo, cfg, lab_hosts))
         # Keep watching: a node that goes away or comes back is worth a line.
         last = host_states(db, demo.nodes)
