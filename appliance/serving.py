@@ -20,6 +20,7 @@ from typing import Any
 import uvicorn
 
 from appliance.errors import UsageError
+from appliance.text import shown
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +61,20 @@ def bind(host: str, port: int, setting: str) -> socket.socket:
         ) from None
     sock.listen(512)
     return sock
+
+
+class _BoundedAccessLog(logging.Filter):
+    """uvicorn's access line carries the request path and query as the client sent them: a 60 KB query
+    would be logged whole. Each argument is cut and escaped (appliance.text) first."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.args, tuple):
+            record.args = tuple(shown(a, ACCESS_LOG_LIMIT) if isinstance(a, str) else a for a in record.args)
+        return True
+
+
+ACCESS_LOG_LIMIT = 200
+logging.getLogger("uvicorn.access").addFilter(_BoundedAccessLog())
 
 
 def listener(name: str, app: Any, sock: socket.socket, *, certfile: str = "", keyfile: str = "") -> Listener:

@@ -293,6 +293,15 @@ def test_boot_use_refuses_an_image_that_does_not_match_its_manifest(served: Serv
     assert served.link.resolve() == served.image  # still serving the good one
 
 
+def test_a_huge_bad_mac_is_neither_echoed_nor_logged(served: Served) -> None:
+    junk = "\x1b[2J" + "A" * 60_000
+    r = served.boot.get("/boot/ipxe", params={"mac": junk})
+    assert r.status_code == 400 and "not a MAC address (60004 characters)" in r.text, r.text[:200]
+    assert "AAAAAAAAAA" not in r.text  # nothing of it comes back
+    assert "A" * 300 not in served.lab.log_text()  # the access line carries at most 200 characters of it
+    assert "\x1b[2J" not in served.lab.log_text()
+
+
 def test_a_flood_of_script_requests_is_cut_off_per_source(served: Served) -> None:
     """Last in this module: it spends the source's budget. 120 requests for new MACs while a window for 5 is
     open: at most SCRIPTS_PER_MINUTE answered, the rest 429; 5 tokens and 5 events, nothing more."""

@@ -618,6 +618,11 @@ def test_no_second_machine_takes_an_enrolled_hosts_uuid_name_or_mac(
         assert kvno(lab, principal) == version and principals(lab) == known
         assert host_state(lab.db, dmi_uuid) is HostState.AVAILABLE
         assert conflict_events(lab.db, host_id) == 3
+        # A machine nobody vouched for: pending, and no principal is made for what it claims.
+        with node_client(lab) as client:
+            r = forged_identify(client, "", str(uuid.uuid4()), "attacker4.example.test", "52:54:00:aa:00:04")
+            assert r.status_code == 202, r.text
+        assert principals(lab) == known
         # The real node still authenticates with its key.
         listing = virsh(client_env(lab.kdc, lab.hosts, "drover"), node.restarter.node.uri("qemu"), "list")  # type: ignore[union-attr]
         assert listing.returncode == 0, listing.stdout
