@@ -16,6 +16,7 @@ from sqlalchemy.orm import Session
 from appliance.db.base import utcnow
 from appliance.db.models.enrolment import EnrolmentToken
 from appliance.errors import AuthError, UsageError
+from appliance.text import shown
 
 log = logging.getLogger(__name__)
 
@@ -163,6 +164,7 @@ def consume(
 
 
 def _refuse(reason: Refusal, selector: str) -> TokenRefused:
-    # Log the selector only: it is public, and the secret half must never reach a log.
-    log.warning("enrolment token %s refused: %s", selector, reason)
+    # Log the selector only: it is public, and the secret half must never reach a log. It is whatever the
+    # client sent, so it is cut and escaped.
+    log.warning("enrolment token %s refused: %s", shown(selector, 32), reason)
     return TokenRefused(reason)
