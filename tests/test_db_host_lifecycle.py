@@ -13,6 +13,7 @@ import uuid
 from typing import Any
 
 import pytest
+import sqlalchemy.exc
 from sqlalchemy import Engine, func, select
 
 from appliance import hosts, lifecycle
@@ -364,14 +365,14 @@ def test_running_vms_refuse_the_removal_unless_forced(db_engine: Engine, kdc: La
 
 
 @pytest.mark.lab
-def test_a_principal_is_kept_while_another_record_uses_it_and_none_is_needed_for_a_pending_host(
+def test_two_enrolled_records_never_share_a_name_and_a_pending_host_needs_no_principal(
     db_engine: Engine, kdc: LabKdc
 ) -> None:
-    old, principal = with_principal(kdc, db_engine, "twin.example.test")
-    add_host(db_engine, "twin.example.test", macs=("52:54:00:30:00:02",))
-    removed = remove(db_engine, str(old), kdc.realm)
-    assert removed.principal == ""
-    assert removed.principal_note == f"kept {principal}: another host record with the name twin.example.test uses it"
+    _, principal = with_principal(kdc, db_engine, "twin.example.test")
+    # The database itself refuses a second enrolled row for the name (enrolment refuses it before that).
+    with pytest.raises(sqlalchemy.exc.IntegrityError):
+        add_host(db_engine, "twin.example.test", macs=("52:54:00:30:00:02",))
+    add_host(db_engine, "twin.example.test", approved=False, state=HostState.PENDING, macs=("52:54:00:30:00:04",))
     assert kdc.realm.kadmin().exists(principal)
     # A pending host never had one: removing it needs no kadmin at all (this realm could not answer).
     add_host(db_engine, "pend.example.test", approved=False, state=HostState.PENDING, macs=("52:54:00:30:00:03",))

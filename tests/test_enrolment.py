@@ -42,7 +42,9 @@ MAC = "52:54:00:12:34:56"
 
 
 def facts(uuid: str = UUID, fqdn: str = "enrol1.example.test", nics: tuple[wire.Nic, ...] | None = None) -> wire.Facts:
-    nics = nics if nics is not None else (wire.Nic("ens3", MAC, 1000, ("10.0.2.15/24",), True),)
+    # Each machine its own boot MAC (MACs are unique among enrolled hosts): this module's host has MAC.
+    mac = MAC if uuid == UUID else "52:54:00:" + ":".join(uuid[i : i + 2] for i in (0, 2, 4))
+    nics = nics if nics is not None else (wire.Nic("ens3", mac, 1000, ("10.0.2.15/24",), True),)
     return wire.Facts(
         uuid=uuid,
         hostname=fqdn.split(".", maxsplit=1)[0],
