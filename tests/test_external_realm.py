@@ -18,8 +18,12 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
+from appliance.config import KerberosMode
 from appliance.db.engine import session_scope
 from appliance.db.models import EnrolmentToken, HostState
+from appliance.errors import KerberosError
+from appliance.kerberos.kadmin import Kadmin
+from appliance.kerberos.realm import Realm, RealmFiles
 from tests.lab.agent_node import FakeNode, host_row, host_state, mint, wait_for
 from tests.lab.appliance import DROVER, ROOT, start_appliance
 from tests.lab.kdc import SITE_ADMIN, SiteRealm, external_state, start_site_realm
@@ -80,6 +84,13 @@ def test_serve_checked_the_realm_and_status_says_it_is_in_order(lab: Lab, site: 
         assert check_line(out.stdout, name).startswith("ok   "), out.stdout
     assert f"{site.realm} (external)" in out.stdout
     assert not site.exists("libvirt/drover-realm-check.invalid")  # the rights probe cleans up
+    # The same checks run by the server, asked through the API by an admin; refused to anyone else.
+    remote = lab.served.drover("realm", "check", principal=ADMIN)
+    assert remote.returncode == 0, remote.stdout + remote.stderr
+    assert f"realm:      {site.realm} (external), checked by the appliance" in remote.stdout
+    assert check_line(remote.stdout, "admin rights").startswith("ok   "), remote.stdout
+    stranger = lab.served.drover("realm", "check", principal="stranger")
+    assert stranger.returncode == 9 and "may not check the realm" in stranger.stderr, stranger.stderr
 
 
 def test_status_names_what_is_wrong_and_how_to_fix_it(lab: Lab, site: SiteRealm, acl: Callable[[str], None],
@@ -100,6 +111,8 @@ def test_status_names_what_is_wrong_and_how_to_fix_it(lab: Lab, site: SiteRealm,
     assert line.startswith("FAIL") and "lacks the 'change-password' privilege (kadm5.acl 'c')" in line, line
     assert f"fix: kadm5.acl needs the line: {SITE_ADMIN}@{site.realm}  adci  libvirt/*@{site.realm}" in out.stdout
     assert not site.exists("libvirt/drover-realm-check.invalid")  # taken back after the refusal
+    remote = lab.served.drover("realm", "check", principal=ADMIN)
+    assert remote.returncode == 1 and check_line(remote.stdout, "admin rights").startswith("FAIL"), remote.stdout
 
     # kadmind down: said so, and the rights are not even tried.
     site.stop_kadmind()
@@ -190,3 +203,30 @@ def test_a_refused_key_extraction_issues_nothing_and_leaves_no_principal(
     assert used is None
     assert not site.exists(principal)
     assert f"took back principal {principal}" in lab.served.log_text()
+
+
+def test_kadmin_session_failures_say_what_and_how(site: SiteRealm, tmp_path: Path) -> None:
+    """What identify or removal would raise at run time if the realm changed under a running appliance."""
+    files = RealmFiles(tmp_path / "realm")
+    files.root.mkdir()
+    files.krb5_conf.write_text(site.kdc.krb5_conf.read_text())
+    spec = site.kdc.realm.spec
+
+    def kadmin_as(keytab: Path) -> Kadmin:
+        realm = Realm(spec, files, "appliance.example.test", KerberosMode.EXTERNAL, SITE_ADMIN, keytab)
+        return realm.kadmin()
+
+    wrong = site.export("someone-else", tmp_path / "wrong.keytab")
+    with pytest.raises(KerberosError) as info:
+        kadmin_as(wrong).add("libvirt/session.example.test")
+    assert "the admin keytab holds no key for the admin principal" in info.value.message, info.value
+    assert "export the admin principal's keys" in info.value.hint
+    site.stop_kadmind()
+    try:
+        with pytest.raises(KerberosError) as info:
+            kadmin_as(site.admin_keytab).add("libvirt/session.example.test")
+        assert "failed: kadmind is not answering (or not this realm's)" in info.value.message, info.value
+        assert info.value.hint.startswith("start kadmind on the realm's admin server")
+    finally:
+        site.restart_kadmind()
+    assert not site.exists("libvirt/session.example.test")

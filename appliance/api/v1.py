@@ -6,7 +6,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from appliance.api import hosts, users
+from appliance.api import hosts, realm, users
 
 PREFIX = "/api/v1"
 # Reachable without a ticket: load balancers and `drover serve`'s own readiness check use it.
@@ -28,4 +28,5 @@ routes = [
     Route(f"{PREFIX}/hosts/{{key}}/approve", hosts.approve_host, methods=["POST"]),
     Route(f"{PREFIX}/hosts/{{key}}/maintenance", hosts.maintenance_host, methods=["POST"]),
     Route(f"{PREFIX}/hosts/{{key}}/activate", hosts.activate_host, methods=["POST"]),
+    Route(f"{PREFIX}/realm/check", realm.check_realm, methods=["POST"]),
 ]

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from appliance.bootstrap import grant_first_admin
+from appliance.cli.api_cmd import client_for
 from appliance.cli.context import load_config
 from appliance.config import KerberosMode
 from appliance.kerberos import health
@@ -25,6 +26,8 @@ def register(sub: Any) -> None:
     verbs.add_parser("stop", help="stop the embedded KDC").set_defaults(func=stop)
     checks = "check the realm: KDC, kadmind, keytabs, admin rights, and how to fix each"
     verbs.add_parser("status", help=checks).set_defaults(func=status)
+    verbs.add_parser("check", help="the same checks, run by the appliance's server (through the API, as you)"
+                     ).set_defaults(func=check)  # fmt: skip
     add = verbs.add_parser("add-principal", help="create a principal (random key, or a password from stdin)")
     add.add_argument("principal")
     add.add_argument("--password-stdin", action="store_true", help="read a password from standard input")
@@ -79,12 +82,24 @@ def status(args: argparse.Namespace) -> int:
     print(f"HTTP:       {realm.http_principal}")
     print(f"appliance:  {realm.appliance_principal}")
     checks = health.check(realm)
+    _print_checks(checks)
+    return 0 if not health.failures(checks) else 1
+
+
+def _print_checks(checks: list[health.Check]) -> None:
     width = max(len(c.name) for c in checks)
     for c in checks:
         print(f"{'ok  ' if c.ok else 'FAIL'} {c.name:<{width}}  {c.detail}")
         if not c.ok and c.fix:
             print(f"     {'':<{width}}  fix: {c.fix}")
-    return 0 if not health.failures(checks) else 1
+
+
+def check(args: argparse.Namespace) -> int:
+    with client_for(load_config(args)) as api:
+        answer = api.post("/api/v1/realm/check")
+    print(f"realm:      {answer['realm']} ({answer['mode']}), checked by the appliance")
+    _print_checks([health.Check(**c) for c in answer["checks"]])
+    return 0 if answer["ok"] else 1
 
 
 def add_principal(args: argparse.Namespace) -> int:

@@ -40,6 +40,8 @@ _INIT_FAILURES = (
     ("Cannot contact any KDC", "no KDC of the realm answers", "check the realm's KDC and krb5.conf"),
     ("GSS-API (or Kerberos) error", "kadmind did not accept the session (is it running, for this realm?)",
      "check kadmind on the realm's admin server"),
+    ("Communication failure with server", "kadmind is not answering (or not this realm's)",
+     "start kadmind on the realm's admin server; check admin_server in krb5.conf"),
     ("Connection refused", "kadmind is not answering", "start kadmind on the realm's admin server"),
     ("Cannot resolve network address for admin server", "kadmind is not answering",
      "start kadmind on the realm's admin server"),
@@ -103,12 +105,14 @@ class Kadmin:
         try:
             proc = run([*self._argv, "-q", query], env=self._env, timeout=60)
         except CommandFailed as exc:
-            lines = exc.output.strip().splitlines()
+            # kadmin's own stdout line comes last (buffered); its error went to stderr before it.
+            lines = [ln for ln in exc.output.strip().splitlines() if not ln.startswith("Authenticating as")]
             for needle, what, fix in _INIT_FAILURES:
                 if any(needle in line for line in lines):
                     raise KerberosError(f"kadmin as {self.admin or 'admin'} failed: {what} ({lines[-1].strip()})",
                                         fix) from exc  # fmt: skip
-            raise KerberosError(f"kadmin failed: {query}: {lines[-1:]}") from exc
+            said = lines[-1].strip() if lines else f"exit {exc.returncode}, no message"
+            raise KerberosError(f"kadmin failed: {query}: {said}") from exc
         # kadmin exits 0 on most query errors; its messages are the only signal.
         bad = [line for line in proc.stdout.splitlines() if re.search(r"while |error|[Ee]rror|not found", line)]
         bad = [line for line in bad if not (tolerate and tolerate in line)]
