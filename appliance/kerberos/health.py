@@ -3,8 +3,8 @@
 `drover realm status` prints them; `drover serve` runs them at start and refuses to serve on a failure.
 For an existing (external) realm the rights check does what enrolment and removal do, on a probe
 principal that matches the same kadm5.acl line as a node's: add it, extract a fresh key, delete it.
-kadmind's own `getprivs` cannot stand in for it: it ignores target-restricted ACL lines (it reported
-INQUIRE ADD MODIFY DELETE for an entry granting only `ai` on libvirt/*).
+kadmind's own `getprivs` cannot stand in for it: it does not report what a target-restricted line
+grants (INQUIRE ADD MODIFY DELETE both for `adci` and for `ai` on libvirt/*, kadmind 1.20).
 """
 
 from __future__ import annotations
