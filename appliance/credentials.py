@@ -8,7 +8,7 @@ import tempfile
 from pathlib import Path
 
 from appliance.config import Config
-from appliance.errors import UsageError
+from appliance.errors import KerberosError, UsageError
 from appliance.kerberos import profile
 from appliance.kerberos.kadmin import check_principal
 from appliance.kerberos.realm import APPLIANCE_CLIENT, Realm
@@ -49,10 +49,23 @@ def issue(cfg: Config, realm: Realm, fqdn: str, reached_as: str) -> wire.Credent
     """
     principal = service_principal(fqdn, realm.name)
     kadmin = realm.kadmin()
-    kadmin.add(principal)
-    with tempfile.TemporaryDirectory(prefix="drover-keytab-") as tmp:
-        path = kadmin.keytab([principal], Path(tmp) / "node.keytab")
-        keytab = path.read_bytes()
+    created = kadmin.add(principal)
+    try:
+        with tempfile.TemporaryDirectory(prefix="drover-keytab-") as tmp:
+            path = kadmin.keytab([principal], Path(tmp) / "node.keytab")
+            keytab = path.read_bytes()
+    except KerberosError as exc:
+        # The caller's transaction rolls the host back; the principal made for it must go too.
+        if created:
+            try:
+                kadmin.delete(principal)
+            except KerberosError as undo:
+                raise KerberosError(
+                    f"{exc.message}; and {principal}, created for this host, could not be deleted: {undo.message}",
+                    f"delete it on the KDC (kadmin.local delprinc {principal}); {exc.hint}",
+                ) from exc
+            log.warning("took back principal %s: its keytab could not be issued", principal)
+        raise
     log.info("issued a keytab for %s (%d bytes)", principal, len(keytab))
     return wire.Credentials(
         principal=principal,

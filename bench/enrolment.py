@@ -1,8 +1,10 @@
 """Enrolment benchmark: identify requests/s, host browser changes/s into the DB, and 1,000 hosts in one process.
 
 - identify: POST /node/v1/identify over HTTPS to a real `drover serve` (lab KDC, SQLite), without a token
-  (pending: DB work only) and with tokens (kadmin issues a keytab each); baseline: GET /api/v1/health on
-  the same server process.
+  (pending: DB work only) and with tokens (kadmin.local issues a keytab each); baseline: GET /api/v1/health
+  on the same server process. Then the same accepted identifies against a second `drover serve` in external
+  mode, whose keytabs come from a site-style realm's kadmind (tests/lab/kdc.py start_site_realm) through
+  remote kadmin, as a ratio to the embedded kadmin.local figure of this run.
 - events: lifecycle changes through the host browser's DB writer; baseline: plain Event inserts, same batch.
 - scale: 1,000 approved hosts with 10 domains each, 10 of them (scattered) hanging in connect like a frozen
   libvirtd: the other 990 must not wait for them. SIMULATED at the libvirt-connection boundary: the connector
@@ -36,12 +38,13 @@ from appliance.hosts import default_pool
 from hostbrowser.browser import HostBrowser
 from hostbrowser.sync import Domain, DomainChanged, Writer
 from nodeagent import wire
-from tests.lab.appliance import start_appliance
-from tests.lab.kdc import start_kdc
+from tests.lab.appliance import LabAppliance, start_appliance
+from tests.lab.kdc import external_state, start_kdc, start_site_realm
 from tests.test_enrolment import facts
 
 PENDING_REQUESTS = 300
-ACCEPTED_REQUESTS = 20
+ACCEPTED_REQUESTS = 10  # per round; each side runs ACCEPTED_ROUNDS rounds
+ACCEPTED_ROUNDS = 4
 EVENTS = 20_000
 HOSTS = 1000
 DOMAINS_PER_HOST = 10
@@ -55,46 +58,71 @@ def _rate(count: int, seconds: float) -> float:
 
 def _identify(tmp: Path) -> dict[str, Any]:
     kdc = start_kdc(tmp / "kdc")
+    site = start_site_realm(tmp / "site")
+    labs: list[LabAppliance] = []
     try:
         # One client sends every request: the per-source limit (60 identifies a minute by default) is off,
         # as it would be for a measurement of the server itself.
-        lab = start_appliance(kdc, tmp / "appliance", extra_env={"DROVER_NODES_IDENTIFY_PER_MINUTE": "0"})
-        try:
-            pem = (kdc.root / "pki" / "ca.pem").read_text()
-            with httpx.Client(base_url=lab.local_url, trust_env=False) as api:
-                start = time.perf_counter()
-                for _ in range(PENDING_REQUESTS):
-                    api.get("/api/v1/health").raise_for_status()
-                health = _rate(PENDING_REQUESTS, time.perf_counter() - start)
-            ctx = ssl.create_default_context(cadata=pem)
-            with httpx.Client(base_url=lab.node_url, verify=ctx, trust_env=False) as node:
-                bodies = [wire.encode(wire.IdentifyRequest("", facts(str(uuid.uuid4()), f"b{i}.example.test")))
-                          for i in range(PENDING_REQUESTS)]  # fmt: skip
-                start = time.perf_counter()
-                for body in bodies:
-                    assert node.post("/node/v1/identify", content=body).status_code == 202
-                pending = _rate(PENDING_REQUESTS, time.perf_counter() - start)
-                engine = make_engine(lab.database_url)
-                with session_scope(engine) as s:
-                    tokens = [mint(s).token for _ in range(ACCEPTED_REQUESTS)]
-                engine.dispose()
-                bodies = [wire.encode(wire.IdentifyRequest(t, facts(str(uuid.uuid4()), f"a{i}.example.test")))
-                          for i, t in enumerate(tokens)]  # fmt: skip
-                start = time.perf_counter()
-                for body in bodies:
-                    assert node.post("/node/v1/identify", content=body).status_code == 200
-                accepted = _rate(ACCEPTED_REQUESTS, time.perf_counter() - start)
-        finally:
-            lab.stop()
+        unlimited = {"DROVER_NODES_IDENTIFY_PER_MINUTE": "0"}
+        lab = start_appliance(kdc, tmp / "appliance", extra_env=unlimited)
+        labs.append(lab)
+        state = tmp / "external"
+        external = start_appliance(site.kdc, state, settings=external_state(site, state), extra_env=unlimited)
+        labs.append(external)
+        pem = (kdc.root / "pki" / "ca.pem").read_text()
+        with httpx.Client(base_url=lab.local_url, trust_env=False) as api:
+            start = time.perf_counter()
+            for _ in range(PENDING_REQUESTS):
+                api.get("/api/v1/health").raise_for_status()
+            health = _rate(PENDING_REQUESTS, time.perf_counter() - start)
+        ctx = ssl.create_default_context(cadata=pem)
+        with httpx.Client(base_url=lab.node_url, verify=ctx, trust_env=False) as node:
+            bodies = [wire.encode(wire.IdentifyRequest("", facts(str(uuid.uuid4()), f"b{i}.example.test")))
+                      for i in range(PENDING_REQUESTS)]  # fmt: skip
+            start = time.perf_counter()
+            for body in bodies:
+                assert node.post("/node/v1/identify", content=body).status_code == 202
+            pending = _rate(PENDING_REQUESTS, time.perf_counter() - start)
+        # Embedded (kadmin.local) and external (kadmin to kadmind) identifies in alternating rounds, so a
+        # machine busy with something else weighs on both alike.
+        sides = {"local": (lab, pem), "remote": (external, (state / "pki" / "ca.pem").read_text())}
+        seconds = {"local": 0.0, "remote": 0.0}
+        for n in range(ACCEPTED_ROUNDS):
+            for side in ("local", "remote") if n % 2 == 0 else ("remote", "local"):
+                served, ca = sides[side]
+                seconds[side] += _accepted(served, ca, f"{side}{n}-")
     finally:
+        for served in labs:
+            served.stop()
+        site.stop()
         kdc.process.terminate()
         kdc.process.wait(timeout=10)
+    accepted = _rate(ACCEPTED_ROUNDS * ACCEPTED_REQUESTS, seconds["local"])
+    remote = _rate(ACCEPTED_ROUNDS * ACCEPTED_REQUESTS, seconds["remote"])
     return {
         "baseline_health_per_second": health,
         "identify_pending_per_second": pending,
         "identify_accepted_with_keytab_per_second": accepted,
         "pending_vs_health_ratio": round(pending / health, 3),
+        "identify_accepted_with_keytab_remote_kadmin_per_second": remote,
+        "remote_kadmin_vs_kadmin_local_ratio": round(remote / accepted, 3),
     }
+
+
+def _accepted(lab: LabAppliance, pem: str, prefix: str) -> float:
+    """Seconds for ACCEPTED_REQUESTS identifies with a token each (a keytab issued per request)."""
+    engine = make_engine(lab.database_url)
+    with session_scope(engine) as s:
+        tokens = [mint(s).token for _ in range(ACCEPTED_REQUESTS)]
+    engine.dispose()
+    bodies = [wire.encode(wire.IdentifyRequest(t, facts(str(uuid.uuid4()), f"{prefix}{i}.example.test")))
+              for i, t in enumerate(tokens)]  # fmt: skip
+    ctx = ssl.create_default_context(cadata=pem)
+    with httpx.Client(base_url=lab.node_url, verify=ctx, trust_env=False) as node:
+        start = time.perf_counter()
+        for body in bodies:
+            assert node.post("/node/v1/identify", content=body).status_code == 200
+        return time.perf_counter() - start
 
 
 def _fresh_db(path: Path) -> Engine:

@@ -6,6 +6,7 @@ from sqlalchemy.orm import Session
 from starlette.requests import HTTPConnection
 
 from appliance.api.auth import caller
+from appliance.api.state import session as db_session
 from appliance.db.access import roles_of
 from appliance.db.models.users import Role
 from appliance.errors import Forbidden
@@ -24,3 +25,11 @@ def require_to_grant(conn: HTTPConnection, session: Session, role: Role) -> None
             f"{who} may not grant the role {role}",
             "granting needs super_admin (any role) or admin (admin and below)",
         )
+
+
+def require_role(conn: HTTPConnection, role: Role, what: str) -> None:
+    """A 403 saying which role is missing unless one of the caller's roles includes `role`."""
+    with db_session(conn) as s:
+        held = caller_roles(conn, s)
+    if not any(r.includes(role) for r in held):
+        raise Forbidden(f"{caller(conn).principal} may not {what}", f"it needs the {role} role")

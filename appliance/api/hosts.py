@@ -11,26 +11,19 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 
 from appliance import admission, enrolment, hosts, lifecycle
-from appliance.api.access import caller_roles
+from appliance.api.access import require_role as _require
 from appliance.api.auth import caller
 from appliance.api.edge import read_json
 from appliance.api.state import session, state
 from appliance.db import tokens
 from appliance.db.models import Host
 from appliance.db.models.users import Role
-from appliance.errors import Forbidden, UsageError
+from appliance.errors import UsageError
 from appliance.kerberos.realm import Realm
 from appliance.pki import Pki
 from nodeagent import wire
 
 MAX_TTL = timedelta(days=30)
-
-
-def _require(request: Request, role: Role, what: str) -> None:
-    with session(request) as s:
-        held = caller_roles(request, s)
-    if not any(r.includes(role) for r in held):
-        raise Forbidden(f"{caller(request).principal} may not {what}", f"it needs the {role} role")
 
 
 def list_hosts(request: Request) -> JSONResponse:

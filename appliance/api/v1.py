@@ -6,7 +6,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from appliance.api import hosts, users
+from appliance.api import hosts, realm, users
 
 PREFIX = "/api/v1"
 # Reachable without a ticket: load balancers and `drover serve`'s own readiness check use it.
@@ -32,4 +32,5 @@ routes = [
     Route(f"{PREFIX}/enrolment/windows", hosts.list_windows, methods=["GET"]),
     Route(f"{PREFIX}/enrolment/windows", hosts.close_windows, methods=["DELETE"]),
     Route(f"{PREFIX}/enrolment/windows/{{id:int}}", hosts.close_windows, methods=["DELETE"]),
+    Route(f"{PREFIX}/realm/check", realm.check_realm, methods=["POST"]),
 ]

@@ -10,8 +10,10 @@ from typing import Any
 
 from appliance import statedir
 from appliance.bootstrap import grant_first_admin
+from appliance.cli.api_cmd import client_for
 from appliance.cli.context import load_config
 from appliance.config import KerberosMode
+from appliance.kerberos import health
 from appliance.kerberos.realm import FIRST_ADMIN, Realm
 
 
@@ -23,9 +25,10 @@ def register(sub: Any) -> None:
     )
     verbs.add_parser("start", help="start the embedded KDC (a daemon with a pid file)").set_defaults(func=start)
     verbs.add_parser("stop", help="stop the embedded KDC").set_defaults(func=stop)
-    verbs.add_parser("status", help="realm name, KDC address and whether it answers, keytab paths").set_defaults(
-        func=status
-    )
+    checks = "check the realm: KDC, kadmind, keytabs, admin rights, and how to fix each"
+    verbs.add_parser("status", help=checks).set_defaults(func=status)
+    verbs.add_parser("check", help="the same checks, run by the appliance's server (through the API, as you)"
+                     ).set_defaults(func=check)  # fmt: skip
     add = verbs.add_parser("add-principal", help="create a principal (random key, or a password from stdin)")
     add.add_argument("principal")
     add.add_argument("--password-stdin", action="store_true", help="read a password from standard input")
@@ -70,17 +73,35 @@ def stop(args: argparse.Namespace) -> int:
 
 
 def status(args: argparse.Namespace) -> int:
+    """What the realm is and whether drover can use it: every check, and for each failed one the fix."""
     realm = _realm(args)
-    answers = realm.kdc_answers()
     print(f"realm:      {realm.name} ({realm.mode})")
-    print(f"kdc:        {realm.spec.kdc} {'answering' if answers else 'NOT answering'}")
     if realm.mode is KerberosMode.EMBEDDED:
-        print(f"database:   {realm.files.database} {'exists' if realm.files.database.is_file() else 'missing'}")
         print(f"pid:        {realm.pid() or '-'}")
-    print(f"krb5.conf:  {realm.files.krb5_conf}")
+    else:
+        print(f"admin:      {realm.admin_principal}@{realm.name} (keytab {realm.admin_keytab or '-'})")
+    print(f"krb5.conf:  {realm.env()['KRB5_CONFIG']}")
     print(f"HTTP:       {realm.http_principal}")
     print(f"appliance:  {realm.appliance_principal}")
-    return 0 if answers else 1
+    checks = health.check(realm)
+    _print_checks(checks)
+    return 0 if not health.failures(checks) else 1
+
+
+def _print_checks(checks: list[health.Check]) -> None:
+    width = max(len(c.name) for c in checks)
+    for c in checks:
+        print(f"{'ok  ' if c.ok else 'FAIL'} {c.name:<{width}}  {c.detail}")
+        if not c.ok and c.fix:
+            print(f"     {'':<{width}}  fix: {c.fix}")
+
+
+def check(args: argparse.Namespace) -> int:
+    with client_for(load_config(args)) as api:
+        answer = api.post("/api/v1/realm/check")
+    print(f"realm:      {answer['realm']} ({answer['mode']}), checked by the appliance")
+    _print_checks([health.Check(**c) for c in answer["checks"]])
+    return 0 if answer["ok"] else 1
 
 
 def add_principal(args: argparse.Namespace) -> int:

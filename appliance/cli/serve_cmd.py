@@ -15,6 +15,8 @@ from appliance.bootstrap import grant_first_admin
 from appliance.cli.context import load_config
 from appliance.config import Config, KerberosMode
 from appliance.db import migrate
+from appliance.errors import KerberosError
+from appliance.kerberos import health
 from appliance.kerberos.realm import FIRST_ADMIN, Realm
 from appliance.launcher import start_hostbrowser
 from appliance.pki import ensure as ensure_pki
@@ -37,7 +39,8 @@ def _log_level(cfg: Config) -> None:
 
 
 def prepare_realm(cfg: Config) -> Realm:
-    """Embedded realm: create it if missing and start its KDC if nothing answers on the KDC port."""
+    """Embedded realm: create it if missing and start its KDC if nothing answers on the KDC port.
+    An existing realm: check it (reachability, keytabs, admin rights) and refuse to serve if it is not usable."""
     realm = Realm.from_config(cfg)
     if realm.mode is KerberosMode.EMBEDDED:
         if not realm.files.database.is_file():
@@ -52,12 +55,25 @@ def prepare_realm(cfg: Config) -> Realm:
         else:
             # Ours (pid file) or a KDC someone else supervises for this realm (the test lab): use it.
             log.info("KDC for %s answering on %s", realm.name, realm.spec.kdc)
+    else:
+        require_usable(realm)
     # The acceptor reads krb5.conf (and the replay cache dir) from the environment of this process.
     os.environ.update(realm.env())
     rcache = cfg.state_dir / "rcache"
     rcache.mkdir(parents=True, exist_ok=True, mode=0o700)
     os.environ.setdefault("KRB5RCACHEDIR", str(rcache))
     return realm
+
+
+def require_usable(realm: Realm) -> None:
+    """An existing realm is checked as `drover realm status` checks it; any failure stops the start."""
+    failed = health.failures(health.check(realm))
+    if failed:
+        raise KerberosError(
+            f"the realm {realm.name} is not ready for drover: " + "; ".join(f"{c.name}: {c.detail}" for c in failed),
+            f"{failed[0].fix}; `drover realm status` shows every check",
+        )
+    log.info("realm %s checked: KDC, kadmind, keytabs and %s's rights are in order", realm.name, realm.admin_principal)
 
 
 def serve(args: argparse.Namespace) -> int:

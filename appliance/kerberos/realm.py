@@ -105,6 +105,11 @@ class Realm:
         return self.spec.realm
 
     @property
+    def admin_keytab(self) -> Path | None:
+        """External realms: the keytab of admin_principal, drover's only credential toward kadmind."""
+        return self._admin_keytab
+
+    @property
     def http_principal(self) -> str:
         return f"HTTP/{self.hostname}@{self.name}"
 

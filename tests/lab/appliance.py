@@ -14,7 +14,7 @@ import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
@@ -41,6 +41,8 @@ class LabAppliance:
     log: Path
     node_port: int = 0  # HTTPS identify/heartbeat
     boot_port: int = 0  # plain HTTP /boot/ca.pem
+    # DROVER_* settings over config_env's, for the server and every CLI run (an external realm's state dir).
+    settings: dict[str, str] = field(default_factory=dict)
 
     @property
     def url(self) -> str:
@@ -55,7 +57,7 @@ class LabAppliance:
     @property
     def config_env(self) -> dict[str, str]:
         """DROVER_* settings that point a drover process at this appliance and the lab realm."""
-        return {**config_env(self.kdc, self.port, self.database_url), **self.node_env}
+        return {**config_env(self.kdc, self.port, self.database_url), **self.node_env, **self.settings}
 
     @property
     def node_env(self) -> dict[str, str]:
@@ -139,11 +141,16 @@ def own_resolver(argv: list[str], env: dict[str, str]) -> tuple[list[str], dict[
 
 
 def start_appliance(
-    kdc: LabKdc, state_dir: Path, timeout: float = 30, extra_env: dict[str, str] | None = None
+    kdc: LabKdc,
+    state_dir: Path,
+    timeout: float = 30,
+    extra_env: dict[str, str] | None = None,
+    settings: dict[str, str] | None = None,
 ) -> LabAppliance:
     """Start `drover serve` on free ports and wait until /api/v1/health answers.
 
-    `extra_env` is added to the server's environment (e.g. nss_wrapper so its host browser resolves lab nodes).
+    `extra_env` is added to the server's environment (e.g. nss_wrapper so its host browser resolves lab nodes);
+    `settings` (DROVER_*) to the server's and to every CLI run's through this LabAppliance.
     """
     state_dir.mkdir(parents=True, exist_ok=True)
     log = state_dir / "serve.log"
@@ -152,8 +159,8 @@ def start_appliance(
     env["PYTHONFAULTHANDLER"] = "1"  # a crash in C (libvirt, krb5) leaves every thread's stack in serve.log
     node_port, boot_port = free_port(), free_port()
     nodes = {"DROVER_NODES_PORT": str(node_port), "DROVER_NODES_BOOT_PORT": str(boot_port)}
-    argv, server_env = own_resolver([*DROVER, "-v", "serve"], {**env, **config_env(kdc, port, database_url),
-                                                               **nodes, **(extra_env or {})})  # fmt: skip
+    server_env = {**env, **config_env(kdc, port, database_url), **nodes, **(settings or {}), **(extra_env or {})}
+    argv, server_env = own_resolver([*DROVER, "-v", "serve"], server_env)
     with open(log, "ab") as out:
         process = subprocess.Popen(
             argv,
@@ -163,7 +170,7 @@ def start_appliance(
             stdout=out,
             stderr=subprocess.STDOUT,
         )
-    lab = LabAppliance(kdc, port, state_dir, database_url, process, log, node_port, boot_port)
+    lab = LabAppliance(kdc, port, state_dir, database_url, process, log, node_port, boot_port, dict(settings or {}))
     deadline = time.monotonic() + timeout
     while True:
         if lab.process.poll() is not None:

@@ -39,11 +39,18 @@ def rack(
     state_dir: Path,
     users: dict[str, str],
     extra_env: dict[str, str] | None = None,
+    settings: dict[str, str] | None = None,
 ) -> Iterator[Lab]:
-    """The appliance with `users` ({principal: role}) added, for the duration of the block."""
+    """The appliance with `users` ({principal: role}) added, for the duration of the block.
+
+    `settings`: DROVER_* for the server and the CLI (start_appliance), e.g. an external realm's.
+    """
     port = free_port()
     served = start_appliance(
-        kdc, state_dir, extra_env={**hosts.env, "DROVER_NODES_LIBVIRT_PORT": str(port), **(extra_env or {})}
+        kdc,
+        state_dir,
+        extra_env={**hosts.env, "DROVER_NODES_LIBVIRT_PORT": str(port), **(extra_env or {})},
+        settings=settings,
     )
     engine = make_engine(served.database_url)
     try:
