@@ -110,3 +110,22 @@ def test_clear_host_moves_every_running_vm_off(task_rack: TaskRack) -> None:
         assert (vm.host_id, vm.state) == (rack.host_ids[0], VmState.RUNNING)
         _ok(rack, "vm", "poweroff", name, "--wait")
         _ok(rack, "vm", "delete", name, "--wait")
+
+
+def test_cluster_balance_dry_run_then_queued(task_rack: TaskRack) -> None:
+    rack = task_rack
+    names = [rack.unique("bal"), rack.unique("bal")]
+    for name in names:  # nothing to boot: qemu runs with an empty disk list, cheap for the machine
+        _ok(rack, "vm", "create", name, "--memory", "256", "--host", rack.nodes[0].fqdn, "--wait")
+        _ok(rack, "vm", "start", name, "--wait")
+    dry = _ok(rack, "cluster", "balance", "--dry-run")
+    assert dry.count("would move") == 1 and f"{rack.nodes[0].fqdn} -> {rack.nodes[1].fqdn}" in dry, dry
+    assert {rack.vm(n).host_id for n in names} == {rack.host_ids[0]}  # a dry run queues nothing
+    queued = _ok(rack, "cluster", "balance")
+    task_id = int(queued.split("(task ")[1].split(")")[0])
+    assert rack.wait_task(task_id).state is TaskState.FINISHED
+    assert {rack.vm(n).host_id for n in names} == set(rack.host_ids)
+    assert "balanced" in _ok(rack, "cluster", "balance", "--dry-run")
+    for name in names:
+        _ok(rack, "vm", "poweroff", name, "--wait")
+        _ok(rack, "vm", "delete", name, "--wait")
