@@ -123,11 +123,23 @@ def migrate(ctx: TaskContext) -> dict[str, Any]:
     if ctx.task.args.get("bandwidth_mib"):
         params[libvirt.VIR_MIGRATE_PARAM_BANDWIDTH] = int(ctx.task.args["bandwidth_mib"])
     outcome: dict[str, BaseException | None] = {}
+    mode = {"used": "p2p" if p2p else "managed"}
 
     def run() -> None:
         try:
             if p2p:
-                dom.migrateToURI3(dest_uri, params, FLAGS | libvirt.VIR_MIGRATE_PEER2PEER)
+                try:
+                    dom.migrateToURI3(dest_uri, params, FLAGS | libvirt.VIR_MIGRATE_PEER2PEER)
+                except libvirt.libvirtError as exc:
+                    # The destination does not let the source's libvirt/<fqdn> principal in (a node whose
+                    # libvirtd allows only the appliance): the appliance drives it with its own two
+                    # connections instead. Nothing was transferred: the refusal comes before any data.
+                    if exc.get_error_code() not in (libvirt.VIR_ERR_AUTH_FAILED, libvirt.VIR_ERR_AUTH_CANCELLED):
+                        raise
+                    log.warning("task %s: peer-to-peer refused (%s); managed migration instead", ctx.task.id,
+                                exc.get_error_message())  # fmt: skip
+                    mode["used"] = "managed"
+                    dom.migrate3(dconn, params, FLAGS)
             else:
                 dom.migrate3(dconn, params, FLAGS)
             outcome["error"] = None
@@ -200,7 +212,7 @@ def migrate(ctx: TaskContext) -> dict[str, Any]:
         vm = vm_of(s, ctx)
         vm.host_id = dest.id
     return {"from": source.hostname, "to": dest.hostname, "host_id": dest.id, "total_ms": round(total_ms),
-            "downtime_ms": downtime_ms, "max_downtime_ms": policy.downtime_ms}  # fmt: skip
+            "downtime_ms": downtime_ms, "max_downtime_ms": policy.downtime_ms, "mode": mode["used"]}  # fmt: skip
 
 
 def _port(ctx: TaskContext, conn: libvirt.virConnect) -> int:
