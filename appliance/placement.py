@@ -64,6 +64,9 @@ class Want:
     pool_id: int
     networks: frozenset[int] = frozenset()
     exclude: frozenset[int] = field(default_factory=frozenset)  # hosts it may not go to (its source)
+    # Hardware pools of the storage pools its disks live in: a host reaches storage defined for its own
+    # hardware pool or one above it.
+    storage: frozenset[int] = frozenset()
 
 
 def rejections(want: Want, hosts: Iterable[HostLoad], cpu_overcommit: float) -> dict[str, str]:
@@ -78,6 +81,8 @@ def rejections(want: Want, hosts: Iterable[HostLoad], cpu_overcommit: float) -> 
             out[h.name] = "not in the VM's hardware pool"
         elif not want.networks <= h.networks:
             out[h.name] = "lacks one of the VM's networks"
+        elif not want.storage <= h.pools:
+            out[h.name] = "cannot reach the VM's storage"
         elif h.used_memory_mib + want.memory_mib > h.memory_mib:
             out[h.name] = f"{h.memory_mib - h.used_memory_mib} MiB free, {want.memory_mib} needed"
         elif h.used_vcpus + want.vcpus > h.cpus * cpu_overcommit:
@@ -95,6 +100,7 @@ def best(want: Want, hosts: Sequence[HostLoad], cpu_overcommit: float = 1.0) -> 
             or not h.available
             or want.pool_id not in h.pools
             or not want.networks <= h.networks
+            or not want.storage <= h.pools
             or not h.fits(want.memory_mib, want.vcpus, cpu_overcommit)
         ):
             continue  # fmt: skip
@@ -157,7 +163,8 @@ def loads(session: Session, hosts: Sequence[Host] | None = None) -> list[HostLoa
 
 def want_of(vm: Vm, exclude: Iterable[int] = ()) -> Want:
     return Want(vm.memory_mib, vm.vcpus, vm.hardware_pool_id,
-                frozenset(n.network_id for n in vm.nics if n.network_id is not None), frozenset(exclude))  # fmt: skip
+                frozenset(n.network_id for n in vm.nics if n.network_id is not None), frozenset(exclude),
+                frozenset(d.volume.storage_pool.hardware_pool_id for d in vm.disks))  # fmt: skip
 
 
 def choose(session: Session, vm: Vm, *, exclude: Iterable[int] = (), cpu_overcommit: float = 1.0) -> Host:
@@ -225,7 +232,9 @@ def balance(
             for dest in by_id.values():
                 if dest.id == src.id or not dest.available or want.pool_id not in dest.pools:
                     continue
-                if not want.networks <= dest.networks or not dest.fits(want.memory_mib, want.vcpus, cpu_overcommit):
+                if not want.networks <= dest.networks or not want.storage <= dest.pools:
+                    continue
+                if not dest.fits(want.memory_mib, want.vcpus, cpu_overcommit):
                     continue
                 trial = {**by_id, src.id: lighter, dest.id: dest.plus(want.memory_mib, want.vcpus)}
                 gain = current - spread(trial.values())
