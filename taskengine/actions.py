@@ -29,7 +29,7 @@ from appliance.errors import DroverError
 log = logging.getLogger(__name__)
 
 # The handler modules; each registers its task types when imported.
-MODULES: tuple[str, ...] = ("taskengine.vmlife", "taskengine.migration")
+MODULES: tuple[str, ...] = ("taskengine.vmlife", "taskengine.migration", "taskengine.storagetasks")
 
 
 class TaskAborted(DroverError):
