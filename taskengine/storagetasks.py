@@ -95,7 +95,7 @@ def _final(ctx: TaskContext, exc: BaseException) -> bool:
     return not is_transient(exc) or ctx.task.attempts >= retries
 
 
-def _apply_facts(vol: StorageVolume, facts: VolumeFacts) -> None:
+def apply_facts(vol: StorageVolume, facts: VolumeFacts) -> None:
     vol.path = facts.path
     vol.capacity_bytes = facts.capacity_bytes
     vol.allocation_bytes = facts.allocation_bytes
@@ -121,7 +121,7 @@ def sync_pool(s: Session, pool: StoragePool, facts: storage.PoolFacts) -> dict[s
             added += 1
         if row.state in (StorageState.PENDING, StorageState.DELETING):
             continue  # a task of its own is on it
-        _apply_facts(row, found)
+        apply_facts(row, found)
     for row in rows.values():
         if row.state is StorageState.AVAILABLE:
             row.state = StorageState.UNAVAILABLE
@@ -261,7 +261,7 @@ def _create(ctx: TaskContext) -> dict[str, Any]:
         pool = vol.storage_pool
         host = pool_hosts(s, pool)[0]
         facts = storage.create_volume(ctx.connect(host), pool, vol)
-        _apply_facts(vol, facts)
+        apply_facts(vol, facts)
         return {"host": host.hostname, "path": facts.path, "capacity_bytes": facts.capacity_bytes}
 
 
@@ -275,7 +275,7 @@ def _upload(ctx: TaskContext, source: Path) -> dict[str, Any]:
     facts = storage.upload_volume(ctx.connect(host), pool, vol, source, ctx.progress)
     with ctx.session() as s:
         row = _volume(s, ctx.task.target_id)
-        _apply_facts(row, facts)
+        apply_facts(row, facts)
         return {"host": host.hostname, "path": facts.path, "capacity_bytes": facts.capacity_bytes,
                 "format": str(facts.format), "template_id": ctx.task.args.get("template_id")}  # fmt: skip
 
@@ -292,7 +292,7 @@ def volume_refresh(ctx: TaskContext) -> dict[str, Any]:
         if found is None:
             vol.state = StorageState.UNAVAILABLE
             return {"found": False}
-        _apply_facts(vol, parse_volume(found.XMLDesc(0)))
+        apply_facts(vol, parse_volume(found.XMLDesc(0)))
         return {"found": True, "path": vol.path, "allocation_bytes": vol.allocation_bytes}
 
 

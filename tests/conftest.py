@@ -10,4 +10,5 @@ pytest_plugins: list[str] = [
     "tests.lab.nodeagent_peer",
     "tests.lab.nfs",
     "tests.lab.iscsi",
+    "tests.lab.taskworker",
 ]

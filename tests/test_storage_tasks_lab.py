@@ -8,7 +8,6 @@ at that path is "the same pool" on both. What is on each node is checked through
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import libvirt
@@ -16,12 +15,9 @@ import pytest
 from sqlalchemy import Engine, func, select
 
 from appliance import storage
-from appliance.db import migrate
-from appliance.db.engine import make_engine, session_scope
+from appliance.db.engine import session_scope
 from appliance.db.models import (
     HardwarePool,
-    Host,
-    HostState,
     StoragePool,
     StorageState,
     StorageType,
@@ -35,11 +31,9 @@ from appliance.errors import Conflict, NotFound, UsageError
 from appliance.hosts import default_pool
 from appliance.imagefile import ImageKind, detect
 from appliance.runner import run
-from tests.lab.kdc import LabKdc
-from tests.lab.libvirtd import LabHosts, LabNode, NodeFactory
+from tests.lab.libvirtd import LabNode
 from tests.lab.nfs import LabNfs
-from tests.lab.postgres import PostgresServer
-from tests.lab.taskworker import LabWorker, finished, start_worker, wait
+from tests.lab.taskworker import LabWorker, finished, wait
 
 pytestmark = pytest.mark.lab
 
@@ -47,47 +41,18 @@ ME = "admin@LAB.EXAMPLE.TEST"
 
 
 @pytest.fixture(scope="module")
-def engine(postgres_server: PostgresServer) -> Iterator[Engine]:
-    url = postgres_server.create_database(f"storage_{uuid.uuid4().hex[:8]}")
-    migrate.upgrade(url)
-    eng = make_engine(url)
-    yield eng
-    eng.dispose()
+def engine(task_db: Engine) -> Engine:
+    return task_db
 
 
 @pytest.fixture(scope="module")
-def nodes(libvirt_node: LabNode, libvirt_nodes: NodeFactory) -> list[LabNode]:
-    return [libvirt_node, libvirt_nodes.start("storage2.example.test")]
+def nodes(task_nodes: list[LabNode]) -> list[LabNode]:
+    return task_nodes
 
 
 @pytest.fixture(scope="module")
-def hosts(engine: Engine, nodes: list[LabNode]) -> list[int]:
-    with session_scope(engine) as s:
-        pool = default_pool(s)
-        rows = [
-            Host(
-                uuid=str(uuid.uuid4()),
-                hostname=n.fqdn,
-                state=HostState.AVAILABLE,
-                libvirt_port=n.port,
-                hardware_pool_id=pool.id,
-                libvirt_connected=True,
-            )
-            for n in nodes
-        ]
-        s.add_all(rows)
-        s.flush()
-        return [h.id for h in rows]
-
-
-@pytest.fixture(scope="module")
-def worker(
-    engine: Engine, hosts: list[int], kdc: LabKdc, lab_hosts: LabHosts, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[LabWorker]:
-    w = start_worker(kdc, lab_hosts, engine.url.render_as_string(hide_password=False),
-                     tmp_path_factory.mktemp("worker") / "worker.log")  # fmt: skip
-    yield w
-    w.stop()
+def worker(task_worker: LabWorker) -> LabWorker:
+    return task_worker
 
 
 def pools_on(node: LabNode) -> list[str]:

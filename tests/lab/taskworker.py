@@ -3,23 +3,33 @@
 The child runs as the appliance's libvirt client would: a ticket for drover@REALM and lab names resolved
 through nss_wrapper, so it reaches lab libvirtds by FQDN over qemu+tcp + GSSAPI. One worker thread (the
 nss_wrapper caveat in tests/lab/libvirtd.py). `wait(task_id)` polls the database until the task ended.
+
+Module-scoped fixtures for a test module of tasks: `task_db` (a PostgreSQL database of its own at the newest
+schema), `task_nodes` (node1 + one more lab libvirtd), `task_hosts` (their host rows, available, TCG) and
+`task_worker` (the worker process on that database).
 """
 
 from __future__ import annotations
 
 import subprocess
 import time
+import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import pytest
 from sqlalchemy import Engine
 
-from appliance.db.engine import session_scope
-from appliance.db.models import Task, TaskState
+from appliance.db import migrate
+from appliance.db.engine import make_engine, session_scope
+from appliance.db.models import Host, HostState, HypervisorType, Task, TaskState
+from appliance.hosts import default_pool
 from appliance.kerberos.realm import APPLIANCE_CLIENT
 from appliance.runner import spawn
 from tests.lab.kdc import LabKdc
-from tests.lab.libvirtd import ROOT, LabHosts, client_env
+from tests.lab.libvirtd import ROOT, LabHosts, LabNode, NodeFactory, client_env
+from tests.lab.postgres import PostgresServer
 from tests.lab.proc import terminate
 
 WORKER = """
@@ -77,3 +87,52 @@ def finished(engine: Engine, task_id: int, worker: LabWorker, timeout: float = 1
     task = wait(engine, task_id, worker, timeout)
     assert task.state is TaskState.FINISHED, f"task {task_id} {task.state}: {task.error}\n{worker.log_text()[-3000:]}"
     return task
+
+
+@pytest.fixture(scope="module")
+def task_db(postgres_server: PostgresServer) -> Iterator[Engine]:
+    url = postgres_server.create_database(f"tasks_{uuid.uuid4().hex[:8]}")
+    migrate.upgrade(url)
+    engine = make_engine(url)
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture(scope="module")
+def task_nodes(libvirt_node: LabNode, libvirt_nodes: NodeFactory, request: pytest.FixtureRequest) -> list[LabNode]:
+    second = f"{request.module.__name__.rsplit('.', 1)[-1].replace('_', '-')}.example.test"
+    return [libvirt_node, libvirt_nodes.start(second)]
+
+
+@pytest.fixture(scope="module")
+def task_hosts(task_db: Engine, task_nodes: list[LabNode]) -> list[int]:
+    """Host rows for the lab nodes: available, in the default hardware pool, TCG (no usable KVM in the lab)."""
+    with session_scope(task_db) as s:
+        pool = default_pool(s)
+        rows = [
+            Host(
+                uuid=str(uuid.uuid4()),
+                hostname=n.fqdn,
+                state=HostState.AVAILABLE,
+                libvirt_port=n.port,
+                hardware_pool_id=pool.id,
+                libvirt_connected=True,
+                hypervisor_type=HypervisorType.QEMU,
+                memory_mib=4096,
+                cpu_count=4,
+            )
+            for n in task_nodes
+        ]
+        s.add_all(rows)
+        s.flush()
+        return [h.id for h in rows]
+
+
+@pytest.fixture(scope="module")
+def task_worker(
+    task_db: Engine, task_hosts: list[int], kdc: LabKdc, lab_hosts: LabHosts, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[LabWorker]:
+    url = task_db.url.render_as_string(hide_password=False)
+    w = start_worker(kdc, lab_hosts, url, tmp_path_factory.mktemp("worker") / "worker.log")
+    yield w
+    w.stop()
