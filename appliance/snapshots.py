@@ -19,6 +19,7 @@ from appliance.db.models import (
     Snapshot,
     SnapshotState,
     StorageState,
+    StorageType,
     StorageVolume,
     TargetKind,
     Task,
@@ -122,7 +123,7 @@ def clone_vm(session: Session, source: Vm, name: str, by: str | None) -> tuple[V
     for disk in source.disks:
         if disk.volume.state is not StorageState.AVAILABLE:
             raise Conflict(f"disk {disk.target_dev} of VM {source.name} is {disk.volume.state}")
-        if disk.volume.storage_pool.type.value == "iscsi":
+        if disk.volume.storage_pool.type is StorageType.ISCSI:
             raise Conflict(f"disk {disk.target_dev} of VM {source.name} is an iSCSI LUN", "LUNs are not copied")
     clone = Vm(
         uuid=str(uuid.uuid4()),
