@@ -179,3 +179,64 @@ def choose(session: Session, vm: Vm, *, exclude: Iterable[int] = (), cpu_overcom
     if host is None:  # removed since loads() read it, in another transaction
         raise Conflict(f"host {found.name} was removed meanwhile", "try again")
     return host
+
+
+@dataclass(frozen=True)
+class Move:
+    vm_id: int
+    source: int
+    dest: int
+    gain: float  # how much the spread of host scores drops
+
+
+def spread(hosts: Iterable[HostLoad]) -> float:
+    """The standard deviation of the hosts' load scores (memory + CPU): 0 when perfectly even."""
+    scores = [h.score() for h in hosts if h.available]
+    if len(scores) < 2:
+        return 0.0
+    mean = sum(scores) / len(scores)
+    return float((sum((s - mean) ** 2 for s in scores) / len(scores)) ** 0.5)
+
+
+def balance(
+    hosts: Sequence[HostLoad],
+    vms: Sequence[tuple[int, int, Want]],
+    *,
+    threshold: float = 0.05,
+    max_moves: int = 20,
+    cpu_overcommit: float = 1.0,
+) -> list[Move]:
+    """Greedy moves, best first, each lowering the spread by at least `threshold`; (vm id, host id, want) in."""
+    by_id = {h.id: h for h in hosts}
+    where = {vm_id: host_id for vm_id, host_id, _ in vms}
+    wants = {vm_id: want for vm_id, _, want in vms}
+    moves: list[Move] = []
+    moved: set[int] = set()
+    while len(moves) < max_moves:
+        current = spread(by_id.values())
+        found: Move | None = None
+        for vm_id, want in wants.items():
+            if vm_id in moved:
+                continue
+            src = by_id.get(where[vm_id])
+            if src is None:
+                continue
+            lighter = src.plus(-want.memory_mib, -want.vcpus)
+            for dest in by_id.values():
+                if dest.id == src.id or not dest.available or want.pool_id not in dest.pools:
+                    continue
+                if not want.networks <= dest.networks or not dest.fits(want.memory_mib, want.vcpus, cpu_overcommit):
+                    continue
+                trial = {**by_id, src.id: lighter, dest.id: dest.plus(want.memory_mib, want.vcpus)}
+                gain = current - spread(trial.values())
+                if gain >= threshold and (found is None or gain > found.gain):
+                    found = Move(vm_id, src.id, dest.id, gain)
+        if found is None:
+            break
+        want = wants[found.vm_id]
+        by_id[found.source] = by_id[found.source].plus(-want.memory_mib, -want.vcpus)
+        by_id[found.dest] = by_id[found.dest].plus(want.memory_mib, want.vcpus)
+        where[found.vm_id] = found.dest
+        moved.add(found.vm_id)
+        moves.append(found)
+    return moves

@@ -17,11 +17,12 @@ from sqlalchemy import event as sa_event
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from appliance import vmstate
+from appliance import quotas, vmstate
 from appliance.db.base import utcnow
 from appliance.db.models import (
     Event,
     Host,
+    PlacementPolicy,
     Severity,
     Snapshot,
     StoragePool,
@@ -136,6 +137,12 @@ def enqueue(
         if type in vmstate.TABLE:
             pending = [(t.id, t.type) for t in pending_for(session, kind, target_id)]
             vmstate.check(type, vm.name, vm.state, pending)
+        if type is TaskType.VM_MIGRATE and vm.placement_policy is PlacementPolicy.PINNED:
+            host = vm.host.hostname if vm.host is not None else "no host"
+            raise Conflict(f"VM {vm.name} is pinned to {host}: it is never migrated",
+                           "set its placement policy to least_loaded to move it")  # fmt: skip
+        if type is TaskType.VM_START:
+            quotas.check_start(session, vm)
         subject = f"VM {vm.name}"
     else:
         target = session.get(model, target_id)

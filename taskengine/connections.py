@@ -16,10 +16,10 @@ from appliance.libvirtclient import host_uri
 
 log = logging.getLogger(__name__)
 
-# Errors of the link, not of the request: the host may answer on the next try.
+# Errors of the link, not of the request: the host may answer on the next try. A system error counts only
+# when it comes from the RPC layer (connection reset): elsewhere it is a file or device the host lacks.
 _TRANSIENT_CODES = frozenset(
     {
-        libvirt.VIR_ERR_SYSTEM_ERROR,  # connection refused / reset, name resolution
         libvirt.VIR_ERR_RPC,
         libvirt.VIR_ERR_NO_CONNECT,
         libvirt.VIR_ERR_INVALID_CONN,

@@ -113,6 +113,10 @@ class Worker:
         log.info("task engine %s: %d worker threads, lease %ss", self.name, len(self._threads),
                  self.settings.lease_seconds)  # fmt: skip
 
+    @property
+    def threads(self) -> int:
+        return len(self._threads)
+
     def wake(self) -> None:
         self._wake.set()
 

@@ -8,6 +8,7 @@ pytest_plugins: list[str] = [
     "tests.lab.qemu",
     "tests.lab.image",
     "tests.lab.nodeagent_peer",
+    "tests.lab.taskrack",
     "tests.lab.nfs",
     "tests.lab.iscsi",
     "tests.lab.taskworker",

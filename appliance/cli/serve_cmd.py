@@ -15,7 +15,7 @@ from appliance.cli.context import load_config
 from appliance.config import Config, KerberosMode
 from appliance.db import migrate
 from appliance.kerberos.realm import FIRST_ADMIN, Realm
-from appliance.launcher import start_hostbrowser
+from appliance.launcher import start_hostbrowser, start_taskengine
 from appliance.pki import ensure as ensure_pki
 from appliance.serving import Group, bind, listener
 
@@ -23,7 +23,9 @@ log = logging.getLogger(__name__)
 
 
 def register(sub: Any) -> None:
-    p = sub.add_parser("serve", help="run the REST API, the node service (identify, heartbeat, boot) and host browser")
+    p = sub.add_parser(
+        "serve", help="run the REST API, the node service (identify, heartbeat, boot), host browser and task engine"
+    )
     p.set_defaults(func=serve)
 
 
@@ -77,6 +79,7 @@ def serve(args: argparse.Namespace) -> int:
         raise
     # Before the apps: the API wakes it (a removed host's session is dropped at once), heartbeats nudge it.
     browser = start_hostbrowser(cfg, realm) if cfg.hostbrowser.enabled else None
+    engine = start_taskengine(cfg, realm) if cfg.taskengine.enabled else None
     try:
         group = Group(
             [
@@ -103,6 +106,8 @@ def serve(args: argparse.Namespace) -> int:
         )
         group.run()
     finally:
+        if engine is not None:
+            engine.stop()
         if browser is not None:
             browser.stop()
     log.info("drover API stopped")

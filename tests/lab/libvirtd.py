@@ -300,6 +300,7 @@ def start_node(
     for _, sub in _PRIVATE_DIRS:
         (root / sub).mkdir(parents=True, exist_ok=True)
     (root / "sock").mkdir(mode=0o700, exist_ok=True)
+    (root / "log" / "qemu").mkdir(exist_ok=True)  # /var/log/libvirt/qemu, as the package makes it
     (root / "sasl").mkdir(exist_ok=True)
     if files is None:
         keytab = kdc.keytab(settings.service_principal, root / "libvirtd.keytab")
@@ -324,7 +325,10 @@ def _spawn_libvirtd(
 ) -> subprocess.Popen[bytes]:
     if files is None:
         files = NodeFiles(root / "etc" / "libvirtd.conf", root / "sasl", root / "libvirtd.keytab")
-    env = {**kdc.env, "SASL_CONF_PATH": str(files.sasl_dir), "KRB5_KTNAME": f"FILE:{files.keytab}"}
+    env = {**kdc.env, "SASL_CONF_PATH": str(files.sasl_dir), "KRB5_KTNAME": f"FILE:{files.keytab}",
+           # As a client (peer-to-peer migration to another node) libvirtd authenticates as its own
+           # libvirt/<fqdn> principal, from its keytab into a ccache of its own.
+           "KRB5_CLIENT_KTNAME": f"FILE:{files.keytab}", "KRB5CCNAME": f"FILE:{root / 'client.ccache'}"}  # fmt: skip
     if files.krb5_conf is not None:
         env["KRB5_CONFIG"] = str(files.krb5_conf)
     script = _namespace_script(settings, root, files.libvirtd_conf)
