@@ -5,11 +5,14 @@ from __future__ import annotations
 import argparse
 import json
 import re
+from collections.abc import Sequence
 from typing import Any
 from urllib.parse import quote
 
 from appliance.cli.api_cmd import client_for
 from appliance.cli.context import load_config
+from appliance.cli.task_cmd import follow
+from appliance.client import Client
 from appliance.errors import UsageError
 
 _UNITS = {"": 1, "B": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
@@ -34,7 +37,7 @@ def human(n: int | None) -> str:
     return f"{n} B"
 
 
-def table(rows: list[tuple[str, ...]]) -> None:
+def table(rows: Sequence[tuple[str, ...]]) -> None:
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for row in rows:
         print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
@@ -44,8 +47,15 @@ def seg(value: str) -> str:
     return quote(value, safe="")
 
 
-def queued(task: dict[str, Any], what: str) -> None:
-    print(f"{what}: task {task['id']} ({task['type']}) queued; follow it with `drover task wait {task['id']}`")
+def queued(api: Client, task: dict[str, Any], what: str, wait: bool) -> int:
+    """Say which task was queued; with --wait follow it to its end (its exit code, as `drover task wait`)."""
+    print(f"{what}: task {task['id']} ({task['type']}) queued" + ("" if wait else f"; `drover task wait {task['id']}`"))
+    return follow(api, task["id"]) if wait else 0
+
+
+def waits(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    parser.add_argument("--wait", action="store_true", help="follow the task to its end")
+    return parser
 
 
 def register(sub: Any) -> None:
@@ -65,6 +75,7 @@ def register(sub: Any) -> None:
     create.add_argument("--initiator", dest="initiator_iqn", help="iscsi: the initiator IQN the hosts log in as")
     create.add_argument("--vg", dest="vg_name", help="logical: the LVM volume group")
     create.add_argument("--hardware-pool", help="name or id (default: the default pool)")
+    waits(create)
     create.set_defaults(func=create_pool)
     ls = verbs.add_parser("list", help="every storage pool you may see")
     ls.add_argument("--json", action="store_true")
@@ -75,9 +86,11 @@ def register(sub: Any) -> None:
     show.set_defaults(func=show_pool)
     refresh = verbs.add_parser("refresh", help="re-scan the pool on its hosts (new nodes get it defined)")
     refresh.add_argument("pool", help="name or id")
+    waits(refresh)
     refresh.set_defaults(func=refresh_pool)
     delete = verbs.add_parser("delete", help="remove the pool from its hosts and forget it (data stays)")
     delete.add_argument("pool", help="name or id")
+    waits(delete)
     delete.set_defaults(func=delete_pool)
 
     vol = nouns.add_parser("volume", help="volumes in a storage pool")
@@ -87,6 +100,7 @@ def register(sub: Any) -> None:
     create.add_argument("name")
     create.add_argument("--size", required=True, help="e.g. 10G, 512M")
     create.add_argument("--format", choices=["raw", "qcow2"], default="qcow2")
+    waits(create)
     create.set_defaults(func=create_volume)
     ls = verbs.add_parser("list", help="the pool's volumes")
     ls.add_argument("pool", help="storage pool name or id")
@@ -95,6 +109,7 @@ def register(sub: Any) -> None:
     delete = verbs.add_parser("delete", help="queue deleting a volume and its data")
     delete.add_argument("pool", help="storage pool name or id")
     delete.add_argument("volume", help="name or id")
+    waits(delete)
     delete.set_defaults(func=delete_volume)
 
 
@@ -106,8 +121,9 @@ def create_pool(args: argparse.Namespace) -> int:
     body.update({k: getattr(args, k) for k in _POOL_FIELDS if getattr(args, k) is not None})
     with client_for(load_config(args)) as api:
         out = api.post("/api/v1/storage/pools", body)
-    queued(out["task"], f"storage pool {out['pool']['name']} (id {out['pool']['id']}) recorded")
-    return 0
+        return queued(
+            api, out["task"], f"storage pool {out['pool']['name']} (id {out['pool']['id']}) recorded", args.wait
+        )
 
 
 def _where(p: dict[str, Any]) -> str:
@@ -152,23 +168,20 @@ def show_pool(args: argparse.Namespace) -> int:
 def refresh_pool(args: argparse.Namespace) -> int:
     with client_for(load_config(args)) as api:
         task = api.post(f"/api/v1/storage/pools/{seg(args.pool)}/refresh")
-    queued(task, f"refresh of storage pool {args.pool}")
-    return 0
+        return queued(api, task, f"refresh of storage pool {args.pool}", args.wait)
 
 
 def delete_pool(args: argparse.Namespace) -> int:
     with client_for(load_config(args)) as api:
         task = api.request("DELETE", f"/api/v1/storage/pools/{seg(args.pool)}")
-    queued(task, f"delete of storage pool {args.pool}")
-    return 0
+        return queued(api, task, f"delete of storage pool {args.pool}", args.wait)
 
 
 def create_volume(args: argparse.Namespace) -> int:
     body = {"name": args.name, "capacity_bytes": parse_size(args.size), "format": args.format}
     with client_for(load_config(args)) as api:
         out = api.post(f"/api/v1/storage/pools/{seg(args.pool)}/volumes", body)
-    queued(out["task"], f"volume {args.name} in {args.pool} recorded")
-    return 0
+        return queued(api, out["task"], f"volume {args.name} in {args.pool} recorded", args.wait)
 
 
 def list_volumes(args: argparse.Namespace) -> int:
@@ -188,5 +201,4 @@ def list_volumes(args: argparse.Namespace) -> int:
 def delete_volume(args: argparse.Namespace) -> int:
     with client_for(load_config(args)) as api:
         task = api.request("DELETE", f"/api/v1/storage/pools/{seg(args.pool)}/volumes/{seg(args.volume)}")
-    queued(task, f"delete of volume {args.volume}")
-    return 0
+        return queued(api, task, f"delete of volume {args.volume}", args.wait)
