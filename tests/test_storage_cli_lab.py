@@ -6,7 +6,10 @@ rack, tests/lab/taskrack.py). The rack's two nodes share one directory as the st
 from __future__ import annotations
 
 import json
+import re
 import sys
+import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -14,9 +17,10 @@ import pytest
 from sqlalchemy import select
 
 from appliance.db.engine import session_scope
-from appliance.db.models import StoragePool, Task, Template
+from appliance.db.models import StoragePool, Task, Template, VmState
 from appliance.runner import run
 from tests.lab.appliance import ADMIN
+from tests.lab.guest import BOOT_MARKER, TICK, wait_for_text
 from tests.lab.taskrack import TaskRack
 
 pytestmark = pytest.mark.lab
@@ -148,3 +152,44 @@ def test_storage_templates_snapshots_clone_through_cli(task_rack: TaskRack, tmp_
     ok(rack, "storage", "pool", "delete", pool, "--wait")
     assert pool not in {p["name"] for p in js(rack, "storage", "pool", "list")}
     assert (shared / "disk0.qcow2").is_file()  # data on the storage outlives the pool's record
+
+
+def test_snapshot_of_a_running_guest_keeps_its_memory(task_rack: TaskRack, tmp_path: Path) -> None:
+    """A TCG guest counting on its serial console: a snapshot while it runs includes its memory, and reverting
+    to it puts the guest back to that moment, still running: the counter repeats numbers it had passed."""
+    rack = task_rack
+    rack.ensure_worker()
+    pool = rack.unique("runpool")
+    ok(rack, "storage", "pool", "create", pool, "--type", "dir", "--path", str(tmp_path / "p"), "--wait")
+    ok(rack, "storage", "volume", "create", pool, "run.qcow2", "--size", "8M", "--format", "qcow2", "--wait")
+    disk_id = str({v["name"]: v for v in js(rack, "storage", "volume", "list", pool)}["run.qcow2"]["id"])
+    vm = rack.unique("runvm")
+    ok(rack, *rack.guest_args(vm), "--disk", disk_id, "--host", rack.nodes[0].fqdn, "--wait")
+    ok(rack, "vm", "start", vm, "--wait")
+    serial = rack.serial_log(rack.vm(vm).host_id, vm)
+    try:
+        wait_for_text(serial, BOOT_MARKER, 120)
+        wait_for_text(serial, f"{TICK} 3", 60)
+        ok(rack, "vm", "snapshot", "create", vm, "live", "--wait")
+        snap = js(rack, "vm", "snapshot", "list", vm)[0]
+        assert snap["with_memory"] is True and rack.vm(vm).state is VmState.RUNNING
+        at = max(ticks(serial.read_text()))
+        wait_for_text(serial, f"{TICK} {at + 4}\n", 60)
+        ok(rack, "vm", "snapshot", "revert", vm, "live", "--wait")
+        assert rack.vm(vm).state is VmState.RUNNING
+        # Back in time: a number already printed after the snapshot comes again, with no new boot.
+        deadline = time.monotonic() + 60
+        while Counter(ticks(serial.read_text()))[at + 2] < 2:
+            assert time.monotonic() < deadline, serial.read_text()[-2000:]
+            time.sleep(0.2)
+        assert serial.read_text().count(BOOT_MARKER) == 1
+        ok(rack, "vm", "snapshot", "delete", vm, "live", "--wait")
+    finally:
+        rack.drover("vm", "poweroff", vm, "--wait")
+        rack.drover("vm", "delete", vm, "--wait")
+        rack.drover("storage", "volume", "delete", pool, "run.qcow2", "--wait")
+        rack.drover("storage", "pool", "delete", pool, "--wait")
+
+
+def ticks(text: str) -> list[int]:
+    return [int(m) for m in re.findall(rf"^{TICK} (\d+)\s*$", text, flags=re.M)] or [0]
