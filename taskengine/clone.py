@@ -17,16 +17,12 @@ from appliance.db.models import StorageState, StorageVolume, TaskType, Vm, VmSta
 from appliance.errors import NotFound
 from taskengine import storage
 from taskengine.actions import Reconciled, TaskContext, Verdict, action, reconciler
-from taskengine.connections import is_transient
-from taskengine.storagetasks import apply_facts, pool_hosts
+from taskengine.storagetasks import apply_facts, final_failure, pool_hosts
 from taskengine.vmlife import define
 from taskengine.worker import set_vm_state
 
 log = logging.getLogger(__name__)
 
-
-def _final(ctx: TaskContext, exc: BaseException) -> bool:
-    return not is_transient(exc) or ctx.task.attempts >= getattr(ctx.settings, "retries", 1)
 
 
 @action(TaskType.VM_CLONE)
@@ -35,7 +31,7 @@ def clone(ctx: TaskContext) -> dict[str, Any]:
     try:
         return _clone(ctx, clone_id)
     except Exception as exc:
-        if _final(ctx, exc):
+        if final_failure(ctx, exc):
             _remove_clone(ctx, clone_id)
         raise
 

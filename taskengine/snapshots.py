@@ -19,6 +19,7 @@ from appliance.db.models import Snapshot, SnapshotState, TaskType, Vm
 from appliance.errors import Conflict, DroverError, NotFound
 from taskengine.actions import Reconciled, TaskContext, Verdict, action, reconciler
 from taskengine.connections import is_transient
+from taskengine.storagetasks import final_failure
 from taskengine.storagexml import snapshot_xml
 from taskengine.vmlife import lookup, real_state
 from taskengine.worker import set_vm_state
@@ -50,9 +51,6 @@ def _find(dom: libvirt.virDomain, name: str) -> libvirt.virDomainSnapshot | None
 def _fail_text(what: str, exc: libvirt.libvirtError) -> SnapshotError:
     return SnapshotError(f"{what}: {exc.get_error_message() or exc}")
 
-
-def _final(ctx: TaskContext, exc: BaseException) -> bool:
-    return not is_transient(exc) or ctx.task.attempts >= getattr(ctx.settings, "retries", 1)
 
 
 def _snapshot(s: Session, snapshot_id: int) -> Snapshot:
@@ -93,7 +91,7 @@ def create(ctx: TaskContext) -> dict[str, Any]:
             snap.state = SnapshotState.READY
             return {"snapshot": snap.name, "parent": parent_name, "with_memory": snap.with_memory}
     except Exception as exc:
-        if _final(ctx, exc):
+        if final_failure(ctx, exc):
             with ctx.session() as s, contextlib.suppress(NotFound):
                 s.delete(_snapshot(s, snapshot_id))
         raise
@@ -122,7 +120,7 @@ def revert(ctx: TaskContext) -> dict[str, Any]:
             snap.state = SnapshotState.READY
             return {"snapshot": snap.name, "vm_state": str(now)}
     except Exception as exc:
-        if _final(ctx, exc):
+        if final_failure(ctx, exc):
             _back_to_ready(ctx)
         raise
 
@@ -153,7 +151,7 @@ def delete(ctx: TaskContext) -> dict[str, Any]:
             s.delete(snap)
             return {"snapshot": name, "deleted": found is not None}
     except Exception as exc:
-        if _final(ctx, exc):
+        if final_failure(ctx, exc):
             _back_to_ready(ctx)
         raise
 

@@ -34,7 +34,7 @@ from appliance.db.models import (
 )
 from appliance.errors import Conflict, DroverError, NotFound
 from taskengine import storage
-from taskengine.actions import Reconciled, TaskContext, Verdict, action, reconciler
+from taskengine.actions import Deferred, LeaseLost, Reconciled, TaskContext, Verdict, action, reconciler
 from taskengine.connections import is_transient
 from taskengine.storagexml import VolumeFacts, parse_volume
 
@@ -89,8 +89,11 @@ def _volume(s: Session, volume_id: int) -> StorageVolume:
     return vol
 
 
-def _final(ctx: TaskContext, exc: BaseException) -> bool:
-    """Whether the worker will record this failure for good (not put the task back for a retry)."""
+def final_failure(ctx: TaskContext, exc: BaseException) -> bool:
+    """Whether the worker will record this failure for good: not a transient error it retries, and not a lost
+    lease (another worker runs the task now, and its rows are that worker's)."""
+    if isinstance(exc, LeaseLost | Deferred):
+        return False
     retries = getattr(ctx.settings, "retries", 1)
     return not is_transient(exc) or ctx.task.attempts >= retries
 
@@ -137,7 +140,7 @@ def pool_create(ctx: TaskContext) -> dict[str, Any]:
     try:
         return _pool_create(ctx)
     except Exception as exc:
-        if _final(ctx, exc):
+        if final_failure(ctx, exc):
             _mark_failed(ctx)
         raise
 
@@ -157,7 +160,7 @@ def _pool_create(ctx: TaskContext) -> dict[str, Any]:
                 ctx.progress((n + 1) / (len(hosts) + 1), f"defined on {host.hostname}")
             facts = storage.refresh_pool(ctx.connect(hosts[0]), pool)
         except Exception as exc:
-            if _final(ctx, exc):
+            if final_failure(ctx, exc):
                 for host in done:
                     with contextlib.suppress(Exception):
                         storage.remove_pool(ctx.connect(host), pool.name)
@@ -245,7 +248,7 @@ def volume_create(ctx: TaskContext) -> dict[str, Any]:
     try:
         result = _upload(ctx, Path(upload)) if upload else _create(ctx)
     except Exception as exc:
-        if _final(ctx, exc):
+        if final_failure(ctx, exc):
             _forget_volume(ctx)
             if upload:
                 Path(upload).unlink(missing_ok=True)
