@@ -189,3 +189,10 @@ def test_lab_servers_answer_real_clients(nfs_server: LabNfs, iscsi_target: LabIs
     with pytest.raises(subprocess.CalledProcessError):
         subprocess.run(["iscsi-ls", f"iscsi://{iscsi_target.address}:1"], check=True, capture_output=True,
                        timeout=30)  # fmt: skip
+
+
+def test_logical_pool_without_its_volume_group_fails_and_leaves_nothing(ops: Ops) -> None:
+    """No such LVM volume group on the host (nor LVM tools in this lab): a readable failure, nothing defined."""
+    failed = ops("ensure", {"name": "ops-lvm", "type": "logical", "vg_name": "drover_no_such_vg"})
+    assert failed["kind"] == "StorageError" and "ops-lvm" in failed["error"]
+    assert "ops-lvm" not in ops("pools", dir_pool(Path("/"), "x"))["ok"]
