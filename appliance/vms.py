@@ -219,6 +219,8 @@ def act(session: Session, vm: Vm, verb: str, principal: str, args: dict[str, Any
         permissions.require(session, principal, Privilege.MODIFY, dest.hardware_pool_id,
                             f"migrate VMs to {dest.hostname}")  # fmt: skip
         task_args["host_id"] = dest.id
+    if verb == "migrate" and args.get("bandwidth_mib") is not None:
+        task_args["bandwidth_mib"] = _int(args, "bandwidth_mib", 1, 100_000)
     if verb == "shutdown" and args.get("timeout") is not None:
         task_args["timeout"] = _int(args, "timeout", 1, 3600)
     return tasking.enqueue(session, task_type, vm.id, task_args, created_by=principal)

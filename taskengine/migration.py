@@ -86,14 +86,17 @@ def migrate(ctx: TaskContext) -> dict[str, Any]:
     dconn = ctx.connect(dest)
     dest_uri = f"qemu+tcp://{dest.hostname}:{dest.libvirt_port or _port(ctx, sconn)}/system"
     p2p = settings.migration_p2p if settings else True
+    params: dict[str, Any] = {}
+    if ctx.task.args.get("bandwidth_mib"):
+        params[libvirt.VIR_MIGRATE_PARAM_BANDWIDTH] = int(ctx.task.args["bandwidth_mib"])
     outcome: dict[str, BaseException | None] = {}
 
     def run() -> None:
         try:
             if p2p:
-                dom.migrateToURI3(dest_uri, {}, FLAGS | libvirt.VIR_MIGRATE_PEER2PEER)
+                dom.migrateToURI3(dest_uri, params, FLAGS | libvirt.VIR_MIGRATE_PEER2PEER)
             else:
-                dom.migrate3(dconn, {}, FLAGS)
+                dom.migrate3(dconn, params, FLAGS)
             outcome["error"] = None
         except BaseException as exc:
             outcome["error"] = exc
@@ -146,6 +149,10 @@ def migrate(ctx: TaskContext) -> dict[str, Any]:
                 aborting = f"did not converge with {downtime} ms of downtime allowed"
                 _try(dom.abortJob)
     error = outcome.get("error")
+    if aborting or error is not None:
+        with ctx.session() as s:  # whatever was reported meanwhile, a failed migration leaves it on its source
+            vm = vm_of(s, ctx)
+            vm.host_id = source.id
     if aborting:
         if aborting.startswith("aborted"):
             raise TaskAborted(f"migration to {dest.hostname} {aborting}; the VM stays on {source.hostname}")

@@ -60,7 +60,7 @@ def show_vm(request: Request) -> JSONResponse:
 
 
 async def vm_action(request: Request) -> JSONResponse:
-    body = await _body(request, frozenset({"host", "timeout"}))
+    body = await _body(request, frozenset({"host", "timeout", "bandwidth_mib"}))
     return await run_in_threadpool(_act, request, body)
 
 

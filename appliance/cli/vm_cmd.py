@@ -60,6 +60,7 @@ def register(sub: Any) -> None:
         v.add_argument("vm", help=_VM_HELP)
         if verb == "migrate":
             v.add_argument("--host", help="destination (default: placement decides)")
+            v.add_argument("--bandwidth", type=int, metavar="MIB_S", help="limit the transfer to this many MiB/s")
         if verb == "shutdown":
             v.add_argument("--timeout", type=int, metavar="SECONDS", help="fail if still running after this long")
         v.add_argument("--wait", action="store_true", help="follow the task to its end")
@@ -133,6 +134,8 @@ def vm_action(args: argparse.Namespace) -> int:
     body: dict[str, Any] = {}
     if getattr(args, "host", None):
         body["host"] = args.host
+    if getattr(args, "bandwidth", None) is not None:
+        body["bandwidth_mib"] = args.bandwidth
     if getattr(args, "timeout", None) is not None:
         body["timeout"] = args.timeout
     with client_for(load_config(args)) as api:

@@ -284,6 +284,10 @@ def _namespace_script(settings: NodeSettings, root: Path, conf: Path) -> str:
             copy = root / db
             copy.write_text(Path(f"/etc/{db}").read_text() + entry + "\n")
             lines.append(f"mount --bind {shlex.quote(str(copy))} /etc/{db}")
+    # Lab names for libvirtd itself (peer-to-peer migration opens the destination by name): the LabHosts
+    # /etc/hosts twin, when the factory linked it as <root>/hosts.
+    if (root / "hosts").exists():
+        lines.append(f"mount --bind {shlex.quote(str(root / 'hosts'))} /etc/hosts")
     lines.append(f"hostname {shlex.quote(settings.fqdn)}")
     lines.append(f"exec libvirtd --listen -f {shlex.quote(str(conf))} -p {shlex.quote(str(root / 'libvirtd.pid'))}")
     return "\n".join(lines)
@@ -392,6 +396,9 @@ class NodeFactory:
         """Start a node; `settings` from plan(), `files` when the node agent wrote its config and keytab."""
         settings = settings or self.plan(fqdn, allowed_users, log_level=log_level)
         root = self.root_for(settings)
+        root.mkdir(parents=True, exist_ok=True)
+        if self.hosts.etc_hosts.is_file() and not (root / "hosts").exists():
+            (root / "hosts").symlink_to(self.hosts.etc_hosts)
         self._share_caps(root)
         node = start_node(self.kdc, settings, root, files=files)
         self.nodes.append(node)
