@@ -111,6 +111,13 @@ def test_storage_templates_snapshots_clone_through_cli(task_rack: TaskRack, tmp_
     assert (shared / f"{tpl}.qcow2").read_bytes() == image.read_bytes()
     shown = {t["name"]: t for t in js(rack, "template", "list")}
     assert shown[tpl]["vcpus"] == 2 and shown[tpl]["volume"]["capacity_bytes"] == 24 << 20
+    # The tables people read: the pool with its volumes, the template with its pool.
+    text_show = ok(rack, "storage", "pool", "show", pool)
+    assert f"volume:           {tpl}.qcow2 qcow2 24.0 MiB available" in text_show and "disk0.qcow2" in text_show
+    assert any(line.split()[1] == tpl and pool in line for line in ok(rack, "template", "list").splitlines()[1:])
+    assert any(
+        line.split()[1] == pool and "available" in line for line in ok(rack, "storage", "pool", "list").splitlines()
+    )
 
     # Permissions: a monitor sees, may not change.
     ok(rack, "user", "add", WATCHER, "--role", "monitor")
@@ -129,6 +136,8 @@ def test_storage_templates_snapshots_clone_through_cli(task_rack: TaskRack, tmp_
     ok(rack, "vm", "snapshot", "create", vm, "s2", "--wait")
     snaps = js(rack, "vm", "snapshot", "list", vm)
     assert [(x["name"], x["parent"], x["state"]) for x in snaps] == [("s1", None, "ready"), ("s2", "s1", "ready")]
+    assert [line.split()[1:4] for line in ok(rack, "vm", "snapshot", "list", vm).splitlines()[1:]] == [
+        ["s1", "ready", "-"], ["s2", "ready", "s1"]]  # fmt: skip
     assert "already has a snapshot s1" in refused(rack, 5, "vm", "snapshot", "create", vm, "s1")
     assert "no snapshot" in refused(rack, 4, "vm", "snapshot", "revert", vm, "nope")
     ok(rack, "vm", "snapshot", "revert", vm, "s1", "--wait")
