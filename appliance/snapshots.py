@@ -14,7 +14,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from appliance import tasking
+from appliance import quotas, tasking
 from appliance.db.models import (
     Snapshot,
     SnapshotState,
@@ -24,6 +24,7 @@ from appliance.db.models import (
     TargetKind,
     Task,
     TaskType,
+    User,
     Vm,
     VmDisk,
     VmNic,
@@ -32,6 +33,7 @@ from appliance.db.models import (
 )
 from appliance.errors import Conflict, NotFound, UsageError
 from appliance.storage import check_name
+from appliance.vms import NAME as VM_NAME
 
 MAX_DESCRIPTION = 1000
 
@@ -116,10 +118,16 @@ def _mac() -> str:
 
 
 def clone_vm(session: Session, source: Vm, name: str, by: str | None) -> tuple[Vm, Task]:
-    """Record the clone (pending) with pending copies of the source's disks, and queue the copy."""
-    check_name("VM", name)
+    """Record the clone (pending) with pending copies of the source's disks, and queue the copy.
+
+    The clone belongs to whoever asked for it, and counts against their quota in the pool as a new VM does."""
+    if not isinstance(name, str) or not VM_NAME.match(name):
+        raise UsageError("name: 1-63 letters, digits, '.', '_' or '-', starting with a letter or digit")
     if session.scalars(select(Vm.id).where(Vm.name == name)).first() is not None:
         raise Conflict(f"a VM called {name} already exists", "pick another name")
+    owner = session.scalars(select(User).where(User.principal == by)).first() if by else None
+    owner_id = owner.id if owner is not None else source.owner_id
+    quotas.check_create(session, owner_id, source.hardware_pool_id, sum(d.volume.capacity_bytes for d in source.disks))
     for disk in source.disks:
         if disk.volume.state is not StorageState.AVAILABLE:
             raise Conflict(f"disk {disk.target_dev} of VM {source.name} is {disk.volume.state}")
@@ -141,7 +149,7 @@ def clone_vm(session: Session, source: Vm, name: str, by: str | None) -> tuple[V
         boot_device=source.boot_device,
         hardware_pool_id=source.hardware_pool_id,
         template_id=source.template_id,
-        owner_id=source.owner_id,
+        owner_id=owner_id,
         state=VmState.PENDING,
     )
     session.add(clone)

@@ -16,12 +16,14 @@ from sqlalchemy import Engine, select
 from appliance import snapshots, storage, tasking
 from appliance.db.engine import session_scope
 from appliance.db.models import (
+    Quota,
     Snapshot,
     SnapshotState,
     StorageState,
     StorageVolume,
     Task,
     TaskType,
+    User,
     Vm,
     VmDisk,
     VmNic,
@@ -226,3 +228,33 @@ def test_failed_clone_is_removed_whole(task_db: Engine, task_worker: LabWorker, 
             assert s.get_one(Vm, vm_id).state is VmState.STOPPED
     finally:
         hidden.rename(path)
+
+
+def test_clone_counts_against_the_callers_quota(task_db: Engine, task_worker: LabWorker, vm_id: int) -> None:
+    """The clone is the caller's new VM: over their max_vms or max_disk_bytes in the pool it is refused, nothing
+    recorded; within quota it is theirs."""
+    with session_scope(task_db) as s:
+        pool_id = s.get_one(Vm, vm_id).hardware_pool_id
+        user = User(principal="cloner@LAB.EXAMPLE.TEST")
+        s.add(user)
+        s.flush()
+        s.add(Quota(user_id=user.id, hardware_pool_id=pool_id, max_vms=0))
+    with (
+        pytest.raises(Conflict, match=r"over quota .* max_vms 0: this would make 1, 1 over"),
+        session_scope(task_db) as s,
+    ):
+        snapshots.clone_vm(s, s.get_one(Vm, vm_id), "quota-copy", "cloner@LAB.EXAMPLE.TEST")
+    with session_scope(task_db) as s:
+        assert s.scalars(select(Vm).where(Vm.name == "quota-copy")).first() is None
+        quota = s.scalars(select(Quota).join(User).where(User.principal == "cloner@LAB.EXAMPLE.TEST")).one()
+        quota.max_vms, quota.max_disk_bytes = 5, 1 << 20  # the 16 MiB disk does not fit
+    with pytest.raises(Conflict, match="max_disk_bytes"), session_scope(task_db) as s:
+        snapshots.clone_vm(s, s.get_one(Vm, vm_id), "quota-copy", "cloner@LAB.EXAMPLE.TEST")
+    with session_scope(task_db) as s:
+        s.scalars(
+            select(Quota).join(User).where(User.principal == "cloner@LAB.EXAMPLE.TEST")
+        ).one().max_disk_bytes = None
+        clone, t = snapshots.clone_vm(s, s.get_one(Vm, vm_id), "quota-copy", "cloner@LAB.EXAMPLE.TEST")
+        assert clone.owner is not None and clone.owner.principal == "cloner@LAB.EXAMPLE.TEST"
+        task_id = t.id
+    finished(task_db, task_id, task_worker)

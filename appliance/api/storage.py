@@ -282,7 +282,7 @@ async def clone_vm(request: Request) -> JSONResponse:
 def _clone(request: Request, name: Any) -> JSONResponse:
     with session(request) as s:
         vm = _vm(request, s, Privilege.MODIFY, "clone")
-        clone, task = snapshots.clone_vm(s, vm, storage.check_name("VM", name), _who(request))
+        clone, task = snapshots.clone_vm(s, vm, name, _who(request))
         return JSONResponse({"vm": {"id": clone.id, "name": clone.name, "uuid": clone.uuid, "state": str(clone.state)},
                              "task": tasking.summary(task)}, status_code=202)  # fmt: skip
 
