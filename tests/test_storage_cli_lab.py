@@ -43,6 +43,27 @@ except DroverError as exc:
 """
 
 
+# One API call as the lab admin: prints {"ok": answer} or {"error", "class", "status"}.
+API_CALL = """
+import json, sys
+from appliance.cli.api_cmd import client_for
+from appliance.config import load
+from appliance.errors import DroverError
+try:
+    with client_for(load()) as api:
+        print(json.dumps({"ok": api.request(sys.argv[1], sys.argv[2], body=json.loads(sys.argv[3]))}))
+except DroverError as exc:
+    print(json.dumps({"error": exc.message, "class": type(exc).__name__}))
+"""
+
+
+def api_call(rack: TaskRack, method: str, path: str, body: object) -> dict[str, Any]:
+    out = run([sys.executable, "-c", API_CALL, method, path, json.dumps(body)], env=rack.served.cli_env(ADMIN),
+              cwd=Path(__file__).resolve().parent.parent).stdout  # fmt: skip
+    answer: dict[str, Any] = json.loads(out.strip().splitlines()[-1])
+    return answer
+
+
 def ok(rack: TaskRack, *argv: str, principal: str | None = None) -> str:
     done = rack.drover(*argv) if principal is None else rack.drover(*argv, principal=principal)
     assert done.returncode == 0, f"drover {' '.join(argv)}: {done.returncode}\n{done.stdout}{done.stderr}"
@@ -97,6 +118,24 @@ def test_storage_templates_snapshots_clone_through_cli(task_rack: TaskRack, tmp_
     answer = json.loads(raw.strip().splitlines()[-1])
     assert answer == {"error": answer["error"], "class": "UsageError"} and "not a qcow2" in answer["error"]
     assert (set(uploads.iterdir()) if uploads.exists() else set()) == kept
+    assert counts(rack) == before
+
+    # Malformed requests straight to the API: 400 with the reason, nothing written.
+    base = f"/api/v1/storage/pools/{pool}/volumes"
+    for body, reason in (
+        ({"name": "v", "capacity_bytes": 1 << 20, "colour": "red"}, "colour: unknown field"),
+        ({"name": "v", "capacity_bytes": 1 << 20, "format": "vmdk"}, "not raw or qcow2"),
+        ({"name": "v", "capacity_bytes": "big"}, "capacity"),
+        ({"name": "../etc", "capacity_bytes": 1 << 20}, "not valid"),
+    ):
+        answer = api_call(rack, "POST", base, body)
+        assert answer["class"] == "UsageError" and reason in answer["error"], answer
+    answer = api_call(
+        rack, "POST", "/api/v1/storage/pools", {"name": "p", "type": "dir", "path": "/p", "hardware_pool": "nope"}
+    )
+    assert answer["class"] == "NotFound" and "hardware pool nope" in answer["error"], answer
+    answer = api_call(rack, "POST", "/api/v1/vms/no-such-vm/snapshots", {"name": "s"})
+    assert answer["class"] == "NotFound", answer
     assert counts(rack) == before
 
     # A volume, a template from a local qcow2.
