@@ -129,6 +129,10 @@ class TaskEngineConfig:
     retries: int = 5
     retry_base_ms: int = 500
     retry_max_seconds: int = 30
+    # libvirt keepalive on the engine's connections: a host that stops answering fails the call after about
+    # interval * count seconds (a transient error: retried), instead of holding a worker for ever.
+    keepalive_interval: int = 5
+    keepalive_count: int = 3
     shutdown_timeout_seconds: int = 120  # how long an ACPI shutdown may take before the task fails
     # Live migration: at most this many at once per host (as source or destination); the allowed downtime
     # starts at downtime_start_ms and rises by downtime_step_ms each time the migration stalls for

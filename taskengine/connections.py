@@ -10,6 +10,7 @@ import threading
 
 import libvirt
 
+from appliance import libvirtloop
 from appliance.db.models import Host
 from appliance.errors import DroverError
 from appliance.libvirtclient import host_uri
@@ -52,8 +53,11 @@ libvirt.registerErrorHandler(_quiet, None)
 
 
 class Connections:
-    def __init__(self, default_port: int) -> None:
+    def __init__(self, default_port: int, keepalive: tuple[int, int] = (5, 3)) -> None:
         self.default_port = default_port
+        # A ping every interval seconds, the link dead after count unanswered ones: a call to a frozen or
+        # vanished host fails (transient) instead of holding its worker thread for ever.
+        self.keepalive = keepalive
         self._lock = threading.Lock()
         self._conns: dict[str, libvirt.virConnect] = {}
         self._host_locks: dict[str, threading.Lock] = {}
@@ -74,8 +78,10 @@ class Connections:
                 except libvirt.libvirtError:
                     pass
                 self._drop(uri, conn)
+            libvirtloop.ensure_running()
             try:
                 conn = libvirt.open(uri)
+                conn.setKeepAlive(*self.keepalive)
             except libvirt.libvirtError as exc:
                 raise HostUnreachable(f"cannot reach libvirt on {host.hostname} ({uri}): {exc}") from None
             self._conns[uri] = conn

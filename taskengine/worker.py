@@ -95,7 +95,7 @@ class Worker:
         self.settings = settings
         self.name = name or worker_name()
         self.lease = timedelta(seconds=settings.lease_seconds)
-        self.connections = Connections(default_port)
+        self.connections = Connections(default_port, (settings.keepalive_interval, settings.keepalive_count))
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._threads: list[threading.Thread] = []
