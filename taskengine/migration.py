@@ -13,9 +13,11 @@ maintenance of a host with running VMs does.
 
 from __future__ import annotations
 
+import enum
 import logging
 import threading
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import libvirt
@@ -31,6 +33,37 @@ from taskengine.vmlife import lookup, real_state, vm_of
 log = logging.getLogger(__name__)
 
 FLAGS = libvirt.VIR_MIGRATE_LIVE | libvirt.VIR_MIGRATE_PERSIST_DEST | libvirt.VIR_MIGRATE_UNDEFINE_SOURCE
+
+
+class Step(enum.StrEnum):
+    WAIT = "wait"
+    RAISE = "raise"  # allow more downtime now
+    ABORT = "abort"  # at the maximum and still stalled
+
+
+@dataclass
+class Convergence:
+    """The "minimal downtime" policy: start low, raise the allowed downtime a step each time the remaining
+    data has not shrunk for `stall_s`, and give up once it stalls again at the maximum."""
+
+    downtime_ms: int
+    step_ms: int
+    max_ms: int
+    stall_s: float
+    best: int | None = None
+    best_at: float = 0.0
+
+    def observe(self, remaining: int, now: float) -> Step:
+        if self.best is None or remaining < self.best:
+            self.best, self.best_at = remaining, now
+            return Step.WAIT
+        if now - self.best_at < self.stall_s:
+            return Step.WAIT
+        self.best_at = now
+        if self.downtime_ms + self.step_ms <= self.max_ms:
+            self.downtime_ms += self.step_ms
+            return Step.RAISE
+        return Step.ABORT
 
 
 def _running_migrations(s: Any, host_ids: set[int], me: int) -> int:
@@ -90,11 +123,23 @@ def migrate(ctx: TaskContext) -> dict[str, Any]:
     if ctx.task.args.get("bandwidth_mib"):
         params[libvirt.VIR_MIGRATE_PARAM_BANDWIDTH] = int(ctx.task.args["bandwidth_mib"])
     outcome: dict[str, BaseException | None] = {}
+    mode = {"used": "p2p" if p2p else "managed"}
 
     def run() -> None:
         try:
             if p2p:
-                dom.migrateToURI3(dest_uri, params, FLAGS | libvirt.VIR_MIGRATE_PEER2PEER)
+                try:
+                    dom.migrateToURI3(dest_uri, params, FLAGS | libvirt.VIR_MIGRATE_PEER2PEER)
+                except libvirt.libvirtError as exc:
+                    # The destination does not let the source's libvirt/<fqdn> principal in (a node whose
+                    # libvirtd allows only the appliance): the appliance drives it with its own two
+                    # connections instead. Nothing was transferred: the refusal comes before any data.
+                    if exc.get_error_code() not in (libvirt.VIR_ERR_AUTH_FAILED, libvirt.VIR_ERR_AUTH_CANCELLED):
+                        raise
+                    log.warning("task %s: peer-to-peer refused (%s); managed migration instead", ctx.task.id,
+                                exc.get_error_message())  # fmt: skip
+                    mode["used"] = "managed"
+                    dom.migrate3(dconn, params, FLAGS)
             else:
                 dom.migrate3(dconn, params, FLAGS)
             outcome["error"] = None
@@ -104,13 +149,13 @@ def migrate(ctx: TaskContext) -> dict[str, Any]:
     started = time.monotonic()
     thread = threading.Thread(target=run, name=f"migrate-{ctx.task.id}", daemon=True)
     thread.start()
-    downtime = settings.downtime_start_ms if settings else 100
-    step = settings.downtime_step_ms if settings else 100
-    top = settings.downtime_max_ms if settings else 1000
-    stall = settings.stall_seconds if settings else 5
+    policy = Convergence(
+        settings.downtime_start_ms if settings else 100,
+        settings.downtime_step_ms if settings else 100,
+        settings.downtime_max_ms if settings else 1000,
+        settings.stall_seconds if settings else 5,
+    )
     set_downtime = False
-    best_remaining: int | None = None
-    best_at = time.monotonic()
     aborting = ""
     while thread.is_alive():
         thread.join(0.25)
@@ -123,31 +168,26 @@ def migrate(ctx: TaskContext) -> dict[str, Any]:
         if stats.get("type", libvirt.VIR_DOMAIN_JOB_NONE) == libvirt.VIR_DOMAIN_JOB_NONE:
             continue
         if not set_downtime:
-            _try(dom.migrateSetMaxDowntime, downtime)
+            _try(dom.migrateSetMaxDowntime, policy.downtime_ms)
             set_downtime = True
         total = int(stats.get("data_total", 0))
         remaining = int(stats.get("data_remaining", 0))
         processed = int(stats.get("data_processed", 0))
         if aborting:
             continue
-        ctx.progress(processed / total if total else 0.0,
-                     f"{processed >> 20} MiB sent, {remaining >> 20} MiB left, downtime {downtime} ms")  # fmt: skip
+        line = f"{processed >> 20} MiB sent, {remaining >> 20} MiB left, downtime {policy.downtime_ms} ms"
+        ctx.progress(processed / total if total else 0.0, line)
         if ctx.abort_requested():
             aborting = "aborted by a user"
             _try(dom.abortJob)
             continue
-        now = time.monotonic()
-        if best_remaining is None or remaining < best_remaining:
-            best_remaining, best_at = remaining, now
-        elif now - best_at >= stall:
-            if downtime + step <= top:
-                downtime += step
-                _try(dom.migrateSetMaxDowntime, downtime)
-                log.info("task %s: migration stalled, allowed downtime now %d ms", ctx.task.id, downtime)
-                best_at = now
-            else:
-                aborting = f"did not converge with {downtime} ms of downtime allowed"
-                _try(dom.abortJob)
+        step = policy.observe(remaining, time.monotonic())
+        if step is Step.RAISE:
+            _try(dom.migrateSetMaxDowntime, policy.downtime_ms)
+            log.info("task %s: migration stalled, allowed downtime now %d ms", ctx.task.id, policy.downtime_ms)
+        elif step is Step.ABORT:
+            aborting = f"did not converge with {policy.downtime_ms} ms of downtime allowed"
+            _try(dom.abortJob)
     error = outcome.get("error")
     if aborting or error is not None:
         with ctx.session() as s:  # whatever was reported meanwhile, a failed migration leaves it on its source
@@ -172,7 +212,7 @@ def migrate(ctx: TaskContext) -> dict[str, Any]:
         vm = vm_of(s, ctx)
         vm.host_id = dest.id
     return {"from": source.hostname, "to": dest.hostname, "host_id": dest.id, "total_ms": round(total_ms),
-            "downtime_ms": downtime_ms, "max_downtime_ms": downtime}  # fmt: skip
+            "downtime_ms": downtime_ms, "max_downtime_ms": policy.downtime_ms, "mode": mode["used"]}  # fmt: skip
 
 
 def _port(ctx: TaskContext, conn: libvirt.virConnect) -> int:

@@ -7,12 +7,19 @@ from __future__ import annotations
 
 import re
 import time
+import uuid
 
 import pytest
+from sqlalchemy import delete
 
-from appliance.db.models import TaskState, VmState
+from appliance.db.base import utcnow
+from appliance.db.engine import session_scope
+from appliance.db.models import Host, HostState, HypervisorType, TaskState, VmState
+from appliance.hosts import default_pool
+from appliance.kerberos.realm import APPLIANCE_CLIENT
 from tests.lab.guest import BOOT_MARKER, TICK, wait_for_text
-from tests.lab.taskrack import TaskRack
+from tests.lab.libvirtd import NodeFactory
+from tests.lab.taskrack import TaskRack, wait_until
 
 pytestmark = pytest.mark.lab
 
@@ -45,7 +52,7 @@ def test_live_migration_keeps_the_guest_counting_and_the_row_follows(task_rack: 
     dst_id = rack.host_ids[1]
     before = _last_tick(rack.serial_log(src_id, name).read_text())
     out = _ok(rack, "vm", "migrate", name, "--host", rack.nodes[1].fqdn, "--wait")
-    assert "vm_migrate: finished" in out
+    assert "vm_migrate: finished" in out and '"mode": "p2p"' in out
     vm = rack.vm(name)
     assert (vm.host_id, vm.state) == (dst_id, VmState.RUNNING)
     dest_serial = rack.serial_log(dst_id, name)
@@ -110,3 +117,55 @@ def test_clear_host_moves_every_running_vm_off(task_rack: TaskRack) -> None:
         assert (vm.host_id, vm.state) == (rack.host_ids[0], VmState.RUNNING)
         _ok(rack, "vm", "poweroff", name, "--wait")
         _ok(rack, "vm", "delete", name, "--wait")
+
+
+def test_cluster_balance_dry_run_then_queued(task_rack: TaskRack) -> None:
+    rack = task_rack
+    names = [rack.unique("bal"), rack.unique("bal")]
+    for name in names:  # nothing to boot: qemu runs with an empty disk list, cheap for the machine
+        _ok(rack, "vm", "create", name, "--memory", "256", "--host", rack.nodes[0].fqdn, "--wait")
+        _ok(rack, "vm", "start", name, "--wait")
+    dry = _ok(rack, "cluster", "balance", "--dry-run")
+    assert dry.count("would move") == 1 and f"{rack.nodes[0].fqdn} -> {rack.nodes[1].fqdn}" in dry, dry
+    assert {rack.vm(n).host_id for n in names} == {rack.host_ids[0]}  # a dry run queues nothing
+    queued = _ok(rack, "cluster", "balance")
+    task_id = int(queued.split("(task ")[1].split(")")[0])
+    assert rack.wait_task(task_id).state is TaskState.FINISHED
+    assert {rack.vm(n).host_id for n in names} == set(rack.host_ids)
+    assert "balanced" in _ok(rack, "cluster", "balance", "--dry-run")
+    for name in names:
+        _ok(rack, "vm", "poweroff", name, "--wait")
+        _ok(rack, "vm", "delete", name, "--wait")
+
+
+def test_a_destination_refusing_peers_gets_a_managed_migration(
+    task_rack: TaskRack, libvirt_nodes: NodeFactory
+) -> None:
+    rack = task_rack
+    fqdn = f"tnp{uuid.uuid4().hex[:4]}.example.test"
+    # Allows the appliance only, as a node whose libvirtd was not told about its peers.
+    node = libvirt_nodes.start(fqdn, settings=libvirt_nodes.plan(fqdn, (APPLIANCE_CLIENT,), port=rack.lab.libvirt_port))
+    with session_scope(rack.db) as s:
+        host = Host(uuid=node.settings.host_uuid, hostname=fqdn, approved_at=utcnow(), credentials_issued_at=utcnow(),
+                    memory_mib=2048, cpu_count=4, hypervisor_type=HypervisorType.QEMU,
+                    hardware_pool_id=default_pool(s).id)  # fmt: skip
+        s.add(host)
+        s.flush()
+        host_id = host.id
+
+    def up() -> bool:
+        with session_scope(rack.db) as s:
+            return s.get(Host, host_id).state is HostState.AVAILABLE  # type: ignore[union-attr]
+
+    wait_until("the peerless host available", up, 60)
+    name = rack.unique("managed")
+    _ok(rack, "vm", "create", name, "--memory", "64", "--host", rack.nodes[0].fqdn, "--wait")
+    _ok(rack, "vm", "start", name, "--wait")
+    out = _ok(rack, "vm", "migrate", name, "--host", fqdn, "--wait")
+    assert '"mode": "managed"' in out
+    assert (rack.vm(name).host_id, rack.vm(name).state) == (host_id, VmState.RUNNING)
+    _ok(rack, "vm", "poweroff", name, "--wait")
+    _ok(rack, "vm", "delete", name, "--wait")
+    node.stop()
+    with session_scope(rack.db) as s:
+        s.execute(delete(Host).where(Host.id == host_id))

@@ -32,6 +32,7 @@ from appliance.db.models import (
     VolumeFormat,
 )
 from taskengine import claims, domainxml
+from taskengine.migration import Convergence, Step
 
 CAPS = """<capabilities><host><cpu><arch>x86_64</arch></cpu></host>
 <guest><os_type>hvm</os_type><arch name='x86_64'><domain type='qemu'/>{kvm}</arch></guest>
@@ -50,6 +51,8 @@ def test_placement_filters_then_spreads() -> None:
     assert why["h3"].startswith("not available") and "MiB free" in why["h4"]
     assert placement.best(placement.Want(512, 1, pool_id=9), hosts) is None  # wrong hardware pool
     assert placement.best(placement.Want(512, 1, 1, networks=frozenset({7})), hosts) is None
+    assert placement.best(placement.Want(512, 1, 1, storage=frozenset({3})), hosts) is None  # storage unreachable
+    assert placement.best(placement.Want(512, 1, 1, storage=frozenset({1})), hosts).id == 2  # type: ignore[union-attr]
     # The monitor's load counts when present: an idle host wins over an equally filled busy one.
     busy, idle = _host(5, load=0.9), _host(6, load=0.0)
     assert placement.best(want, [busy, idle]).id == 6  # type: ignore[union-attr]
@@ -167,3 +170,15 @@ def test_an_expired_lease_is_taken_over_and_the_old_owner_writes_nothing(db_engi
     with session_scope(db_engine) as s:
         assert claims.held(s, dead) is None and not claims.renew(s, dead, timedelta(seconds=30))
         assert claims.held(s, taken) is not None
+
+
+def test_convergence_raises_downtime_step_by_step_then_aborts() -> None:
+    policy = Convergence(downtime_ms=100, step_ms=100, max_ms=300, stall_s=5)
+    assert policy.observe(1000, 0) is Step.WAIT
+    assert policy.observe(800, 3) is Step.WAIT  # shrinking: fine
+    assert policy.observe(900, 7) is Step.WAIT  # not below the best yet, but not stalled for 5 s
+    assert policy.observe(850, 8.1) is Step.RAISE and policy.downtime_ms == 200
+    assert policy.observe(850, 10) is Step.WAIT
+    assert policy.observe(700, 12) is Step.WAIT  # progress again resets the clock
+    assert policy.observe(700, 17.5) is Step.RAISE and policy.downtime_ms == 300
+    assert policy.observe(700, 23) is Step.ABORT and policy.downtime_ms == 300
