@@ -62,14 +62,15 @@ def subtree(s: Session, root_id: int) -> set[int]:
     return out
 
 
-def pool_hosts(s: Session, pool: StoragePool) -> list[Host]:
-    """The available hosts that should see `pool`, in a stable order (the first one does volume work)."""
+def pool_hosts(s: Session, pool: StoragePool, *, required: bool = True) -> list[Host]:
+    """The available hosts that should see `pool`, in a stable order (the first one does volume work);
+    NoHost if there are none and `required`."""
     rows = s.scalars(
         select(Host)
         .where(Host.hardware_pool_id.in_(subtree(s, pool.hardware_pool_id)), Host.state == HostState.AVAILABLE)
         .order_by(Host.id)
     ).all()
-    if not rows:
+    if not rows and required:
         raise NoHost(f"no available host in the hardware pool of storage pool {pool.name}",
                      "a host must be up (drover host list) to reach its storage")  # fmt: skip
     return list(rows)
@@ -198,7 +199,8 @@ def pool_delete(ctx: TaskContext) -> dict[str, Any]:
         if ids and s.scalars(select(Template.id).where(Template.storage_volume_id.in_(ids))).first() is not None:
             raise Conflict(f"storage pool {pool.name} came into use by a template after the delete was asked for")
         removed = []
-        for host in pool_hosts(s, pool):
+        # No host up is no obstacle: an unavailable stateless node forgets the pool when it boots again.
+        for host in pool_hosts(s, pool, required=False):
             if storage.remove_pool(ctx.connect(host), pool.name):
                 removed.append(host.hostname)
         name = pool.name

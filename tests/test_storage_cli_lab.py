@@ -17,7 +17,7 @@ import pytest
 from sqlalchemy import select
 
 from appliance.db.engine import session_scope
-from appliance.db.models import StoragePool, Task, Template, VmState
+from appliance.db.models import HardwarePool, StoragePool, Task, Template, VmState
 from appliance.runner import run
 from tests.lab.appliance import ADMIN
 from tests.lab.guest import BOOT_MARKER, TICK, wait_for_text
@@ -241,3 +241,27 @@ def test_snapshot_of_a_running_guest_keeps_its_memory(task_rack: TaskRack, tmp_p
 
 def ticks(text: str) -> list[int]:
     return [int(m) for m in re.findall(rf"^{TICK} (\d+)\s*$", text, flags=re.M)] or [0]
+
+
+def test_storage_rights_are_per_hardware_pool(task_rack: TaskRack, tmp_path: Path) -> None:
+    """An admin of one hardware pool manages storage there and nowhere else."""
+    rack = task_rack
+    rack.ensure_worker()
+    lab_pool = rack.unique("lab")
+    with session_scope(rack.db) as s:
+        s.add(HardwarePool(name=lab_pool))
+    scoped = rack.unique("scoped")
+    ok(rack, "user", "add", scoped, "--role", "admin", "--pool", lab_pool)
+    before = counts(rack)
+    name = rack.unique("theirs")
+    err = refused(rack, 9, "storage", "pool", "create", name, "--type", "dir", "--path", "/srv/x", principal=scoped)
+    assert "hardware pool default" in err
+    assert counts(rack) == before
+    # In their own hardware pool it is accepted; it has no hosts, so the task fails and says why.
+    done = rack.drover("storage", "pool", "create", name, "--type", "dir", "--path", str(tmp_path / "x"),
+                       "--hardware-pool", lab_pool, "--wait", principal=scoped)  # fmt: skip
+    assert done.returncode != 0 and "no available host" in done.stderr, done.stdout + done.stderr
+    assert js(rack, "storage", "pool", "list")  # the lab admin sees everything
+    shown = {p["name"]: p["state"] for p in json.loads(ok(rack, "storage", "pool", "list", "--json", principal=scoped))}
+    assert shown == {name: "failed"}  # the scoped admin sees only their hardware pool's storage
+    ok(rack, "storage", "pool", "delete", name, "--wait", principal=scoped)
