@@ -59,6 +59,14 @@ def _vm_idle(session: Session, vm: Vm, what: str) -> None:
         raise Conflict(f"cannot {what}: VM {vm.name} is on no host")
 
 
+def _snapshot_idle(session: Session, snap: Snapshot) -> None:
+    # The pending task is the mark (no state set at enqueue): a queued task may be canceled.
+    pending = tasking.pending_for(session, TargetKind.SNAPSHOT, snap.id)
+    if pending:
+        raise Conflict(f"snapshot {snap.name} has task {pending[0].id} ({pending[0].type}) queued or running",
+                       "wait for it (drover task wait) or cancel it")  # fmt: skip
+
+
 def create_snapshot(session: Session, vm: Vm, name: str, description: str, by: str | None) -> tuple[Snapshot, Task]:
     check_name("snapshot", name)
     if not isinstance(description, str) or len(description) > MAX_DESCRIPTION:
@@ -87,15 +95,15 @@ def revert_snapshot(session: Session, snap: Snapshot, by: str | None) -> Task:
         raise Conflict(
             f"cannot revert VM {snap.vm.name}: it is {snap.vm.state}", "it must be stopped, running or paused"
         )
-    snap.state = SnapshotState.REVERTING
+    _snapshot_idle(session, snap)
     return tasking.enqueue(session, TaskType.SNAPSHOT_REVERT, snap.id, {}, created_by=by)
 
 
 def delete_snapshot(session: Session, snap: Snapshot, by: str | None) -> Task:
-    if snap.state in (SnapshotState.CREATING, SnapshotState.DELETING, SnapshotState.REVERTING):
+    if snap.state is not SnapshotState.READY:
         raise Conflict(f"snapshot {snap.name} is {snap.state}", "wait for its task")
     _vm_idle(session, snap.vm, f"delete a snapshot of VM {snap.vm.name}")
-    snap.state = SnapshotState.DELETING
+    _snapshot_idle(session, snap)
     return tasking.enqueue(session, TaskType.SNAPSHOT_DELETE, snap.id, {}, created_by=by)
 
 

@@ -198,8 +198,6 @@ def create_pool(session: Session, spec: PoolSpec, by: str | None) -> tuple[Stora
 
 
 def refresh_pool(session: Session, pool: StoragePool, by: str | None) -> Task:
-    if pool.state is StorageState.DELETING:
-        raise Conflict(f"storage pool {pool.name} is being deleted")
     return tasking.enqueue(session, TaskType.STORAGE_POOL_REFRESH, pool.id, {}, created_by=by)
 
 
@@ -220,8 +218,6 @@ def volume_users(session: Session, volume_ids: list[int]) -> list[str]:
 
 def delete_pool(session: Session, pool: StoragePool, by: str | None) -> Task:
     """Queue removing the pool from its hosts; refused while a VM disk or a template uses one of its volumes."""
-    if pool.state is StorageState.DELETING:
-        raise Conflict(f"storage pool {pool.name} is already being deleted")
     users = volume_users(session, [v.id for v in pool.volumes])
     if users:
         shown = ", ".join(users[:5]) + (f" and {len(users) - 5} more" if len(users) > 5 else "")
@@ -232,19 +228,24 @@ def delete_pool(session: Session, pool: StoragePool, by: str | None) -> Task:
     if pending is not None:
         raise Conflict(f"storage pool {pool.name} has task {pending.id} ({pending.type}) queued or running",
                        "wait for it (drover task wait) or cancel it")  # fmt: skip
-    pool.state = StorageState.DELETING
+    # No state set here: a queued task can be canceled, and the pending task itself is what marks the pool
+    # as going (checked by every request that would add to it).
     return tasking.enqueue(session, TaskType.STORAGE_POOL_DELETE, pool.id, {}, created_by=by)
 
 
-def _usable(pool: StoragePool) -> None:
+def _usable(session: Session, pool: StoragePool) -> None:
     if pool.state is not StorageState.AVAILABLE:
         raise Conflict(f"storage pool {pool.name} is {pool.state}", "it must be available (drover storage pool show)")
+    going = [t for t in tasking.pending_for(session, TargetKind.STORAGE_POOL, pool.id)
+             if t.type is TaskType.STORAGE_POOL_DELETE]  # fmt: skip
+    if going:
+        raise Conflict(f"storage pool {pool.name} is being deleted by task {going[0].id}")
 
 
 def new_volume(session: Session, pool: StoragePool, name: str, capacity: int, fmt: VolumeFormat) -> StorageVolume:
     """A pending volume row after the checks (name, duplicate, pool type and state); nothing queued."""
     check_name("volume", name)
-    _usable(pool)
+    _usable(session, pool)
     if pool.type is StorageType.ISCSI:
         raise Conflict(f"storage pool {pool.name} is iSCSI: its volumes are the target's LUNs",
                        "make LUNs on the target, then drover storage pool refresh")  # fmt: skip
@@ -272,8 +273,6 @@ def create_volume(
 
 
 def delete_volume(session: Session, volume: StorageVolume, by: str | None) -> Task:
-    if volume.state is StorageState.DELETING:
-        raise Conflict(f"volume {volume.name} is already being deleted")
     users = volume_users(session, [volume.id])
     if users:
         raise Conflict(f"volume {volume.name} is in use by {', '.join(users)}", "delete or detach those first")
@@ -282,7 +281,6 @@ def delete_volume(session: Session, volume: StorageVolume, by: str | None) -> Ta
     pending = _busy(session, TargetKind.STORAGE_VOLUME, volume.id)
     if pending is not None:
         raise Conflict(f"volume {volume.name} has task {pending.id} ({pending.type}) queued or running")
-    volume.state = StorageState.DELETING
     return tasking.enqueue(session, TaskType.VOLUME_DELETE, volume.id, {}, created_by=by)
 
 

@@ -14,7 +14,7 @@ import libvirt
 import pytest
 from sqlalchemy import Engine, func, select
 
-from appliance import storage
+from appliance import storage, tasking
 from appliance.db.engine import session_scope
 from appliance.db.models import (
     HardwarePool,
@@ -257,3 +257,25 @@ def test_volume_checks_before_queueing(engine: Engine, worker: LabWorker) -> Non
     with session_scope(engine) as s:
         for pool_id in ids:
             s.delete(s.get(StoragePool, pool_id))
+
+
+def test_a_queued_delete_blocks_the_pool_until_it_is_canceled(engine: Engine) -> None:
+    """No state is set at enqueue: the pending delete task is the mark, so a canceled delete leaves nothing
+    stuck. (All in one transaction, before any worker can see the task.)"""
+    with session_scope(engine) as s:
+        pool = StoragePool(name=f"keep-{uuid.uuid4().hex[:6]}", type=StorageType.DIR, path="/srv/keep",
+                           hardware_pool_id=default_pool(s).id, state=StorageState.AVAILABLE)  # fmt: skip
+        s.add(pool)
+        s.flush()
+        first = storage.delete_pool(s, pool, ME)
+        with pytest.raises(Conflict, match=f"task {first.id}"):
+            storage.delete_pool(s, pool, ME)
+        with pytest.raises(Conflict, match=f"being deleted by task {first.id}"):
+            storage.create_volume(s, pool, "late.img", 1 << 20, VolumeFormat.RAW, ME)
+        tasking.cancel(s, first.id, ME)
+        assert pool.state is StorageState.AVAILABLE
+        vol, task = storage.create_volume(s, pool, "late.img", 1 << 20, VolumeFormat.RAW, ME)
+        tasking.cancel(s, task.id, ME)
+        s.delete(vol)
+        s.flush()
+        s.delete(pool)
