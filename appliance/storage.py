@@ -25,6 +25,7 @@ from appliance.db.models import (
     StorageVolume,
     TargetKind,
     Task,
+    TaskState,
     TaskType,
     Template,
     Vm,
@@ -374,13 +375,33 @@ def delete_template(session: Session, template: Template, by: str | None) -> Tas
     if users:
         raise Conflict(f"template {template.name} is used by VM {', '.join(users[:5])}", "delete those VMs first")
     volume = template.volume
-    if volume is not None and volume.state is StorageState.PENDING:
-        raise Conflict(f"template {template.name} is still being imported", "wait for its task, or cancel it")
+    if volume is not None:
+        pending = _busy(session, TargetKind.STORAGE_VOLUME, volume.id)
+        if pending is not None:
+            raise Conflict(f"template {template.name} is still being imported by task {pending.id}",
+                           "wait for it, or cancel it")  # fmt: skip
+        _drop_canceled_uploads(session, volume.id)
     session.delete(template)
     session.flush()
     if volume is None or volume_users(session, [volume.id]):
         return None
     return delete_volume(session, volume, by)
+
+
+def _drop_canceled_uploads(session: Session, volume_id: int) -> None:
+    """The appliance's copy of an upload whose import was canceled before it ran: nobody will read it now."""
+    rows = session.scalars(
+        select(Task).where(
+            Task.target_kind == TargetKind.STORAGE_VOLUME,
+            Task.target_id == volume_id,
+            Task.type == TaskType.VOLUME_CREATE,
+            Task.state == TaskState.CANCELED,
+        )
+    ).all()
+    for task in rows:
+        upload = task.args.get("upload")
+        if isinstance(upload, str):
+            Path(upload).unlink(missing_ok=True)
 
 
 def template_summary(template: Template) -> dict[str, Any]:

@@ -279,3 +279,23 @@ def test_a_queued_delete_blocks_the_pool_until_it_is_canceled(engine: Engine) ->
         s.delete(vol)
         s.flush()
         s.delete(pool)
+
+
+def test_a_canceled_import_leaves_a_template_that_can_be_deleted(engine: Engine, tmp_path: Path) -> None:
+    with session_scope(engine) as s:
+        pool = StoragePool(name=f"imp-{uuid.uuid4().hex[:6]}", type=StorageType.DIR, path=str(tmp_path / "p"),
+                           hardware_pool_id=default_pool(s).id, state=StorageState.AVAILABLE)  # fmt: skip
+        s.add(pool)
+        s.flush()
+        upload = tmp_path / "sent.img"
+        upload.write_bytes(b"\0" * 4096)
+        template, vol, task = storage.import_template(s, pool, f"never-{pool.id}", upload, VolumeFormat.RAW, ME)
+        with pytest.raises(Conflict, match=f"still being imported by task {task.id}"):
+            storage.delete_template(s, template, ME)
+        tasking.cancel(s, task.id, ME)
+        cleanup = storage.delete_template(s, template, ME)
+        assert cleanup is not None and not upload.exists()  # the appliance's copy went with it
+        tasking.cancel(s, cleanup.id, ME)
+        s.delete(vol)
+        s.flush()
+        s.delete(pool)
