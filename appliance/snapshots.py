@@ -100,8 +100,7 @@ def revert_snapshot(session: Session, snap: Snapshot, by: str | None) -> Task:
 
 
 def delete_snapshot(session: Session, snap: Snapshot, by: str | None) -> Task:
-    if snap.state is not SnapshotState.READY:
-        raise Conflict(f"snapshot {snap.name} is {snap.state}", "wait for its task")
+    # A snapshot still `creating` whose task was canceled (none pending on the VM) can go: _vm_idle checks that.
     _vm_idle(session, snap.vm, f"delete a snapshot of VM {snap.vm.name}")
     _snapshot_idle(session, snap)
     return tasking.enqueue(session, TaskType.SNAPSHOT_DELETE, snap.id, {}, created_by=by)

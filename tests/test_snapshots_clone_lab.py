@@ -258,3 +258,16 @@ def test_clone_counts_against_the_callers_quota(task_db: Engine, task_worker: La
         assert clone.owner is not None and clone.owner.principal == "cloner@LAB.EXAMPLE.TEST"
         task_id = t.id
     finished(task_db, task_id, task_worker)
+
+
+def test_a_canceled_snapshot_can_be_deleted(task_db: Engine, vm_id: int) -> None:
+    with session_scope(task_db) as s:
+        vm = s.get_one(Vm, vm_id)
+        snap, task = snapshots.create_snapshot(s, vm, "never", "", ME)
+        with pytest.raises(Conflict, match=f"task {task.id}"):
+            snapshots.delete_snapshot(s, snap, ME)
+        tasking.cancel(s, task.id, ME)
+        assert snap.state is SnapshotState.CREATING
+        cleanup = snapshots.delete_snapshot(s, snap, ME)
+        tasking.cancel(s, cleanup.id, ME)
+        s.delete(snap)
