@@ -16,6 +16,7 @@ DEB_PACKAGES := \
 	mmdebstrap squashfs-tools zstd xorriso grub-pc-bin grub-efi-amd64-bin grub-common mtools dosfstools \
 	syslinux-common isolinux pxelinux dnsmasq-base \
 	collectd-core \
+	nfs-ganesha nfs-ganesha-vfs tgt libnfs-utils libiscsi-bin \
 	python3-libvirt python3-gssapi python3-dbus python3-pyinotify python3-zeroconf
 
 STAMP := $(VENV)/.setup-done

@@ -6,7 +6,8 @@ import base64
 import json
 import logging
 import os
-from collections.abc import Generator
+from collections.abc import Generator, Iterator
+from pathlib import Path
 from types import TracebackType
 from typing import Any
 from urllib.parse import urlsplit
@@ -166,10 +167,33 @@ class Client:
     def post(self, path: str, body: Any = None) -> Any:
         return self.request("POST", path, body=body)
 
-    def request(self, method: str, path: str, *, body: Any = None, params: dict[str, str] | None = None) -> Any:
+    def upload(self, path: str, source: Path, params: dict[str, str] | None = None) -> Any:
+        """POST a file's bytes as the body (application/octet-stream), streamed from disk."""
+
+        def chunks() -> Iterator[bytes]:
+            with source.open("rb") as f:
+                while chunk := f.read(1 << 20):
+                    yield chunk
+
+        headers = {"Content-Type": "application/octet-stream", "Content-Length": str(source.stat().st_size)}
+        return self.request("POST", path, params=params, content=chunks(), headers=headers)
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        body: Any = None,
+        params: dict[str, str] | None = None,
+        content: Iterator[bytes] | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> Any:
         url = f"{self.base_url}{path}"
         try:
-            response = self._http.request(method, path, json=body, params=params)
+            if content is not None:
+                response = self._http.request(method, path, content=content, params=params, headers=headers)
+            else:
+                response = self._http.request(method, path, json=body, params=params)
         except httpx.TransportError as exc:
             reason = " ".join(str(exc).split()) or type(exc).__name__
             raise ApiUnreachable(

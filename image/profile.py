@@ -89,6 +89,10 @@ _DEBIAN_HYPERVISOR = (
     "libsasl2-modules-gssapi-mit",
     "krb5-user",
     "collectd-core",
+    # Storage pool clients libvirt runs: mount.nfs (netfs pools), iscsiadm (iscsi pools), LVM (logical).
+    "nfs-common",
+    "open-iscsi",
+    "lvm2",
 )
 # Packages the initrd needed and the running node does not: purged after dracut has run. usrmerge
 # (pulled in by init-system-helpers on a bookworm bootstrap) drags ~50 MB of perl in with it.
@@ -134,6 +138,9 @@ _FEDORA_HYPERVISOR = (
     "cyrus-sasl-gssapi",
     "krb5-workstation",
     "collectd",
+    "nfs-utils",
+    "iscsi-initiator-utils",
+    "lvm2",
 )
 
 

@@ -29,7 +29,13 @@ from appliance.errors import DroverError
 log = logging.getLogger(__name__)
 
 # The handler modules; each registers its task types when imported.
-MODULES: tuple[str, ...] = ("taskengine.vmlife", "taskengine.migration")
+MODULES: tuple[str, ...] = (
+    "taskengine.vmlife",
+    "taskengine.migration",
+    "taskengine.storagetasks",
+    "taskengine.snapshots",
+    "taskengine.clone",
+)
 
 
 class TaskAborted(DroverError):

@@ -29,6 +29,8 @@ NOUNS: tuple[tuple[str, str], ...] = (
     ("task", "appliance.cli.task_cmd"),
     ("cluster", "appliance.cli.cluster_cmd"),
     ("taskengine", "appliance.cli.taskengine_cmd"),
+    ("storage", "appliance.cli.storage_cmd"),
+    ("template", "appliance.cli.template_cmd"),
 )
 
 

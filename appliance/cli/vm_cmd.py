@@ -12,6 +12,7 @@ from urllib.parse import quote
 
 from appliance.cli.api_cmd import client_for
 from appliance.cli.context import load_config
+from appliance.cli.snapshot_cmd import register_vm_verbs
 from appliance.cli.task_cmd import follow, table
 
 _VM_HELP = "id, UUID or name"
@@ -64,6 +65,7 @@ def register(sub: Any) -> None:
             v.add_argument("--timeout", type=int, metavar="SECONDS", help="fail if still running after this long")
         v.add_argument("--wait", action="store_true", help="follow the task to its end")
         v.set_defaults(func=vm_action, action=verb)
+    register_vm_verbs(verbs)  # snapshot create|list|revert|delete, clone
 
 
 def _path(vm: str, verb: str = "") -> str:

@@ -1,0 +1,308 @@
+"""Storage pools, volumes, templates, VM snapshots and clones over the API; each route checks the caller's
+privilege on the object's hardware pool before anything is read or queued.
+
+POST answers 202 with the row as recorded (pending) and the task that will do the work:
+  GET/POST /storage/pools, GET/DELETE /storage/pools/{pool}, POST /storage/pools/{pool}/refresh,
+  GET/POST /storage/pools/{pool}/volumes, DELETE /storage/pools/{pool}/volumes/{volume},
+  GET /templates, POST /templates?name=&pool=[&vcpus=&memory_mib=&description=] (body: the image's bytes),
+  DELETE /templates/{template},
+  GET/POST /vms/{vm}/snapshots, POST /vms/{vm}/snapshots/{snapshot}/revert, DELETE /vms/{vm}/snapshots/{snapshot},
+  POST /vms/{vm}/clone {name}.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import uuid
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+from appliance import imagefile, snapshots, storage, tasking, vms
+from appliance.api.auth import caller
+from appliance.api.edge import read_json
+from appliance.api.state import session, state
+from appliance.db.models import Snapshot, StoragePool, Template, Vm, VolumeFormat
+from appliance.errors import Conflict, UsageError
+from appliance.permissions import Privilege, allowed, require
+
+log = logging.getLogger(__name__)
+
+# Uploads are written here (under the state dir) before the task streams them into the storage pool.
+UPLOAD_DIR = "uploads"
+
+
+def _fields(body: dict[str, Any], fields: frozenset[str]) -> dict[str, Any]:
+    unknown = sorted(set(body) - fields)
+    if unknown:
+        raise UsageError(f"{unknown[0]}: unknown field", f"fields: {', '.join(sorted(fields))}")
+    return body
+
+
+def _who(request: Request) -> str:
+    return caller(request).principal
+
+
+# -- pools ---------------------------------------------------------------------------------------------
+
+
+def list_pools(request: Request) -> JSONResponse:
+    with session(request) as s:
+        counts = storage.volume_counts(s)
+        rows = s.scalars(select(StoragePool).order_by(StoragePool.name)).all()
+        shown = [p for p in rows if allowed(s, _who(request), Privilege.VIEW, p.hardware_pool_id)]
+        return JSONResponse({"pools": [storage.pool_summary(p, counts.get(p.id, 0)) for p in shown]})
+
+
+async def create_pool(request: Request) -> JSONResponse:
+    body = await read_json(request)
+    spec = storage.PoolSpec.from_request(body)
+    return await run_in_threadpool(_create_pool, request, spec)
+
+
+def _create_pool(request: Request, spec: storage.PoolSpec) -> JSONResponse:
+    with session(request) as s:
+        hw = storage.hardware_pool(s, spec.hardware_pool)
+        require(s, _who(request), Privilege.MODIFY, hw.id, f"create storage pools in hardware pool {hw.name}")
+        pool, task = storage.create_pool(s, spec, _who(request))
+        return JSONResponse({"pool": storage.pool_summary(pool, 0), "task": tasking.summary(task)}, status_code=202)
+
+
+def _pool(request: Request, s: Session, privilege: Privilege, what: str) -> StoragePool:
+    pool = storage.find_pool(s, request.path_params["pool"])
+    require(s, _who(request), privilege, pool.hardware_pool_id, f"{what} storage pool {pool.name}")
+    return pool
+
+
+def show_pool(request: Request) -> JSONResponse:
+    with session(request) as s:
+        pool = _pool(request, s, Privilege.VIEW, "see")
+        out = storage.pool_summary(pool)
+        out["volumes"] = [storage.volume_summary(v) for v in sorted(pool.volumes, key=lambda v: v.name)]
+        return JSONResponse(out)
+
+
+def refresh_pool(request: Request) -> JSONResponse:
+    with session(request) as s:
+        pool = _pool(request, s, Privilege.MODIFY, "refresh")
+        return JSONResponse(tasking.summary(storage.refresh_pool(s, pool, _who(request))), status_code=202)
+
+
+def delete_pool(request: Request) -> JSONResponse:
+    with session(request) as s:
+        pool = _pool(request, s, Privilege.MODIFY, "delete")
+        return JSONResponse(tasking.summary(storage.delete_pool(s, pool, _who(request))), status_code=202)
+
+
+# -- volumes -------------------------------------------------------------------------------------------
+
+
+def list_volumes(request: Request) -> JSONResponse:
+    with session(request) as s:
+        pool = _pool(request, s, Privilege.VIEW, "see")
+        return JSONResponse(
+            {"volumes": [storage.volume_summary(v) for v in sorted(pool.volumes, key=lambda v: v.name)]}
+        )
+
+
+async def create_volume(request: Request) -> JSONResponse:
+    body = _fields(await read_json(request), frozenset({"name", "capacity_bytes", "format"}))
+    try:
+        fmt = VolumeFormat(str(body.get("format", "raw")))
+    except ValueError:
+        raise UsageError(f"format: {body.get('format')!r} is not raw or qcow2") from None
+    return await run_in_threadpool(_create_volume, request, body.get("name"), body.get("capacity_bytes"), fmt)
+
+
+def _create_volume(request: Request, name: Any, capacity: Any, fmt: VolumeFormat) -> JSONResponse:
+    with session(request) as s:
+        pool = _pool(request, s, Privilege.MODIFY, "create volumes in")
+        vol, task = storage.create_volume(s, pool, storage.check_name("volume", name), capacity, fmt, _who(request))
+        return JSONResponse({"volume": storage.volume_summary(vol), "task": tasking.summary(task)}, status_code=202)
+
+
+def delete_volume(request: Request) -> JSONResponse:
+    with session(request) as s:
+        pool = _pool(request, s, Privilege.MODIFY, "delete volumes in")
+        vol = storage.find_volume(s, pool, request.path_params["volume"])
+        return JSONResponse(tasking.summary(storage.delete_volume(s, vol, _who(request))), status_code=202)
+
+
+# -- templates -----------------------------------------------------------------------------------------
+
+
+def list_templates(request: Request) -> JSONResponse:
+    with session(request) as s:
+        rows = s.scalars(select(Template).order_by(Template.name)).all()
+        # A template is seen by those who may see its base image's storage pool.
+        shown = [t for t in rows if allowed(s, _who(request), Privilege.VIEW,
+                                            t.volume.storage_pool.hardware_pool_id if t.volume else None)]  # fmt: skip
+        return JSONResponse({"templates": [storage.template_summary(t) for t in shown]})
+
+
+_TEMPLATE_PARAMS = frozenset({"name", "pool", "vcpus", "memory_mib", "description"})
+
+
+def _int_param(request: Request, key: str, default: int, top: int) -> int:
+    raw = request.query_params.get(key)
+    if raw is None:
+        return default
+    if not raw.isdigit() or not 1 <= int(raw) <= top:
+        raise UsageError(f"{key}: {raw!r} must be a number from 1 to {top}")
+    return int(raw)
+
+
+async def import_template(request: Request) -> JSONResponse:
+    """The image's bytes are the body (application/octet-stream): written under the state dir, checked to be a
+    qcow2, raw or ISO image, then queued for upload into the pool. A refused file is removed at once."""
+    params = request.query_params
+    unknown = sorted(set(params) - _TEMPLATE_PARAMS)
+    if unknown:
+        raise UsageError(f"{unknown[0]}: unknown query parameter", f"parameters: {', '.join(sorted(_TEMPLATE_PARAMS))}")
+    name = storage.check_name("template", params.get("name"))
+    pool_key = params.get("pool")
+    if not pool_key:
+        raise UsageError("pool: the storage pool to import into is missing")
+    vcpus = _int_param(request, "vcpus", 1, 512)
+    memory = _int_param(request, "memory_mib", 512, 1 << 24)
+    description = params.get("description", "")
+    # Permission and name checks before the body is read: a refused caller uploads nothing.
+    await run_in_threadpool(_check_template, request, name, pool_key)
+    upload_dir = state(request).cfg.state_dir / UPLOAD_DIR
+    upload_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    path = upload_dir / f"{uuid.uuid4().hex}.upload"
+    try:
+        with path.open("wb") as f:
+            os.chmod(path, 0o600)
+            async for chunk in request.stream():
+                f.write(chunk)
+        kind = await run_in_threadpool(imagefile.detect, path)
+        return await run_in_threadpool(_import, request, name, pool_key, path, kind, vcpus, memory, description)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            path.unlink()
+        raise
+
+
+def _check_template(request: Request, name: str, pool_key: str) -> None:
+    with session(request) as s:
+        pool = storage.find_pool(s, pool_key)
+        require(s, _who(request), Privilege.MODIFY, pool.hardware_pool_id, f"import templates into {pool.name}")
+        if s.scalars(select(Template.id).where(Template.name == name)).first() is not None:
+            raise Conflict(f"template {name} already exists", "pick another name")
+
+
+def _import(
+    request: Request,
+    name: str,
+    pool_key: str,
+    path: Path,
+    kind: imagefile.ImageKind,
+    vcpus: int,
+    memory: int,
+    description: str,
+) -> JSONResponse:
+    with session(request) as s:
+        pool = storage.find_pool(s, pool_key)
+        require(s, _who(request), Privilege.MODIFY, pool.hardware_pool_id, f"import templates into {pool.name}")
+        template, _vol, task = storage.import_template(
+            s, pool, name, path, kind.volume_format, _who(request), vcpus=vcpus, memory_mib=memory,
+            description=description,
+        )  # fmt: skip
+        out = storage.template_summary(template)
+        out["image"] = str(kind)
+        return JSONResponse({"template": out, "task": tasking.summary(task)}, status_code=202)
+
+
+def delete_template(request: Request) -> JSONResponse:
+    with session(request) as s:
+        template = storage.find_template(s, request.path_params["template"])
+        pool_id = template.volume.storage_pool.hardware_pool_id if template.volume is not None else None
+        require(s, _who(request), Privilege.MODIFY, pool_id, f"delete template {template.name}")
+        task = storage.delete_template(s, template, _who(request))
+        return JSONResponse({"deleted": template.name, "task": tasking.summary(task) if task else None})
+
+
+# -- snapshots and clones ------------------------------------------------------------------------------
+
+
+def _vm(request: Request, s: Session, privilege: Privilege, what: str) -> Vm:
+    vm = vms.find(s, request.path_params["vm"])
+    require(s, _who(request), privilege, vm.hardware_pool_id, f"{what} VM {vm.name}")
+    return vm
+
+
+def list_snapshots(request: Request) -> JSONResponse:
+    with session(request) as s:
+        vm = _vm(request, s, Privilege.VIEW, "see snapshots of")
+        rows = s.scalars(select(Snapshot).where(Snapshot.vm_id == vm.id).order_by(Snapshot.created_at, Snapshot.id))
+        return JSONResponse({"snapshots": [snapshots.snapshot_summary(x) for x in rows]})
+
+
+async def create_snapshot(request: Request) -> JSONResponse:
+    body = _fields(await read_json(request), frozenset({"name", "description"}))
+    return await run_in_threadpool(_create_snapshot, request, body.get("name"), body.get("description", ""))
+
+
+def _create_snapshot(request: Request, name: Any, description: Any) -> JSONResponse:
+    with session(request) as s:
+        vm = _vm(request, s, Privilege.VM_CONTROL, "snapshot")
+        snap, task = snapshots.create_snapshot(s, vm, storage.check_name("snapshot", name), description, _who(request))
+        return JSONResponse({"snapshot": snapshots.snapshot_summary(snap), "task": tasking.summary(task)},
+                            status_code=202)  # fmt: skip
+
+
+def revert_snapshot(request: Request) -> JSONResponse:
+    with session(request) as s:
+        vm = _vm(request, s, Privilege.VM_CONTROL, "revert")
+        snap = snapshots.find_snapshot(s, vm, request.path_params["snapshot"])
+        return JSONResponse(tasking.summary(snapshots.revert_snapshot(s, snap, _who(request))), status_code=202)
+
+
+def delete_snapshot(request: Request) -> JSONResponse:
+    with session(request) as s:
+        vm = _vm(request, s, Privilege.VM_CONTROL, "delete snapshots of")
+        snap = snapshots.find_snapshot(s, vm, request.path_params["snapshot"])
+        return JSONResponse(tasking.summary(snapshots.delete_snapshot(s, snap, _who(request))), status_code=202)
+
+
+async def clone_vm(request: Request) -> JSONResponse:
+    body = _fields(await read_json(request), frozenset({"name"}))
+    return await run_in_threadpool(_clone, request, body.get("name"))
+
+
+def _clone(request: Request, name: Any) -> JSONResponse:
+    with session(request) as s:
+        vm = _vm(request, s, Privilege.MODIFY, "clone")
+        clone, task = snapshots.clone_vm(s, vm, name, _who(request))
+        return JSONResponse({"vm": {"id": clone.id, "name": clone.name, "uuid": clone.uuid, "state": str(clone.state)},
+                             "task": tasking.summary(task)}, status_code=202)  # fmt: skip
+
+
+def routes(prefix: str) -> list[Route]:
+    return [
+        Route(f"{prefix}/storage/pools", list_pools, methods=["GET"]),
+        Route(f"{prefix}/storage/pools", create_pool, methods=["POST"]),
+        Route(f"{prefix}/storage/pools/{{pool}}", show_pool, methods=["GET"]),
+        Route(f"{prefix}/storage/pools/{{pool}}", delete_pool, methods=["DELETE"]),
+        Route(f"{prefix}/storage/pools/{{pool}}/refresh", refresh_pool, methods=["POST"]),
+        Route(f"{prefix}/storage/pools/{{pool}}/volumes", list_volumes, methods=["GET"]),
+        Route(f"{prefix}/storage/pools/{{pool}}/volumes", create_volume, methods=["POST"]),
+        Route(f"{prefix}/storage/pools/{{pool}}/volumes/{{volume}}", delete_volume, methods=["DELETE"]),
+        Route(f"{prefix}/templates", list_templates, methods=["GET"]),
+        Route(f"{prefix}/templates", import_template, methods=["POST"]),
+        Route(f"{prefix}/templates/{{template}}", delete_template, methods=["DELETE"]),
+        Route(f"{prefix}/vms/{{vm}}/snapshots", list_snapshots, methods=["GET"]),
+        Route(f"{prefix}/vms/{{vm}}/snapshots", create_snapshot, methods=["POST"]),
+        Route(f"{prefix}/vms/{{vm}}/snapshots/{{snapshot}}/revert", revert_snapshot, methods=["POST"]),
+        Route(f"{prefix}/vms/{{vm}}/snapshots/{{snapshot}}", delete_snapshot, methods=["DELETE"]),
+        Route(f"{prefix}/vms/{{vm}}/clone", clone_vm, methods=["POST"]),
+    ]
