@@ -8,4 +8,5 @@ pytest_plugins: list[str] = [
     "tests.lab.qemu",
     "tests.lab.image",
     "tests.lab.nodeagent_peer",
+    "tests.lab.tsdb",
 ]

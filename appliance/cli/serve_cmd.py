@@ -15,7 +15,7 @@ from appliance.cli.context import load_config
 from appliance.config import Config, KerberosMode
 from appliance.db import migrate
 from appliance.kerberos.realm import FIRST_ADMIN, Realm
-from appliance.launcher import start_hostbrowser
+from appliance.launcher import start_hostbrowser, start_monitor
 from appliance.pki import ensure as ensure_pki
 from appliance.serving import Group, bind, listener
 
@@ -75,12 +75,18 @@ def serve(args: argparse.Namespace) -> int:
         for sock in sockets:
             sock.close()
         raise
+    try:
+        monitor = start_monitor(cfg) if cfg.monitor.enabled else None
+    except BaseException:
+        for sock in sockets:
+            sock.close()
+        raise
     # Before the apps: the API wakes it (a removed host's session is dropped at once), heartbeats nudge it.
     browser = start_hostbrowser(cfg, realm) if cfg.hostbrowser.enabled else None
     try:
         group = Group(
             [
-                listener("api", create_app(cfg, browser=browser), sockets[0]),
+                listener("api", create_app(cfg, browser=browser, monitor=monitor), sockets[0]),
                 listener("nodes", create_node_app(cfg, realm=realm, browser=browser), sockets[1],
                          certfile=str(pki.server_cert), keyfile=str(pki.server_key)),
                 listener("boot", create_boot_app(cfg, pki, sockets[1].getsockname()[1]), sockets[2]),
@@ -105,5 +111,8 @@ def serve(args: argparse.Namespace) -> int:
     finally:
         if browser is not None:
             browser.stop()
+        if monitor is not None:
+            monitor.stop()
+            monitor.engine.dispose()
     log.info("drover API stopped")
     return 0
