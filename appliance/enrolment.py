@@ -12,6 +12,7 @@ Rules:
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import hmac
 import logging
@@ -21,11 +22,12 @@ from dataclasses import dataclass
 
 from sqlalchemy.orm import Session
 
-from appliance import hosts
+from appliance import hosts, monitoring
 from appliance.db import tokens
 from appliance.db.base import utcnow
 from appliance.db.models import Host, HostState, Severity
 from appliance.errors import AuthError, Conflict
+from appliance.monitoring import CollectdTarget
 from nodeagent import wire
 
 log = logging.getLogger(__name__)
@@ -50,7 +52,20 @@ def _new_agent_token(host: Host) -> str:
     return token
 
 
-def identify(session: Session, request: wire.IdentifyRequest, issue: Issuer, heartbeat_seconds: int) -> Identified:
+def _with_collectd(credentials: wire.Credentials, host: Host, collectd: CollectdTarget | None) -> wire.Credentials:
+    """Credentials always come with a new collectd secret (when the monitor runs): the old one stops working."""
+    if collectd is None:
+        return credentials
+    return dataclasses.replace(credentials, collectd=monitoring.collectd_for(host, collectd))
+
+
+def identify(
+    session: Session,
+    request: wire.IdentifyRequest,
+    issue: Issuer,
+    heartbeat_seconds: int,
+    collectd: CollectdTarget | None = None,
+) -> Identified:
     facts = request.facts
     existing = hosts.by_uuid(session, facts.uuid)
     if request.token:
@@ -60,7 +75,7 @@ def identify(session: Session, request: wire.IdentifyRequest, issue: Issuer, hea
         host, created, nics = hosts.record(session, facts)
         token.used_by_host_id = host.id
         host.approved_at, host.approved_by = utcnow(), f"token {token.selector}"
-        credentials = issue(hosts.fqdn_of(facts))
+        credentials = _with_collectd(issue(hosts.fqdn_of(facts)), host, collectd)
         host.credentials_issued_at = utcnow()
         agent_token = _new_agent_token(host)
         hosts.event(session, host, "host.identified", f"accepted with token {token.selector}; NICs {nics.describe()}")
@@ -100,7 +115,13 @@ def identify(session: Session, request: wire.IdentifyRequest, issue: Issuer, hea
     return Identified(response, created)
 
 
-def heartbeat(session: Session, beat: wire.Heartbeat, issue: Issuer, heartbeat_seconds: int) -> wire.HeartbeatResponse:
+def heartbeat(
+    session: Session,
+    beat: wire.Heartbeat,
+    issue: Issuer,
+    heartbeat_seconds: int,
+    collectd: CollectdTarget | None = None,
+) -> wire.HeartbeatResponse:
     host = hosts.by_uuid(session, beat.uuid)
     expected = host.agent_token_hash if host is not None else None
     # Compared even for unknown hosts, so timing does not tell which UUIDs exist.
@@ -110,7 +131,7 @@ def heartbeat(session: Session, beat: wire.Heartbeat, issue: Issuer, heartbeat_s
     host.last_heartbeat_at = utcnow()
     credentials = None
     if host.approved_at is not None and host.credentials_issued_at is None:
-        credentials = issue(host.hostname)
+        credentials = _with_collectd(issue(host.hostname), host, collectd)
         host.credentials_issued_at = utcnow()
         hosts.event(session, host, "host.credentials", f"credentials handed out after approval by {host.approved_by}")
     approved = host.approved_at is not None

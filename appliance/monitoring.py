@@ -13,8 +13,10 @@ from datetime import datetime
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
+from appliance.config import CollectdSecurity, Config
 from appliance.db.base import utcnow
 from appliance.db.models import Host, HostState, Task, Vm
+from nodeagent import wire
 
 
 @dataclass(frozen=True)
@@ -32,11 +34,40 @@ class Load:
     vm_count: int | None = None
 
 
+@dataclass(frozen=True)
+class CollectdTarget:
+    """Where nodes send: the receiver's address as a node reaches it, its port and security level."""
+
+    server: str
+    port: int
+    level: CollectdSecurity
+
+
+# collectd.conf spells the levels this way.
+_COLLECTD_LEVEL = {CollectdSecurity.NONE: "None", CollectdSecurity.SIGN: "Sign", CollectdSecurity.ENCRYPT: "Encrypt"}
+
+
+def target(cfg: Config, reached_as: str) -> CollectdTarget | None:
+    """None when the monitor is off. The server is [monitor] listen when it names one address, else the
+    name the node reached the node service by (the appliance as that node sees it)."""
+    m = cfg.monitor
+    if not m.enabled:
+        return None
+    server = m.listen if m.listen not in ("0.0.0.0", "::", "") else (reached_as or cfg.hostname)
+    return CollectdTarget(server, m.port, m.security_level)
+
+
 def issue_collectd_user(host: Host) -> CollectdUser:
     """A fresh secret (and the host's user name): called at each enrolment, so an old secret stops working."""
     host.collectd_user = f"drover-host-{host.id}"
     host.collectd_secret = secrets.token_urlsafe(32)
     return CollectdUser(host.collectd_user, host.collectd_secret, host.hostname)
+
+
+def collectd_for(host: Host, where: CollectdTarget) -> wire.Collectd:
+    """The collectd part of a node's credentials, with a secret issued now."""
+    user = issue_collectd_user(host)
+    return wire.Collectd(where.server, where.port, _COLLECTD_LEVEL[where.level], user.user, user.secret)
 
 
 def collectd_users(session: Session) -> dict[str, CollectdUser]:

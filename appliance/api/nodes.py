@@ -18,7 +18,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from appliance import credentials, enrolment, hosts
+from appliance import credentials, enrolment, hosts, monitoring
 from appliance.api.state import Browser, database
 from appliance.config import Config
 from appliance.db.engine import session_scope
@@ -72,7 +72,13 @@ class NodeService:
 
     def _identify(self, message: wire.IdentifyRequest, reached_as: str) -> enrolment.Identified:
         with session_scope(self.engine) as s:
-            return enrolment.identify(s, message, self.issuer(reached_as), self.cfg.nodes.heartbeat_seconds)
+            return enrolment.identify(
+                s,
+                message,
+                self.issuer(reached_as),
+                self.cfg.nodes.heartbeat_seconds,
+                monitoring.target(self.cfg, reached_as),
+            )
 
     async def heartbeat(self, request: Request) -> Response:
         message = _decode(wire.Heartbeat, await read_limited(request, self.cfg.nodes.max_body_bytes))
@@ -81,7 +87,13 @@ class NodeService:
 
     def _heartbeat(self, message: wire.Heartbeat, reached_as: str) -> wire.HeartbeatResponse:
         with session_scope(self.engine) as s:
-            answer = enrolment.heartbeat(s, message, self.issuer(reached_as), self.cfg.nodes.heartbeat_seconds)
+            answer = enrolment.heartbeat(
+                s,
+                message,
+                self.issuer(reached_as),
+                self.cfg.nodes.heartbeat_seconds,
+                monitoring.target(self.cfg, reached_as),
+            )
             host = hosts.by_uuid(s, message.uuid) if answer.status is wire.IdentifyStatus.ACCEPTED else None
             host_id = host.id if host is not None else None
         # Committed (credentials handed out are in the row): a node that beats is up, so if the browser lost

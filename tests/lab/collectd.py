@@ -109,6 +109,12 @@ def start_sender(
     return LabCollectd(root, _spawn(root, conf))
 
 
+def start_with_config(root: Path, conf: str) -> LabCollectd:
+    """collectd on a config written elsewhere (the node agent's), with a BaseDir and pid file of the lab's."""
+    lab_lines = f'BaseDir "{root}"\nPIDFile "{root}/collectd.pid"\n'
+    return LabCollectd(root, _spawn(root, lab_lines + conf))
+
+
 def start_server(root: Path, port: int, *, level: str = "None", users: dict[str, str] | None = None) -> LabCollectd:
     """collectd's own network server on 127.0.0.1:port with no writer, its stats readable by unixsock."""
     secure = f'    SecurityLevel "{level}"\n'
