@@ -71,6 +71,7 @@ class Receiver:
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self.sock: socket.socket | None = None
+        self._kernel_drops = 0
 
     @property
     def address(self) -> tuple[str, int]:
@@ -191,10 +192,10 @@ class Receiver:
         return kept
 
     def kernel_drops(self) -> int:
-        """Datagrams the kernel dropped on this socket (its receive buffer was full)."""
-        if self.sock is None:
-            return 0
-        return socket_drops(self.sock)
+        """Datagrams the kernel dropped on this socket (its receive buffer was full); the last figure once closed."""
+        if self.sock is not None and self.sock.fileno() >= 0:
+            self._kernel_drops = socket_drops(self.sock)
+        return self._kernel_drops
 
 
 def _set_receive_buffer(sock: socket.socket, size: int) -> None:

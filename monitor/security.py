@@ -40,10 +40,10 @@ class Verifier:
 
     def decode(self, datagram: bytes) -> Decoded:
         out = Decoded()
-        parse(memoryview(datagram), self.level, self._secure, out)
+        parse(datagram, self.level, self._secure, out)
         return out
 
-    def _secure(self, buf: memoryview, off: int, plen: int, out: Decoded) -> int:
+    def _secure(self, buf: bytes, off: int, plen: int, out: Decoded) -> int:
         ptype = struct.unpack_from("!H", buf, off)[0]
         if ptype == 0x0200:
             self._signed(buf, off, plen, out)
@@ -51,23 +51,24 @@ class Verifier:
             self._encrypted(buf, off, plen, out)
         return len(buf) if ptype == 0x0200 else off + plen
 
-    def _signed(self, buf: memoryview, off: int, plen: int, out: Decoded) -> None:
+    def _signed(self, buf: bytes, off: int, plen: int, out: Decoded) -> None:
         if plen <= SIGNATURE_SIZE:
             out.fail(Failure.MALFORMED)
             return
-        user = bytes(buf[off + SIGNATURE_SIZE : off + plen]).decode("utf-8", "replace")
+        user = buf[off + SIGNATURE_SIZE : off + plen].decode("utf-8", "replace")
         password = self.passwords(user)
         if password is None:
             out.fail(Failure.UNKNOWN_USER, user)
             return
+        rest = buf[off + plen :]
         mac = hmac.new(password, user.encode(), hashlib.sha256)
-        mac.update(buf[off + plen :])
-        if not hmac.compare_digest(mac.digest(), bytes(buf[off + 4 : off + SIGNATURE_SIZE])):
+        mac.update(rest)
+        if not hmac.compare_digest(mac.digest(), buf[off + 4 : off + SIGNATURE_SIZE]):
             out.fail(Failure.BAD_SIGNATURE, user)
             return
-        parse(buf[off + plen :], self.level, self._secure, out, Trust.SIGNED, user)
+        parse(rest, self.level, self._secure, out, Trust.SIGNED, user)
 
-    def _encrypted(self, buf: memoryview, off: int, plen: int, out: Decoded) -> None:
+    def _encrypted(self, buf: bytes, off: int, plen: int, out: Decoded) -> None:
         if plen < ENCRYPTION_HEAD:
             out.fail(Failure.MALFORMED)
             return
@@ -76,7 +77,7 @@ class Verifier:
         if ulen == 0 or sealed_at + SHA1_SIZE > off + plen:
             out.fail(Failure.MALFORMED)
             return
-        user = bytes(buf[off + ENCRYPTION_HEAD : off + ENCRYPTION_HEAD + ulen]).decode("utf-8", "replace")
+        user = buf[off + ENCRYPTION_HEAD : off + ENCRYPTION_HEAD + ulen].decode("utf-8", "replace")
         password = self.passwords(user)
         if password is None:
             out.fail(Failure.UNKNOWN_USER, user)
@@ -84,13 +85,13 @@ class Verifier:
         key = self._keys.get(password)
         if key is None:
             key = self._keys[password] = hashlib.sha256(password).digest()
-        iv = bytes(buf[sealed_at - IV_SIZE : sealed_at])
-        plain = decrypt(key, iv, bytes(buf[sealed_at : off + plen]))
+        iv = buf[sealed_at - IV_SIZE : sealed_at]
+        plain = decrypt(key, iv, buf[sealed_at : off + plen])
         payload = plain[SHA1_SIZE:]
         if not hmac.compare_digest(hashlib.sha1(payload).digest(), plain[:SHA1_SIZE]):
             out.fail(Failure.BAD_CHECKSUM, user)
             return
-        parse(memoryview(payload), self.level, self._secure, out, Trust.ENCRYPTED, user)
+        parse(payload, self.level, self._secure, out, Trust.ENCRYPTED, user)
 
 
 def decrypt(key: bytes, iv: bytes, data: bytes) -> bytes:

@@ -7,7 +7,6 @@ runs collectd's own network server (the bench's baseline), with unixsock so its 
 
 from __future__ import annotations
 
-import socket as socketlib
 import subprocess
 import time
 from dataclasses import dataclass
@@ -33,29 +32,14 @@ class LabCollectd:
     def stop(self) -> int:
         return terminate(self.process)
 
-    def getval(self, identifier: str) -> dict[str, float]:
-        """A value of the running collectd through its unixsock plugin (e.g. HOST/network/total_values-...)."""
-        if self.socket is None:
-            raise RuntimeError("this collectd has no unixsock")
-        with socketlib.socket(socketlib.AF_UNIX, socketlib.SOCK_STREAM) as conn:
-            conn.settimeout(10)
-            conn.connect(str(self.socket))
-            conn.sendall(f"GETVAL {identifier}\n".encode())
-            out = b""
-            while chunk := conn.recv(4096):
-                out += chunk
-                lines = out.decode().split("\n")  # "N Values found", then N lines; N < 0 is an error
-                head = lines[0].split()[:1]
-                if len(lines) > 1 and head and head[0].lstrip("-").isdigit():
-                    found = int(head[0])
-                    if found < 0 or len(lines) - 2 >= found:
-                        break
-        result: dict[str, float] = {}
-        for line in out.decode().splitlines()[1:]:
-            name, sep, value = line.partition("=")
-            if sep:
-                result[name.strip()] = float(value)
-        return result
+    def stat(self, plugin: str, name: str) -> float | None:
+        """The latest raw value of one of collectd's own counters (start_server's CSV), None before the first."""
+        files = sorted((self.root / "csv" / "bench-server").glob(f"{plugin}/{name}-*"))
+        if not files:
+            return None
+        lines = files[-1].read_text().strip().splitlines()
+        last = lines[-1].split(",") if len(lines) > 1 else []
+        return float(last[1]) if len(last) > 1 else None
 
 
 def _common(root: Path, hostname: str, interval: float) -> str:
@@ -115,20 +99,35 @@ def start_with_config(root: Path, conf: str) -> LabCollectd:
     return LabCollectd(root, _spawn(root, lab_lines + conf))
 
 
-def start_server(root: Path, port: int, *, level: str = "None", users: dict[str, str] | None = None) -> LabCollectd:
-    """collectd's own network server on 127.0.0.1:port with no writer, its stats readable by unixsock."""
+def start_server(
+    root: Path,
+    port: int,
+    *,
+    level: str = "None",
+    users: dict[str, str] | None = None,
+    writer: str = "",
+    cpus: str = "",
+) -> LabCollectd:
+    """collectd's own network server on 127.0.0.1:port: the bench's baseline.
+
+    Its own counters (network plugin stats, write queue) go to CSV through a PostCache chain and
+    nothing else does, unless `writer` names a write plugin (e.g. rrdtool) for every other value.
+    `cpus`: run it (all its threads) under `taskset -c CPUS`.
+    """
+    root.mkdir(parents=True, exist_ok=True)
     secure = f'    SecurityLevel "{level}"\n'
     if users:
         auth = root / "passwd"
-        root.mkdir(parents=True, exist_ok=True)
         auth.write_text("".join(f"{u}: {p}\n" for u, p in users.items()))
         secure += f'    AuthFile "{auth}"\n'
-    sock = root / "collectd.sock"
     conf = _common(root, "bench-server", 1)
-    conf += f"""LoadPlugin unixsock
-<Plugin unixsock>
-  SocketFile "{sock}"
+    conf += f"""CollectInternalStats true
+LoadPlugin csv
+<Plugin csv>
+  DataDir "{root}/csv"
+  StoreRates false
 </Plugin>
+LoadPlugin match_regex
 LoadPlugin network
 <Plugin network>
   <Listen "127.0.0.1" "{port}">
@@ -137,11 +136,37 @@ LoadPlugin network
   ReportStats true
 </Plugin>
 """
-    lab = LabCollectd(root, _spawn(root, conf), sock)
+    if writer == "rrdtool":
+        conf += f"""LoadPlugin rrdtool
+<Plugin rrdtool>
+  DataDir "{root}/rrd"
+</Plugin>
+"""
+    default = f'<Target "write">\n    Plugin "{writer}"\n  </Target>' if writer else 'Target "stop"'
+    conf += f"""<Chain "PostCache">
+  <Rule "own_stats">
+    <Match "regex">
+      Host "^bench-server$"
+    </Match>
+    <Target "write">
+      Plugin "csv"
+    </Target>
+    Target "stop"
+  </Rule>
+  {default}
+</Chain>
+PostCacheChain "PostCache"
+"""
+    (root / "collectd.conf").write_text(conf)
+    run([which("collectd"), "-t", "-C", root / "collectd.conf"])
+    argv: list[str | Path] = [which("collectd"), "-f", "-C", root / "collectd.conf"]
+    if cpus:
+        argv = [which("taskset"), "-c", cpus, *argv]
+    lab = LabCollectd(root, spawn(argv, log_file=root / "stdout.log"))
     deadline = time.monotonic() + 10
-    while not sock.exists():
+    while lab.stat("network", "total_values-dispatch-accepted") is None:
         if time.monotonic() > deadline or lab.process.poll() is not None:
             lab.stop()
             raise RuntimeError(f"collectd server did not start: {lab.log[-2000:]}")
-        time.sleep(0.05)
+        time.sleep(0.1)
     return lab

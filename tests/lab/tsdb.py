@@ -38,9 +38,9 @@ class LabTsdb:
         result: list[dict[str, Any]] = response.json()["data"]["result"]
         return result
 
-    def count(self, promql: str) -> int:
-        """How many samples `promql` (a selector) holds over the last day."""
-        rows = self.query(f"sum(count_over_time({promql}[1d]))")
+    def count(self, promql: str, window: str = "1d") -> int:
+        """How many samples `promql` (a selector) holds over the last `window`."""
+        rows = self.query(f"sum(count_over_time({promql}[{window}]))")
         return int(float(rows[0]["value"][1])) if rows else 0
 
     def stop(self) -> None:
@@ -51,8 +51,8 @@ class LabTsdb:
         self.embedded.start()
 
 
-def start_tsdb(root: Path, port: int | None = None) -> LabTsdb:
-    embedded = Embedded(root / "data", "127.0.0.1", port or free_port(), "1d", root / "victoria-metrics.log")
+def start_tsdb(root: Path, port: int | None = None, retention: str = "1d") -> LabTsdb:
+    embedded = Embedded(root / "data", "127.0.0.1", port or free_port(), retention, root / "victoria-metrics.log")
     embedded.start()
     return LabTsdb(embedded)
 
