@@ -128,6 +128,8 @@ class MonitorConfig:
     enabled: bool = True
     listen: str = "0.0.0.0"  # nodes send from the provisioning network
     port: int = 25826  # UDP, collectd's default
+    # The receiver's host name or address as nodes reach it; empty: the name a node reached [nodes] by.
+    node_address: str = ""
     # What nodes are told to use and what the receiver accepts: sign takes signed or encrypted packets,
     # encrypt only encrypted ones, none also plain ones (signed ones are still verified).
     security_level: CollectdSecurity = CollectdSecurity.SIGN

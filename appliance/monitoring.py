@@ -48,13 +48,12 @@ _COLLECTD_LEVEL = {CollectdSecurity.NONE: "None", CollectdSecurity.SIGN: "Sign",
 
 
 def target(cfg: Config, reached_as: str) -> CollectdTarget | None:
-    """None when the monitor is off. The server is [monitor] listen when it names one address, else the
-    name the node reached the node service by (the appliance as that node sees it)."""
+    """None when the monitor is off. The server is [monitor] node_address, else the name the node reached
+    the node service by: the appliance as that node sees it (through NAT or a provisioning network)."""
     m = cfg.monitor
     if not m.enabled:
         return None
-    server = m.listen if m.listen not in ("0.0.0.0", "::", "") else (reached_as or cfg.hostname)
-    return CollectdTarget(server, m.port, m.security_level)
+    return CollectdTarget(m.node_address or reached_as or cfg.hostname, m.port, m.security_level)
 
 
 def issue_collectd_user(host: Host) -> CollectdUser:

@@ -35,16 +35,18 @@ def _quote(value: str) -> str:
     return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
-def render(settings: wire.Collectd, hostname: str, interval: int = 10, virt: bool = True) -> str:
+def render(
+    settings: wire.Collectd, hostname: str, interval: int = 10, virt: bool = True, libvirt_uri: str = "qemu:///system"
+) -> str:
     if settings.security_level not in LEVELS:
         raise ValueError(f"collectd security level {settings.security_level!r} is not one of {LEVELS}")
     secure = f"    SecurityLevel {_quote(settings.security_level)}\n"
     if settings.security_level != "None":
         secure += f"    Username {_quote(settings.username)}\n    Password {_quote(settings.password)}\n"
     virt_block = (
-        """LoadPlugin virt
+        f"""LoadPlugin virt
 <Plugin virt>
-  Connection "qemu:///system"
+  Connection {_quote(libvirt_uri)}
   RefreshInterval 60
   HostnameFormat "hostname"
   PluginInstanceFormat "uuid"

@@ -12,15 +12,18 @@ from pathlib import Path
 
 import httpx
 import pytest
-from sqlalchemy import Engine
+from sqlalchemy import Engine, select
 
 from appliance import hosts
+from appliance.client import Client
 from appliance.db.engine import make_engine, session_scope
+from appliance.db.models import Vm
 from appliance.db.tokens import mint
+from appliance.errors import DroverError
 from nodeagent import collectd, wire
 from tests.lab.appliance import ADMIN, LabAppliance, admin_appliance
 from tests.lab.collectd import LabCollectd, start_with_config
-from tests.lab.kdc import LabKdc
+from tests.lab.kdc import APPLIANCE_HOST, LabKdc
 from tests.test_enrolment import facts
 
 pytestmark = pytest.mark.lab
@@ -67,9 +70,14 @@ def _ca(served: LabAppliance) -> str:
     return str(served.kdc.root / "pki" / "ca.pem")
 
 
-def node_collectd(root: Path, settings: wire.Collectd) -> LabCollectd:
-    # The node agent's own config, as it would write it (no virt: no libvirt domains here), every second.
-    return start_with_config(root, collectd.render(settings, FQDN, interval=1, virt=False))
+TEST_DOMAIN = "6695eb01-f6a4-8304-79aa-97f2502e193f"  # the running domain of libvirt's test:///default
+
+
+def node_collectd(root: Path, settings: wire.Collectd, virt: bool = False) -> LabCollectd:
+    # The node agent's own config, as it would write it, every second; virt reads libvirt's test driver
+    # (one running domain) instead of the node's qemu:///system.
+    conf = collectd.render(settings, FQDN, interval=1, virt=virt, libvirt_uri="test:///default")
+    return start_with_config(root, conf)
 
 
 def metrics_text(served: LabAppliance) -> str:
@@ -90,7 +98,7 @@ def test_an_enrolled_node_reports_through_serve_to_the_api_and_cli(
 ) -> None:
     settings = enrol(served, db)
     assert (settings.server, settings.port, settings.security_level) == ("127.0.0.1", served.monitor_port, "Sign")
-    node = node_collectd(tmp_path / "node", settings)
+    node = node_collectd(tmp_path / "node", settings, virt=True)
     try:
         wait_for(
             lambda: FQDN in served.drover("host", "metrics", FQDN, principal=ADMIN).stdout
@@ -98,6 +106,7 @@ def test_an_enrolled_node_reports_through_serve_to_the_api_and_cli(
             what="the node's load in `drover host metrics`",
         )
         wait_for(lambda: _load_row(db)[0] is not None, what="the host's load in the database")
+        wait_for(lambda: _load_row(db)[3] == 1, what="the virt plugin's one domain counted")
         load_average, busy, used, _vms = _load_row(db)
         assert load_average is not None and load_average >= 0
         assert busy is not None and 0 <= busy <= 100
@@ -144,6 +153,40 @@ def test_a_re_enrolled_node_gets_a_new_secret_and_the_old_one_stops_working(
             new.stop()
     finally:
         old.stop()
+
+
+def test_vm_metrics_follow_the_domain_uuid(
+    served: LabAppliance, db: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings = enrol(served, db)
+    with session_scope(db) as s:
+        host = hosts.by_uuid(s, UUID)
+        assert host is not None
+        if s.scalar(select(Vm).where(Vm.uuid == TEST_DOMAIN)) is None:
+            s.add(Vm(uuid=TEST_DOMAIN, name="web1", vcpus=1, memory_mib=512, host_id=host.id,
+                     hardware_pool_id=host.hardware_pool_id))  # fmt: skip
+    node = node_collectd(tmp_path / "node", settings, virt=True)
+    monkeypatch.setenv("KRB5_CONFIG", str(served.kdc.krb5_conf))
+    ccache = served.kdc.ticket(ADMIN)["KRB5CCNAME"]
+    try:
+        with Client(served.local_url, service_host=APPLIANCE_HOST, ccache=ccache) as api:
+            wait_for(lambda: bool(api.get("/api/v1/vms/web1/metrics")["series"]), what="the VM's series")
+            latest = api.get(f"/api/v1/vms/{TEST_DOMAIN}/metrics")
+            assert latest["vm"] == "web1"
+            names = {row["name"] for row in latest["series"]}
+            assert any(n.startswith("collectd_virt_") for n in names), names
+            assert all(row["labels"]["plugin_instance"] == TEST_DOMAIN for row in latest["series"])
+            series = sorted(names)[0]
+            ranged = api.get("/api/v1/vms/web1/metrics", {"series": series, "start": "-5m", "step": "1"})
+            assert ranged["series"] and ranged["series"][0]["points"]
+            with pytest.raises(DroverError) as bad:
+                api.get("/api/v1/vms/web1/metrics", {"series": series, "step": "0"})
+            assert bad.value.http_status == 400
+            with pytest.raises(DroverError) as missing:
+                api.get("/api/v1/vms/nosuch/metrics")
+            assert missing.value.http_status == 404
+    finally:
+        node.stop()
 
 
 def _load_row(db: Engine) -> tuple[float | None, float | None, int | None, int | None]:
