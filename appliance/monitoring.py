@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session
 
 from appliance.config import CollectdSecurity, Config
 from appliance.db.base import utcnow
-from appliance.db.models import Host, HostState, Task, Vm
+from appliance.db.models import Event, Host, HostState, Severity, Task, Vm
 from nodeagent import wire
 
 
@@ -89,6 +89,37 @@ def record_load(session: Session, loads: dict[str, Load], at: datetime | None = 
         result = session.execute(update(Host).where(Host.hostname == hostname).values(load_updated_at=at, **values))
         updated += result.rowcount  # type: ignore[attr-defined]
     return updated
+
+
+@dataclass(frozen=True)
+class HostNotice:
+    """A collectd notification from a host: kept as an event of that host."""
+
+    hostname: str
+    severity: str  # failure | warning | okay (collectd's)
+    source: str  # plugin[/instance][/type[-instance]]
+    message: str
+
+
+_NOTICE_SEVERITY = {"failure": Severity.ERROR, "warning": Severity.WARNING, "okay": Severity.INFO}
+
+
+def record_notices(session: Session, notices: list[HostNotice]) -> int:
+    """One `host.collectd` event per notice of a known host; returns how many were recorded."""
+    names = {n.hostname for n in notices}
+    by_name = {h.hostname: h for h in session.scalars(select(Host).where(Host.hostname.in_(names)))}
+    recorded = 0
+    for notice in notices:
+        host = by_name.get(notice.hostname)
+        if host is None:
+            continue
+        text = f"{notice.source}: {notice.message}" if notice.source else notice.message
+        session.add(
+            Event(kind="host.collectd", subject=host.hostname, message=text[:2000], host_id=host.id,
+                  severity=_NOTICE_SEVERITY.get(notice.severity, Severity.INFO))
+        )  # fmt: skip
+        recorded += 1
+    return recorded
 
 
 def load_of(host: Host) -> dict[str, object]:

@@ -141,7 +141,7 @@ def receive(port: int, stats_file: Path, sign: bool, hosts: int, tsdb: str) -> N
         c = receiver.counters
         data = {
             "packets": c.packets, "decoded": c.decoded, "values": c.values, "queue_drops": c.queue_drops,
-            "queued": len(receiver._queue), "kernel_drops": receiver.kernel_drops(),
+            "queued": receiver.queued, "kernel_drops": receiver.kernel_drops(),
             "failures": dict(c.failures), "rss_start_kib": rss_start, "rss_kib": _rss_kib(),
             "stored": writer.stored if writer else 0, "buffered": writer.buffered if writer else 0,
             "tsdb_dropped": writer.dropped if writer else 0,

@@ -36,6 +36,9 @@ class ReceiverSettings:
     queue_packets: int = 20000
 
 
+_STALE_SECRET = frozenset({Failure.BAD_SIGNATURE, Failure.BAD_CHECKSUM})
+
+
 class Counters:
     """The receiver's own figures; each field has one writer thread, readers take a snapshot."""
 
@@ -59,12 +62,15 @@ class Receiver:
         sink: Sink,
         host_of: HostOf,
         on_notification: Callable[[Notification], None] | None = None,
+        on_refused: Callable[[], None] | None = None,
     ) -> None:
         self.settings = settings
         self.verifier = verifier
         self.sink = sink
         self.host_of = host_of
         self.on_notification = on_notification
+        # Called when a known user's check failed: its secret may have changed (a re-enrolled node).
+        self.on_refused = on_refused
         self.counters = Counters()
         self._queue: collections.deque[bytes] = collections.deque()
         self._wake = threading.Event()
@@ -113,6 +119,11 @@ class Receiver:
     def idle(self) -> bool:
         """Nothing queued (the bench and tests wait for this before reading the counters)."""
         return not self._queue
+
+    @property
+    def queued(self) -> int:
+        """Datagrams read but not yet decoded."""
+        return len(self._queue)
 
     def _read(self) -> None:
         assert self.sock is not None  # start() set it before starting this thread
@@ -165,15 +176,20 @@ class Receiver:
             counters.failures[kind] += 1
             if user:
                 counters.failures_by_user[(user, kind)] += 1
+                if kind in _STALE_SECRET and self.on_refused is not None:
+                    self.on_refused()
         if accepted:
             counters.value_lists += len(accepted)
             counters.values += sum(len(vl.values) for vl in accepted)
             self.sink(accepted)
-        if out.notifications:
-            counters.notifications += len(out.notifications)
+        for note in out.notifications:
+            if note.user and self.host_of(note.user) != note.host:
+                counters.failures[Failure.HOST_MISMATCH] += 1
+                counters.failures_by_user[(note.user, Failure.HOST_MISMATCH)] += 1
+                continue
+            counters.notifications += 1
             if self.on_notification is not None:
-                for note in out.notifications:
-                    self.on_notification(note)
+                self.on_notification(note)
 
     def _own_hosts(self, values: list[ValueList], failures: list[tuple[Failure, str]]) -> list[ValueList]:
         """Only value lists a user may speak for: its own host's. Another host's name is refused."""

@@ -7,8 +7,10 @@ host's load to the database every [monitor] load_seconds.
 
 from __future__ import annotations
 
+import collections
 import logging
 import threading
+import time
 from pathlib import Path
 
 from sqlalchemy import Engine
@@ -19,7 +21,7 @@ from appliance.db.engine import session_scope
 from appliance.errors import DroverError
 from monitor import typesdb
 from monitor.load import LoadTracker
-from monitor.protocol import SecurityLevel, ValueList
+from monitor.protocol import Notification, SecurityLevel, ValueList
 from monitor.receiver import Receiver, ReceiverSettings, udp_rcvbuf_errors
 from monitor.security import Verifier
 from monitor.series import Namer
@@ -74,7 +76,11 @@ class Monitor:
             Verifier(SecurityLevel(m.security_level), self.users.password),
             self._store,
             self.users.host_of,
+            self._notice,
+            self.users.stale.set,
         )
+        # Notifications wait here for the background thread to write them as host events; a flood is cut.
+        self._notices: collections.deque[monitoring.HostNotice] = collections.deque(maxlen=1000)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._background, name="monitor-db", daemon=True)
 
@@ -84,6 +90,13 @@ class Monitor:
         if unknown:
             self.unknown_type += len(unknown)
         self.loads.observe(values)
+
+    def _notice(self, note: Notification) -> None:
+        source = "/".join(
+            p for p in (note.plugin + (f"-{note.plugin_instance}" if note.plugin_instance else ""),
+                        note.type + (f"-{note.type_instance}" if note.type_instance else "")) if p
+        )  # fmt: skip
+        self._notices.append(monitoring.HostNotice(note.host, note.severity.name.lower(), source, note.message))
 
     def start(self) -> None:
         self.users.refresh()
@@ -109,27 +122,34 @@ class Monitor:
 
     def _background(self) -> None:
         load_every = max(1, self.cfg.monitor.load_seconds)
-        since_load = 0.0
+        next_users = next_load = time.monotonic()
         while not self._stop.is_set():
-            woke = self.users.stale.wait(USERS_REFRESH_SECONDS if load_every > USERS_REFRESH_SECONDS else load_every)
+            now = time.monotonic()
+            woke = self.users.stale.wait(max(0.0, min(next_users, next_load) - now))
             self.users.stale.clear()
+            now = time.monotonic()
             try:
-                self.users.refresh()
-                since_load += 0 if woke else min(USERS_REFRESH_SECONDS, load_every)
-                if since_load >= load_every or self._stop.is_set():
-                    since_load = 0.0
+                if woke or now >= next_users:
+                    self.users.refresh()
+                    next_users = now + USERS_REFRESH_SECONDS
+                if now >= next_load or self._stop.is_set():
                     self.flush_load()
+                    next_load = now + load_every
             except DroverError as exc:
                 log.warning("monitor: database: %s", exc)
             if woke:
                 self._stop.wait(1.0)  # at most one table read a second, however many unknown users knock
 
     def flush_load(self) -> int:
+        """Write each host's load and the notifications that came in; returns the host rows updated."""
         loads = self.loads.take()
-        if not loads:
+        notices = [self._notices.popleft() for _ in range(len(self._notices))]
+        if not loads and not notices:
             return 0
         with session_scope(self.engine) as s:
-            return monitoring.record_load(s, loads)
+            if notices:
+                monitoring.record_notices(s, notices)
+            return monitoring.record_load(s, loads) if loads else 0
 
     def stats(self) -> dict[str, object]:
         """Every counter of the receiver and the writer, for /metrics and `drover monitor status`."""
@@ -142,7 +162,7 @@ class Monitor:
             "value_lists": c.value_lists,
             "notifications": c.notifications,
             "queue_drops": c.queue_drops,
-            "queued": len(self.receiver._queue),
+            "queued": self.receiver.queued,
             "kernel_drops": self.receiver.kernel_drops(),
             "udp_rcvbuf_errors": udp_rcvbuf_errors(),
             "unknown_type": self.unknown_type,

@@ -47,7 +47,7 @@ def render(
         f"""LoadPlugin virt
 <Plugin virt>
   Connection {_quote(libvirt_uri)}
-  RefreshInterval 60
+  RefreshInterval 30
   HostnameFormat "hostname"
   PluginInstanceFormat "uuid"
 </Plugin>

@@ -5,6 +5,7 @@ collectd user, the node agent's collectd config run by real collectd, the API, /
 from __future__ import annotations
 
 import re
+import socket
 import ssl
 import time
 from collections.abc import Callable, Iterator
@@ -17,10 +18,11 @@ from sqlalchemy import Engine, select
 from appliance import hosts
 from appliance.client import Client
 from appliance.db.engine import make_engine, session_scope
-from appliance.db.models import Vm
+from appliance.db.models import Event, Vm
 from appliance.db.tokens import mint
 from appliance.errors import DroverError
 from nodeagent import collectd, wire
+from tests.lab import collectd_packets as cp
 from tests.lab.appliance import ADMIN, LabAppliance, admin_appliance
 from tests.lab.collectd import LabCollectd, start_with_config
 from tests.lab.kdc import APPLIANCE_HOST, LabKdc
@@ -187,6 +189,32 @@ def test_vm_metrics_follow_the_domain_uuid(
             assert missing.value.http_status == 404
     finally:
         node.stop()
+
+
+def test_notifications_become_host_events_and_another_hosts_are_refused(served: LabAppliance, db: Engine) -> None:
+    settings = enrol(served, db)
+    stamp = int(time.time()) << 30
+    own = cp.notification(FQDN, 1, "disk sda failing", stamp, "disk")
+    forged = cp.notification("other.example.test", 1, "forged", stamp, "disk")
+    before = counter(metrics_text(served), 'drover_monitor_failures_total{kind="host_mismatch"}')
+
+
+    def events() -> list[tuple[str, str]]:
+        # (re)sent until it shows: the receiver reads the new secret a moment after enrolment, and UDP is lossy
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+            for payload in (own, forged):
+                signed = cp.sign(payload, settings.username, settings.password.encode())
+                sock.sendto(signed, ("127.0.0.1", served.monitor_port))
+        with session_scope(db) as s:
+            rows = s.execute(select(Event.severity, Event.message).where(Event.kind == "host.collectd")).all()
+        return [(str(sev), msg) for sev, msg in rows]
+
+    wait_for(lambda: ("error", "disk: disk sda failing") in events(), what="the notification as a host event")
+    assert not any("forged" in msg for _, msg in events())
+    wait_for(
+        lambda: counter(metrics_text(served), 'drover_monitor_failures_total{kind="host_mismatch"}') > before,
+        what="the forged notification counted",
+    )
 
 
 def _load_row(db: Engine) -> tuple[float | None, float | None, int | None, int | None]:
