@@ -16,19 +16,14 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import httpx
 
-from appliance.errors import CommandFailed, DroverError, UsageError
+from appliance.errors import CommandFailed
 from appliance.runner import spawn, which
+from appliance.timeseries import TsdbError
 
 log = logging.getLogger(__name__)
-
-
-class TsdbError(DroverError):
-    http_status = 503
-    exit_code = 6
 
 
 @dataclass(frozen=True)
@@ -127,23 +122,6 @@ class Writer:
         response = self._client.post(f"{self.url}/api/v1/import/prometheus", content=body)
         if response.status_code >= 300:
             raise TsdbError(f"TSDB refused a write: HTTP {response.status_code}: {response.text[:200]}")
-
-
-def query(url: str, path: str, params: dict[str, str]) -> Any:
-    """GET a Prometheus API path; the `data` of a success, TsdbError otherwise."""
-    try:
-        response = httpx.get(f"{url.rstrip('/')}{path}", params=params, timeout=30)
-    except httpx.HTTPError as exc:
-        raise TsdbError(f"TSDB at {url} not reachable: {exc}", "is [monitor] tsdb_url right, is it running?") from None
-    try:
-        body = response.json()
-    except ValueError:
-        raise TsdbError(f"TSDB answered HTTP {response.status_code} without JSON") from None
-    if response.status_code == 400 or body.get("status") != "success":
-        if response.status_code == 400 or body.get("errorType") in ("bad_data", "execution"):
-            raise UsageError(f"query refused by the TSDB: {body.get('error', '')[:300]}")
-        raise TsdbError(f"TSDB query failed: HTTP {response.status_code}: {body.get('error', '')[:300]}")
-    return body["data"]
 
 
 class Embedded:

@@ -28,6 +28,7 @@ from appliance.api.state import session, state
 from appliance.db.models import Vm
 from appliance.db.models.users import Role
 from appliance.errors import Forbidden, NotFound, UsageError
+from appliance.timeseries import query
 
 _SERIES = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]{0,199}$")
 _RELATIVE = re.compile(r"^-(\d+(?:\.\d+)?)([smhd])$")
@@ -91,8 +92,6 @@ def _quote(value: str) -> str:
 
 def _metrics(request: Request, selector: str, extra: dict[str, Any]) -> dict[str, Any]:
     """Query the TSDB (blocking: run in the thread pool) for the latest values or one series' range."""
-    from monitor.tsdb import query  # noqa: PLC0415 - the TSDB client is the monitor's; only the route needs it
-
     url = state(request).cfg.tsdb_url
     params = request.query_params
     unknown = sorted(set(params) - {"series", "start", "end", "step"})
