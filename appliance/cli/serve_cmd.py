@@ -33,6 +33,8 @@ def _log_level(cfg: Config) -> None:
     if isinstance(level, int):
         root = logging.getLogger()
         root.setLevel(min(root.level, level))
+    # httpx logs each request at INFO: the monitor's TSDB writer alone would add a line a second.
+    logging.getLogger("httpx").setLevel(max(logging.WARNING, level if isinstance(level, int) else 0))
 
 
 def prepare_realm(cfg: Config) -> Realm:
