@@ -134,6 +134,9 @@ _FEDORA_HYPERVISOR = (
     "cyrus-sasl-gssapi",
     "krb5-workstation",
     "collectd",
+    # Fedora splits plugins into subpackages; the node agent's collectd.conf loads disk and virt too.
+    "collectd-disk",
+    "collectd-virt",
 )
 
 
