@@ -114,7 +114,7 @@ def test_an_enrolled_node_reports_through_serve_to_the_api_and_cli(
         assert busy is not None and 0 <= busy <= 100
         assert used is not None and used > 0
         # a range with a sparkline, once two points are in
-        time.sleep(2.5)
+        time.sleep(5)
         shown = served.drover("host", "metrics", FQDN, "--series", "load_load_shortterm", "--since", "5m",
                               principal=ADMIN)  # fmt: skip
         assert shown.returncode == 0, shown.stderr

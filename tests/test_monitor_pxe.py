@@ -95,8 +95,10 @@ def test_pxe_booted_node_reports_host_and_vm_series(node_image: NodeImage, kdc: 
                      500, g, served)  # fmt: skip
             selector = f'collectd_load_load_shortterm{{host="{node.fqdn}"}}'
             wait_for("the node's load in the TSDB", lambda: bool(series(served, selector)), 120, g, served)
+            loaded = lambda: (h := host()) is not None and h.load_average is not None  # noqa: E731
+            wait_for("the node's load in the database", loaded, 30, g, served)
             row = host()
-            assert row is not None and row.collectd_user and row.load_average is not None
+            assert row is not None and row.collectd_user == f"drover-host-{row.id}"
             assert row.memory_used_mib is not None and row.memory_used_mib > 0
 
             # a running VM on the node: its series arrive under its UUID, and the host counts it
@@ -111,7 +113,9 @@ def test_pxe_booted_node_reports_host_and_vm_series(node_image: NodeImage, kdc: 
 
             shown = served.drover("host", "metrics", node.fqdn, principal=ADMIN)
             assert shown.returncode == 0, shown.stderr
-            assert "collectd_load_load_shortterm" in shown.stdout and DOMAIN_UUID in shown.stdout
+            print(shown.stdout)
+            assert "collectd_load_load_shortterm" in shown.stdout, shown.stdout
+            assert DOMAIN_UUID in shown.stdout, shown.stdout
             metrics = httpx.get(f"{served.local_url}/metrics", timeout=10).text
             refused = [line for line in metrics.splitlines() if line.startswith("drover_monitor_failures_total{")]
             assert refused == [], refused  # the real node's packets all verified

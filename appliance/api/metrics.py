@@ -99,7 +99,10 @@ def _metrics(request: Request, selector: str, extra: dict[str, Any]) -> dict[str
         raise UsageError(f"{unknown[0]}: unknown parameter", "parameters: series, start, end, step")
     if "series" not in params:
         at = _when(params.get("end", "now"), time.time(), "end")
-        data = query(url, "/api/v1/query", {"query": f'{{__name__=~"collectd_.+",{selector}}}', "time": str(at)})
+        # nocache (here and for ranges): VictoriaMetrics otherwise hides the newest 30 s (-search.latencyOffset),
+        # a guard for slow scrapers that drover's batched writes (flushed every flush_ms) do not need
+        promql = f'{{__name__=~"collectd_.+",{selector}}}'
+        data = query(url, "/api/v1/query", {"query": promql, "time": str(at), "nocache": "1"})
         series = [
             {"name": r["metric"].pop("__name__", ""), "labels": r["metric"], "value": float(r["value"][1]),
              "time": r["value"][0]}
@@ -112,7 +115,7 @@ def _metrics(request: Request, selector: str, extra: dict[str, Any]) -> dict[str
     data = query(
         url,
         "/api/v1/query_range",
-        {"query": f"{name}{{{selector}}}", "start": str(start), "end": str(end), "step": str(step)},
+        {"query": f"{name}{{{selector}}}", "start": str(start), "end": str(end), "step": str(step), "nocache": "1"},
     )
     series = [
         {"labels": {k: v for k, v in r["metric"].items() if k != "__name__"},
