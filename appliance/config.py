@@ -119,6 +119,40 @@ class HostBrowserConfig:
     zeroconf: bool = True
 
 
+class CollectdSecurity(enum.StrEnum):
+    # The levels of collectd's network plugin (monitor.protocol.SecurityLevel has the same values).
+    NONE = "none"
+    SIGN = "sign"
+    ENCRYPT = "encrypt"
+
+
+@dataclass(frozen=True)
+class MonitorConfig:
+    """The collectd receiver and the time-series engine behind it, run as threads of `drover serve`."""
+
+    enabled: bool = True
+    listen: str = "0.0.0.0"  # nodes send from the provisioning network
+    port: int = 25826  # UDP, collectd's default
+    # The receiver's host name or address as nodes reach it; empty: the name a node reached [nodes] by.
+    node_address: str = ""
+    # What nodes are told to use and what the receiver accepts: sign takes signed or encrypted packets,
+    # encrypt only encrypted ones, none also plain ones (signed ones are still verified).
+    security_level: CollectdSecurity = CollectdSecurity.SIGN
+    receive_buffer_bytes: int = 8 << 20  # SO_RCVBUF(FORCE): what the kernel holds while the reader is busy
+    queue_packets: int = 20000  # datagrams between the socket reader and the decoder; more are dropped, counted
+    # An existing VictoriaMetrics (or a service with its /api/v1/import/prometheus and PromQL API);
+    # empty: drover runs VictoriaMetrics itself under <state_dir>/tsdb on 127.0.0.1:tsdb_port.
+    tsdb_url: str = ""
+    tsdb_port: int = 8428
+    tsdb_dir: str = ""  # the embedded TSDB's data; empty: <state_dir>/tsdb
+    retention: str = "90d"  # the embedded TSDB's -retentionPeriod (a number alone means months)
+    batch_samples: int = 20000  # samples per write
+    flush_ms: int = 1000  # a write goes out at least this often while samples wait
+    buffer_samples: int = 2_000_000  # held while the TSDB is down; past this the oldest are dropped, counted
+    load_seconds: int = 10  # how often each host's current load is written to the database
+    types_db: str = ""  # collectd's types.db; empty: the installed collectd's
+
+
 @dataclass(frozen=True)
 class TaskEngineConfig:
     """The task engine: worker threads of `drover serve` (or `drover taskengine run`) claiming tasks under a lease."""
@@ -162,6 +196,7 @@ class Config:
     hostbrowser: HostBrowserConfig = field(default_factory=HostBrowserConfig)
     boot: BootConfig = field(default_factory=BootConfig)
     taskengine: TaskEngineConfig = field(default_factory=TaskEngineConfig)
+    monitor: MonitorConfig = field(default_factory=MonitorConfig)
 
     # Derived values: always computed from the settings above, never stored twice.
     @property
@@ -175,6 +210,10 @@ class Config:
     @property
     def api_url(self) -> str:
         return self.api.url or f"http://{self.hostname}:{self.api.port}"
+
+    @property
+    def tsdb_url(self) -> str:
+        return self.monitor.tsdb_url or f"http://127.0.0.1:{self.monitor.tsdb_port}"
 
     @property
     def realm_dir(self) -> Path:
@@ -327,6 +366,7 @@ def render(cfg: Config, source: Path | None = None) -> str:
         "kerberos": [("effective hostname", cfg.hostname)],
         "api": [("effective url", cfg.api_url)],
         "boot": [("effective image_dir", str(cfg.boot_image_dir))],
+        "monitor": [("effective tsdb_url", cfg.tsdb_url)],
     }
     for name, section in sections:
         lines += ["", f"[{name}]"]

@@ -18,6 +18,7 @@ after a valid token or an admin's approval.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import hmac
 import logging
@@ -29,11 +30,12 @@ from datetime import timedelta
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
-from appliance import hosts
+from appliance import hosts, monitoring
 from appliance.db import tokens
 from appliance.db.base import utcnow
 from appliance.db.models import Event, Host, HostClaim, HostNic, HostState, Severity
 from appliance.errors import AuthError, Conflict, IdentityConflict, NotFound
+from appliance.monitoring import CollectdTarget
 from appliance.text import shown
 from nodeagent import wire
 
@@ -60,8 +62,20 @@ def _new_agent_token() -> tuple[str, str]:
     return token, _hash(token)
 
 
+def _with_collectd(credentials: wire.Credentials, host: Host, collectd: CollectdTarget | None) -> wire.Credentials:
+    """Credentials always come with a new collectd secret (when the monitor runs): the old one stops working."""
+    if collectd is None:
+        return credentials
+    return dataclasses.replace(credentials, collectd=monitoring.collectd_for(host, collectd))
+
+
 def identify(
-    session: Session, request: wire.IdentifyRequest, issue: Issuer, heartbeat_seconds: int, source: str = ""
+    session: Session,
+    request: wire.IdentifyRequest,
+    issue: Issuer,
+    heartbeat_seconds: int,
+    source: str = "",
+    collectd: CollectdTarget | None = None,
 ) -> Identified:
     facts = request.facts
     existing = hosts.by_uuid(session, facts.uuid)
@@ -87,7 +101,7 @@ def identify(
         host, created, nics = hosts.record(session, facts)
         token.used_by_host_id = host.id
         host.approved_at, host.approved_by = utcnow(), f"token {token.selector}"
-        credentials = issue(hosts.fqdn_of(facts))
+        credentials = _with_collectd(issue(hosts.fqdn_of(facts)), host, collectd)
         host.credentials_issued_at = utcnow()
         agent_token, host.agent_token_hash = _new_agent_token()
         session.execute(delete(HostClaim).where(HostClaim.host_id == host.id))
@@ -216,7 +230,13 @@ def describe_claim(claim: HostClaim) -> str:
             f"name {shown(claim.hostname)}")  # fmt: skip
 
 
-def heartbeat(session: Session, beat: wire.Heartbeat, issue: Issuer, heartbeat_seconds: int) -> wire.HeartbeatResponse:
+def heartbeat(
+    session: Session,
+    beat: wire.Heartbeat,
+    issue: Issuer,
+    heartbeat_seconds: int,
+    collectd: CollectdTarget | None = None,
+) -> wire.HeartbeatResponse:
     host = hosts.by_uuid(session, beat.uuid)
     expected = host.agent_token_hash if host is not None else None
     presented = _hash(beat.agent_token)
@@ -234,7 +254,7 @@ def heartbeat(session: Session, beat: wire.Heartbeat, issue: Issuer, heartbeat_s
     host.last_heartbeat_at = utcnow()
     credentials = None
     if host.approved_at is not None and host.credentials_issued_at is None:
-        credentials = issue(host.hostname)
+        credentials = _with_collectd(issue(host.hostname), host, collectd)
         host.credentials_issued_at = utcnow()
         hosts.event(session, host, "host.credentials", f"credentials handed out after approval by {host.approved_by}")
     approved = host.approved_at is not None

@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from hostbrowser.browser import HostBrowser
     from hostbrowser.mdns import ZeroconfWatcher
     from hostbrowser.ticket import ApplianceTicket
+    from monitor.service import Monitor
     from taskengine.worker import Worker
 
 log = logging.getLogger(__name__)
@@ -101,3 +102,18 @@ def start_taskengine(cfg: Config, realm: Realm, workers: int | None = None) -> R
     worker = Worker(make_engine(cfg.database_url), cfg.taskengine, cfg.nodes.libvirt_port)
     worker.start(workers)
     return RunningTaskEngine(worker, ticket)
+def start_monitor(cfg: Config) -> Monitor:
+    """The collectd receiver, its TSDB writer and (by default) the embedded VictoriaMetrics.
+
+    Unlike the host browser a failure here stops `drover serve` (a taken UDP port, no victoria-metrics):
+    an appliance that silently drops every node's metrics is worse than one that says why it cannot start.
+    """
+    from monitor.service import Monitor  # noqa: PLC0415 - the launcher is the one allowed importer
+
+    monitor = Monitor(cfg, make_engine(cfg.database_url))
+    try:
+        monitor.start()
+    except BaseException:
+        monitor.engine.dispose()
+        raise
+    return monitor

@@ -141,6 +141,9 @@ _FEDORA_HYPERVISOR = (
     "nfs-utils",
     "iscsi-initiator-utils",
     "lvm2",
+    # Fedora splits plugins into subpackages; the node agent's collectd.conf loads disk and virt too.
+    "collectd-disk",
+    "collectd-virt",
 )
 
 

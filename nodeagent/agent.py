@@ -23,7 +23,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from nodeagent import cmdline, credentials, discovery, facts, heartbeat, libvirtd, tls, wire
+from nodeagent import cmdline, collectd, credentials, discovery, facts, heartbeat, libvirtd, tls, wire
 from nodeagent.announce import Announcer, ipv4_addresses
 from nodeagent.files import write_atomic
 from nodeagent.identify import ApplianceError, NodeApiClient
@@ -73,6 +73,7 @@ class Agent:
         self.session_end = threading.Event()  # set by stop or when the appliance has forgotten us
         self.creds_paths = credentials.CredentialPaths().under(opts.config_root)
         self.libvirtd_paths = libvirtd.LibvirtdPaths().under(opts.config_root)
+        self.collectd_paths = collectd.CollectdPaths().under(opts.config_root)
         self.restarter = self._restarter()
         self.announcer = Announcer(opts.mdns_interfaces)
         self.watcher: Any = None
@@ -268,6 +269,8 @@ class Agent:
             # only a changed libvirtd config does (or a libvirtd we have not started on this config).
             if reconfigured or not (self.prepared or self._libvirt_ready()):
                 self._restart()
+            if creds.collectd is not None:
+                self._collectd(creds.collectd)
             # libvirtd may start now (at boot it waits for this); announcing and watching can follow.
             self.readiness.ready(f"Kerberos as {creds.principal}")
             if self.opts.announce and self.facts is not None:
@@ -285,6 +288,19 @@ class Agent:
                 )
                 self.watcher.start()
             self._set(state=State.RUNNING, principal=creds.principal)
+
+    def _collectd(self, settings: wire.Collectd) -> None:
+        """Metrics are not worth failing enrolment for: a collectd that cannot be set up is logged."""
+        if self.facts is None:
+            return
+        # The appliance knows this host by the FQDN the facts carried; the receiver accepts only that name.
+        hostname = (self.facts.fqdn or self.facts.hostname).lower().rstrip(".")
+        try:
+            changed = collectd.configure(self.collectd_paths, collectd.render(settings, hostname))
+            if changed and self.opts.restart == "systemd":
+                collectd.restart()
+        except Exception as exc:
+            log.error("collectd not configured: %s", exc)
 
     def _announce(self, node: wire.Facts) -> None:
         try:

@@ -130,12 +130,24 @@ class IdentifyRequest:
 
 
 @dataclass(frozen=True)
+class Collectd:
+    """Where the node's collectd sends (network plugin <Server>) and as whom: a per-host user and secret."""
+
+    server: str  # the appliance's receiver: host name or address
+    port: int
+    security_level: str  # collectd's spelling: None, Sign or Encrypt
+    username: str
+    password: str
+
+
+@dataclass(frozen=True)
 class Credentials:
     principal: str  # libvirt/<fqdn>@REALM
     realm: str
     krb5_conf: str
     keytab_b64: str
     allowed_users: tuple[str, ...]  # SASL user names libvirtd must accept (the appliance's client)
+    collectd: Collectd | None = None  # None: the appliance runs no monitor
 
 
 @dataclass(frozen=True)

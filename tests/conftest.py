@@ -13,4 +13,5 @@ pytest_plugins: list[str] = [
     "tests.lab.nfs",
     "tests.lab.iscsi",
     "tests.lab.taskworker",
+    "tests.lab.tsdb",
 ]

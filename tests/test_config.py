@@ -108,3 +108,15 @@ def test_cli_help_lists_nouns() -> None:
     proc = _cli({}, "--help")
     assert proc.returncode == 0
     assert "config" in proc.stdout and "realm" in proc.stdout
+
+
+def test_monitor_settings(tmp_path: Path) -> None:
+    cfg = config.load(env={"DROVER_STATE_DIR": str(tmp_path)})
+    assert (cfg.monitor.port, cfg.monitor.security_level, cfg.tsdb_url) == (25826, "sign", "http://127.0.0.1:8428")
+    text = config.render(cfg)
+    assert "[monitor]" in text and "port = 25826" in text and 'tsdb_url = ""' in text
+    assert "# effective tsdb_url: http://127.0.0.1:8428" in text
+    env = {"DROVER_STATE_DIR": str(tmp_path), "DROVER_MONITOR_TSDB_URL": "http://tsdb.example.test:8428/"}
+    assert config.load(env=env).tsdb_url == "http://tsdb.example.test:8428/"
+    with pytest.raises(ConfigError, match="one of: none, sign, encrypt"):
+        config.load(env={"DROVER_STATE_DIR": str(tmp_path), "DROVER_MONITOR_SECURITY_LEVEL": "paranoid"})

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from tests.lab.image import NodeImage
-from tests.lab.net import free_port
+from tests.lab.net import free_port, free_udp_port
 
 pytestmark = pytest.mark.lab
 
@@ -118,6 +118,8 @@ def test_demo_enrols_two_pxe_nodes_stops_on_ctrl_c_and_runs_again(node_image: No
         "DROVER_NODES_BOOT_PORT": free_port(),
         "DROVER_KERBEROS_KDC_PORT": free_port(),
         "DROVER_KERBEROS_KADMIN_PORT": free_port(),
+        "DROVER_MONITOR_PORT": free_udp_port(),
+        "DROVER_MONITOR_TSDB_PORT": free_port(),
     }
     env.update({k: str(v) for k, v in ports.items()})
 
@@ -146,6 +148,13 @@ def test_demo_enrols_two_pxe_nodes_stops_on_ctrl_c_and_runs_again(node_image: No
         source, admin, appliance, virsh = cmds["."], cmds["kinit"], cmds["kinit appliance"], cmds["virsh"]
         listed = shell(f"{source}\n{admin}\ndrover host list\n")
         assert listed.returncode == 0 and listed.stdout.count(" available ") == 2, listed.stdout + listed.stderr
+        # The nodes' collectd reports through the demo's receiver: the printed `drover host metrics` shows it.
+        metrics = cmds["drover"]
+        assert metrics.startswith("drover host metrics node1."), metrics
+        deadline = time.monotonic() + 120
+        while "collectd_load_load_shortterm" not in (shown := shell(f"{source}\n{admin}\n{metrics}\n")).stdout:
+            assert time.monotonic() < deadline, shown.stdout + shown.stderr
+            time.sleep(5)
         reached = shell(f"{source}\n{appliance}\n{virsh}\n")
         assert reached.returncode == 0 and "Id" in reached.stdout, reached.stdout + reached.stderr
         refused = shell(f"{source}\n{admin}\n{virsh}\n")  # admin@ is not in the node's SASL allow list

@@ -111,6 +111,12 @@ def test_accepted_node_installs_credentials_heartbeats_and_stops_on_sigterm(tmp_
         ):
             assert line in libvirtd_conf
         assert (conf / "etc/sasl2/libvirt.conf").read_text() == f"mech_list: gssapi\nkeytab: {keytab}\n"
+        # collectd's config from the same credentials: this host's name, user and secret, readable by root only
+        collectd_conf = conf / "etc/collectd/collectd.conf"
+        assert collectd_conf.stat().st_mode & 0o777 == 0o600
+        for line in ('Hostname "node7.example.test"', '<Server "127.0.0.1" "25826">', 'SecurityLevel "Sign"',
+                     'Username "drover-host-7"', 'Password "collectd-secret"', 'PluginInstanceFormat "uuid"'):
+            assert line in collectd_conf.read_text()  # fmt: skip
         assert len((tmp_path / "restarts.log").read_text().splitlines()) == 1
         assert s["state"] == "running" and s["host_id"] == 7 and s["errors"] >= 2
 

@@ -12,7 +12,7 @@ from appliance.api import v1
 from appliance.api.auth import NegotiateMiddleware
 from appliance.api.edge import HANDLERS, BodyLimit
 from appliance.api.negotiate import Acceptor
-from appliance.api.state import ApiState, Browser, database
+from appliance.api.state import ApiState, Browser, MonitorStats, database
 from appliance.config import Config
 from appliance.kerberos.realm import Realm
 
@@ -20,7 +20,12 @@ log = logging.getLogger(__name__)
 
 
 def create_app(
-    cfg: Config, *, acceptor: Acceptor | None = None, engine: Engine | None = None, browser: Browser | None = None
+    cfg: Config,
+    *,
+    acceptor: Acceptor | None = None,
+    engine: Engine | None = None,
+    browser: Browser | None = None,
+    monitor: MonitorStats | None = None,
 ) -> Starlette:
     """The API for `cfg`: tickets checked against the realm's HTTP keytab, state in cfg's database.
 
@@ -42,6 +47,6 @@ def create_app(
         exception_handlers=HANDLERS,
         lifespan=lifespan,
     )
-    app.state.drover = ApiState(cfg=cfg, engine=db, browser=browser)
+    app.state.drover = ApiState(cfg=cfg, engine=db, browser=browser, monitor=monitor)
     log.debug("API app built for %s (service %s)", cfg.api_url, acceptor.principal)
     return app

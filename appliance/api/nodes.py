@@ -18,7 +18,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from appliance import credentials, enrolment, hosts
+from appliance import credentials, enrolment, hosts, monitoring
 from appliance.api.state import Browser, database
 from appliance.config import Config
 from appliance.db.engine import session_scope
@@ -78,7 +78,9 @@ class NodeService:
         beat = self.cfg.nodes.heartbeat_seconds
         try:
             with session_scope(self.engine) as s:
-                return enrolment.identify(s, message, self.issuer(reached_as), beat, source)
+                return enrolment.identify(
+                    s, message, self.issuer(reached_as), beat, source, monitoring.target(self.cfg, reached_as)
+                )
         except IdentityConflict as exc:
             # The refusal rolled everything back; the warning for the admin is committed on its own.
             with session_scope(self.engine) as s:
@@ -92,7 +94,13 @@ class NodeService:
 
     def _heartbeat(self, message: wire.Heartbeat, reached_as: str) -> wire.HeartbeatResponse:
         with session_scope(self.engine) as s:
-            answer = enrolment.heartbeat(s, message, self.issuer(reached_as), self.cfg.nodes.heartbeat_seconds)
+            answer = enrolment.heartbeat(
+                s,
+                message,
+                self.issuer(reached_as),
+                self.cfg.nodes.heartbeat_seconds,
+                monitoring.target(self.cfg, reached_as),
+            )
             host = hosts.by_uuid(s, message.uuid) if answer.status is wire.IdentifyStatus.ACCEPTED else None
             host_id = host.id if host is not None else None
         # Committed (credentials handed out are in the row): a node that beats is up, so if the browser lost

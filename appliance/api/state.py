@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager, contextmanager
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session
@@ -26,6 +26,12 @@ class Browser(Protocol):
         """The host is alive (it heartbeats): reconnect now if its libvirt session is down."""
 
 
+class MonitorStats(Protocol):
+    """The monitor when it runs in this process (monitor.service.Monitor): its counters for /metrics."""
+
+    def stats(self) -> dict[str, Any]: ...
+
+
 @dataclass(frozen=True)
 class ApiState:
     cfg: Config
@@ -33,6 +39,7 @@ class ApiState:
     # None when no host browser runs in this process (disabled, or a test's bare app): it then sees
     # changes at its next scan, [hostbrowser] scan_seconds later.
     browser: Browser | None = None
+    monitor: MonitorStats | None = None  # None: /metrics shows DB counts only
 
 
 def state(conn: HTTPConnection) -> ApiState:

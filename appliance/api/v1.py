@@ -6,11 +6,12 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from appliance.api import hosts, realm, storage, users, vms
+from appliance.api import hosts, metrics, realm, storage, users, vms
 
 PREFIX = "/api/v1"
 # Reachable without a ticket: load balancers and `drover serve`'s own readiness check use it.
-PUBLIC = frozenset({f"{PREFIX}/health"})
+# /metrics too: a Prometheus scraper has no Kerberos ticket, and it shows counts and counters only.
+PUBLIC = frozenset({f"{PREFIX}/health", "/metrics"})
 
 
 def health(request: Request) -> JSONResponse:
@@ -45,4 +46,7 @@ routes = [
     Route(f"{PREFIX}/tasks/{{id}}", vms.show_task, methods=["GET"]),
     Route(f"{PREFIX}/tasks/{{id}}/cancel", vms.cancel_task, methods=["POST"]),
     Route(f"{PREFIX}/cluster/balance", vms.balance, methods=["POST"]),
+    Route(f"{PREFIX}/hosts/{{key}}/metrics", metrics.host_metrics, methods=["GET"]),
+    Route(f"{PREFIX}/vms/{{key}}/metrics", metrics.vm_metrics, methods=["GET"]),
+    Route("/metrics", metrics.prometheus, methods=["GET"]),
 ]

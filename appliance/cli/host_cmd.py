@@ -10,6 +10,7 @@ from urllib.parse import quote
 
 from appliance.cli.api_cmd import client_for
 from appliance.cli.context import load_config
+from appliance.errors import UsageError
 from appliance.text import shown
 from nodeagent import wire
 
@@ -59,6 +60,15 @@ def register(sub: Any) -> None:
     remove.add_argument("host", help=_HOST_HELP)
     remove.add_argument("--force", action="store_true", help="even with VMs running (they stay, on no host)")
     remove.set_defaults(func=remove_host)
+    metrics = verbs.add_parser("metrics", help="a host's latest collectd values, and one series as a sparkline")
+    metrics.add_argument("host", help=_HOST_HELP)
+    metrics.add_argument(
+        "--series", action="append", default=[], metavar="NAME",
+        help=f"draw this series over --since (repeatable; default: {', '.join(_SPARK_DEFAULT)})",
+    )  # fmt: skip
+    metrics.add_argument("--since", default="1h", metavar="DURATION", help="how far back to draw: 30m, 6h, 2d")
+    metrics.add_argument("--json", action="store_true", help="print the API's JSON answers")
+    metrics.set_defaults(func=host_metrics)
     token = verbs.add_parser("token", help="mint a one-time enrolment token (printed once)")
     token.add_argument("--ttl", type=int, default=24 * 3600, metavar="SECONDS", help="lifetime (default: 1 day)")
     token.add_argument("--mac", help="only a node booting from this MAC may use it")
@@ -72,6 +82,58 @@ _SHOW = (
     "cpu_model", "cpu_count", "cpu_cores", "cpu_sockets", "virtualization", "memory_mib", "hypervisor_type",
     "last_heartbeat_at",
 )  # fmt: skip
+
+
+# Drawn when no --series is given: what an admin looks at first.
+_SPARK_DEFAULT = ("load_load_shortterm", "cpu_percent", "memory_memory")
+_BARS = "▁▂▃▄▅▆▇█"
+
+
+def sparkline(values: list[float]) -> str:
+    if not values:
+        return ""
+    low, high = min(values), max(values)
+    span = high - low
+    return "".join(_BARS[0 if span == 0 else min(7, int((v - low) / span * 8))] for v in values)
+
+
+def _labels(labels: dict[str, str]) -> str:
+    shown = {k: v for k, v in labels.items() if k != "host"}
+    return "{" + ",".join(f"{k}={v}" for k, v in sorted(shown.items())) + "}" if shown else ""
+
+
+def _number(value: float) -> str:
+    return f"{value:.6g}"
+
+
+def host_metrics(args: argparse.Namespace) -> int:
+    since = args.since.strip().lstrip("-")
+    if not since or since[-1] not in "smhd" or not since[:-1].replace(".", "", 1).isdigit():
+        raise UsageError(f"--since {args.since!r}: not a duration like 30m, 6h or 2d")
+    with client_for(load_config(args)) as api:
+        latest = api.get(_path(args.host, "metrics"))
+        drawn = [
+            api.get(_path(args.host, "metrics"), {"series": name, "start": f"-{since}"})
+            for name in (args.series or _SPARK_DEFAULT)
+        ]
+    if args.json:
+        print(json.dumps({"latest": latest, "series": drawn}, indent=2))
+        return 0
+    load = latest["load"]
+    print(f"host {latest['host']}: load {load['load_average']}, cpu busy {load['cpu_busy_percent']}%, "
+          f"memory used {load['memory_used_mib']} MiB, VMs {load['vm_count']} "
+          f"(as of {load['updated_at']})")  # fmt: skip
+    if not latest["series"]:
+        print("no metrics received from this host yet")
+    for row in latest["series"]:
+        print(f"  {row['name']}{_labels(row['labels'])} {_number(row['value'])}")
+    for answer in drawn:
+        for series in answer["series"]:
+            points = [v for _, v in series["points"]]
+            if points:
+                print(f"{answer['series_name']}{_labels(series['labels'])} (last {since}, {len(points)} points, "
+                      f"{_number(min(points))}..{_number(max(points))})\n  {sparkline(points)}")  # fmt: skip
+    return 0
 
 
 def _path(host: str, verb: str = "") -> str:

@@ -18,7 +18,7 @@ from appliance.db import migrate
 from appliance.errors import KerberosError
 from appliance.kerberos import health
 from appliance.kerberos.realm import FIRST_ADMIN, Realm
-from appliance.launcher import start_hostbrowser, start_taskengine
+from appliance.launcher import start_hostbrowser, start_monitor, start_taskengine
 from appliance.pki import ensure as ensure_pki
 from appliance.serving import Group, bind, listener
 
@@ -38,6 +38,8 @@ def _log_level(cfg: Config) -> None:
     if isinstance(level, int):
         root = logging.getLogger()
         root.setLevel(min(root.level, level))
+    # httpx logs each request at INFO: the monitor's TSDB writer alone would add a line a second.
+    logging.getLogger("httpx").setLevel(max(logging.WARNING, level if isinstance(level, int) else 0))
 
 
 def prepare_realm(cfg: Config) -> Realm:
@@ -95,13 +97,19 @@ def serve(args: argparse.Namespace) -> int:
         for sock in sockets:
             sock.close()
         raise
+    try:
+        monitor = start_monitor(cfg) if cfg.monitor.enabled else None
+    except BaseException:
+        for sock in sockets:
+            sock.close()
+        raise
     # Before the apps: the API wakes it (a removed host's session is dropped at once), heartbeats nudge it.
     browser = start_hostbrowser(cfg, realm) if cfg.hostbrowser.enabled else None
     engine = start_taskengine(cfg, realm) if cfg.taskengine.enabled else None
     try:
         group = Group(
             [
-                listener("api", create_app(cfg, browser=browser), sockets[0]),
+                listener("api", create_app(cfg, browser=browser, monitor=monitor), sockets[0]),
                 listener("nodes", create_node_app(cfg, realm=realm, browser=browser), sockets[1],
                          certfile=str(pki.server_cert), keyfile=str(pki.server_key)),
                 listener("boot", create_boot_app(cfg, pki, sockets[1].getsockname()[1]), sockets[2]),
@@ -128,5 +136,8 @@ def serve(args: argparse.Namespace) -> int:
             engine.stop()
         if browser is not None:
             browser.stop()
+        if monitor is not None:
+            monitor.stop()
+            monitor.engine.dispose()
     log.info("drover API stopped")
     return 0

@@ -23,7 +23,7 @@ from sqlalchemy import Engine
 
 from appliance.db.engine import make_engine
 from tests.lab.kdc import APPLIANCE_HOST, LabKdc
-from tests.lab.net import etc_hosts_twin, free_port
+from tests.lab.net import etc_hosts_twin, free_port, free_udp_port
 from tests.lab.proc import terminate
 
 DROVER = [sys.executable, "-m", "appliance.cli"]
@@ -41,6 +41,8 @@ class LabAppliance:
     log: Path
     node_port: int = 0  # HTTPS identify/heartbeat
     boot_port: int = 0  # plain HTTP /boot/ca.pem
+    monitor_port: int = 0  # UDP: the collectd receiver
+    tsdb_port: int = 0  # the embedded VictoriaMetrics (under state_dir/tsdb)
     # DROVER_* settings over config_env's, for the server and every CLI run (an external realm's state dir).
     settings: dict[str, str] = field(default_factory=dict)
 
@@ -159,6 +161,14 @@ def start_appliance(
     env["PYTHONFAULTHANDLER"] = "1"  # a crash in C (libvirt, krb5) leaves every thread's stack in serve.log
     node_port, boot_port = free_port(), free_port()
     nodes = {"DROVER_NODES_PORT": str(node_port), "DROVER_NODES_BOOT_PORT": str(boot_port)}
+    # The monitor: its own UDP port and its own embedded TSDB (the lab's state dir is the realm's, shared).
+    monitor_port, tsdb_port = free_udp_port(), free_port()
+    nodes |= {
+        "DROVER_MONITOR_LISTEN": "127.0.0.1",
+        "DROVER_MONITOR_PORT": str(monitor_port),
+        "DROVER_MONITOR_TSDB_PORT": str(tsdb_port),
+        "DROVER_MONITOR_TSDB_DIR": str(state_dir / "tsdb"),
+    }
     server_env = {**env, **config_env(kdc, port, database_url), **nodes, **(settings or {}), **(extra_env or {})}
     argv, server_env = own_resolver([*DROVER, "-v", "serve"], server_env)
     with open(log, "ab") as out:
@@ -170,7 +180,10 @@ def start_appliance(
             stdout=out,
             stderr=subprocess.STDOUT,
         )
-    lab = LabAppliance(kdc, port, state_dir, database_url, process, log, node_port, boot_port, dict(settings or {}))
+    lab = LabAppliance(
+        kdc, port, state_dir, database_url, process, log, node_port, boot_port, monitor_port, tsdb_port,
+        dict(settings or {}),
+    )
     deadline = time.monotonic() + timeout
     while True:
         if lab.process.poll() is not None:

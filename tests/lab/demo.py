@@ -235,6 +235,8 @@ demo: ready. In another shell:
   . {rel}
   kinit -k -t {keytabs}/admin.keytab {FIRST_ADMIN}@{realm.name}      # the realm's first admin (super_admin)
   drover host list; drover host show {node.fqdn}
+  drover host metrics {node.fqdn}       # collectd on the node, signed, into VictoriaMetrics (values every 10 s)
+  Prometheus: http://localhost:{cfg.api.port}/metrics   TSDB (PromQL): {cfg.tsdb_url}
   API: http://localhost:{cfg.api.port}/api/v1/hosts   (SPNEGO: curl --negotiate -u : URL)
   kinit -k -t {keytabs}/appliance.keytab {APPLIANCE_CLIENT}@{realm.name}     # nodes let only the appliance in
   virsh -c {node.uri} list --all

@@ -111,6 +111,7 @@ class Peer:
             KRB5_CONF,
             base64.b64encode(KEYTAB).decode(),
             ("drover-appliance",),
+            wire.Collectd("127.0.0.1", 25826, "Sign", "drover-host-7", "collectd-secret"),
         )
 
     def paths(self, path: str) -> list[Any]:

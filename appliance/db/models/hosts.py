@@ -87,6 +87,18 @@ class Host(IdMixin, CreatedMixin, Base):
     agent_token_hash: Mapped[str | None] = mapped_column(String(64))
     # Where the node's libvirtd listens for qemu+tcp; NULL means [nodes] libvirt_port.
     libvirt_port: Mapped[int | None]
+    # The node's collectd network-plugin user and password, issued with its credentials (a new pair at
+    # each enrolment, so a re-enrolled node's old secret stops working). The password is kept as is:
+    # the receiver needs it to check HMACs and decrypt, as collectd's AuthFile does.
+    collectd_user: Mapped[str | None] = mapped_column(String(64), unique=True)
+    collectd_secret: Mapped[str | None] = mapped_column(String(128))
+    # Current load as the monitor last saw it (placement reads these): the 1-minute load average,
+    # CPU busy percent, memory in use and running VMs (the virt plugin's domains); NULL until reported.
+    load_average: Mapped[float | None]
+    cpu_busy_percent: Mapped[float | None]
+    memory_used_mib: Mapped[int | None] = mapped_column(BigInteger)
+    vm_count: Mapped[int | None]
+    load_updated_at: Mapped[datetime | None]
     hardware_pool_id: Mapped[int] = mapped_column(ForeignKey("hardware_pools.id", ondelete="RESTRICT"), index=True)
     cluster_id: Mapped[int | None] = mapped_column(ForeignKey("clusters.id", ondelete="SET NULL"), index=True)
 
