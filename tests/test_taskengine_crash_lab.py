@@ -92,7 +92,7 @@ def test_sigkill_at_random_points_every_task_ends_once_and_db_agrees_with_libvir
     assert set(ends) == {1} and len(list(ends)) == len(ours), "a task ended twice or never"
     assert states[TaskState.FINISHED] + states[TaskState.FAILED] == len(ours)
     # Killed mid-task, a task is reconciled with libvirt and finished, not failed: nothing here fails.
-    assert not failed, failed
+    assert not failed, "\n".join(f"{i} {t}: {e}" for i, t, e in failed)
     assert recovered >= 1, "no kill landed inside a task: the test proved nothing"
     for name in names:
         vm = rack.vm(name)
