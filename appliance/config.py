@@ -139,7 +139,7 @@ class MonitorConfig:
     # encrypt only encrypted ones, none also plain ones (signed ones are still verified).
     security_level: CollectdSecurity = CollectdSecurity.SIGN
     receive_buffer_bytes: int = 8 << 20  # SO_RCVBUF(FORCE): what the kernel holds while the reader is busy
-    queue_packets: int = 20000  # datagrams between the socket reader and the decoder; more are dropped, counted
+    queue_packets: int = 4096  # datagrams between the socket reader and the decoder; more are dropped, counted
     # An existing VictoriaMetrics (or a service with its /api/v1/import/prometheus and PromQL API);
     # empty: drover runs VictoriaMetrics itself under <state_dir>/tsdb on 127.0.0.1:tsdb_port.
     tsdb_url: str = ""

@@ -13,6 +13,7 @@ write queue (written or refused by rrdtool, which drops same-second updates sile
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import os
@@ -43,9 +44,15 @@ def _python(*args: str, cpus: str) -> list[str]:
     return ["taskset", "-c", cpus, sys.executable, "-m", "bench.monitor_peer", *args]
 
 
+_trials = itertools.count()
+
+
 def _send(port: int) -> dict[str, int]:
+    # Each trial's stamps start two days after the previous one's (a run spans ~1 day at a second a packet),
+    # 25 days back at first: all within the bench TSDB's month of retention, none overlapping.
+    days_ago = 25 - 2 * next(_trials)
     argv = _python("send", "--port", str(port), "--seconds", str(SECONDS), "--hosts", str(HOSTS), "--sign",
-                   cpus=SENDER_CPU)  # fmt: skip
+                   "--days-ago", str(days_ago), cpus=SENDER_CPU)  # fmt: skip
     out = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, check=True, stdin=subprocess.DEVNULL)
     result: dict[str, int] = json.loads(out.stdout)
     return result
@@ -166,7 +173,7 @@ def run() -> dict[str, Any]:
         raise RuntimeError("the monitor bench pins sender and receiver to two different CPUs")
     with tempfile.TemporaryDirectory(prefix="drover-bench-monitor-") as name:
         tmp = Path(name)
-        tsdb = start_tsdb(tmp / "tsdb", retention="1")  # a month: the sender's stamps start a day back
+        tsdb = start_tsdb(tmp / "tsdb", retention="1")  # a month: the stamps start 25 days back
         # the TSDB shares the receiver's CPU: storage is part of what the receiver side costs
         subprocess.run(["taskset", "-a", "-p", "-c", RECEIVER_CPU, str(tsdb.embedded.process.pid)],  # type: ignore[union-attr]
                        check=True, capture_output=True)  # fmt: skip
@@ -182,7 +189,7 @@ def run() -> dict[str, Any]:
                     log.info("monitor bench run %d: %s, store", i + 1, who)
                     store[who].append(_drover(tmp, tsdb.url) if who == "drover" else _collectd(tmp, "rrdtool"))
             # what the TSDB really holds, against what it acknowledged: a check, not a figure taken on trust
-            counted = tsdb.count('{__name__=~"collectd_.+"}', "3d")
+            counted = tsdb.count('{__name__=~"collectd_.+"}', "31d")
         finally:
             tsdb.stop()
     ours, theirs = _median(sign["drover"], "values_per_s"), _median(sign["collectd"], "values_per_s")

@@ -5,7 +5,7 @@
 
 The sender builds collectd-like packets (host, time_hr, interval_hr, then plugin/type parts only when
 they change; ~1452 bytes, as collectd's MaxPacketSize default) for N hosts, each host signing as its
-own user, and stamps each packet one second later than the one before, so every series' timestamps
+own user, and stamps each packet one second later than the one before (from --days-ago on), so every series' timestamps
 rise by >= 1 s (what rrdtool needs) and collectd's cache never sees a value "too old".
 The receiver writes its counters (and RSS) to FILE every 0.2 s and on SIGTERM.
 """
@@ -73,10 +73,12 @@ def templates(hosts: int, sign: bool) -> list[tuple[bytes, int, int, str, bytes]
     return out
 
 
-def send(port: int, seconds: float, hosts: int, sign: bool) -> dict[str, int]:
+def send(port: int, seconds: float, hosts: int, sign: bool, days_ago: float) -> dict[str, int]:
     packets = values = 0
     plan = templates(hosts, sign)
-    stamp = int(time.time() - 86400) << 30  # a day back, a second per packet: stays within a day of now
+    # a second per packet from `days_ago` on: each run gets its own span of time, so no two runs write the
+    # same series at the same instant (a TSDB keeps one sample per series and timestamp)
+    stamp = int(time.time() - days_ago * 86400) << 30
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     address = ("127.0.0.1", port)
     deadline = time.monotonic() + seconds
@@ -167,9 +169,10 @@ def main(argv: list[str]) -> int:
     p.add_argument("--sign", action="store_true")
     p.add_argument("--stats", type=Path)
     p.add_argument("--tsdb", default="")
+    p.add_argument("--days-ago", type=float, default=2)
     args = p.parse_args(argv)
     if args.mode == "send":
-        print(json.dumps(send(args.port, args.seconds, args.hosts, args.sign)))
+        print(json.dumps(send(args.port, args.seconds, args.hosts, args.sign, args.days_ago)))
     else:
         receive(args.port, args.stats, args.sign, args.hosts, args.tsdb)
     return 0
