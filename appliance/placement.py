@@ -156,7 +156,8 @@ def loads(session: Session, hosts: Sequence[Host] | None = None) -> list[HostLoa
     out = []
     for h in rows:
         m, c = used.get(h.id, (0, 0))
-        load = getattr(h, "cpu_load", None)  # written by the monitor once it reports host load
+        # The monitor writes each host's CPU busy % every [monitor] load_seconds (None until it reports).
+        load = h.cpu_busy_percent / 100 if h.cpu_busy_percent is not None else None
         out.append(HostLoad(h.id, h.hostname, h.memory_mib, h.cpu_count, m, c,
                             frozenset(n.network_id for n in h.nics if n.network_id is not None),
                             pools.get(h.hardware_pool_id, frozenset({h.hardware_pool_id})),

@@ -277,7 +277,12 @@ def delete(ctx: TaskContext) -> dict[str, Any]:
             if dom is not None:
                 if dom.isActive():
                     raise Conflict(f"VM {name} is running on {vm.host.hostname}", "power it off first")
-                dom.undefineFlags(libvirt.VIR_DOMAIN_UNDEFINE_MANAGED_SAVE | libvirt.VIR_DOMAIN_UNDEFINE_NVRAM)
+                # libvirt refuses to undefine a domain that still has snapshot metadata.
+                dom.undefineFlags(
+                    libvirt.VIR_DOMAIN_UNDEFINE_MANAGED_SAVE
+                    | libvirt.VIR_DOMAIN_UNDEFINE_NVRAM
+                    | libvirt.VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA
+                )
         s.delete(vm)
     return {"deleted": name}
 

@@ -18,6 +18,8 @@ from appliance.db.engine import session_scope
 from appliance.db.models import (
     Firmware,
     HardwarePool,
+    Host,
+    HostState,
     HypervisorType,
     StoragePool,
     StorageType,
@@ -182,3 +184,18 @@ def test_convergence_raises_downtime_step_by_step_then_aborts() -> None:
     assert policy.observe(700, 12) is Step.WAIT  # progress again resets the clock
     assert policy.observe(700, 17.5) is Step.RAISE and policy.downtime_ms == 300
     assert policy.observe(700, 23) is Step.ABORT and policy.downtime_ms == 300
+
+
+def test_placement_reads_the_load_the_monitor_writes(db_engine: Engine) -> None:
+    with session_scope(db_engine) as s:
+        pool = HardwarePool(name=f"p{uuid.uuid4().hex[:6]}")
+        s.add(pool)
+        s.flush()
+        busy = Host(uuid=str(uuid.uuid4()), hostname=f"busy{pool.id}.example.test", hardware_pool_id=pool.id,
+                    memory_mib=4096, cpu_count=4, state=HostState.AVAILABLE, cpu_busy_percent=90.0)  # fmt: skip
+        quiet = Host(uuid=str(uuid.uuid4()), hostname=f"quiet{pool.id}.example.test", hardware_pool_id=pool.id,
+                     memory_mib=4096, cpu_count=4, state=HostState.AVAILABLE)  # fmt: skip
+        s.add_all([busy, quiet])
+        s.flush()
+        by_id = {h.id: h for h in placement.loads(s, [busy, quiet])}
+        assert by_id[busy.id].load == 0.9 and by_id[quiet.id].load is None
