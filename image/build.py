@@ -8,13 +8,16 @@ no staging directory behind.
 
 from __future__ import annotations
 
+import contextlib
 import errno
+import fcntl
 import logging
 import os
 import shutil
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TextIO
@@ -85,21 +88,40 @@ def build(req: BuildRequest, stream: TextIO | None = None) -> Outcome:
     started = time.monotonic()
     if req.flavor is Flavor.FEDORA:
         fedora.check_lorax()
-    work = cache.root / "work" / "pending"
-    plan, cache_key = _plan(req, recipe, work)
-    hit = None if req.force else cache.lookup(recipe, cache_key)
-    from_cache = hit is not None
-    # Stages: the backend's commands, checksums and publishing; a cache hit only publishes.
-    progress = Progress(total=len(plan) + 2 if hit is None else 1, stream=stream)
-    if hit is None:
-        steps.check_tools(steps.tools(plan))
-        hit = _build_into_cache(req, recipe, cache, cache_key, progress, started)
-    else:
-        progress.note(f"cache hit: {hit.path} (built {hit.manifest.built_at}); --force rebuilds")
+    # One build at a time per cache (its work dir is shared): a second `drover image build` (or test
+    # process) waits here, then finds the first one's result in the cache.
+    with _cache_lock(cache.root, stream):
+        work = cache.root / "work" / "pending"
+        plan, cache_key = _plan(req, recipe, work)
+        hit = None if req.force else cache.lookup(recipe, cache_key)
+        from_cache = hit is not None
+        # Stages: the backend's commands, checksums and publishing; a cache hit only publishes.
+        progress = Progress(total=len(plan) + 2 if hit is None else 1, stream=stream)
+        if hit is None:
+            steps.check_tools(steps.tools(plan))
+            hit = _build_into_cache(req, recipe, cache, cache_key, progress, started)
+        else:
+            progress.note(f"cache hit: {hit.path} (built {hit.manifest.built_at}); --force rebuilds")
     with progress.stage(f"publish into {req.out}", req.out):
         manifest = publish(hit, req.out, req.base_url)
     progress.finish(f"done: {req.out}")
     return Outcome(manifest, cached=from_cache)
+
+
+@contextlib.contextmanager
+def _cache_lock(root: Path, stream: TextIO) -> Iterator[None]:
+    root.mkdir(parents=True, exist_ok=True)
+    with open(root / "build.lock", "a+") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            stream.write(f"waiting for another image build using {root}\n")
+            stream.flush()
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 def _build_into_cache(
