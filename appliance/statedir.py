@@ -12,6 +12,8 @@ import os
 import stat
 from pathlib import Path
 
+from appliance.errors import ConfigError
+
 log = logging.getLogger(__name__)
 
 DIR_MODE = 0o700
@@ -20,11 +22,23 @@ SQLITE_SUFFIXES = ("", "-wal", "-shm", "-journal")
 
 
 def secure_dir(path: Path) -> None:
-    """Create `path` (and missing parents) 0700, or narrow it to 0700."""
-    missing = [p for p in [path, *path.parents] if not p.exists()]
-    for directory in reversed(missing):
-        directory.mkdir(mode=DIR_MODE, exist_ok=True)
-    _narrow(path, DIR_MODE)
+    """Create `path` (and missing parents) 0700, or narrow it to 0700; ConfigError when it cannot."""
+    try:
+        missing = [p for p in [path, *path.parents] if not p.exists()]
+        for directory in reversed(missing):
+            directory.mkdir(mode=DIR_MODE, exist_ok=True)
+        _narrow(path, DIR_MODE)
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot create or secure the state dir {path}: {exc.strerror}",
+            "set DROVER_STATE_DIR (or state_dir) to a directory this user may create",
+        ) from None
+
+
+def narrow_dir(path: Path) -> None:
+    """An existing state dir narrowed to 0700 (an upgrade from an older drover); a missing one is left alone."""
+    if path.is_dir():
+        secure_dir(path)
 
 
 def secure_sqlite(database: Path) -> None:

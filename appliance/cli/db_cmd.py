@@ -39,7 +39,7 @@ def open_database(args: argparse.Namespace) -> Iterator[Engine]:
 
 def upgrade(args: argparse.Namespace) -> int:
     cfg = load_config(args)
-    statedir.secure_dir(cfg.state_dir)
+    statedir.narrow_dir(cfg.state_dir)
     revs = migrate.upgrade(cfg.database_url)
     if revs.changed:
         print(f"database {revs.url} upgraded from {revs.before or 'empty'} to {revs.after}")

@@ -56,15 +56,19 @@ def sqlite_path(url: URL) -> Path | None:
 def _ensure_sqlite_dir(path: Path) -> None:
     """The database's directory 0700 and its files 0600: it holds token hashes and permissions."""
     directory = path.parent
+    hint = f"set DROVER_STATE_DIR to a writable directory, or point {SETTING} elsewhere"
+    if not directory.is_dir():  # an existing one may be shared (/tmp): the state dir is narrowed by its users
+        try:
+            directory.mkdir(mode=statedir.DIR_MODE, parents=True)
+        except OSError as exc:
+            raise DatabaseError(
+                f"cannot create directory {directory} for the SQLite database: {exc.strerror}", hint
+            ) from None
+        log.info("created %s for the SQLite database", directory)
     try:
-        if not directory.exists():  # an existing one may be shared (/tmp): the state dir is narrowed by its users
-            statedir.secure_dir(directory)
         statedir.secure_sqlite(path)
     except OSError as exc:
-        raise DatabaseError(
-            f"cannot prepare {path} for the SQLite database: {exc.strerror}",
-            f"set DROVER_STATE_DIR to a writable directory, or point {SETTING} elsewhere",
-        ) from None
+        raise DatabaseError(f"cannot prepare {path} for the SQLite database: {exc.strerror}", hint) from None
 
 
 def _sqlite_on_connect(dbapi_connection: Any, _record: Any) -> None:
