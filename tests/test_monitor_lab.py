@@ -58,7 +58,7 @@ def db(served: LabAppliance) -> Iterator[Engine]:
 
 def enrol(served: LabAppliance, db: Engine) -> wire.Collectd:
     with session_scope(db) as s:
-        token = mint(s).token
+        token = mint(s, host_uuid=UUID).token  # bound to the machine: it re-enrols an enrolled host (its reboot)
     pinned = ssl.create_default_context(cafile=_ca(served))
     with httpx.Client(base_url=served.node_url, verify=pinned, trust_env=False) as client:
         r = client.post("/node/v1/identify", content=wire.encode(wire.IdentifyRequest(token, facts(UUID, FQDN))))
