@@ -24,7 +24,7 @@ from tests.lab.appliance import ADMIN, LabAppliance, admin_appliance
 from tests.lab.image import NodeImage
 from tests.lab.kdc import LabKdc
 from tests.lab.libvirtd import LabHosts, client_env, virsh
-from tests.lab.pxe import PxeNode, boot
+from tests.lab.pxe import PxeNode, boot, vouch_for
 from tests.lab.qemu import HOST_FROM_GUEST, Guest
 
 pytestmark = pytest.mark.lab
@@ -81,6 +81,7 @@ def test_pxe_booted_node_reports_host_and_vm_series(node_image: NodeImage, kdc: 
         try:
             used = served.drover("boot", "use", str(node_image.dir))
             assert used.returncode == 0, used.stdout + used.stderr
+            vouch_for(served, node)
             guest = boot(node, tmp_path, served.boot_port, detect())
             g = guest
 

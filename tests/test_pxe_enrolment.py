@@ -25,7 +25,7 @@ from tests.lab.appliance import LabAppliance, start_appliance
 from tests.lab.image import NodeImage
 from tests.lab.kdc import LabKdc
 from tests.lab.libvirtd import LabHosts, client_env, virsh
-from tests.lab.pxe import BootClock, PxeNode, boot
+from tests.lab.pxe import BootClock, PxeNode, boot, vouch_for
 from tests.lab.qemu import HOST_FROM_GUEST, Guest
 
 pytestmark = pytest.mark.lab
@@ -104,10 +104,7 @@ def test_pxe_booted_node_enrols_itself(node_image: NodeImage, kdc: LabKdc, tmp_p
         used = served.drover("boot", "use", str(node_image.dir))
         assert used.returncode == 0, used.stdout + used.stderr
         # The admin vouches for this one machine: a window of one, for its MAC (no other machine gets a token).
-        granted = served.drover("user", "add", "pxe-boss", "--role", "admin")
-        assert granted.returncode == 0, granted.stderr
-        opened = served.drover("host", "enrol", "--window", "10m", "--mac", node.mac, principal="pxe-boss")
-        assert opened.returncode == 0, opened.stderr
+        vouch_for(served, node, "pxe-boss")
         accel = detect()
 
         # 1. First boot: the host appears available with its real facts. Both clocks come from the

@@ -28,7 +28,7 @@ from tests.lab.iscsi import LabIscsi
 from tests.lab.kdc import LabKdc
 from tests.lab.libvirtd import LabHosts
 from tests.lab.nfs import LabNfs
-from tests.lab.pxe import PxeNode, boot
+from tests.lab.pxe import PxeNode, boot, vouch_for
 from tests.lab.qemu import HOST_FROM_GUEST, Guest
 from tests.lab.taskworker import finished, start_worker, wait
 
@@ -62,6 +62,7 @@ def test_pxe_node_mounts_nfs_and_iscsi_pools(
     try:
         used = served.drover("boot", "use", str(node_image.dir))
         assert used.returncode == 0, used.stdout + used.stderr
+        vouch_for(served, node)
         guest = boot(node, tmp_path, served.boot_port, detect())
         deadline = time.monotonic() + 500
         while True:

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tests.lab.accel import Accel
+from tests.lab.appliance import LabAppliance
 from tests.lab.qemu import HOST_FROM_GUEST, Guest, UserNet, start_guest
 
 LIBVIRT_PORT = 16509
@@ -48,6 +49,15 @@ class PxeNode:
         """Node `n` (1..255) of a set: the same n always gets the same MAC and UUID (reruns, reboots)."""
         name = f"{prefix}{n}"
         return cls(name, domain, f"52:54:00:d0:{n // 256:02x}:{n % 256:02x}", str(uuid.uuid5(_UUIDS, name)), address)
+
+
+def vouch_for(served: LabAppliance, node: PxeNode, admin: str = "pxe-vouch") -> None:
+    """What an admin does before powering a new machine on: an enrolment window for its MAC alone (outside a
+    window the boot service gives an unknown MAC no token, and the node would wait as pending)."""
+    granted = served.drover("user", "add", admin, "--role", "admin")
+    assert granted.returncode == 0, granted.stdout + granted.stderr
+    opened = served.drover("host", "enrol", "--window", "15m", "--mac", node.mac, principal=admin)
+    assert opened.returncode == 0, opened.stdout + opened.stderr
 
 
 def boot(node: PxeNode, workdir: Path, boot_port: int, accel: Accel, *, tag: str = "", memory_mb: int = 1024) -> Guest:
