@@ -34,3 +34,13 @@ def test_configure_writes_once_and_0600(tmp_path: Path) -> None:
     assert paths.conf.stat().st_mode & 0o777 == 0o600
     assert collectd.configure(paths, text) is False  # unchanged: no restart
     assert collectd.configure(paths, text.replace('"p"', '"q"')) is True
+
+
+@pytest.mark.parametrize(("interval", "refresh"), [(10, 30), (1, 3), (2, 6)])
+def test_virt_looks_for_new_domains_every_three_intervals(interval: int, refresh: int) -> None:
+    # A VM migrated in shows within three intervals at any interval (the lab's 1 s as the node's 10 s).
+    text = collectd.render(wire.Collectd("a", 1, "Sign", "u", "p"), "n.example.test", interval=interval)
+    assert f"Interval {interval}\n" in text
+    assert f"  RefreshInterval {refresh}\n" in text
+    assert 'PluginInstanceFormat "uuid"' in text
+    assert "RefreshInterval" not in collectd.render(wire.Collectd("a", 1, "Sign", "u", "p"), "n", virt=False)
