@@ -120,6 +120,38 @@ class HostBrowserConfig:
 
 
 @dataclass(frozen=True)
+class TaskEngineConfig:
+    """The task engine: worker threads of `drover serve` (or `drover taskengine run`) claiming tasks under a lease."""
+
+    enabled: bool = True  # run it inside `drover serve`
+    workers: int = 4  # threads per process; tasks on different VMs run in parallel, one at a time per VM
+    # A claim's lease; the worker renews it every third of this. A worker killed holding a task loses it
+    # after this long, and the next one reconciles the task with libvirt before finishing or re-running it.
+    lease_seconds: int = 30
+    poll_ms: int = 500  # how often an idle worker looks for tasks (one in the same process is woken at once)
+    # Transient libvirt errors (connection lost, host briefly away): this many attempts in all, waiting
+    # retry_base_ms, then twice that, ... up to retry_max_seconds between them.
+    retries: int = 5
+    retry_base_ms: int = 500
+    retry_max_seconds: int = 30
+    # libvirt keepalive on the engine's connections: a host that stops answering fails the call after about
+    # interval * count seconds (a transient error: retried), instead of holding a worker for ever.
+    keepalive_interval: int = 5
+    keepalive_count: int = 3
+    shutdown_timeout_seconds: int = 120  # how long an ACPI shutdown may take before the task fails
+    # Live migration: at most this many at once per host (as source or destination); the allowed downtime
+    # starts at downtime_start_ms and rises by downtime_step_ms each time the migration stalls for
+    # stall_seconds, up to downtime_max_ms; still stalled after that, the migration is aborted.
+    migrations_per_host: int = 2
+    downtime_start_ms: int = 100
+    downtime_step_ms: int = 100
+    downtime_max_ms: int = 1000
+    stall_seconds: int = 5
+    # Peer to peer: the source libvirtd connects to the destination itself (with its own host principal).
+    migration_p2p: bool = True
+
+
+@dataclass(frozen=True)
 class Config:
     state_dir: Path = field(default_factory=_default_state_dir)
     log_level: str = "info"
@@ -129,6 +161,7 @@ class Config:
     nodes: NodesConfig = field(default_factory=NodesConfig)
     hostbrowser: HostBrowserConfig = field(default_factory=HostBrowserConfig)
     boot: BootConfig = field(default_factory=BootConfig)
+    taskengine: TaskEngineConfig = field(default_factory=TaskEngineConfig)
 
     # Derived values: always computed from the settings above, never stored twice.
     @property

@@ -1,4 +1,5 @@
-"""The one place the appliance starts its daemons' code: the host browser runs as a thread of `drover serve`.
+"""The one place the appliance starts its daemons' code: the host browser and the task engine run as threads
+of `drover serve`.
 
 A thread rather than its own process: it shares the server's configuration, realm and database
 engine, and the lab and `make demo` have one process to start and stop. libvirt's event loop, the
@@ -15,11 +16,13 @@ from appliance.config import Config
 from appliance.db.engine import make_engine
 from appliance.errors import DroverError
 from appliance.kerberos.realm import Realm
+from appliance.libvirtclient import ClientTicket
 
 if TYPE_CHECKING:
     from hostbrowser.browser import HostBrowser
     from hostbrowser.mdns import ZeroconfWatcher
     from hostbrowser.ticket import ApplianceTicket
+    from taskengine.worker import Worker
 
 log = logging.getLogger(__name__)
 
@@ -70,3 +73,31 @@ def start_hostbrowser(cfg: Config, realm: Realm) -> RunningBrowser | None:
             mdns.stop()
             mdns = None
     return RunningBrowser(browser, ticket, mdns)
+
+
+class RunningTaskEngine:
+    """The task engine's worker threads in this process, with the libvirt client ticket they use."""
+
+    def __init__(self, worker: Worker, ticket: ClientTicket) -> None:
+        self.worker = worker
+        self.ticket = ticket
+
+    def stop(self) -> None:
+        self.worker.stop()
+        self.ticket.stop()
+        self.worker.engine.dispose()
+
+
+def start_taskengine(cfg: Config, realm: Realm, workers: int | None = None) -> RunningTaskEngine | None:
+    """Start the task engine's worker threads with the appliance's libvirt credentials; None (logged) if it cannot."""
+    from taskengine.worker import Worker  # noqa: PLC0415 - the launcher is the one allowed importer
+
+    ticket = ClientTicket(realm, cfg.state_dir / "taskengine" / "libvirt.ccache")
+    try:
+        ticket.start()
+    except DroverError as exc:
+        log.error("task engine not started: %s", exc)
+        return None
+    worker = Worker(make_engine(cfg.database_url), cfg.taskengine, cfg.nodes.libvirt_port)
+    worker.start(workers)
+    return RunningTaskEngine(worker, ticket)

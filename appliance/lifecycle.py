@@ -19,9 +19,20 @@ from dataclasses import dataclass, field
 from sqlalchemy import func, or_, select, update
 from sqlalchemy.orm import Session
 
-from appliance import credentials, hosts
+from appliance import credentials, hosts, tasking
 from appliance.db.base import utcnow
-from appliance.db.models import EnrolmentToken, Event, Host, HostState, Severity, TargetKind, Task, TaskState, VmState
+from appliance.db.models import (
+    EnrolmentToken,
+    Event,
+    Host,
+    HostState,
+    Severity,
+    TargetKind,
+    Task,
+    TaskState,
+    TaskType,
+    VmState,
+)
 from appliance.errors import Conflict, NotFound, UsageError
 from appliance.kerberos.realm import Realm
 
@@ -60,6 +71,9 @@ def maintenance(session: Session, host: Host, by: str, reason: str = "") -> Host
             "`drover host activate` ends it",
         )
     hosts.set_state(session, host, HostState.MAINTENANCE, check_reason(reason), by)
+    # Running VMs leave: a clear host task migrates each to a host placement picks (none is this one now).
+    if any(vm.state in (VmState.RUNNING, VmState.PAUSED) for vm in host.vms):
+        tasking.enqueue(session, TaskType.HOST_CLEAR, host.id, {"reason": "maintenance"}, created_by=by)
     log.info("host %s in maintenance (by %s, libvirt %s)", host.hostname, by,
              "connected" if host.libvirt_connected else "not connected")  # fmt: skip
     return host

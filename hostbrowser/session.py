@@ -52,7 +52,11 @@ _EVENT_STATES = {
 def describe(dom: Any) -> Domain:
     """Ask libvirt for the domain's state and size (raises libvirtError if it is gone)."""
     state, max_kib, _mem, vcpus, _cpu = dom.info()
-    return Domain(dom.UUIDString(), dom.name(), _STATES.get(state, VmState.STOPPED), vcpus, max_kib // 1024)
+    found = _STATES.get(state, VmState.STOPPED)
+    # Shut off with a managed save image is a saved VM (the task engine's save): not stopped.
+    if state == libvirt.VIR_DOMAIN_SHUTOFF and dom.hasManagedSaveImage():
+        found = VmState.SAVED
+    return Domain(dom.UUIDString(), dom.name(), found, vcpus, max_kib // 1024)
 
 
 @dataclass(frozen=True)

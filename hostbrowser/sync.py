@@ -25,6 +25,7 @@ from appliance.errors import DroverError
 log = logging.getLogger(__name__)
 
 BATCH = 500
+_LIVE = frozenset({VmState.RUNNING, VmState.PAUSED})
 
 
 @dataclass(frozen=True)
@@ -90,6 +91,13 @@ def _domain(session: Session, host: Host, dom: Domain) -> None:
         session.add(Event(kind="vm.discovered", subject=dom.name, message=f"on {host.hostname}: {dom.state}",
                           host_id=host.id, vm_id=vm.id))  # fmt: skip
         return
+    if vm.host_id is not None and vm.host_id != host.id:
+        if vm.state is VmState.MIGRATING:
+            return  # the incoming copy on the destination: the task engine moves the row when it is done
+        if dom.state not in _LIVE and vm.state in _LIVE:
+            # The leftover of a migration (the source's stopped copy, reported late): the VM lives on the
+            # host its row names; a stopped copy elsewhere must not pull it back.
+            return
     if vm.host_id != host.id:
         vm.host_id = host.id
     vm.name, vm.vcpus, vm.memory_mib = dom.name, max(dom.vcpus, 1), max(dom.memory_mib, 1)

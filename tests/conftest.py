@@ -9,4 +9,5 @@ pytest_plugins: list[str] = [
     "tests.lab.image",
     "tests.lab.nodeagent_peer",
     "tests.lab.agent_node",
+    "tests.lab.taskrack",
 ]

@@ -10,16 +10,17 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
-from appliance import admission, enrolment, hosts, lifecycle
+from appliance import admission, enrolment, hosts, lifecycle, permissions, tasking
 from appliance.api.access import require_role as _require
 from appliance.api.auth import caller
 from appliance.api.edge import read_json
 from appliance.api.state import session, state
 from appliance.db import tokens
-from appliance.db.models import Host
+from appliance.db.models import Host, TaskType
 from appliance.db.models.users import Role
 from appliance.errors import UsageError
 from appliance.kerberos.realm import Realm
+from appliance.permissions import Privilege
 from appliance.pki import Pki
 from nodeagent import wire
 
@@ -149,6 +150,21 @@ def _activate(request: Request) -> JSONResponse:
     with session(request) as s:
         host = lifecycle.activate(s, hosts.find(s, request.path_params["key"]), caller(request).principal)
         return JSONResponse(hosts.summary(host, port))
+
+
+async def clear_host(request: Request) -> JSONResponse:
+    """POST /hosts/{key}/clear (no body): queue a clear host task (migrate every running VM off it)."""
+    await _optional_body(request, frozenset())
+    return await run_in_threadpool(_clear, request)
+
+
+def _clear(request: Request) -> JSONResponse:
+    with session(request) as s:
+        host = hosts.find(s, request.path_params["key"])
+        permissions.require(s, caller(request).principal, Privilege.MODIFY, host.hardware_pool_id,
+                            f"clear host {host.hostname}")  # fmt: skip
+        task = tasking.enqueue(s, TaskType.HOST_CLEAR, host.id, {}, created_by=caller(request).principal)
+        return JSONResponse(tasking.summary(task), status_code=202)
 
 
 _BOOLEAN = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}

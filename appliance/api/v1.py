@@ -6,7 +6,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from appliance.api import hosts, realm, users
+from appliance.api import hosts, realm, users, vms
 
 PREFIX = "/api/v1"
 # Reachable without a ticket: load balancers and `drover serve`'s own readiness check use it.
@@ -33,4 +33,13 @@ routes = [
     Route(f"{PREFIX}/enrolment/windows", hosts.close_windows, methods=["DELETE"]),
     Route(f"{PREFIX}/enrolment/windows/{{id:int}}", hosts.close_windows, methods=["DELETE"]),
     Route(f"{PREFIX}/realm/check", realm.check_realm, methods=["POST"]),
+    Route(f"{PREFIX}/hosts/{{key}}/clear", hosts.clear_host, methods=["POST"]),
+    Route(f"{PREFIX}/vms", vms.list_vms, methods=["GET"]),
+    Route(f"{PREFIX}/vms", vms.create_vm, methods=["POST"]),
+    Route(f"{PREFIX}/vms/{{key}}", vms.show_vm, methods=["GET"]),
+    Route(f"{PREFIX}/vms/{{key}}/{{verb}}", vms.vm_action, methods=["POST"]),
+    Route(f"{PREFIX}/tasks", vms.list_tasks, methods=["GET"]),
+    Route(f"{PREFIX}/tasks/{{id}}", vms.show_task, methods=["GET"]),
+    Route(f"{PREFIX}/tasks/{{id}}/cancel", vms.cancel_task, methods=["POST"]),
+    Route(f"{PREFIX}/cluster/balance", vms.balance, methods=["POST"]),
 ]

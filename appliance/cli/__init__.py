@@ -25,6 +25,10 @@ NOUNS: tuple[tuple[str, str], ...] = (
     ("image", "appliance.cli.image_cmd"),
     ("boot", "appliance.cli.boot_cmd"),
     ("host", "appliance.cli.host_cmd"),
+    ("vm", "appliance.cli.vm_cmd"),
+    ("task", "appliance.cli.task_cmd"),
+    ("cluster", "appliance.cli.cluster_cmd"),
+    ("taskengine", "appliance.cli.taskengine_cmd"),
 )
 
 

@@ -1,4 +1,4 @@
-"""`drover host list|show|approve|maintenance|activate|remove|token`: hosts through the API, as the caller."""
+"""`drover host list|show|approve|maintenance|activate|clear|remove|token`: hosts through the API, as the caller."""
 
 from __future__ import annotations
 
@@ -49,6 +49,10 @@ def register(sub: Any) -> None:
     activate = verbs.add_parser("activate", help="end maintenance: available, or unavailable until libvirt answers")
     activate.add_argument("host", help=_HOST_HELP)
     activate.set_defaults(func=activate_host)
+    clear = verbs.add_parser("clear", help="migrate every running VM off the host (a clear host task)")
+    clear.add_argument("host", help=_HOST_HELP)
+    clear.add_argument("--wait", action="store_true", help="follow the task to its end")
+    clear.set_defaults(func=clear_host)
     remove = verbs.add_parser(
         "remove", help="forget a host: its record, Kerberos principal and tokens (a new boot enrols it anew)"
     )
@@ -158,6 +162,17 @@ def activate_host(args: argparse.Namespace) -> int:
     else:
         print(f"host {h['hostname']} (id {h['id']}) is {h['state']}: libvirt is not connected; "
               "it becomes available when the host browser reaches it")  # fmt: skip
+    return 0
+
+
+def clear_host(args: argparse.Namespace) -> int:
+    from appliance.cli.task_cmd import follow  # noqa: PLC0415 - only this verb needs it
+
+    with client_for(load_config(args)) as api:
+        task = api.post(_path(args.host, "clear"))
+        print(f"task {task['id']} {task['type']} queued for host {args.host}")
+        if args.wait:
+            return follow(api, task["id"])
     return 0
 
 

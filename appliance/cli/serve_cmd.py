@@ -18,7 +18,7 @@ from appliance.db import migrate
 from appliance.errors import KerberosError
 from appliance.kerberos import health
 from appliance.kerberos.realm import FIRST_ADMIN, Realm
-from appliance.launcher import start_hostbrowser
+from appliance.launcher import start_hostbrowser, start_taskengine
 from appliance.pki import ensure as ensure_pki
 from appliance.serving import Group, bind, listener
 
@@ -26,7 +26,9 @@ log = logging.getLogger(__name__)
 
 
 def register(sub: Any) -> None:
-    p = sub.add_parser("serve", help="run the REST API, the node service (identify, heartbeat, boot) and host browser")
+    p = sub.add_parser(
+        "serve", help="run the REST API, the node service (identify, heartbeat, boot), host browser and task engine"
+    )
     p.set_defaults(func=serve)
 
 
@@ -95,6 +97,7 @@ def serve(args: argparse.Namespace) -> int:
         raise
     # Before the apps: the API wakes it (a removed host's session is dropped at once), heartbeats nudge it.
     browser = start_hostbrowser(cfg, realm) if cfg.hostbrowser.enabled else None
+    engine = start_taskengine(cfg, realm) if cfg.taskengine.enabled else None
     try:
         group = Group(
             [
@@ -121,6 +124,8 @@ def serve(args: argparse.Namespace) -> int:
         )
         group.run()
     finally:
+        if engine is not None:
+            engine.stop()
         if browser is not None:
             browser.stop()
     log.info("drover API stopped")

@@ -23,6 +23,9 @@ BUSYBOX = Path("/bin/busybox")
 # What /init prints first, and every second after that: tests wait for these lines.
 BOOT_MARKER = "DROVER-GUEST-UP"
 TICK = "DROVER-TICK"
+POWEROFF = "DROVER-POWEROFF"  # printed when the guest powers off on the ACPI power button
+# Kernel modules (relative to /lib/modules/<version>/kernel) the guest loads for the ACPI power button.
+_MODULES = ("drivers/acpi/button.ko", "drivers/input/evdev.ko")
 
 _INIT = f"""#!/bin/busybox sh
 /bin/busybox mkdir -p /proc /sys /dev
@@ -32,6 +35,16 @@ echo "{BOOT_MARKER} $(/bin/busybox cat /proc/cmdline)" > /dev/ttyS0
 if /bin/busybox grep -q drover.halt /proc/cmdline; then
     /bin/busybox reboot -f
 fi
+# ACPI power button (what `virsh shutdown` / drover's shutdown press): an event on the Power Button's
+# input device powers the guest off, when the kernel's button and evdev modules came with the initramfs.
+/bin/busybox mount -t sysfs sys /sys
+for m in /lib/modules/*.ko; do [ -f "$m" ] && /bin/busybox insmod "$m" 2>/dev/null; done
+for ev in /sys/class/input/event*; do
+    /bin/busybox grep -q "Power Button" "$ev/device/name" 2>/dev/null || continue
+    # evdev hands out whole events (24 bytes on 64-bit) or nothing.
+    (/bin/busybox dd if="/dev/input/${{ev##*/}}" of=/dev/null bs=24 count=1 2>/dev/null &&
+     echo "{POWEROFF}" > /dev/ttyS0 && /bin/busybox poweroff -f) &
+done
 n=0
 while true; do
     n=$((n + 1))
@@ -61,7 +74,20 @@ def _cpio_entry(name: str, mode: int, data: bytes = b"", ino: int = 0) -> bytes:
     return out
 
 
-def build_initramfs(path: Path) -> Path:
+def _modules(kernel: Path | None) -> list[tuple[str, bytes]]:
+    """The power-button modules of `kernel`'s version, as /lib/modules/<name>.ko; none if not installed."""
+    if kernel is None:
+        return []
+    version = kernel.name.removeprefix("vmlinuz-")
+    found = []
+    for rel in _MODULES:
+        path = Path("/lib/modules") / version / "kernel" / rel
+        if path.is_file():
+            found.append((f"lib/modules/{path.name}", path.read_bytes()))
+    return found
+
+
+def build_initramfs(path: Path, kernel: Path | None = None) -> Path:
     """Write a ~2 MB initramfs (busybox-static + /init) to `path`, without cpio or root tricks."""
     if not BUSYBOX.is_file():
         raise ToolMissing(f"{BUSYBOX} not found", "install it: apt-get install busybox-static")
@@ -74,6 +100,10 @@ def build_initramfs(path: Path) -> Path:
         ("bin/sh", stat.S_IFLNK | 0o777, b"busybox"),
         ("init", stat.S_IFREG | 0o755, _INIT.encode()),
     ]
+    modules = _modules(kernel)
+    if modules:
+        entries += [("lib", stat.S_IFDIR | 0o755, b""), ("lib/modules", stat.S_IFDIR | 0o755, b"")]
+        entries += [(name, stat.S_IFREG | 0o644, data) for name, data in modules]
     blob = b"".join(_cpio_entry(name, mode, data, ino) for ino, (name, mode, data) in enumerate(entries, 1))
     blob += _cpio_entry("TRAILER!!!", 0)
     path.write_bytes(blob)
@@ -90,7 +120,8 @@ class GuestImage:
     @classmethod
     def build(cls, directory: Path) -> GuestImage:
         directory.mkdir(parents=True, exist_ok=True)
-        return cls(host_kernel(), build_initramfs(directory / "initrd.cpio"))
+        kernel = host_kernel()
+        return cls(kernel, build_initramfs(directory / "initrd.cpio", kernel))
 
 
 def cmdline(*extra: str) -> str:

@@ -284,6 +284,10 @@ def _namespace_script(settings: NodeSettings, root: Path, conf: Path) -> str:
             copy = root / db
             copy.write_text(Path(f"/etc/{db}").read_text() + entry + "\n")
             lines.append(f"mount --bind {shlex.quote(str(copy))} /etc/{db}")
+    # Lab names for libvirtd itself (peer-to-peer migration opens the destination by name): the LabHosts
+    # /etc/hosts twin, when the factory linked it as <root>/hosts.
+    if (root / "hosts").exists():
+        lines.append(f"mount --bind {shlex.quote(str(root / 'hosts'))} /etc/hosts")
     lines.append(f"hostname {shlex.quote(settings.fqdn)}")
     lines.append(f"exec libvirtd --listen -f {shlex.quote(str(conf))} -p {shlex.quote(str(root / 'libvirtd.pid'))}")
     return "\n".join(lines)
@@ -300,6 +304,7 @@ def start_node(
     for _, sub in _PRIVATE_DIRS:
         (root / sub).mkdir(parents=True, exist_ok=True)
     (root / "sock").mkdir(mode=0o700, exist_ok=True)
+    (root / "log" / "qemu").mkdir(exist_ok=True)  # /var/log/libvirt/qemu, as the package makes it
     (root / "sasl").mkdir(exist_ok=True)
     if files is None:
         keytab = kdc.keytab(settings.service_principal, root / "libvirtd.keytab")
@@ -324,7 +329,10 @@ def _spawn_libvirtd(
 ) -> subprocess.Popen[bytes]:
     if files is None:
         files = NodeFiles(root / "etc" / "libvirtd.conf", root / "sasl", root / "libvirtd.keytab")
-    env = {**kdc.env, "SASL_CONF_PATH": str(files.sasl_dir), "KRB5_KTNAME": f"FILE:{files.keytab}"}
+    env = {**kdc.env, "SASL_CONF_PATH": str(files.sasl_dir), "KRB5_KTNAME": f"FILE:{files.keytab}",
+           # As a client (peer-to-peer migration to another node) libvirtd authenticates as its own
+           # libvirt/<fqdn> principal, from its keytab into a ccache of its own.
+           "KRB5_CLIENT_KTNAME": f"FILE:{files.keytab}", "KRB5CCNAME": f"FILE:{root / 'client.ccache'}"}  # fmt: skip
     if files.krb5_conf is not None:
         env["KRB5_CONFIG"] = str(files.krb5_conf)
     script = _namespace_script(settings, root, files.libvirtd_conf)
@@ -388,6 +396,9 @@ class NodeFactory:
         """Start a node; `settings` from plan(), `files` when the node agent wrote its config and keytab."""
         settings = settings or self.plan(fqdn, allowed_users, log_level=log_level)
         root = self.root_for(settings)
+        root.mkdir(parents=True, exist_ok=True)
+        if self.hosts.etc_hosts.is_file() and not (root / "hosts").exists():
+            (root / "hosts").symlink_to(self.hosts.etc_hosts)
         self._share_caps(root)
         node = start_node(self.kdc, settings, root, files=files)
         self.nodes.append(node)

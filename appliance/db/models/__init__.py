@@ -11,7 +11,7 @@ from appliance.db.models.storage import StoragePool, StorageState, StorageType, 
 from appliance.db.models.tasks import TargetKind, Task, TaskState, TaskType, can_transition, check_transition
 from appliance.db.models.templates import Template, VmPool
 from appliance.db.models.users import Permission, Quota, Role, User
-from appliance.db.models.vms import BootDevice, DiskBus, NicModel, PlacementPolicy, Vm, VmDisk, VmNic, VmState
+from appliance.db.models.vms import BootDevice, DiskBus, Firmware, NicModel, PlacementPolicy, Vm, VmDisk, VmNic, VmState
 
 __all__ = [
     "Arch",
@@ -23,6 +23,7 @@ __all__ = [
     "EnrolmentToken",
     "EnrolmentWindow",
     "Event",
+    "Firmware",
     "HardwarePool",
     "Host",
     "HostClaim",

@@ -6,7 +6,7 @@ import enum
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, CheckConstraint, Index, Text
+from sqlalchemy import JSON, CheckConstraint, Float, Index, Text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from appliance.db.base import Base, CreatedMixin, IdMixin, enum_column
@@ -32,6 +32,8 @@ class TaskType(enum.StrEnum):
     VM_RESTORE = "vm_restore"
     VM_MIGRATE = "vm_migrate"
     VM_CLONE = "vm_clone"
+    VM_DELETE = "vm_delete"  # undefine on its host and forget the row
+    VM_UPDATE_STATE = "vm_update_state"  # re-read the domain from libvirt
     STORAGE_POOL_CREATE = "storage_pool_create"
     STORAGE_POOL_REFRESH = "storage_pool_refresh"
     STORAGE_POOL_DELETE = "storage_pool_delete"
@@ -112,6 +114,14 @@ class Task(IdMixin, CreatedMixin, Base):
     started_at: Mapped[datetime | None]
     finished_at: Mapped[datetime | None]
     created_by: Mapped[str | None]  # principal; None for tasks the appliance makes itself
+    # Higher runs first; among equals the older task.
+    priority: Mapped[int] = mapped_column(default=0)
+    # A transient failure puts the task back in the queue with a back-off: not claimed before this.
+    not_before: Mapped[datetime | None]
+    progress: Mapped[float] = mapped_column(Float, default=0.0)  # 0..1, as the handler reports it
+    message: Mapped[str] = mapped_column(Text, default="")  # the handler's latest progress line
+    # A user asked to abort it while running (a migration); the handler polls this.
+    abort_requested: Mapped[bool] = mapped_column(default=False)
 
     def move_to(self, new: TaskState) -> None:
         check_transition(self.state, new)

@@ -53,6 +53,11 @@ class PlacementPolicy(enum.StrEnum):
     PINNED = "pinned"  # only host_id; never migrated automatically
 
 
+class Firmware(enum.StrEnum):
+    BIOS = "bios"
+    UEFI = "uefi"
+
+
 class BootDevice(enum.StrEnum):
     HD = "hd"
     NETWORK = "network"
@@ -87,6 +92,13 @@ class Vm(IdMixin, CreatedMixin, Base):
     arch: Mapped[Arch] = mapped_column(enum_column(Arch, "vm_arch"), default=Arch.X86_64)
     state: Mapped[VmState] = mapped_column(enum_column(VmState, "vm_state"), default=VmState.PENDING, index=True)
     state_changed_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # Why it is in its state: the error of the task that failed, readable by the user.
+    state_reason: Mapped[str] = mapped_column(Text, default="")
+    firmware: Mapped[Firmware] = mapped_column(enum_column(Firmware, "vm_firmware"), default=Firmware.BIOS)
+    # Direct kernel boot (paths on the host), as the original's kernel/initrd/params: no disk needed.
+    kernel_path: Mapped[str | None]
+    initrd_path: Mapped[str | None]
+    kernel_cmdline: Mapped[str | None] = mapped_column(Text)
     placement_policy: Mapped[PlacementPolicy] = mapped_column(
         enum_column(PlacementPolicy, "placement_policy"), default=PlacementPolicy.LEAST_LOADED
     )

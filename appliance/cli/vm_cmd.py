@@ -1,0 +1,144 @@
+"""`drover vm create|list|show|start|shutdown|poweroff|suspend|resume|save|restore|migrate|delete` through the API.
+
+An action prints the task it queued; `--wait` follows it to its end (as `drover task wait` does).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any
+from urllib.parse import quote
+
+from appliance.cli.api_cmd import client_for
+from appliance.cli.context import load_config
+from appliance.cli.task_cmd import follow, table
+
+_VM_HELP = "id, UUID or name"
+_ACTIONS = {
+    "start": "start a stopped VM (placement picks a host if it has none)",
+    "shutdown": "ask the guest to power off (ACPI)",
+    "poweroff": "pull the plug",
+    "suspend": "pause it in memory",
+    "resume": "run a suspended VM again",
+    "save": "write its memory to its host's disk and stop it",
+    "restore": "start a saved VM from its saved memory",
+    "update-state": "re-read its state from libvirt",
+    "migrate": "move a running VM to another host, live",
+    "delete": "undefine it on its host and forget it (its volumes stay)",
+}
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser("vm", help="virtual machines: create, list, show and drive them through the task queue")
+    verbs = p.add_subparsers(dest="verb", metavar="VERB", required=True)
+    create = verbs.add_parser("create", help="add a VM and queue its create task (defines it on a host)")
+    create.add_argument("name")
+    create.add_argument("--vcpus", type=int, default=1)
+    create.add_argument("--memory", type=int, default=512, metavar="MIB", help="memory in MiB (default 512)")
+    create.add_argument("--pool", help="hardware pool id or name (default: the default pool)")
+    create.add_argument("--host", help="put it on this host (manual placement); default: placement decides")
+    create.add_argument("--pinned", action="store_true", help="never move it (needs --host)")
+    create.add_argument("--uefi", action="store_true", help="UEFI firmware instead of BIOS")
+    create.add_argument("--disk", type=int, action="append", default=[], metavar="VOLUME_ID", help="attach a volume")
+    create.add_argument("--network", action="append", default=[], metavar="NETWORK", help="a NIC on this network")
+    create.add_argument("--kernel", help="direct kernel boot: kernel path on the host")
+    create.add_argument("--initrd", help="direct kernel boot: initrd path on the host")
+    create.add_argument("--cmdline", help="direct kernel boot: kernel command line")
+    create.add_argument("--wait", action="store_true", help="follow the create task to its end")
+    create.set_defaults(func=create_vm)
+    ls = verbs.add_parser("list", help="every VM you may see, with its state and host")
+    ls.add_argument("--json", action="store_true")
+    ls.set_defaults(func=list_vms)
+    show = verbs.add_parser("show", help="one VM: state, host, disks, NICs, tasks not yet ended")
+    show.add_argument("vm", help=_VM_HELP)
+    show.add_argument("--json", action="store_true")
+    show.set_defaults(func=show_vm)
+    for verb, text in _ACTIONS.items():
+        v = verbs.add_parser(verb, help=text)
+        v.add_argument("vm", help=_VM_HELP)
+        if verb == "migrate":
+            v.add_argument("--host", help="destination (default: placement decides)")
+            v.add_argument("--bandwidth", type=int, metavar="MIB_S", help="limit the transfer to this many MiB/s")
+        if verb == "shutdown":
+            v.add_argument("--timeout", type=int, metavar="SECONDS", help="fail if still running after this long")
+        v.add_argument("--wait", action="store_true", help="follow the task to its end")
+        v.set_defaults(func=vm_action, action=verb)
+
+
+def _path(vm: str, verb: str = "") -> str:
+    return f"/api/v1/vms/{quote(vm, safe='')}" + (f"/{verb}" if verb else "")
+
+
+def create_vm(args: argparse.Namespace) -> int:
+    body: dict[str, Any] = {"name": args.name, "vcpus": args.vcpus, "memory_mib": args.memory}
+    if args.pool:
+        body["pool"] = int(args.pool) if args.pool.isdigit() else args.pool
+    if args.host:
+        body["host"] = args.host
+    if args.pinned:
+        body["placement_policy"] = "pinned"
+    if args.uefi:
+        body["firmware"] = "uefi"
+    if args.disk:
+        body["disks"] = [{"volume": v} for v in args.disk]
+    if args.network:
+        body["nics"] = [{"network": int(n) if n.isdigit() else n} for n in args.network]
+    for key in ("kernel", "initrd", "cmdline"):
+        if getattr(args, key):
+            body[key] = getattr(args, key)
+    with client_for(load_config(args)) as api:
+        out = api.post("/api/v1/vms", body)
+        vm, task = out["vm"], out["task"]
+        print(f"VM {vm['name']} (id {vm['id']}, {vm['uuid']}) added; task {task['id']} {task['type']} queued")
+        if args.wait:
+            return follow(api, task["id"])
+    return 0
+
+
+def list_vms(args: argparse.Namespace) -> int:
+    with client_for(load_config(args)) as api:
+        rows = api.get("/api/v1/vms")["vms"]
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    out = [("ID", "NAME", "STATE", "HOST", "VCPUS", "MEMORY", "POOL")]
+    for v in rows:
+        out.append((str(v["id"]), v["name"], v["state"], v["host"] or "-", str(v["vcpus"]),
+                    f"{v['memory_mib']} MiB", v["pool"]))  # fmt: skip
+    table(out)
+    return 0
+
+
+def show_vm(args: argparse.Namespace) -> int:
+    with client_for(load_config(args)) as api:
+        v = api.get(_path(args.vm))
+    if args.json:
+        print(json.dumps(v, indent=2))
+        return 0
+    for key in ("id", "name", "uuid", "state", "state_reason", "host", "vcpus", "memory_mib", "pool",
+                "placement_policy", "firmware", "owner", "kernel", "cmdline"):  # fmt: skip
+        print(f"{key + ':':<18}{v[key] if v[key] not in (None, '') else '-'}")
+    for d in v["disks"]:
+        print(f"disk:             {d['target']} {d['volume']} ({d['bus']}) {d['path'] or ''}".rstrip())
+    for n in v["nics"]:
+        print(f"nic:              {n['mac']} {n['network'] or '(user networking)'} {n['model']}")
+    for t in v["tasks"]:
+        print(f"task:             {t['id']} {t['type']} {t['state']} {t['message']}".rstrip())
+    return 0
+
+
+def vm_action(args: argparse.Namespace) -> int:
+    body: dict[str, Any] = {}
+    if getattr(args, "host", None):
+        body["host"] = args.host
+    if getattr(args, "bandwidth", None) is not None:
+        body["bandwidth_mib"] = args.bandwidth
+    if getattr(args, "timeout", None) is not None:
+        body["timeout"] = args.timeout
+    with client_for(load_config(args)) as api:
+        task = api.post(_path(args.vm, args.action), body or None)
+        print(f"task {task['id']} {task['type']} queued for VM {args.vm}")
+        if args.wait:
+            return follow(api, task["id"])
+    return 0

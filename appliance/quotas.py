@@ -1,0 +1,87 @@
+"""Quotas per user and hardware pool: checked when a VM is created (VMs, vCPUs, memory, storage) and when it
+is started (vCPUs and memory of the owner's VMs that run, or will once their queued starts have run).
+
+A refusal says which quota, the limit, what the request would make it and by how much it is over.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from appliance.db.models import HardwarePool, Quota, StorageVolume, Task, TaskState, TaskType, Vm, VmDisk
+from appliance.errors import Conflict
+from appliance.placement import HOLDS_RESOURCES
+
+
+@dataclass(frozen=True)
+class Usage:
+    vms: int = 0
+    vcpus: int = 0
+    memory_mib: int = 0
+    disk_bytes: int = 0
+
+
+def _quota(session: Session, owner_id: int | None, pool_id: int) -> Quota | None:
+    if owner_id is None:
+        return None
+    return session.scalars(select(Quota).where(Quota.user_id == owner_id, Quota.hardware_pool_id == pool_id)).first()
+
+
+def _refuse(session: Session, pool_id: int, checks: list[tuple[str, int | None, int, str]]) -> None:
+    over = [(name, limit, want, unit) for name, limit, want, unit in checks if limit is not None and want > limit]
+    if not over:
+        return
+    pool = session.scalar(select(HardwarePool.name).where(HardwarePool.id == pool_id)) or pool_id
+    parts = [f"{name} {limit}{unit}: this would make {want}{unit}, {want - limit}{unit} over"
+             for name, limit, want, unit in over]  # fmt: skip
+    raise Conflict(f"over quota in hardware pool {pool}: " + "; ".join(parts),
+                   "stop or delete VMs, or ask an admin to raise the quota")  # fmt: skip
+
+
+def owned(session: Session, owner_id: int, pool_id: int) -> Usage:
+    """What the owner's VMs in the pool hold: all of them (count, disks) and the running ones (vCPUs, memory)."""
+    vms = session.scalar(select(func.count()).select_from(Vm).where(Vm.owner_id == owner_id,
+                                                                    Vm.hardware_pool_id == pool_id)) or 0  # fmt: skip
+    disk = session.scalar(
+        select(func.coalesce(func.sum(StorageVolume.capacity_bytes), 0))
+        .select_from(VmDisk).join(Vm, VmDisk.vm_id == Vm.id)
+        .join(StorageVolume, VmDisk.storage_volume_id == StorageVolume.id)
+        .where(Vm.owner_id == owner_id, Vm.hardware_pool_id == pool_id)
+    ) or 0  # fmt: skip
+    starting = select(Task.target_id).where(
+        Task.type == TaskType.VM_START, Task.state.in_((TaskState.QUEUED, TaskState.RUNNING))
+    )
+    live = session.execute(
+        select(func.coalesce(func.sum(Vm.vcpus), 0), func.coalesce(func.sum(Vm.memory_mib), 0)).where(
+            Vm.owner_id == owner_id, Vm.hardware_pool_id == pool_id,
+            Vm.state.in_(HOLDS_RESOURCES) | Vm.id.in_(starting),
+        )
+    ).one()  # fmt: skip
+    return Usage(int(vms), int(live[0]), int(live[1]), int(disk))
+
+
+def check_create(session: Session, owner_id: int | None, pool_id: int, disk_bytes: int) -> None:
+    """A new VM for `owner_id` in the pool: VM count and storage (vCPUs and memory count once it starts)."""
+    quota = _quota(session, owner_id, pool_id)
+    if quota is None or owner_id is None:
+        return
+    used = owned(session, owner_id, pool_id)
+    _refuse(session, pool_id, [
+        ("max_vms", quota.max_vms, used.vms + 1, ""),
+        ("max_disk_bytes", quota.max_disk_bytes, used.disk_bytes + disk_bytes, " bytes"),
+    ])  # fmt: skip
+
+
+def check_start(session: Session, vm: Vm) -> None:
+    """Starting `vm`: its owner's running vCPUs and memory in the pool, with this VM's, within quota."""
+    quota = _quota(session, vm.owner_id, vm.hardware_pool_id)
+    if quota is None or vm.owner_id is None:
+        return
+    used = owned(session, vm.owner_id, vm.hardware_pool_id)
+    _refuse(session, vm.hardware_pool_id, [
+        ("max_vcpus", quota.max_vcpus, used.vcpus + vm.vcpus, ""),
+        ("max_memory_mib", quota.max_memory_mib, used.memory_mib + vm.memory_mib, " MiB"),
+    ])  # fmt: skip

@@ -1,0 +1,217 @@
+"""Putting tasks in the queue and taking them out of it: the checks made at enqueue time, cancel and abort.
+
+What a task may do is decided here, before anything reaches a host: the target must exist, and an action
+on a VM must fit the state the VM will have once the tasks already queued for it have run (vmstate). The
+VM's row is locked first, so two requests for one VM are checked one after the other. Every change writes
+an event. The task engine (taskengine/) runs what this queues; the API and the CLI call only this.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from sqlalchemy import event as sa_event
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from appliance import quotas, vmstate
+from appliance.db.base import utcnow
+from appliance.db.models import (
+    Event,
+    Host,
+    PlacementPolicy,
+    Severity,
+    Snapshot,
+    StoragePool,
+    StorageVolume,
+    TargetKind,
+    Task,
+    TaskState,
+    TaskType,
+    Vm,
+)
+from appliance.errors import Conflict, NotFound, UsageError
+
+log = logging.getLogger(__name__)
+
+# Task types a running instance may be aborted of (the handler polls Task.abort_requested).
+ABORTABLE = frozenset({TaskType.VM_MIGRATE, TaskType.HOST_CLEAR})
+
+_TARGETS: dict[TargetKind, type[Vm] | type[Host] | type[StoragePool] | type[StorageVolume] | type[Snapshot]] = {
+    TargetKind.VM: Vm,
+    TargetKind.HOST: Host,
+    TargetKind.STORAGE_POOL: StoragePool,
+    TargetKind.STORAGE_VOLUME: StorageVolume,
+    TargetKind.SNAPSHOT: Snapshot,
+}
+
+# Called (no arguments) after a transaction that queued a task commits: a task engine in this process
+# claims it now instead of at its next poll.
+_wakers: list[Callable[[], None]] = []
+_wakers_lock = threading.Lock()
+
+
+def on_enqueue(waker: Callable[[], None]) -> None:
+    with _wakers_lock:
+        _wakers.append(waker)
+
+
+def off_enqueue(waker: Callable[[], None]) -> None:
+    with _wakers_lock:
+        if waker in _wakers:
+            _wakers.remove(waker)
+
+
+def _wake(_session: Session) -> None:
+    with _wakers_lock:
+        wakers = list(_wakers)
+    for waker in wakers:
+        waker()
+
+
+def lock_vm(session: Session, vm_id: int) -> Vm | None:
+    """The VM re-read under its row's write lock (a no-op UPDATE: both engines honour it); None if gone."""
+    session.execute(
+        update(Vm).where(Vm.id == vm_id).values(state=Vm.state).execution_options(synchronize_session=False)
+    )
+    return session.get(Vm, vm_id, populate_existing=True)
+
+
+def pending_for(session: Session, kind: TargetKind, target_id: int) -> list[Task]:
+    """Tasks not yet ended on one target, in the order they will run (running first, then by id)."""
+    rows = session.scalars(
+        select(Task)
+        .where(
+            Task.target_kind == kind,
+            Task.target_id == target_id,
+            Task.state.in_((TaskState.QUEUED, TaskState.RUNNING)),
+        )
+        .order_by(Task.id)
+    ).all()
+    return sorted(rows, key=lambda t: (t.state is not TaskState.RUNNING, t.id))
+
+
+def task_event(session: Session, task: Task, kind: str, message: str, severity: Severity = Severity.INFO) -> None:
+    """An event about a task, tied to its VM or host when that is its target."""
+    vm_id = task.target_id if task.target_kind is TargetKind.VM else None
+    host_id = task.target_id if task.target_kind is TargetKind.HOST else None
+    if vm_id is not None and session.get(Vm, vm_id) is None:
+        vm_id = None
+    if host_id is not None and session.get(Host, host_id) is None:
+        host_id = None
+    session.add(
+        Event(
+            kind=kind,
+            subject=f"task {task.id} {task.type}",
+            message=message,
+            severity=severity,
+            task_id=task.id,
+            vm_id=vm_id,
+            host_id=host_id,
+        )
+    )
+
+
+def enqueue(
+    session: Session,
+    type: TaskType,
+    target_id: int,
+    args: dict[str, Any],
+    *,
+    created_by: str | None,
+    priority: int = 0,
+) -> Task:
+    """Queue `type` on `target_id` after the checks; Conflict (409) with the reason when it cannot follow
+    what is queued, NotFound (404) when the target does not exist. Nothing is written on refusal."""
+    if not isinstance(args, dict):
+        raise UsageError("task arguments must be a JSON object")
+    kind = type.target_kind
+    model = _TARGETS[kind]
+    if kind is TargetKind.VM:
+        vm = lock_vm(session, target_id)
+        if vm is None:
+            raise NotFound(f"VM {target_id} does not exist", "see `drover vm list`")
+        if type in vmstate.TABLE:
+            pending = [(t.id, t.type) for t in pending_for(session, kind, target_id)]
+            vmstate.check(type, vm.name, vm.state, pending)
+        if type is TaskType.VM_MIGRATE and vm.placement_policy is PlacementPolicy.PINNED:
+            host = vm.host.hostname if vm.host is not None else "no host"
+            raise Conflict(f"VM {vm.name} is pinned to {host}: it is never migrated",
+                           "set its placement policy to least_loaded to move it")  # fmt: skip
+        if type is TaskType.VM_START:
+            quotas.check_start(session, vm)
+        subject = f"VM {vm.name}"
+    else:
+        target = session.get(model, target_id)
+        if target is None:
+            raise NotFound(f"{kind.value.replace('_', ' ')} {target_id} does not exist")
+        subject = f"{kind.value.replace('_', ' ')} {target_id}"
+    task = Task(type=type, target_kind=kind, target_id=target_id, args=dict(args), created_by=created_by,
+                priority=priority, state=TaskState.QUEUED)  # fmt: skip
+    session.add(task)
+    session.flush()
+    task_event(session, task, "task.queued", f"{type} on {subject} queued by {created_by or 'the appliance'}")
+    if not sa_event.contains(session, "after_commit", _wake):
+        sa_event.listen(session, "after_commit", _wake, once=True)
+    log.info("task %s queued: %s on %s by %s", task.id, type, subject, created_by or "the appliance")
+    return task
+
+
+def get(session: Session, task_id: int) -> Task:
+    task = session.get(Task, task_id)
+    if task is None:
+        raise NotFound(f"task {task_id} does not exist", "see `drover task list`")
+    return task
+
+
+def cancel(session: Session, task_id: int, by: str | None) -> Task:
+    """Cancel a queued task; ask a running migration (or clear host) to abort. Conflict otherwise."""
+    task = session.get(Task, task_id, with_for_update=True)
+    if task is None:
+        raise NotFound(f"task {task_id} does not exist", "see `drover task list`")
+    who = by or "the appliance"
+    if task.state is TaskState.QUEUED:
+        task.move_to(TaskState.CANCELED)
+        task.finished_at = utcnow()
+        task.error = f"canceled by {who}"
+        task_event(session, task, "task.canceled", f"canceled by {who} before it ran")
+        return task
+    if task.state is TaskState.RUNNING:
+        if task.type not in ABORTABLE:
+            raise Conflict(
+                f"task {task.id} ({task.type}) is running and cannot be stopped half-way",
+                "only a queued task is canceled; a running migration or clear host is aborted",
+            )
+        if task.abort_requested:
+            raise Conflict(f"task {task.id}: an abort was already asked for", "`drover task wait` follows it")
+        task.abort_requested = True
+        task_event(session, task, "task.abort", f"abort asked for by {who}", Severity.WARNING)
+        return task
+    raise Conflict(f"task {task.id} has already ended ({task.state})", "only queued or running tasks are canceled")
+
+
+def summary(task: Task) -> dict[str, Any]:
+    """A task as the API returns it."""
+    return {
+        "id": task.id,
+        "type": str(task.type),
+        "target_kind": str(task.target_kind),
+        "target_id": task.target_id,
+        "state": str(task.state),
+        "priority": task.priority,
+        "progress": task.progress,
+        "message": task.message,
+        "attempts": task.attempts,
+        "args": task.args,
+        "result": task.result,
+        "error": task.error,
+        "abort_requested": task.abort_requested,
+        "created_by": task.created_by,
+        "created_at": task.created_at.isoformat(),
+        "started_at": task.started_at.isoformat() if task.started_at else None,
+        "finished_at": task.finished_at.isoformat() if task.finished_at else None,
+        "lease_owner": task.lease_owner,
+    }

@@ -1,0 +1,216 @@
+"""The task engine's edges on the lab rack: malformed requests, permissions per hardware pool, quotas at
+create and start, a libvirt error and a host that goes away mid-task — each a readable failure that leaves
+nothing half-done, with the queue flowing on.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable, Iterator
+
+import pytest
+from sqlalchemy import delete, func, select
+
+from appliance.client import Client
+from appliance.db.base import utcnow
+from appliance.db.engine import session_scope
+from appliance.db.models import (
+    HardwarePool,
+    Host,
+    HostState,
+    HypervisorType,
+    Permission,
+    Quota,
+    Role,
+    Task,
+    TaskState,
+    User,
+    Vm,
+    VmState,
+)
+from appliance.errors import Conflict, Forbidden
+from tests.lab.kdc import APPLIANCE_HOST, LabKdc
+from tests.lab.libvirtd import NodeFactory
+from tests.lab.taskrack import TaskRack, wait_until
+
+pytestmark = pytest.mark.lab
+
+AsUser = Callable[[str], Client]
+
+
+@pytest.fixture
+def client_as(task_rack: TaskRack, kdc: LabKdc, monkeypatch: pytest.MonkeyPatch) -> Iterator[AsUser]:
+    monkeypatch.setenv("KRB5_CONFIG", str(kdc.krb5_conf))
+    clients: list[Client] = []
+
+    def make(name: str) -> Client:
+        ccache = kdc.ticket(name)["KRB5CCNAME"]
+        client = Client(task_rack.served.local_url, service_host=APPLIANCE_HOST, ccache=ccache)
+        clients.append(client)
+        return client
+
+    yield make
+    for c in clients:
+        c.close()
+
+
+def _counts(rack: TaskRack) -> tuple[int, int]:
+    with session_scope(rack.db) as s:
+        return (int(s.scalar(select(func.count()).select_from(Vm)) or 0),
+                int(s.scalar(select(func.count()).select_from(Task)) or 0))  # fmt: skip
+
+
+def _user(rack: TaskRack, kdc: LabKdc, name: str, role: Role, pool: bool) -> int:
+    """A user with `role` in the default pool (pool=True) or globally."""
+    principal = f"{name}@{kdc.realm.name}"
+    with session_scope(rack.db) as s:
+        user = s.scalars(select(User).where(User.principal == principal)).first()
+        if user is None:
+            user = User(principal=principal)
+            s.add(user)
+            s.flush()
+        pool_id = s.scalars(select(HardwarePool.id).where(HardwarePool.name == "default")).one() if pool else None
+        s.add(Permission(user_id=user.id, role=role, hardware_pool_id=pool_id))
+        return user.id
+
+
+@pytest.mark.parametrize(
+    "body",
+    [b"{not json", b"[1, 2]", b'{"name": "x", "colour": "red"}', b'{"name": "bad name!"}',
+     b'{"name": "ok1", "vcpus": 0}', b'{"name": "ok2", "memory_mib": "lots"}',
+     b'{"name": "ok3", "disks": [{"volume": 99999}]}',
+     b'{"name": "ok4", "placement_policy": "pinned"}', b'{"name": "ok5", "host": "no-such-host"}'],
+)  # fmt: skip
+def test_malformed_create_is_4xx_and_changes_nothing(task_rack: TaskRack, client_as: AsUser, body: bytes) -> None:
+    boss = client_as("boss")
+    before = _counts(task_rack)
+    r = boss._http.post("/api/v1/vms", content=body, headers={"Content-Type": "application/json"})
+    assert r.status_code in (400, 404), r.text
+    assert r.json()["error"]
+    assert _counts(task_rack) == before
+
+
+def test_malformed_actions_and_task_queries(task_rack: TaskRack, client_as: AsUser) -> None:
+    boss = client_as("boss")
+    assert boss._http.post("/api/v1/vms/nope/start").status_code == 404
+    assert boss._http.post("/api/v1/vms/nope/explode").status_code == 404
+    assert boss._http.get("/api/v1/tasks", params={"state": "sleeping"}).status_code == 400
+    assert boss._http.get("/api/v1/tasks/abc").status_code == 400
+    assert boss._http.get("/api/v1/tasks/999999").status_code == 404
+    assert boss._http.post("/api/v1/cluster/balance", json={"dry_run": "yes"}).status_code == 400
+
+
+def test_permissions_follow_the_hardware_pool(task_rack: TaskRack, kdc: LabKdc, client_as: AsUser) -> None:
+    rack = task_rack
+    _user(rack, kdc, "watcher", Role.MONITOR, pool=False)
+    _user(rack, kdc, "operator", Role.USER, pool=True)
+    boss: Client = client_as("boss")
+    name = rack.unique("perm")
+    created = boss.post("/api/v1/vms", {"name": name, "memory_mib": 64})
+    rack.wait_task(created["task"]["id"])
+    watcher: Client = client_as("watcher")
+    assert any(v["name"] == name for v in watcher.get("/api/v1/vms")["vms"])
+    with pytest.raises(Forbidden, match="may not start VM"):
+        watcher.post(f"/api/v1/vms/{name}/start")
+    operator: Client = client_as("operator")
+    with pytest.raises(Forbidden, match="needs the modify privilege in hardware pool default"):
+        operator.post("/api/v1/vms", {"name": rack.unique("nope"), "memory_mib": 64})
+    with pytest.raises(Forbidden, match="may not migrate"):
+        operator.post(f"/api/v1/vms/{name}/migrate")
+    # vm_control is enough to suspend (refused only for its state: the privilege check passed).
+    with pytest.raises(Conflict, match="cannot suspend"):
+        operator.post(f"/api/v1/vms/{name}/suspend")
+    nobody: Client = client_as("stranger")
+    assert nobody.get("/api/v1/vms")["vms"] == []
+    rack.wait_task(boss.post(f"/api/v1/vms/{name}/delete")["id"])
+
+
+def test_quotas_refuse_at_create_and_start_saying_by_how_much(
+    task_rack: TaskRack, kdc: LabKdc, client_as: AsUser
+) -> None:
+    rack = task_rack
+    user_id = _user(rack, kdc, "quser", Role.ADMIN, pool=True)
+    with session_scope(rack.db) as s:
+        pool_id = s.scalars(select(HardwarePool.id).where(HardwarePool.name == "default")).one()
+        s.add(Quota(user_id=user_id, hardware_pool_id=pool_id, max_vms=1, max_vcpus=1, max_memory_mib=1024))
+    q: Client = client_as("quser")
+    name = rack.unique("quota")
+    first = q.post("/api/v1/vms", {"name": name, "memory_mib": 64, "vcpus": 2})
+    assert rack.wait_task(first["task"]["id"]).state is TaskState.FINISHED
+    before = _counts(rack)
+    with pytest.raises(Conflict, match=r"over quota in hardware pool default: max_vms 1: this would make 2, 1 over"):
+        q.post("/api/v1/vms", {"name": rack.unique("quota"), "memory_mib": 64})
+    with pytest.raises(Conflict, match=r"max_vcpus 1: this would make 2, 1 over"):
+        q.post(f"/api/v1/vms/{name}/start")
+    assert _counts(rack) == before
+    rack.wait_task(q.post(f"/api/v1/vms/{name}/delete")["id"])
+    with session_scope(rack.db) as s:
+        s.execute(delete(Quota).where(Quota.user_id == user_id))
+
+
+def test_a_libvirt_error_fails_readably_and_the_queue_flows_on(task_rack: TaskRack) -> None:
+    rack = task_rack
+    broken, fine = rack.unique("broken"), rack.unique("fine")
+    args = rack.guest_args(broken)
+    args[args.index("--kernel") + 1] = "/nonexistent/vmlinuz"
+    assert rack.drover(*args, "--wait").returncode == 0  # defining does not open the kernel
+    started = rack.drover("vm", "start", broken, "--wait")
+    assert started.returncode == 10
+    assert "/nonexistent/vmlinuz" in started.stderr
+    vm = rack.vm(broken)
+    assert vm.state is VmState.STOPPED and "/nonexistent/vmlinuz" in vm.state_reason
+    with session_scope(rack.db) as s:
+        task = s.scalars(select(Task).where(Task.target_id == vm.id).order_by(Task.id.desc())).first()
+        assert task is not None and task.attempts == 1  # not a transient error: no retries
+    assert rack.drover(*rack.guest_args(fine), "--wait").returncode == 0
+    shown = rack.drover("vm", "show", broken)
+    assert "start failed" in shown.stdout
+    for name in (broken, fine):
+        assert rack.drover("vm", "delete", name, "--wait").returncode == 0
+
+
+def test_a_host_gone_mid_task_fails_after_bounded_retries(
+    task_rack: TaskRack, libvirt_nodes: NodeFactory
+) -> None:
+    rack = task_rack
+    fqdn = f"tgone{uuid.uuid4().hex[:4]}.example.test"
+    node = libvirt_nodes.start(fqdn, settings=libvirt_nodes.plan(fqdn, port=rack.lab.libvirt_port))
+    with session_scope(rack.db) as s:
+        pool_id = s.scalars(select(HardwarePool.id).where(HardwarePool.name == "default")).one()
+        host = Host(uuid=node.settings.host_uuid, hostname=fqdn, approved_at=utcnow(),
+                    credentials_issued_at=utcnow(), memory_mib=1024, cpu_count=2,
+                    hypervisor_type=HypervisorType.QEMU, hardware_pool_id=pool_id)  # fmt: skip
+        s.add(host)
+        s.flush()
+        host_id = host.id
+
+    def up() -> bool:
+        with session_scope(rack.db) as s:
+            return s.get(Host, host_id).state is HostState.AVAILABLE  # type: ignore[union-attr]
+
+    wait_until("the new host available", up, 60)
+    name = rack.unique("gone")
+    # No kernel and no disk: qemu runs (firmware finds nothing to boot), nothing answers ACPI.
+    assert rack.drover("vm", "create", name, "--memory", "64", "--host", fqdn, "--wait").returncode == 0
+    assert rack.drover("vm", "start", name, "--wait").returncode == 0
+    queued = rack.drover("vm", "shutdown", name, "--timeout", "600")
+    task_id = int(queued.stdout.split()[1])
+    deadline = time.monotonic() + 60
+    while True:
+        with session_scope(rack.db) as s:
+            if s.get(Task, task_id).state is TaskState.RUNNING:  # type: ignore[union-attr]
+                break
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    time.sleep(1)
+    node.stop()  # libvirtd and its guest gone while the shutdown task waits on it
+    task = rack.wait_task(task_id, 180)
+    assert task.state is TaskState.FAILED
+    assert "gave up after" in (task.error or "") and task.attempts > 1
+    vm = rack.vm(name)
+    assert vm.state in (VmState.RUNNING, VmState.UNREACHABLE)  # back to what it was, or what the browser saw
+    assert "shutdown failed" in vm.state_reason
+    with session_scope(rack.db) as s:
+        s.execute(delete(Vm).where(Vm.id == vm.id))
+        s.execute(delete(Host).where(Host.id == host_id))

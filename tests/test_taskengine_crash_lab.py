@@ -1,0 +1,154 @@
+"""Claims and crashes: worker processes SIGKILLed at random points while they drive real guests (afterwards
+every task ended exactly once and the database agrees with libvirt), and two worker processes on PostgreSQL
+sharing 1,000 tasks (none run twice, none left).
+"""
+
+from __future__ import annotations
+
+import random
+import time
+import uuid
+from collections import Counter
+
+import libvirt
+import pytest
+from sqlalchemy import func, select
+
+from appliance import tasking
+from appliance.db import migrate
+from appliance.db.base import utcnow
+from appliance.db.engine import make_engine, session_scope
+from appliance.db.models import Event, HardwarePool, Host, HostState, Task, TaskState, TaskType, Vm, VmState
+from tests.lab.taskrack import TaskRack, wait_until
+
+pytestmark = pytest.mark.lab
+
+_REAL = {
+    libvirt.VIR_DOMAIN_RUNNING: VmState.RUNNING,
+    libvirt.VIR_DOMAIN_PAUSED: VmState.PAUSED,
+    libvirt.VIR_DOMAIN_SHUTOFF: VmState.STOPPED,
+}
+
+
+def _real_state(rack: TaskRack, vm: Vm) -> VmState | None:
+    conn = libvirt.open(rack.node_of(vm.host_id).local_uri)
+    try:
+        state = conn.lookupByUUIDString(vm.uuid).state()[0]
+        return _REAL.get(state)
+    except libvirt.libvirtError:
+        return None
+    finally:
+        conn.close()
+
+
+def test_sigkill_at_random_points_every_task_ends_once_and_db_agrees_with_libvirt(task_rack: TaskRack) -> None:
+    rack = task_rack
+    rack.stop_workers()  # this test owns the workers: one process at a time, killed and restarted
+    names = [rack.unique("kill") for _ in range(3)]
+    for name in names:
+        created = rack.drover(*rack.guest_args(name, 64))
+        assert created.returncode == 0, created.stderr
+    cycle = [TaskType.VM_START, TaskType.VM_SUSPEND, TaskType.VM_RESUME, TaskType.VM_POWEROFF]
+    with session_scope(rack.db) as s:
+        vm_ids = [s.scalars(select(Vm.id).where(Vm.name == n)).one() for n in names]
+        for _ in range(3):
+            for task_type in cycle:
+                for vm_id in vm_ids:
+                    tasking.enqueue(s, task_type, vm_id, {}, created_by="crash-test")
+    with session_scope(rack.db) as s:
+        ours = [t.id for t in s.scalars(select(Task).where(Task.target_id.in_(vm_ids)))]
+    assert len(ours) == 3 + 3 * len(cycle) * 3  # 3 creates + the cycles
+    rng = random.Random(20261130)
+    kills = 0
+    proc = rack.start_worker(workers=3, log_name="worker-kill-0.log")
+    deadline = time.monotonic() + 600
+    while True:
+        with session_scope(rack.db) as s:
+            left = s.scalar(select(func.count()).select_from(Task).where(
+                Task.id.in_(ours), Task.state.in_((TaskState.QUEUED, TaskState.RUNNING)))) or 0  # fmt: skip
+        if not left:
+            break
+        assert time.monotonic() < deadline, f"{left} tasks not ended"
+        if kills < 6:
+            time.sleep(rng.uniform(0.5, 4.0))
+            rack.kill_worker(proc)
+            kills += 1
+            proc = rack.start_worker(workers=3, log_name=f"worker-kill-{kills}.log")
+        else:
+            time.sleep(0.5)
+    assert kills == 6
+    with session_scope(rack.db) as s:
+        tasks = s.scalars(select(Task).where(Task.id.in_(ours))).all()
+        ends = Counter(s.scalars(select(Event.task_id).where(
+            Event.task_id.in_(ours), Event.kind.in_(("task.finished", "task.failed"))))).values()  # fmt: skip
+        recovered = s.scalar(select(func.count()).select_from(Event).where(
+            Event.task_id.in_(ours), Event.kind == "task.reconciled")) or 0  # fmt: skip
+        states = Counter(t.state for t in tasks)
+        failed = [(t.id, t.type, t.error) for t in tasks if t.state is TaskState.FAILED]
+    assert set(ends) == {1} and len(list(ends)) == len(ours), "a task ended twice or never"
+    assert states[TaskState.FINISHED] + states[TaskState.FAILED] == len(ours)
+    # Killed mid-task, a task is reconciled with libvirt and finished, not failed: nothing here fails.
+    assert not failed, failed
+    assert recovered >= 1, "no kill landed inside a task: the test proved nothing"
+    for name in names:
+        vm = rack.vm(name)
+        assert vm.state is VmState.STOPPED
+        assert _real_state(rack, vm) is VmState.STOPPED
+    rack.stop_workers()
+    rack.start_worker(log_name="worker-main-2.log")
+    for name in names:
+        assert rack.drover("vm", "delete", name, "--wait").returncode == 0
+
+
+def test_two_workers_on_postgresql_share_1000_tasks_none_twice_none_left(
+    task_rack: TaskRack, postgres_url: str
+) -> None:
+    rack = task_rack
+    migrate.upgrade(postgres_url)
+    engine = make_engine(postgres_url)
+    try:
+        with session_scope(engine) as s:
+            pool = HardwarePool(name="default")
+            s.add(pool)
+            s.flush()
+            hosts = []
+            for node in rack.nodes:
+                host = Host(uuid=str(uuid.uuid4()), hostname=node.fqdn, state=HostState.AVAILABLE,
+                            approved_at=utcnow(), memory_mib=2048, cpu_count=4, hardware_pool_id=pool.id)  # fmt: skip
+                s.add(host)
+                hosts.append(host)
+            s.flush()
+            vms = [Vm(uuid=str(uuid.uuid4()), name=f"pg{n}", vcpus=1, memory_mib=64, hardware_pool_id=pool.id,
+                      host_id=hosts[n % 2].id, state=VmState.STOPPED) for n in range(250)]  # fmt: skip
+            s.add_all(vms)
+            s.flush()
+            # 4 update-state tasks per VM: each asks the VM's node over Kerberos whether the domain exists.
+            for _ in range(4):
+                for vm in vms:
+                    tasking.enqueue(s, TaskType.VM_UPDATE_STATE, vm.id, {}, created_by="pg-test")
+        workers = [rack.start_worker(workers=4, database_url=postgres_url, log_name=f"pg-worker-{n}.log")
+                   for n in range(2)]  # fmt: skip
+
+        def done() -> bool:
+            with session_scope(engine) as s:
+                return not s.scalar(select(func.count()).select_from(Task).where(
+                    Task.state.in_((TaskState.QUEUED, TaskState.RUNNING))))  # fmt: skip
+
+        wait_until("1,000 tasks ended", done, 600)
+        for proc in workers:
+            rack.kill_worker(proc)
+        rack.workers = [p for p in rack.workers if p not in workers]
+        with session_scope(engine) as s:
+            tasks = s.scalars(select(Task)).all()
+            claims = Counter(s.scalars(select(Event.task_id).where(Event.kind == "task.running")))
+            ends = Counter(s.scalars(select(Event.task_id).where(Event.kind.in_(("task.finished", "task.failed")))))
+        assert len(tasks) == 1000
+        assert all(t.state is TaskState.FINISHED for t in tasks), Counter(t.state for t in tasks)
+        assert all(t.attempts == 1 for t in tasks)
+        assert set(claims.values()) == {1} and len(claims) == 1000, "a task was claimed twice"
+        assert set(ends.values()) == {1} and len(ends) == 1000
+        # Both processes took part (the lease owner names the process).
+        owners = Counter((t.lease_owner or "").split("/")[0] for t in tasks)
+        assert len(owners) == 2 and min(owners.values()) > 100, owners
+    finally:
+        engine.dispose()
