@@ -1,0 +1,354 @@
+"""The UI's pages and actions: each reads or changes state through the same domain functions and the same
+permission check (appliance.permissions) as the API route that does the same thing.
+
+A page is a frame (page.html) around one live region; the same URL asked by htmx with `HX-Target: live`
+answers only that region, which is how a page refreshes itself when the event stream says something changed.
+Actions answer with a flash message for #flash and an `HX-Trigger: drover:event` so the open page refreshes.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+from jinja2 import Environment, FileSystemLoader, select_autoescape
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, Response
+
+from appliance import admission, enrolment, hosts, lifecycle, permissions, tasking, vms
+from appliance.api.access import require_to_grant
+from appliance.api.auth import caller
+from appliance.api.state import session, state
+from appliance.api.vms import _may_see as may_see_task
+from appliance.db import access
+from appliance.db.models import Event, HardwarePool, Host, HostState, Permission, Task, TaskState, User, Vm, VmState
+from appliance.db.models.users import Role
+from appliance.errors import DroverError, NotFound, UsageError
+from appliance.kerberos.realm import Realm
+from appliance.permissions import Privilege
+from appliance.web.access import PREFIX, ui_session
+from appliance.web.forms import form_fields
+
+TEMPLATES = Environment(
+    loader=FileSystemLoader(Path(__file__).parent / "templates"),
+    autoescape=select_autoescape(["html"]),
+    trim_blocks=True,
+    lstrip_blocks=True,
+)
+LIVE = "live"
+EVENTS_SHOWN = 50
+
+
+def render(request: Request, template: str, status: int = 200, **context: Any) -> HTMLResponse:
+    """The whole page, or only its live region when htmx asks for it."""
+    principal = caller(request).principal
+    base: dict[str, Any] = {"request": request, "prefix": PREFIX, "principal": principal}
+    base["csrf"] = ui_session(request).csrf
+    with session(request) as s:
+        base["is_viewer"] = permissions.allowed(s, principal, Privilege.VIEW, None)
+        base["is_admin"] = permissions.allowed(s, principal, Privilege.MODIFY, None)
+    base.update(context)
+    name = template if request.headers.get("hx-target") == LIVE else "page.html"
+    return HTMLResponse(TEMPLATES.get_template(name).render(live=template, **base), status_code=status)
+
+
+def flash(message: str, status: int = 200, *, error: bool = False) -> HTMLResponse:
+    html = TEMPLATES.get_template("flash.html").render(message=message, error=error)
+    headers = {"HX-Retarget": "#flash", "HX-Reswap": "innerHTML"}
+    if not error:
+        headers["HX-Trigger"] = "drover:event"
+    return HTMLResponse(html, status_code=status, headers=headers)
+
+
+def error_page(request: Request, exc: DroverError) -> Response:
+    """A refusal as the UI shows it: in #flash for an htmx request, else a page of its own."""
+    text = exc.message + (f" ({exc.hint})" if exc.hint else "")
+    if "hx-request" in request.headers:
+        return flash(text, exc.http_status, error=True)
+    html = TEMPLATES.get_template("error.html").render(prefix=PREFIX, status=exc.http_status, message=exc.message,
+                                                       hint=exc.hint)  # fmt: skip
+    return HTMLResponse(html, status_code=exc.http_status)
+
+
+def _require_global(s: Session, request: Request, privilege: Privilege, what: str) -> None:
+    permissions.require(s, caller(request).principal, privilege, None, what)
+
+
+def _int_param(request: Request, name: str) -> int:
+    text = request.path_params[name]
+    if not str(text).isdigit():
+        raise NotFound(f"{name} {text!r} does not exist")
+    return int(text)
+
+
+# Pages -------------------------------------------------------------------------------------------------
+
+
+def dashboard(request: Request) -> Response:
+    principal = caller(request).principal
+    with session(request) as s:
+        global_view = permissions.allowed(s, principal, Privilege.VIEW, None)
+        visible = vms.visible(s, principal)
+        vm_states = Counter(str(v.state) for v in visible)
+        host_states: Counter[str] = Counter()
+        events: list[Event] = []
+        if global_view:
+            host_states = Counter(str(st) for st in s.scalars(select(Host.state)))
+            events = list(s.scalars(select(Event).order_by(Event.id.desc()).limit(15)))
+        live = select(Task).where(Task.state.in_([TaskState.RUNNING, TaskState.QUEUED])).order_by(Task.id)
+        running = [t for t in s.scalars(live) if may_see_task(s, principal, t)]
+        return render(request, "dashboard.html", host_states=sorted(host_states.items()),
+                      vm_states=sorted(vm_states.items()), hosts_total=sum(host_states.values()),
+                      vms_total=len(visible), running=running, events=events, global_view=global_view)  # fmt: skip
+
+
+def host_list(request: Request) -> Response:
+    with session(request) as s:
+        _require_global(s, request, Privilege.VIEW, "list hosts")
+        rows = list(s.scalars(select(Host).order_by(Host.hostname, Host.id)))
+        windows = [admission.window_view(w) for w in admission.windows(s)]
+        return render(request, "hosts.html", hosts=rows, windows=windows)
+
+
+def host_detail(request: Request) -> Response:
+    port = state(request).cfg.nodes.libvirt_port
+    with session(request) as s:
+        _require_global(s, request, Privilege.VIEW, "see hosts")
+        host = s.get(Host, _int_param(request, "id"))
+        if host is None:
+            raise NotFound(f"host {request.path_params['id']} does not exist")
+        events = list(s.scalars(select(Event).where(Event.host_id == host.id).order_by(Event.id.desc()).limit(20)))
+        return render(request, "host.html", host=host, info=hosts.detail(host, port), events=events)
+
+
+def vm_list(request: Request) -> Response:
+    principal = caller(request).principal
+    with session(request) as s:
+        rows = vms.visible(s, principal)
+        pools = [p for p in s.scalars(select(HardwarePool).order_by(HardwarePool.name))
+                 if permissions.allowed(s, principal, Privilege.MODIFY, p.id)]  # fmt: skip
+        return render(request, "vms.html", vms=rows, pools=pools, actions=_actions(s, principal, rows))
+
+
+def _actions(s: Session, principal: str, rows: list[Vm]) -> dict[int, list[str]]:
+    """The verbs each VM offers this user now: its state allows them and the user holds the privilege."""
+    out: dict[int, list[str]] = {}
+    for vm in rows:
+        verbs = [v for v in _STATE_VERBS.get(vm.state, ())
+                 if permissions.allowed(s, principal, vms.ACTIONS[v][1], vm.hardware_pool_id)]  # fmt: skip
+        out[vm.id] = verbs
+    return out
+
+
+_STATE_VERBS: dict[VmState, tuple[str, ...]] = {
+    VmState.STOPPED: ("start", "delete"),
+    VmState.RUNNING: ("shutdown", "poweroff", "suspend", "save", "migrate"),
+    VmState.PAUSED: ("resume", "poweroff"),
+    VmState.SAVED: ("restore", "delete"),
+    VmState.CRASHED: ("poweroff", "start"),
+    VmState.PENDING: ("delete",),
+}
+
+
+def vm_detail(request: Request) -> Response:
+    principal = caller(request).principal
+    with session(request) as s:
+        vm = s.get(Vm, _int_param(request, "id"))
+        if vm is None:
+            raise NotFound(f"VM {request.path_params['id']} does not exist")
+        permissions.require(s, principal, Privilege.VIEW, vm.hardware_pool_id, f"see VM {vm.name}")
+        tasks = [t for t in s.scalars(select(Task).where(Task.target_id == vm.id).order_by(Task.id.desc()).limit(20))
+                 if t.target_kind.value == "vm"]  # fmt: skip
+        events = list(s.scalars(select(Event).where(Event.vm_id == vm.id).order_by(Event.id.desc()).limit(20)))
+        targets = [h for h in s.scalars(select(Host).where(Host.state == HostState.AVAILABLE).order_by(Host.hostname))
+                   if h.id != vm.host_id]  # fmt: skip
+        return render(request, "vm.html", vm=vm, info=vms.detail(vm), tasks=tasks, events=events, targets=targets,
+                      actions=_actions(s, principal, [vm])[vm.id])  # fmt: skip
+
+
+def task_list(request: Request) -> Response:
+    principal = caller(request).principal
+    with session(request) as s:
+        rows = [t for t in s.scalars(select(Task).order_by(Task.id.desc()).limit(200)) if may_see_task(s, principal, t)]
+        return render(request, "tasks.html", tasks=rows)
+
+
+def task_panel(request: Request) -> Response:
+    """The always-visible panel: queued and running tasks with progress, and the last few that failed."""
+    principal = caller(request).principal
+    with session(request) as s:
+        live = select(Task).where(Task.state.in_([TaskState.RUNNING, TaskState.QUEUED])).order_by(Task.id.desc())
+        active = [t for t in s.scalars(live.limit(50)) if may_see_task(s, principal, t)]
+        failed_q = select(Task).where(Task.state == TaskState.FAILED).order_by(Task.id.desc())
+        failed = [t for t in s.scalars(failed_q.limit(5)) if may_see_task(s, principal, t)]
+        html = TEMPLATES.get_template("taskpanel.html").render(prefix=PREFIX, active=active, failed=failed)
+        return HTMLResponse(html)
+
+
+def event_list(request: Request) -> Response:
+    severity = request.query_params.get("severity", "")
+    kind = request.query_params.get("kind", "")
+    with session(request) as s:
+        _require_global(s, request, Privilege.VIEW, "see events")
+        query = select(Event).order_by(Event.id.desc()).limit(EVENTS_SHOWN * 4)
+        if severity:
+            query = query.where(Event.severity == severity)
+        if kind:
+            query = query.where(Event.kind.startswith(kind[:64]))
+        rows = list(s.scalars(query))
+        return render(request, "events.html", events=rows, severity=severity, kind=kind)
+
+
+def user_list(request: Request) -> Response:
+    with session(request) as s:
+        _require_global(s, request, Privilege.VIEW, "see users")
+        users = list(s.scalars(select(User).order_by(User.principal)))
+        pools = {p.id: p.name for p in s.scalars(select(HardwarePool))}
+        grants = {u.id: [(str(p.role), pools.get(p.hardware_pool_id or 0, "everywhere"))
+                         for p in s.scalars(select(Permission).where(Permission.user_id == u.id))]
+                  for u in users}  # fmt: skip
+        return render(request, "users.html", users=users, grants=grants, roles=[str(r) for r in Role])
+
+
+# Actions -----------------------------------------------------------------------------------------------
+
+
+async def host_action(request: Request) -> Response:
+    form = await form_fields(request)
+    return await run_in_threadpool(_host_action, request, form)
+
+
+def _host_action(request: Request, form: dict[str, str]) -> Response:
+    verb = request.path_params["verb"]
+    st = state(request)
+    principal = caller(request).principal
+    with session(request) as s:
+        host = s.get(Host, _int_param(request, "id"))
+        if host is None:
+            raise NotFound(f"host {request.path_params['id']} does not exist")
+        name = host.hostname
+        if verb == "approve":
+            _require_global(s, request, Privilege.MODIFY, "approve hosts")
+            claim = form.get("claim") or None
+            if claim is not None and not claim.isdigit():
+                raise UsageError("claim: must be a claim id")
+            enrolment.approve(s, host, principal, st.cfg.nodes.heartbeat_seconds, int(claim) if claim else None)
+        elif verb == "maintenance":
+            _require_global(s, request, Privilege.MODIFY, "put hosts into maintenance")
+            lifecycle.maintenance(s, host, principal, lifecycle.check_reason(form.get("reason", "")))
+        elif verb == "activate":
+            _require_global(s, request, Privilege.MODIFY, "activate hosts")
+            lifecycle.activate(s, host, principal)
+        elif verb == "remove":
+            _require_global(s, request, Privilege.MODIFY, "remove hosts")
+            lifecycle.remove(s, host, principal, Realm.from_config(st.cfg), force=form.get("force") == "true")
+        else:
+            raise NotFound(f"no host action {verb!r}", "approve, maintenance, activate or remove")
+    if verb == "remove" and st.browser is not None:
+        st.browser.wake()
+    return flash(f"{name}: {verb} done")
+
+
+async def open_window(request: Request) -> Response:
+    form = await form_fields(request)
+    return await run_in_threadpool(_open_window, request, form)
+
+
+def _open_window(request: Request, form: dict[str, str]) -> Response:
+    minutes, count = form.get("minutes", ""), form.get("count", "1")
+    if not minutes.isdigit() or not count.isdigit():
+        raise UsageError("minutes and hosts must be whole numbers")
+    macs = [m for m in form.get("macs", "").replace(",", " ").split() if m]
+    with session(request) as s:
+        _require_global(s, request, Privilege.MODIFY, "open enrolment windows")
+        window = admission.open_window(s, by=caller(request).principal, duration=timedelta(minutes=int(minutes)),
+                                       max_hosts=int(count), macs=macs, note=form.get("note", "")[:200])  # fmt: skip
+        s.flush()
+        return flash(f"enrolment window {window.id} open until {window.expires_at:%H:%M:%S} UTC")
+
+
+def close_window(request: Request) -> Response:
+    with session(request) as s:
+        _require_global(s, request, Privilege.MODIFY, "close enrolment windows")
+        closed = admission.close_windows(s, by=caller(request).principal, window_id=_int_param(request, "id"))
+        return flash(f"closed {len(closed)} enrolment window(s)")
+
+
+async def vm_action(request: Request) -> Response:
+    form = await form_fields(request)
+    return await run_in_threadpool(_vm_action, request, form)
+
+
+def _vm_action(request: Request, form: dict[str, str]) -> Response:
+    args: dict[str, Any] = {}
+    if form.get("host"):
+        args["host"] = form["host"]
+    with session(request) as s:
+        vm = s.get(Vm, _int_param(request, "id"))
+        if vm is None:
+            raise NotFound(f"VM {request.path_params['id']} does not exist")
+        # vms.act checks the privilege first (not found and forbidden look alike to the caller only in
+        # what they say: a user without view rights learns nothing but that they may not act).
+        task = vms.act(s, vm, request.path_params["verb"], caller(request).principal, args)
+        s.flush()
+        return flash(f"{request.path_params['verb']} {vm.name}: task {task.id} queued")
+
+
+async def vm_create(request: Request) -> Response:
+    form = await form_fields(request)
+    return await run_in_threadpool(_vm_create, request, form)
+
+
+def _vm_create(request: Request, form: dict[str, str]) -> Response:
+    body: dict[str, Any] = {"name": form.get("name", "")}
+    for key in ("vcpus", "memory_mib", "pool"):
+        value = form.get(key, "").strip()
+        if value:
+            if not value.isdigit():
+                raise UsageError(f"{key}: must be a whole number")
+            body[key] = int(value)
+    with session(request) as s:
+        created = vms.create(s, body, caller(request).principal)
+        s.flush()
+        return flash(f"VM {created.vm.name} defined: task {created.task.id} creates it")
+
+
+def task_cancel(request: Request) -> Response:
+    principal = caller(request).principal
+    with session(request) as s:
+        task = tasking.get(s, _int_param(request, "id"))
+        if not may_see_task(s, principal, task):
+            raise NotFound(f"task {task.id} does not exist")
+        if task.created_by != principal:
+            permissions.require(s, principal, Privilege.VM_CONTROL, _task_pool(s, task), f"cancel task {task.id}")
+        tasking.cancel(s, task.id, principal)
+        return flash(f"task {task.id}: cancel asked for")
+
+
+def _task_pool(s: Session, task: Task) -> int | None:
+    if task.target_kind.value == "vm":
+        vm = s.get(Vm, task.target_id)
+        return vm.hardware_pool_id if vm is not None else None
+    return None
+
+
+async def user_grant(request: Request) -> Response:
+    form = await form_fields(request)
+    return await run_in_threadpool(_user_grant, request, form)
+
+
+def _user_grant(request: Request, form: dict[str, str]) -> Response:
+    principal, role = form.get("principal", "").strip(), form.get("role", "")
+    if role not in set(Role):
+        raise UsageError(f"role: one of {', '.join(Role)}")
+    if "@" not in principal or " " in principal or len(principal) > 255:
+        raise UsageError("principal: a Kerberos principal such as alice@REALM")
+    with session(request) as s:
+        require_to_grant(request, s, Role(role))
+        access.grant(s, principal, Role(role), granted_by=caller(request).principal)
+        return flash(f"{principal} now holds {role}")
