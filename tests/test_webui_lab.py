@@ -25,7 +25,19 @@ from playwright.sync_api import Page
 from sqlalchemy import Engine, func, select
 
 from appliance.db.engine import make_engine, session_scope
-from appliance.db.models import Event, HardwarePool, Host, Permission, Task, User, Vm, VmState
+from appliance.db.models import (
+    EnrolmentWindow,
+    Event,
+    HardwarePool,
+    Host,
+    HostState,
+    Permission,
+    Task,
+    TaskState,
+    User,
+    Vm,
+    VmState,
+)
 from appliance.db.models.users import Role
 from appliance.hosts import default_pool
 from taskengine.worker import set_vm_state
@@ -79,7 +91,8 @@ def ui(kdc: LabKdc, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Ui]:
             s.add(user)
             s.flush()
             s.add(Permission(user=user, role=Role.USER, hardware_pool_id=pools[pool].id))
-        for name, pool in (("vm-alice", "ui-a"), ("vm-bob", "ui-b"), ("web-1", "ui-a"), ("db-1", "ui-b")):
+        vms = {"vm-alice": "ui-a", "vm-bob": "ui-b", "web-1": "ui-a", "db-1": "ui-b", "app-1": "ui-a"}
+        for name, pool in vms.items():
             vm = Vm(uuid=str(uuid.uuid4()), name=name, vcpus=1, memory_mib=512, pool=pools[pool], state=VmState.STOPPED)
             s.add(vm)
             s.flush()
@@ -159,7 +172,7 @@ def test_no_ticket_gets_the_password_form_and_the_realm_checks_the_password(ui: 
         page.wait_for_selector("#vms-table", timeout=15000)
         assert page.url.endswith("/ui/vms")
         names = page.eval_on_selector_all("#vms-table tr[data-vm]", "rows => rows.map(r => r.dataset.vm)")
-        assert sorted(names) == ["vm-alice", "web-1"]
+        assert sorted(names) == ["app-1", "vm-alice", "web-1"]  # pool ui-a's, none of ui-b's
         assert ui.principal(ALICE) in page.inner_text("header")
 
 
@@ -182,10 +195,42 @@ def test_an_admin_approves_a_pending_host_from_its_page(ui: Ui) -> None:
         page.click("#approve")
         page.wait_for_selector(".flash.ok", timeout=10000)
         page.wait_for_selector("#approve", state="detached", timeout=10000)
-    with session_scope(ui.db) as s:
-        done = s.get(Host, host_id)
-        assert done is not None and done.approved_at is not None
-        assert done.approved_by == ui.principal(ADMIN)
+        with session_scope(ui.db) as s:
+            done = s.get(Host, host_id)
+            assert done is not None and done.approved_at is not None
+            assert done.approved_by == ui.principal(ADMIN)
+        # Maintenance and back, from the same page; the badge follows without a reload.
+        page.click("button:has-text('Maintenance')")
+        page.wait_for_selector("#host-state:has-text('maintenance')", timeout=10000)
+        page.click("button:has-text('Activate')")
+        page.wait_for_selector("#host-state:not(:has-text('maintenance'))", timeout=10000)
+        with session_scope(ui.db) as s:
+            done = s.get(Host, host_id)
+            assert done is not None and done.state is not HostState.MAINTENANCE
+
+
+def test_an_admin_opens_and_closes_an_enrolment_window(ui: Ui) -> None:
+    with kerberos_browser(ui, ADMIN) as context:
+        page = context.new_page()
+        page.goto(f"{ui.url}/hosts")
+        page.fill("input[name=minutes]", "5")
+        page.fill("input[name=count]", "2")
+        page.fill("input[name=note]", "rack 7")
+        page.click("button:has-text('Open window')")
+        row = page.locator("tr:has-text('rack 7')")
+        row.locator(".badge.open").wait_for(timeout=10000)
+        with session_scope(ui.db) as s:
+            window = s.scalars(select(EnrolmentWindow).where(EnrolmentWindow.note == "rack 7")).one()
+            assert window.max_hosts == 2 and window.closed_at is None and window.opened_by == ui.principal(ADMIN)
+        # A bad value is refused with the reason on the page, and opens nothing.
+        page.fill("input[name=minutes]", "soon")
+        page.click("button:has-text('Open window')")
+        page.wait_for_selector(".flash.error:has-text('whole numbers')", timeout=10000)
+        row.locator("button:has-text('Close')").click()
+        row.wait_for(state="detached", timeout=10000)  # the page lists open windows only
+        with session_scope(ui.db) as s:
+            windows = list(s.scalars(select(EnrolmentWindow)))
+            assert len(windows) == 1 and windows[0].closed_at is not None
 
 
 def test_a_vm_state_change_appears_in_the_open_list_without_a_reload(ui: Ui) -> None:
@@ -210,6 +255,37 @@ def test_a_vm_state_change_appears_in_the_open_list_without_a_reload(ui: Ui) -> 
             page.goto(f"{ui.url}/{name}")
             page.wait_for_selector("h1", timeout=10000)
             screenshot(context, name)
+
+
+def test_actions_queue_tasks_refusals_show_their_reason_and_the_panel_cancels(ui: Ui) -> None:
+    vm_id = ui.vm_ids["app-1"]
+    with kerberos_browser(ui, ADMIN) as context:
+        page = context.new_page()
+        page.goto(f"{ui.url}/vms")
+        start = "tr[data-vm='app-1'] button:has-text('start')"
+        page.click(start)
+        page.wait_for_selector(".flash.ok:has-text('queued')", timeout=10000)
+        # The task engine is off here: the start stays queued, so a second start cannot follow it.
+        page.locator("#taskpanel .task").first.wait_for(timeout=10000)
+        page.click(start)
+        page.wait_for_selector(".flash.error", timeout=10000)
+        assert "app-1" in page.inner_text(".flash.error")
+        assert tasks_for(ui.db, vm_id) == 1
+        screenshot(context, "vms-task")
+        page.click("#taskpanel .task button:has-text('cancel')")
+        page.wait_for_selector(".flash.ok:has-text('cancel')", timeout=10000)
+        with session_scope(ui.db) as s:
+            task = s.scalars(select(Task).where(Task.target_id == vm_id)).one()
+            assert task.state is TaskState.CANCELED and task.created_by == ui.principal(ADMIN)
+        # A new VM from the form: a row and its create task, as `drover vm create` makes them.
+        page.fill("input[name=name]", "made-in-ui")
+        page.select_option("select[name=pool]", label="ui-a")
+        page.click("button:has-text('Create')")
+        page.wait_for_selector("tr[data-vm='made-in-ui']", timeout=10000)
+        with session_scope(ui.db) as s:
+            vm = s.scalars(select(Vm).where(Vm.name == "made-in-ui")).one()
+            assert vm.pool.name == "ui-a" and vm.memory_mib == 512
+            assert s.scalars(select(Task).where(Task.target_id == vm.id)).one().created_by == ui.principal(ADMIN)
 
 
 def _stream_events(page: Page, after: int, until_vm: int) -> list[dict[str, Any]]:

@@ -8,6 +8,12 @@
     { code: "[45]..", swap: true, error: true },
   ];
   const prefix = document.body.dataset.prefix || "/ui";
+  // A success message fades after a while; a refusal stays until the next action replaces it.
+  document.body.addEventListener("htmx:afterSwap", function (e) {
+    if (e.target.id !== "flash") return;
+    const shown = e.target.querySelector(".flash.ok");
+    if (shown) setTimeout(function () { shown.remove(); }, 6000);
+  });
   const dot = document.getElementById("live-dot");
   let source = null;
   let lastId = null;
