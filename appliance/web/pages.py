@@ -165,17 +165,28 @@ def vm_detail(request: Request) -> Response:
         tasks = [t for t in s.scalars(select(Task).where(Task.target_id == vm.id).order_by(Task.id.desc()).limit(20))
                  if t.target_kind.value == "vm"]  # fmt: skip
         events = list(s.scalars(select(Event).where(Event.vm_id == vm.id).order_by(Event.id.desc()).limit(20)))
-        targets = [h for h in s.scalars(select(Host).where(Host.state == HostState.AVAILABLE).order_by(Host.hostname))
+        hosts_to = [h for h in s.scalars(select(Host).where(Host.state == HostState.AVAILABLE).order_by(Host.hostname))
                    if h.id != vm.host_id]  # fmt: skip
-        return render(request, "vm.html", vm=vm, info=vms.detail(vm), tasks=tasks, events=events, targets=targets,
+        return render(request, "vm.html", vm=vm, info=vms.detail(vm), tasks=tasks, events=events, hosts=hosts_to,
                       actions=_actions(s, principal, [vm])[vm.id])  # fmt: skip
+
+
+def targets(s: Session, tasks: list[Task]) -> dict[int, str]:
+    """What each task acts on, as a person reads it (a VM's or host's name)."""
+    out: dict[int, str] = {}
+    for task in tasks:
+        kind = task.target_kind.value
+        row = s.get(Vm, task.target_id) if kind == "vm" else s.get(Host, task.target_id) if kind == "host" else None
+        name = row.name if isinstance(row, Vm) else row.hostname if isinstance(row, Host) else f"#{task.target_id}"
+        out[task.id] = f"{kind.replace('_', ' ')} {name}"
+    return out
 
 
 def task_list(request: Request) -> Response:
     principal = caller(request).principal
     with session(request) as s:
         rows = [t for t in s.scalars(select(Task).order_by(Task.id.desc()).limit(200)) if may_see_task(s, principal, t)]
-        return render(request, "tasks.html", tasks=rows)
+        return render(request, "tasks.html", tasks=rows, targets=targets(s, rows))
 
 
 def task_panel(request: Request) -> Response:
@@ -186,7 +197,8 @@ def task_panel(request: Request) -> Response:
         active = [t for t in s.scalars(live.limit(50)) if may_see_task(s, principal, t)]
         failed_q = select(Task).where(Task.state == TaskState.FAILED).order_by(Task.id.desc())
         failed = [t for t in s.scalars(failed_q.limit(5)) if may_see_task(s, principal, t)]
-        html = TEMPLATES.get_template("taskpanel.html").render(prefix=PREFIX, active=active, failed=failed)
+        html = TEMPLATES.get_template("taskpanel.html").render(prefix=PREFIX, active=active, failed=failed,
+                                                               targets=targets(s, active + failed))  # fmt: skip
         return HTMLResponse(html)
 
 
