@@ -64,6 +64,9 @@ class Want:
     pool_id: int
     networks: frozenset[int] = frozenset()
     exclude: frozenset[int] = field(default_factory=frozenset)  # hosts it may not go to (its source)
+    # Hardware pools of the storage pools its disks live in: a host reaches storage defined for its own
+    # hardware pool or one above it.
+    storage: frozenset[int] = frozenset()
 
 
 def rejections(want: Want, hosts: Iterable[HostLoad], cpu_overcommit: float) -> dict[str, str]:
@@ -78,6 +81,8 @@ def rejections(want: Want, hosts: Iterable[HostLoad], cpu_overcommit: float) -> 
             out[h.name] = "not in the VM's hardware pool"
         elif not want.networks <= h.networks:
             out[h.name] = "lacks one of the VM's networks"
+        elif not want.storage <= h.pools:
+            out[h.name] = "cannot reach the VM's storage"
         elif h.used_memory_mib + want.memory_mib > h.memory_mib:
             out[h.name] = f"{h.memory_mib - h.used_memory_mib} MiB free, {want.memory_mib} needed"
         elif h.used_vcpus + want.vcpus > h.cpus * cpu_overcommit:
@@ -89,16 +94,20 @@ def best(want: Want, hosts: Sequence[HostLoad], cpu_overcommit: float = 1.0) -> 
     """The host `want` goes to, or None if every host is filtered out."""
     chosen: HostLoad | None = None
     chosen_score = 0.0
+    # The filters and HostLoad.score() written out inline: this loop runs hosts x VMs times.
+    m, c, pool, exclude, nets, storage = want.memory_mib, want.vcpus, want.pool_id, want.exclude, want.networks, \
+        want.storage  # fmt: skip
     for h in hosts:
-        if (
-            h.id in want.exclude
-            or not h.available
-            or want.pool_id not in h.pools
-            or not want.networks <= h.networks
-            or not h.fits(want.memory_mib, want.vcpus, cpu_overcommit)
-        ):
-            continue  # fmt: skip
-        score = h.score(want.memory_mib, want.vcpus)
+        if h.used_memory_mib + m > h.memory_mib or h.used_vcpus + c > h.cpus * cpu_overcommit or not h.available:
+            continue
+        if h.id in exclude or pool not in h.pools or (nets and not nets <= h.networks):
+            continue
+        if storage and not storage <= h.pools:
+            continue
+        cpu = (h.used_vcpus + c) / (h.cpus or 1)
+        if h.load is not None:
+            cpu = (cpu + h.load) / 2
+        score = (h.used_memory_mib + m) / (h.memory_mib or 1) + cpu
         if chosen is None or score < chosen_score or (score == chosen_score and h.id < chosen.id):
             chosen, chosen_score = h, score
     return chosen
@@ -157,7 +166,8 @@ def loads(session: Session, hosts: Sequence[Host] | None = None) -> list[HostLoa
 
 def want_of(vm: Vm, exclude: Iterable[int] = ()) -> Want:
     return Want(vm.memory_mib, vm.vcpus, vm.hardware_pool_id,
-                frozenset(n.network_id for n in vm.nics if n.network_id is not None), frozenset(exclude))  # fmt: skip
+                frozenset(n.network_id for n in vm.nics if n.network_id is not None), frozenset(exclude),
+                frozenset(d.volume.storage_pool.hardware_pool_id for d in vm.disks))  # fmt: skip
 
 
 def choose(session: Session, vm: Vm, *, exclude: Iterable[int] = (), cpu_overcommit: float = 1.0) -> Host:
@@ -225,7 +235,9 @@ def balance(
             for dest in by_id.values():
                 if dest.id == src.id or not dest.available or want.pool_id not in dest.pools:
                     continue
-                if not want.networks <= dest.networks or not dest.fits(want.memory_mib, want.vcpus, cpu_overcommit):
+                if not want.networks <= dest.networks or not want.storage <= dest.pools:
+                    continue
+                if not dest.fits(want.memory_mib, want.vcpus, cpu_overcommit):
                     continue
                 trial = {**by_id, src.id: lighter, dest.id: dest.plus(want.memory_mib, want.vcpus)}
                 gain = current - spread(trial.values())

@@ -11,8 +11,8 @@ from dataclasses import dataclass
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from appliance.db.models import HardwarePool, Quota, StorageVolume, Task, TaskState, TaskType, Vm, VmDisk
-from appliance.errors import Conflict
+from appliance.db.models import HardwarePool, Quota, StorageVolume, Task, TaskState, TaskType, User, Vm, VmDisk
+from appliance.errors import Conflict, NotFound, UsageError
 from appliance.placement import HOLDS_RESOURCES
 
 
@@ -85,3 +85,36 @@ def check_start(session: Session, vm: Vm) -> None:
         ("max_vcpus", quota.max_vcpus, used.vcpus + vm.vcpus, ""),
         ("max_memory_mib", quota.max_memory_mib, used.memory_mib + vm.memory_mib, " MiB"),
     ])  # fmt: skip
+
+
+LIMITS = ("max_vms", "max_vcpus", "max_memory_mib", "max_disk_bytes")
+
+
+def set_quota(session: Session, principal: str, pool_key: str | int, limits: dict[str, int | None]) -> Quota:
+    """Set (replace) `principal`'s quota in a hardware pool; a limit left out or None is unlimited."""
+    unknown = sorted(set(limits) - set(LIMITS))
+    if unknown:
+        raise UsageError(f"{unknown[0]}: unknown limit", f"limits: {', '.join(LIMITS)}")
+    for key, value in limits.items():
+        if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 0):
+            raise UsageError(f"{key}: must be a whole number >= 0, or null for unlimited")
+    user = session.scalars(select(User).where(User.principal == principal)).first()
+    if user is None:
+        raise NotFound(f"no user {principal}", "add the user first (`drover user add`)")
+    pool = (session.get(HardwarePool, pool_key) if isinstance(pool_key, int)
+            else session.scalars(select(HardwarePool).where(HardwarePool.name == pool_key)).first())  # fmt: skip
+    if pool is None:
+        raise NotFound(f"hardware pool {pool_key!r} does not exist")
+    quota = _quota(session, user.id, pool.id)
+    if quota is None:
+        quota = Quota(user_id=user.id, hardware_pool_id=pool.id)
+        session.add(quota)
+    for key in LIMITS:
+        setattr(quota, key, limits.get(key))
+    session.flush()
+    return quota
+
+
+def describe(quota: Quota) -> dict[str, object]:
+    return {"principal": quota.user.principal, "pool": quota.pool.name,
+            **{key: getattr(quota, key) for key in LIMITS}}  # fmt: skip

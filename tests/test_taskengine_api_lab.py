@@ -20,16 +20,14 @@ from appliance.db.models import (
     Host,
     HostState,
     HypervisorType,
-    Permission,
     Quota,
-    Role,
     Task,
     TaskState,
     User,
     Vm,
     VmState,
 )
-from appliance.errors import Conflict, Forbidden
+from appliance.errors import Conflict, Forbidden, UsageError
 from tests.lab.kdc import APPLIANCE_HOST, LabKdc
 from tests.lab.libvirtd import NodeFactory
 from tests.lab.taskrack import TaskRack, wait_until
@@ -61,20 +59,6 @@ def _counts(rack: TaskRack) -> tuple[int, int]:
                 int(s.scalar(select(func.count()).select_from(Task)) or 0))  # fmt: skip
 
 
-def _user(rack: TaskRack, kdc: LabKdc, name: str, role: Role, pool: bool) -> int:
-    """A user with `role` in the default pool (pool=True) or globally."""
-    principal = f"{name}@{kdc.realm.name}"
-    with session_scope(rack.db) as s:
-        user = s.scalars(select(User).where(User.principal == principal)).first()
-        if user is None:
-            user = User(principal=principal)
-            s.add(user)
-            s.flush()
-        pool_id = s.scalars(select(HardwarePool.id).where(HardwarePool.name == "default")).one() if pool else None
-        s.add(Permission(user_id=user.id, role=role, hardware_pool_id=pool_id))
-        return user.id
-
-
 @pytest.mark.parametrize(
     "body",
     [b"{not json", b"[1, 2]", b'{"name": "x", "colour": "red"}', b'{"name": "bad name!"}',
@@ -103,8 +87,9 @@ def test_malformed_actions_and_task_queries(task_rack: TaskRack, client_as: AsUs
 
 def test_permissions_follow_the_hardware_pool(task_rack: TaskRack, kdc: LabKdc, client_as: AsUser) -> None:
     rack = task_rack
-    _user(rack, kdc, "watcher", Role.MONITOR, pool=False)
-    _user(rack, kdc, "operator", Role.USER, pool=True)
+    for argv in (("watcher", "--role", "monitor"), ("operator", "--role", "user", "--pool", "default")):
+        added = rack.drover("user", "add", *argv)
+        assert added.returncode == 0, added.stderr
     boss: Client = client_as("boss")
     name = rack.unique("perm")
     created = boss.post("/api/v1/vms", {"name": name, "memory_mib": 64})
@@ -130,10 +115,22 @@ def test_quotas_refuse_at_create_and_start_saying_by_how_much(
     task_rack: TaskRack, kdc: LabKdc, client_as: AsUser
 ) -> None:
     rack = task_rack
-    user_id = _user(rack, kdc, "quser", Role.ADMIN, pool=True)
+    added = rack.drover("user", "add", "quser", "--role", "admin", "--pool", "default")
+    assert added.returncode == 0, added.stderr
+    again = rack.drover("user", "add", "quser", "--role", "admin", "--pool", "default")
+    assert again.returncode == 5 and "already has the role admin in hardware pool default" in again.stderr
+    quota = rack.drover("user", "quota", "quser", "--pool", "default", "--vms", "1", "--vcpus", "1")
+    assert quota.returncode == 0 and "vms 1, vcpus 1, memory_mib unlimited" in quota.stdout, quota.stderr
+    boss: Client = client_as("boss")
+    principal = f"quser@{kdc.realm.name}"
+    shown = boss.request("PUT", f"/api/v1/users/{principal}/quota",
+                         body={"pool": "default", "max_vms": 1, "max_vcpus": 1, "max_memory_mib": 1024})  # fmt: skip
+    assert shown == {"principal": principal, "pool": "default", "max_vms": 1, "max_vcpus": 1,
+                     "max_memory_mib": 1024, "max_disk_bytes": None}  # fmt: skip
+    with pytest.raises(UsageError, match="max_vms: must be a whole number"):
+        boss.request("PUT", f"/api/v1/users/{principal}/quota", body={"max_vms": -1})
     with session_scope(rack.db) as s:
-        pool_id = s.scalars(select(HardwarePool.id).where(HardwarePool.name == "default")).one()
-        s.add(Quota(user_id=user_id, hardware_pool_id=pool_id, max_vms=1, max_vcpus=1, max_memory_mib=1024))
+        user_id = s.scalars(select(User.id).where(User.principal == principal)).one()
     q: Client = client_as("quser")
     name = rack.unique("quota")
     first = q.post("/api/v1/vms", {"name": name, "memory_mib": 64, "vcpus": 2})

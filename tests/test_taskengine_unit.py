@@ -51,6 +51,8 @@ def test_placement_filters_then_spreads() -> None:
     assert why["h3"].startswith("not available") and "MiB free" in why["h4"]
     assert placement.best(placement.Want(512, 1, pool_id=9), hosts) is None  # wrong hardware pool
     assert placement.best(placement.Want(512, 1, 1, networks=frozenset({7})), hosts) is None
+    assert placement.best(placement.Want(512, 1, 1, storage=frozenset({3})), hosts) is None  # storage unreachable
+    assert placement.best(placement.Want(512, 1, 1, storage=frozenset({1})), hosts).id == 2  # type: ignore[union-attr]
     # The monitor's load counts when present: an idle host wins over an equally filled busy one.
     busy, idle = _host(5, load=0.9), _host(6, load=0.0)
     assert placement.best(want, [busy, idle]).id == 6  # type: ignore[union-attr]

@@ -4,17 +4,21 @@ from __future__ import annotations
 
 import re
 
+from sqlalchemy import select
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
+from appliance import permissions, quotas
 from appliance.api.access import caller_roles, require_to_grant
 from appliance.api.auth import caller
 from appliance.api.edge import read_json
 from appliance.api.state import session
 from appliance.db import access
+from appliance.db.models import HardwarePool
 from appliance.db.models.users import Role
-from appliance.errors import UsageError
+from appliance.errors import NotFound, UsageError
+from appliance.permissions import Privilege
 
 # name, optional /instance, then @REALM: the API takes only fully qualified principals (no default realm).
 _PRINCIPAL = re.compile(r"[^\s@/]+(/[^\s@/]+)?@[^\s@/]+")
@@ -50,3 +54,24 @@ def _grant(request: Request, principal: str, role: Role) -> JSONResponse:
         access.grant(s, principal, role, granted_by=caller(request).principal)
         roles = access.roles_of(s, principal)
     return JSONResponse({"principal": principal, "roles": [str(r) for r in roles]}, status_code=201)
+
+
+async def set_quota(request: Request) -> JSONResponse:
+    """PUT /users/{principal}/quota {"pool", "max_vms"?, "max_vcpus"?, "max_memory_mib"?, "max_disk_bytes"?}."""
+    body = await read_json(request)
+    pool = body.pop("pool", "default")
+    if not isinstance(pool, str | int) or isinstance(pool, bool):
+        raise UsageError("pool: a hardware pool name or id")
+    return await run_in_threadpool(_set_quota, request, pool, body)
+
+
+def _set_quota(request: Request, pool: str | int, limits: dict[str, int | None]) -> JSONResponse:
+    principal = request.path_params["principal"]
+    with session(request) as s:
+        row = s.scalars(select(HardwarePool).where(
+            HardwarePool.id == pool if isinstance(pool, int) else HardwarePool.name == pool)).first()  # fmt: skip
+        if row is None:
+            raise NotFound(f"hardware pool {pool!r} does not exist")
+        permissions.require(s, caller(request).principal, Privilege.MODIFY, row.id,
+                            f"set quotas in hardware pool {row.name}")  # fmt: skip
+        return JSONResponse(quotas.describe(quotas.set_quota(s, principal, row.id, limits)))

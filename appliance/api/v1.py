@@ -21,6 +21,7 @@ routes = [
     Route(f"{PREFIX}/health", health, methods=["GET"]),
     Route(f"{PREFIX}/whoami", users.whoami, methods=["GET"]),
     Route(f"{PREFIX}/users", users.grant, methods=["POST"]),
+    Route(f"{PREFIX}/users/{{principal}}/quota", users.set_quota, methods=["PUT"]),
     Route(f"{PREFIX}/hosts", hosts.list_hosts, methods=["GET"]),
     Route(f"{PREFIX}/hosts/tokens", hosts.mint_token, methods=["POST"]),
     Route(f"{PREFIX}/hosts/{{key}}", hosts.show_host, methods=["GET"]),

@@ -1,4 +1,5 @@
-"""`drover user add|list|remove`: who may use the appliance and with which global role, straight in the DB."""
+"""`drover user add|list|remove|quota`: who may use the appliance with which role (global or in a hardware
+pool) and within which quota, straight in the DB."""
 
 from __future__ import annotations
 
@@ -9,9 +10,10 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import selectinload
 
+from appliance import quotas
 from appliance.cli.context import load_config
 from appliance.cli.db_cmd import open_database
-from appliance.db.access import grant
+from appliance.db.access import grant, grant_in_pool
 from appliance.db.engine import session_scope
 from appliance.db.models.users import Role, User
 from appliance.errors import NotFound, UsageError
@@ -26,7 +28,16 @@ def register(sub: Any) -> None:
     add = verbs.add_parser("add", help="add a user, or grant an existing user another role")
     add.add_argument("principal", help="user@REALM (the configured realm is added when omitted)")
     add.add_argument("--role", type=Role, choices=list(Role), default=Role.USER, help="global role (default: user)")
+    add.add_argument("--pool", metavar="POOL", help="grant the role in this hardware pool (and its sub-pools) only")
     add.set_defaults(func=add_user)
+    quota = verbs.add_parser("quota", help="set a user's quota in a hardware pool (a limit not given: unlimited)")
+    quota.add_argument("principal")
+    quota.add_argument("--pool", default="default", help="hardware pool name or id (default: default)")
+    quota.add_argument("--vms", type=int, metavar="N")
+    quota.add_argument("--vcpus", type=int, metavar="N", help="vCPUs of running VMs")
+    quota.add_argument("--memory", type=int, metavar="MIB", help="memory of running VMs")
+    quota.add_argument("--disk", type=int, metavar="BYTES", help="capacity of the VMs' volumes")
+    quota.set_defaults(func=set_quota)
     verbs.add_parser("list", help="list users and their global roles").set_defaults(func=list_users)
     remove = verbs.add_parser("remove", help="remove a user with all their roles and quotas")
     remove.add_argument("principal")
@@ -45,9 +56,27 @@ def add_user(args: argparse.Namespace) -> int:
     cfg = load_config(args)
     principal = qualify(args.principal, cfg.kerberos.realm)
     role: Role = args.role
+    if args.pool:
+        with open_database(args) as engine, session_scope(engine) as session:
+            _, created = grant_in_pool(session, principal, role, args.pool)
+        print(f"{'added' if created else 'updated'} user {principal} with role {role} in hardware pool {args.pool}")
+        return 0
     with open_database(args) as engine, session_scope(engine) as session:
         _, created = grant(session, principal, role)
     print(f"{'added' if created else 'updated'} user {principal} with global role {role}")
+    return 0
+
+
+def set_quota(args: argparse.Namespace) -> int:
+    cfg = load_config(args)
+    principal = qualify(args.principal, cfg.kerberos.realm)
+    limits = {"max_vms": args.vms, "max_vcpus": args.vcpus, "max_memory_mib": args.memory, "max_disk_bytes": args.disk}
+    pool: str | int = int(args.pool) if args.pool.isdigit() else args.pool
+    with open_database(args) as engine, session_scope(engine) as session:
+        shown = quotas.describe(quotas.set_quota(session, principal, pool, limits))
+    text = ", ".join(f"{k.removeprefix('max_')} {v if v is not None else 'unlimited'}" for k, v in shown.items()
+                     if k.startswith("max_"))  # fmt: skip
+    print(f"quota of {principal} in hardware pool {shown['pool']}: {text}")
     return 0
 
 

@@ -5,8 +5,9 @@ from __future__ import annotations
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from appliance.db.models.pools import HardwarePool
 from appliance.db.models.users import Permission, Role, User
-from appliance.errors import Conflict
+from appliance.errors import Conflict, NotFound
 
 
 def roles_of(session: Session, principal: str) -> list[Role]:
@@ -38,5 +39,24 @@ def grant(session: Session, principal: str, role: Role, granted_by: str | None =
     elif any(p.role is role and p.is_global for p in user.permissions):
         raise Conflict(f"user {principal} already has the global role {role}")
     session.add(Permission(user_id=user.id, role=role, granted_by=granted_by))
+    session.flush()
+    return user, created
+
+
+def grant_in_pool(session: Session, principal: str, role: Role, pool_key: str) -> tuple[User, bool]:
+    """Give `principal` `role` in one hardware pool (name or id) and its sub-pools; (user, created)."""
+    pool = session.scalars(select(HardwarePool).where(
+        HardwarePool.id == int(pool_key) if pool_key.isdigit() else HardwarePool.name == pool_key)).first()  # fmt: skip
+    if pool is None:
+        raise NotFound(f"hardware pool {pool_key!r} does not exist")
+    user = session.scalars(select(User).where(User.principal == principal)).one_or_none()
+    created = user is None
+    if user is None:
+        user = User(principal=principal)
+        session.add(user)
+        session.flush()
+    elif any(p.role is role and p.hardware_pool_id == pool.id for p in user.permissions):
+        raise Conflict(f"user {principal} already has the role {role} in hardware pool {pool.name}")
+    session.add(Permission(user_id=user.id, role=role, hardware_pool_id=pool.id))
     session.flush()
     return user, created
