@@ -112,7 +112,7 @@ def host_list(request: Request) -> Response:
         _require_global(s, request, Privilege.VIEW, "list hosts")
         rows = list(s.scalars(select(Host).order_by(Host.hostname, Host.id)))
         windows = [admission.window_view(w) for w in admission.windows(s)]
-        return render(request, "hosts.html", hosts=rows, windows=windows)
+        return render(request, "hosts.html", hosts=rows, windows=windows, below="hosts_form.html")
 
 
 def host_detail(request: Request) -> Response:
@@ -132,7 +132,8 @@ def vm_list(request: Request) -> Response:
         rows = vms.visible(s, principal)
         pools = [p for p in s.scalars(select(HardwarePool).order_by(HardwarePool.name))
                  if permissions.allowed(s, principal, Privilege.MODIFY, p.id)]  # fmt: skip
-        return render(request, "vms.html", vms=rows, pools=pools, actions=_actions(s, principal, rows))
+        return render(request, "vms.html", vms=rows, pools=pools, actions=_actions(s, principal, rows),
+                      below="vms_form.html")  # fmt: skip
 
 
 def _actions(s: Session, principal: str, rows: list[Vm]) -> dict[int, list[str]]:
@@ -224,7 +225,8 @@ def user_list(request: Request) -> Response:
         grants = {u.id: [(str(p.role), pools.get(p.hardware_pool_id or 0, "everywhere"))
                          for p in s.scalars(select(Permission).where(Permission.user_id == u.id))]
                   for u in users}  # fmt: skip
-        return render(request, "users.html", users=users, grants=grants, roles=[str(r) for r in Role])
+        return render(request, "users.html", users=users, grants=grants, roles=[str(r) for r in Role],
+                      below="users_form.html")  # fmt: skip
 
 
 # Actions -----------------------------------------------------------------------------------------------
