@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import secrets
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -207,6 +208,31 @@ def test_an_admin_approves_a_pending_host_from_its_page(ui: Ui) -> None:
         with session_scope(ui.db) as s:
             done = s.get(Host, host_id)
             assert done is not None and done.state is not HostState.MAINTENANCE
+        # Remove it (a confirm dialog first): the row and its principal go.
+        page.once("dialog", lambda dialog: dialog.accept())
+        page.click("button:has-text('Remove')")
+        page.wait_for_selector(".flash.ok:has-text('remove')", timeout=15000)
+    with session_scope(ui.db) as s:
+        assert s.get(Host, host_id) is None
+
+
+def test_an_admin_grants_a_role_on_the_users_page(ui: Ui) -> None:
+    newcomer = ui.principal("ui-carol")
+    with kerberos_browser(ui, ADMIN) as context:
+        page = context.new_page()
+        page.goto(f"{ui.url}/users")
+        page.fill("input[name=principal]", newcomer)
+        page.select_option("select[name=role]", "monitor")
+        page.click("button:has-text('Grant')")
+        page.wait_for_selector(f"tr:has-text('{newcomer}') .badge:has-text('monitor')", timeout=10000)
+        # An admin may not hand out super_admin: refused with the reason, nothing granted.
+        page.fill("input[name=principal]", newcomer)
+        page.select_option("select[name=role]", "super_admin")
+        page.click("button:has-text('Grant')")
+        page.wait_for_selector(".flash.error:has-text('super_admin')", timeout=10000)
+    with session_scope(ui.db) as s:
+        roles = s.scalars(select(Permission.role).join(User).where(User.principal == newcomer)).all()
+        assert list(roles) == [Role.MONITOR]
 
 
 def test_an_admin_opens_and_closes_an_enrolment_window(ui: Ui) -> None:
@@ -233,6 +259,13 @@ def test_an_admin_opens_and_closes_an_enrolment_window(ui: Ui) -> None:
             assert len(windows) == 1 and windows[0].closed_at is not None
 
 
+# The page believes the tab is hidden / shown again, as the browser tells it when the user switches tabs.
+HIDE = """Object.defineProperty(document, 'hidden', {configurable: true, get: () => true});
+document.dispatchEvent(new Event('visibilitychange'))"""
+SHOW = """Object.defineProperty(document, 'hidden', {configurable: true, get: () => false});
+document.dispatchEvent(new Event('visibilitychange'))"""
+
+
 def test_a_vm_state_change_appears_in_the_open_list_without_a_reload(ui: Ui) -> None:
     with kerberos_browser(ui, ADMIN) as context:
         page = context.new_page()
@@ -247,6 +280,19 @@ def test_a_vm_state_change_appears_in_the_open_list_without_a_reload(ui: Ui) -> 
             set_vm_state(s, vm, VmState.RUNNING, "started by the test")
         page.wait_for_selector("tr[data-vm='web-1'] [data-state='running']", timeout=15000)
         assert page.evaluate("window.__same_page") == 1  # the same document: no reload happened
+        # A hidden tab drops its stream; a change meanwhile shows once the tab is visible again.
+        page.evaluate(HIDE)
+        page.wait_for_selector("#live-dot.paused", timeout=5000)
+        with session_scope(ui.db) as s:
+            vm = s.get(Vm, ui.vm_ids["web-1"])
+            assert vm is not None
+            set_vm_state(s, vm, VmState.PAUSED, "suspended by the test")
+        time.sleep(2)  # four stream polls: a live stream would have brought it by now
+        assert page.get_attribute(badge, "data-state") == "running"
+        page.evaluate(SHOW)
+        page.wait_for_selector("tr[data-vm='web-1'] [data-state='paused']", timeout=15000)
+        page.wait_for_selector("#live-dot.on", timeout=5000)
+        assert page.evaluate("window.__same_page") == 1
         screenshot(context, "vms")
         page.click("tr[data-vm='web-1'] a")
         page.wait_for_selector("#vm-state", timeout=10000)

@@ -9,13 +9,14 @@ Actions answer with a flash message for #flash and an `HX-Trigger: drover:event`
 from __future__ import annotations
 
 from collections import Counter
+from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 from jinja2 import Environment, FileSystemLoader, select_autoescape
-from sqlalchemy import select
-from sqlalchemy.orm import Session
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session, selectinload
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response
@@ -42,6 +43,7 @@ TEMPLATES = Environment(
 )
 LIVE = "live"
 EVENTS_SHOWN = 50
+PAGE_SIZE = 100
 
 
 def render(request: Request, template: str, status: int = 200, **context: Any) -> HTMLResponse:
@@ -110,9 +112,10 @@ def dashboard(request: Request) -> Response:
 def host_list(request: Request) -> Response:
     with session(request) as s:
         _require_global(s, request, Privilege.VIEW, "list hosts")
-        rows = list(s.scalars(select(Host).order_by(Host.hostname, Host.id)))
+        pager = _pager(request, int(s.scalar(select(func.count()).select_from(Host)) or 0))
+        rows = list(s.scalars(select(Host).order_by(Host.hostname, Host.id).offset(pager.offset).limit(PAGE_SIZE)))
         windows = [admission.window_view(w) for w in admission.windows(s)]
-        return render(request, "hosts.html", hosts=rows, windows=windows, below="hosts_form.html")
+        return render(request, "hosts.html", hosts=rows, windows=windows, pager=pager, below="hosts_form.html")
 
 
 def host_detail(request: Request) -> Response:
@@ -126,24 +129,61 @@ def host_detail(request: Request) -> Response:
         return render(request, "host.html", host=host, info=hosts.detail(host, port), events=events)
 
 
+@dataclass(frozen=True)
+class Pager:
+    page: int
+    pages: int
+    total: int
+
+    @property
+    def offset(self) -> int:
+        return (self.page - 1) * PAGE_SIZE
+
+
+def _pager(request: Request, total: int) -> Pager:
+    text = request.query_params.get("page", "1")
+    pages = max(1, -(-total // PAGE_SIZE))
+    page = int(text) if text.isdigit() and int(text) >= 1 else 1
+    return Pager(min(page, pages), pages, total)
+
+
 def vm_list(request: Request) -> Response:
     principal = caller(request).principal
     with session(request) as s:
-        rows = vms.visible(s, principal)
+        # The rows vms.visible() gives the API (the pools permissions.visible_pools allows), one page of them.
+        query = select(Vm)
+        pools_seen = permissions.visible_pools(s, principal)
+        if pools_seen is not None:
+            query = query.where(Vm.hardware_pool_id.in_(sorted(pools_seen)))
+        total = int(s.scalar(select(func.count()).select_from(query.subquery())) or 0)
+        pager = _pager(request, total)
+        rows = list(s.scalars(query.options(selectinload(Vm.host), selectinload(Vm.pool))
+                              .order_by(Vm.name, Vm.id).offset(pager.offset).limit(PAGE_SIZE)))  # fmt: skip
+        allowed = Allowed(s, principal)
         pools = [p for p in s.scalars(select(HardwarePool).order_by(HardwarePool.name))
-                 if permissions.allowed(s, principal, Privilege.MODIFY, p.id)]  # fmt: skip
-        return render(request, "vms.html", vms=rows, pools=pools, actions=_actions(s, principal, rows),
+                 if allowed(Privilege.MODIFY, p.id)]  # fmt: skip
+        return render(request, "vms.html", vms=rows, pools=pools, actions=_actions(allowed, rows), pager=pager,
                       below="vms_form.html")  # fmt: skip
 
 
-def _actions(s: Session, principal: str, rows: list[Vm]) -> dict[int, list[str]]:
+class Allowed:
+    """permissions.allowed() once per (privilege, pool) in a request: a page of VMs shares a few pools."""
+
+    def __init__(self, s: Session, principal: str) -> None:
+        self.s, self.principal = s, principal
+        self.known: dict[tuple[Privilege, int | None], bool] = {}
+
+    def __call__(self, privilege: Privilege, pool_id: int | None) -> bool:
+        key = (privilege, pool_id)
+        if key not in self.known:
+            self.known[key] = permissions.allowed(self.s, self.principal, privilege, pool_id)
+        return self.known[key]
+
+
+def _actions(allowed: Allowed, rows: list[Vm]) -> dict[int, list[str]]:
     """The verbs each VM offers this user now: its state allows them and the user holds the privilege."""
-    out: dict[int, list[str]] = {}
-    for vm in rows:
-        verbs = [v for v in _STATE_VERBS.get(vm.state, ())
-                 if permissions.allowed(s, principal, vms.ACTIONS[v][1], vm.hardware_pool_id)]  # fmt: skip
-        out[vm.id] = verbs
-    return out
+    return {vm.id: [v for v in _STATE_VERBS.get(vm.state, ()) if allowed(vms.ACTIONS[v][1], vm.hardware_pool_id)]
+            for vm in rows}  # fmt: skip
 
 
 _STATE_VERBS: dict[VmState, tuple[str, ...]] = {
@@ -169,7 +209,7 @@ def vm_detail(request: Request) -> Response:
         hosts_to = [h for h in s.scalars(select(Host).where(Host.state == HostState.AVAILABLE).order_by(Host.hostname))
                    if h.id != vm.host_id]  # fmt: skip
         return render(request, "vm.html", vm=vm, info=vms.detail(vm), tasks=tasks, events=events, hosts=hosts_to,
-                      actions=_actions(s, principal, [vm])[vm.id])  # fmt: skip
+                      actions=_actions(Allowed(s, principal), [vm])[vm.id])  # fmt: skip
 
 
 def targets(s: Session, tasks: list[Task]) -> dict[int, str]:
