@@ -8,6 +8,7 @@ import shutil
 import stat
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,7 +18,9 @@ from sqlalchemy import Engine, func, select
 
 from appliance.api import create_app
 from appliance.db.engine import make_engine, session_scope
-from appliance.db.models import Event
+from appliance.db.models import Event, HardwarePool, Permission, User, Vm
+from appliance.db.models.users import Role
+from appliance.hosts import default_pool
 from appliance.serving import Group, bind, listener
 from appliance.web.access import is_loopback, safe_next
 from appliance.web.session import COOKIE, Signer, csrf_ok, load_key
@@ -136,3 +139,51 @@ def test_a_form_must_be_urlencoded(client: tuple[httpx.Client, Engine, Signer]) 
     headers = {**cookie, "X-CSRF-Token": csrf, "Content-Type": "application/json"}
     sent = tc.post("/ui/vms", content=b'{"name": "x"}', headers=headers)
     assert sent.status_code == 400 and "x-www-form-urlencoded" in sent.text
+
+
+def _stream_until(tc: httpx.Client, cookie: dict[str, str], stop_id: int, headers: dict[str, str]) -> list[str]:
+    """The `data:` lines of /ui/stream up to the one of event `stop_id` (the stream sends in id order)."""
+    data: list[str] = []
+    with tc.stream("GET", "/ui/stream", headers={**cookie, **headers}, timeout=30) as answer:
+        assert answer.status_code == 200 and answer.headers["content-type"].startswith("text/event-stream")
+        for line in answer.iter_lines():
+            if line.startswith("data: "):
+                data.append(line)
+                if f'"id": {stop_id},' in line:
+                    break
+    return data
+
+
+def test_the_event_stream_sends_each_user_only_what_they_may_see(client: Served) -> None:
+    tc, engine, signer = client
+    with session_scope(engine) as s:
+        root = default_pool(s)
+        mine, theirs = HardwarePool(name="s-mine", parent=root), HardwarePool(name="s-theirs", parent=root)
+        s.add_all([mine, theirs])
+        s.flush()
+        carol = User(principal="carol@LAB.EXAMPLE.TEST")
+        s.add(carol)
+        s.flush()
+        s.add(Permission(user=carol, role=Role.USER, hardware_pool_id=mine.id))
+        vm_mine = Vm(uuid=str(uuid.uuid4()), name="s-vm-mine", vcpus=1, memory_mib=64, pool=mine)
+        vm_theirs = Vm(uuid=str(uuid.uuid4()), name="s-vm-theirs", vcpus=1, memory_mib=64, pool=theirs)
+        s.add_all([vm_mine, vm_theirs])
+        s.flush()
+        events = [Event(kind="vm.state", subject="s-vm-theirs", vm_id=vm_theirs.id),
+                  Event(kind="host.state", subject="some host"),
+                  Event(kind="vm.state", subject="s-vm-mine", vm_id=vm_mine.id)]  # fmt: skip
+        s.add_all(events)
+        s.flush()
+        ids = [e.id for e in events]
+    _, cookie_value = signer.issue("carol@LAB.EXAMPLE.TEST")
+    cookie = {"Cookie": f"{COOKIE}={cookie_value}"}
+    seen = _stream_until(tc, cookie, ids[-1], {"Last-Event-ID": str(ids[0] - 1)})
+    assert len(seen) == 1 and '"subject": "s-vm-mine"' in seen[0], seen
+    # Resuming after the last id sees nothing old; a new event on her VM arrives on the open stream.
+    with session_scope(engine) as s:
+        later = Event(kind="vm.state", subject="s-vm-mine", vm_id=vm_mine.id)
+        s.add(later)
+        s.flush()
+        later_id = later.id
+    again = _stream_until(tc, cookie, later_id, {"Last-Event-ID": str(ids[-1])})
+    assert len(again) == 1 and f'"id": {later_id}' in again[0]

@@ -27,7 +27,19 @@ from appliance.api.auth import caller
 from appliance.api.state import session, state
 from appliance.api.vms import _may_see as may_see_task
 from appliance.db import access
-from appliance.db.models import Event, HardwarePool, Host, HostState, Permission, Task, TaskState, User, Vm, VmState
+from appliance.db.models import (
+    Event,
+    HardwarePool,
+    Host,
+    HostState,
+    Permission,
+    Severity,
+    Task,
+    TaskState,
+    User,
+    Vm,
+    VmState,
+)
 from appliance.db.models.users import Role
 from appliance.errors import DroverError, NotFound, UsageError
 from appliance.kerberos.realm import Realm
@@ -246,6 +258,8 @@ def task_panel(request: Request) -> Response:
 def event_list(request: Request) -> Response:
     severity = request.query_params.get("severity", "")
     kind = request.query_params.get("kind", "")
+    if severity and severity not in set(Severity):
+        raise UsageError(f"severity: one of {', '.join(Severity)}")
     with session(request) as s:
         _require_global(s, request, Privilege.VIEW, "see events")
         query = select(Event).order_by(Event.id.desc()).limit(EVENTS_SHOWN * 4)
@@ -254,7 +268,7 @@ def event_list(request: Request) -> Response:
         if kind:
             query = query.where(Event.kind.startswith(kind[:64]))
         rows = list(s.scalars(query))
-        return render(request, "events.html", events=rows, severity=severity, kind=kind)
+        return render(request, "events.html", events=rows, severity=severity, kind=kind, above="events_filter.html")
 
 
 def user_list(request: Request) -> Response:
