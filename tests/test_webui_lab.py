@@ -212,6 +212,7 @@ def test_an_admin_approves_a_pending_host_from_its_page(ui: Ui) -> None:
         page.once("dialog", lambda dialog: dialog.accept())
         page.click("button:has-text('Remove')")
         page.wait_for_selector(".flash.ok:has-text('remove')", timeout=15000)
+        page.wait_for_selector("#live h2:has-text('Gone')", timeout=10000)  # the page says so in place
     with session_scope(ui.db) as s:
         assert s.get(Host, host_id) is None
 

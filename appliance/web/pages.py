@@ -31,9 +31,9 @@ from appliance.db.models import (
     Event,
     HardwarePool,
     Host,
-    HostState,
     Permission,
     Severity,
+    TargetKind,
     Task,
     TaskState,
     User,
@@ -82,6 +82,10 @@ def flash(message: str, status: int = 200, *, error: bool = False) -> HTMLRespon
 def error_page(request: Request, exc: DroverError) -> Response:
     """A refusal as the UI shows it: in #flash for an htmx request, else a page of its own."""
     text = exc.message + (f" ({exc.hint})" if exc.hint else "")
+    if request.headers.get("hx-target") == LIVE and isinstance(exc, NotFound):
+        # A page refreshing itself after its object went away (removed here or elsewhere): say so in place.
+        html = TEMPLATES.get_template("gone.html").render(prefix=PREFIX, message=exc.message)
+        return HTMLResponse(html)
     if "hx-request" in request.headers:
         return flash(text, exc.http_status, error=True)
     html = TEMPLATES.get_template("error.html").render(prefix=PREFIX, status=exc.http_status, message=exc.message,
@@ -215,12 +219,10 @@ def vm_detail(request: Request) -> Response:
         if vm is None:
             raise NotFound(f"VM {request.path_params['id']} does not exist")
         permissions.require(s, principal, Privilege.VIEW, vm.hardware_pool_id, f"see VM {vm.name}")
-        tasks = [t for t in s.scalars(select(Task).where(Task.target_id == vm.id).order_by(Task.id.desc()).limit(20))
-                 if t.target_kind.value == "vm"]  # fmt: skip
+        tasks = list(s.scalars(select(Task).where(Task.target_kind == TargetKind.VM, Task.target_id == vm.id)
+                               .order_by(Task.id.desc()).limit(20)))  # fmt: skip
         events = list(s.scalars(select(Event).where(Event.vm_id == vm.id).order_by(Event.id.desc()).limit(20)))
-        hosts_to = [h for h in s.scalars(select(Host).where(Host.state == HostState.AVAILABLE).order_by(Host.hostname))
-                   if h.id != vm.host_id]  # fmt: skip
-        return render(request, "vm.html", vm=vm, info=vms.detail(vm), tasks=tasks, events=events, hosts=hosts_to,
+        return render(request, "vm.html", vm=vm, info=vms.detail(vm), tasks=tasks, events=events,
                       actions=_actions(Allowed(s, principal), [vm])[vm.id])  # fmt: skip
 
 
