@@ -58,5 +58,6 @@ def create_web_app(api: ApiState, acceptor: Acceptor) -> Starlette:
     app = Starlette(routes=routes, middleware=[Middleware(SessionMiddleware, signer=signer)],
                     exception_handlers={DroverError: _error})  # fmt: skip
     app.state.drover = api
+    app.state.hub = stream.Hub(api.engine)
     app.state.web = WebState(acceptor, signer, secure_cookie=not is_loopback(api.cfg.api.listen))
     return app
