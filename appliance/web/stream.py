@@ -13,12 +13,15 @@ and a shutting-down server is never held open by a browser tab.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import logging
 import threading
 import time
 from collections.abc import AsyncIterator
 from dataclasses import asdict, dataclass
 
+import psycopg
 from sqlalchemy import Engine, func, select
 from starlette.requests import Request
 from starlette.responses import StreamingResponse
@@ -27,9 +30,14 @@ from appliance import permissions
 from appliance.api.auth import caller
 from appliance.db.engine import session_scope
 from appliance.db.models import Event, TargetKind, Task, Vm
+from appliance.db.models.events import NOTIFY_CHANNEL
 from appliance.permissions import Privilege
 
+log = logging.getLogger(__name__)
+
 POLL_SECONDS = 0.25
+# On PostgreSQL the hub wakes on NOTIFY (appliance.db.models.events); this poll is only the safety net.
+NOTIFIED_POLL_SECONDS = 2.0
 MAX_SECONDS = 20.0
 VIEW_SECONDS = 5.0  # a revoked role stops a stream's events at most this late (the stream ends by 20 s anyway)
 BATCH = 500
@@ -113,6 +121,9 @@ class Hub:
         self.queues: set[asyncio.Queue[list[Item]]] = set()
         self.last = -1
         self._task: asyncio.Task[None] | None = None
+        self._wake = asyncio.Event()
+        self._listener: threading.Thread | None = None
+        self.notified = engine.dialect.name == "postgresql"
 
     async def subscribe(self) -> tuple[asyncio.Queue[list[Item]], int]:
         """A queue of the events after the returned id (the hub's position when it was subscribed)."""
@@ -122,7 +133,23 @@ class Hub:
         self.queues.add(queue)
         if self._task is None or self._task.done():
             self._task = asyncio.create_task(self._run())
+        if self.notified and (self._listener is None or not self._listener.is_alive()):
+            loop = asyncio.get_running_loop()
+            self._listener = threading.Thread(target=self._listen, args=(loop,), name="ui-events-listen", daemon=True)
+            self._listener.start()
         return queue, self.last
+
+    def _listen(self, loop: asyncio.AbstractEventLoop) -> None:
+        """LISTEN on a connection of its own while anyone is subscribed; each NOTIFY wakes the hub."""
+        url = self.engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
+        try:
+            with psycopg.connect(url, autocommit=True) as conn:
+                conn.execute(f"LISTEN {NOTIFY_CHANNEL}")
+                while self.queues and not STOPPING.is_set():
+                    for _ in conn.notifies(timeout=1.0, stop_after=1):
+                        loop.call_soon_threadsafe(self._wake.set)
+        except (psycopg.Error, RuntimeError) as exc:  # RuntimeError: the loop closed under us at shutdown
+            log.warning("event stream LISTEN stopped (%s); polling every %ss", exc, NOTIFIED_POLL_SECONDS)
 
     def unsubscribe(self, queue: asyncio.Queue[list[Item]]) -> None:
         self.queues.discard(queue)
@@ -134,8 +161,14 @@ class Hub:
                 self.last = items[-1].id
                 for queue in list(self.queues):
                     queue.put_nowait(items)
-            if len(items) < BATCH:
+            if len(items) == BATCH:
+                continue
+            if not self.notified:
                 await asyncio.sleep(POLL_SECONDS)
+                continue
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), NOTIFIED_POLL_SECONDS)
+            self._wake.clear()
 
 
 def _frame(item: Item) -> str:
