@@ -220,3 +220,41 @@ def test_the_event_stream_sends_each_user_only_what_they_may_see(client: Served)
     assert arrived.wait(10), "the new event did not reach the open stream"
     reader.join(30)
     assert len(got) == 1 and f'"id": {later_id},' in got[0]
+
+
+def test_password_sign_in_off_loopback_sets_a_secure_strict_cookie(
+    kdc: LabKdc, tmp_path: Path, sqlite_migrated_file: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An appliance configured to listen beyond loopback marks its cookie Secure (served here on loopback)."""
+    monkeypatch.setenv("KRB5_CONFIG", str(kdc.krb5_conf))  # as `drover serve` sets it for itself
+    path = tmp_path / "drover.db"
+    shutil.copyfile(sqlite_migrated_file, path)
+    password = "Pw-" + uuid.uuid4().hex[:12]
+    kdc.realm.kadmin().add("web-dave", password=password)
+    engine = make_engine(f"sqlite:///{path}")
+    cfg = lab_config(kdc, path, DROVER_API_LISTEN="0.0.0.0")
+    sock = bind("127.0.0.1", 0, "test")
+    group = Group([listener("api", create_app(cfg, engine=engine), sock)])
+    thread = threading.Thread(target=group.run)
+    thread.start()
+    try:
+        while not group.started:
+            assert thread.is_alive()
+            time.sleep(0.01)
+        with httpx.Client(base_url=f"http://127.0.0.1:{sock.getsockname()[1]}", trust_env=False) as http:
+            form = {"user": "web-dave", "password": password, "next": "/ui/vms"}
+            wrong = http.post("/ui/login", data={**form, "password": "x" + password})
+            assert wrong.status_code == 401 and "set-cookie" not in wrong.headers
+            assert "sign-in failed" in wrong.text
+            signed = http.post("/ui/login", data=form)
+            assert signed.status_code == 303 and signed.headers["location"] == "/ui/vms"
+            cookie = signed.headers["set-cookie"]
+            for attribute in ("HttpOnly", "Secure", "SameSite=strict", "Path=/ui/", "Max-Age=28800"):
+                assert attribute.lower() in cookie.lower(), cookie
+            value = cookie.split(";", 1)[0].split("=", 1)[1]
+            session = Signer(load_key(cfg.state_dir)).read(value)
+            assert session is not None and session.principal == f"web-dave@{kdc.realm.name}"
+    finally:
+        group.stop()
+        thread.join(15)
+        engine.dispose()
