@@ -114,8 +114,9 @@ def build(vm: Vm, caps: HostCaps) -> str:
     _sub(serial, "target", port="0")
     console = _sub(devices, "console", type="pty")
     _sub(console, "target", type="serial", port="0")
-    graphics = _sub(devices, "graphics", type="vnc", port="-1", autoport="yes", listen="0.0.0.0")
-    _sub(graphics, "listen", type="address", address="0.0.0.0")
+    # Where VNC listens and on which ports is the node's (qemu.conf vnc_listen, remote_display_port_*): the
+    # same definition then fits every host it migrates to.
+    _sub(devices, "graphics", type="vnc", port="-1", autoport="yes")
     _sub(devices, "memballoon", model="none")
     ET.indent(dom)
     return ET.tostring(dom, encoding="unicode")

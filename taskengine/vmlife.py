@@ -58,6 +58,20 @@ def lookup(conn: libvirt.virConnect, uuid: str) -> libvirt.virDomain | None:
         raise
 
 
+def settle(dom: libvirt.virDomain, timeout: float = 120) -> None:
+    """Wait while libvirt still runs a job on the domain: a worker that died in the middle of a call left
+    libvirtd finishing it, and deciding (or starting again) before it ends would race it."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            state = dom.controlInfo()[0]
+        except libvirt.libvirtError:
+            return  # not running (no control state to report), or gone: nothing in progress to wait for
+        if state == libvirt.VIR_DOMAIN_CONTROL_OK:
+            return
+        time.sleep(0.2)
+
+
 def real_state(dom: libvirt.virDomain) -> VmState:
     state, _reason = dom.state()
     if state == libvirt.VIR_DOMAIN_SHUTOFF and dom.hasManagedSaveImage():
@@ -132,6 +146,8 @@ def _state_is(ctx: TaskContext, *wanted: VmState) -> Reconciled:
         if vm.host is None:
             return Reconciled(Verdict.RERUN)
         dom = lookup(ctx.connect(vm.host), vm.uuid)
+        if dom is not None:
+            settle(dom)
         state = real_state(dom) if dom is not None else None
         if state in wanted:
             return Reconciled(Verdict.FINISHED, {"reconciled": str(state)})

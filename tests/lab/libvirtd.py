@@ -94,6 +94,9 @@ log_outputs = "{s.log_level}:file:{root / "libvirtd.log"}"
 
 
 def qemu_conf(s: NodeSettings) -> str:
+    # VNC on the node's own address, from a port range of its own: lab nodes share one network
+    # namespace, and two libvirtds handing out 5900 each would collide (on a migration's destination).
+    display = 5900 + 100 * (int(s.address.rsplit(".", 1)[1]) % 500)
     # root, no security driver, no cgroups or namespaces: the lab runs in a container without
     # systemd; stdio_handler "file" means no virtlogd; migration stays on the node's own address.
     return f"""user = "root"
@@ -106,6 +109,9 @@ namespaces = [ ]
 stdio_handler = "file"
 migration_address = "{s.address}"
 migration_host = "{s.address}"
+vnc_listen = "{s.address}"
+remote_display_port_min = {display}
+remote_display_port_max = {display + 99}
 """
 
 

@@ -4,7 +4,7 @@ engine run as separate `drover taskengine run` processes the rack can start, kil
 
 Shared by every module that needs VMs on nodes (task engine now; monitor and UI later): booting per test
 would cost a core-minute each. The appliance's own task engine threads are off here so a test decides how
-many worker processes run and may SIGKILL them; test_taskengine_serve.py covers the threads of serve.
+many worker processes run and may SIGKILL them; test_taskengine_serve_lab.py covers the threads of serve.
 
 Nodes accept the appliance's principal and each other's libvirt/<fqdn> principals (peer-to-peer migration).
 """
