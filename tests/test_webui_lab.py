@@ -298,10 +298,6 @@ def test_a_vm_state_change_appears_in_the_open_list_without_a_reload(ui: Ui) -> 
         page.click("tr[data-vm='web-1'] a")
         page.wait_for_selector("#vm-state", timeout=10000)
         screenshot(context, "vm")
-        for name in ("tasks", "events", "users"):
-            page.goto(f"{ui.url}/{name}")
-            page.wait_for_selector("h1", timeout=10000)
-            screenshot(context, name)
 
 
 def test_actions_queue_tasks_refusals_show_their_reason_and_the_panel_cancels(ui: Ui) -> None:
@@ -413,3 +409,14 @@ def test_a_post_without_the_csrf_token_changes_nothing(ui: Ui) -> None:
         done = fetch(page, f"/ui/vms/{vm_id}/start", "POST", {"X-CSRF-Token": csrf_of(page)})
         assert done.status == 200, done.text
         assert tasks_for(ui.db, vm_id) == before + 1
+
+
+def test_screenshots_of_the_main_pages_once_everything_above_has_happened(ui: Ui) -> None:
+    with kerberos_browser(ui, ADMIN) as context:
+        page = context.new_page()
+        for name in ("dashboard", "hosts", "vms", "tasks", "events", "users"):
+            page.goto(f"{ui.url}/{'' if name == 'dashboard' else name}")
+            page.wait_for_selector("#live", timeout=10000)
+            page.wait_for_selector("#taskpanel h2", timeout=10000)
+            path = screenshot(context, f"page-{name}")
+            assert path.stat().st_size > 10_000  # a rendered page, not a blank one
