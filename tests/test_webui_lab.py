@@ -320,6 +320,19 @@ def test_actions_queue_tasks_refusals_show_their_reason_and_the_panel_cancels(ui
         with session_scope(ui.db) as s:
             task = s.scalars(select(Task).where(Task.target_id == vm_id)).one()
             assert task.state is TaskState.CANCELED and task.created_by == ui.principal(ADMIN)
+        # Search by name and state: only what matches stays in the list.
+        page.fill("input[name=q]", "app")
+        page.click("#vm-search button")
+        page.wait_for_url("**/ui/vms?q=app*", timeout=10000)
+        names = page.eval_on_selector_all("#vms-table tr[data-vm]", "rows => rows.map(r => r.dataset.vm)")
+        assert names == ["app-1"]
+        page.goto(f"{ui.url}/vms?state=stopped&q=vm-")
+        names = page.eval_on_selector_all("#vms-table tr[data-vm]", "rows => rows.map(r => r.dataset.vm)")
+        assert sorted(names) == ["vm-alice", "vm-bob"]
+        page.goto(f"{ui.url}/vms?state=paused")  # web-1, paused by the stream test
+        names = page.eval_on_selector_all("#vms-table tr[data-vm]", "rows => rows.map(r => r.dataset.vm)")
+        assert names == ["web-1"]
+        page.goto(f"{ui.url}/vms")
         # A new VM from the form: a row and its create task, as `drover vm create` makes them.
         page.fill("input[name=name]", "made-in-ui")
         page.select_option("select[name=pool]", label="ui-a")

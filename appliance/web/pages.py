@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode
 
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 from sqlalchemy import func, select
@@ -63,6 +64,8 @@ def render(request: Request, template: str, status: int = 200, **context: Any) -
     principal = caller(request).principal
     base: dict[str, Any] = {"request": request, "prefix": PREFIX, "principal": principal}
     base["csrf"] = ui_session(request).csrf
+    kept = [(k, v) for k, v in request.query_params.multi_items() if k != "page"]
+    base["pager_query"] = urlencode(kept) + "&" if kept else ""  # a page link keeps the search it pages through
     with session(request) as s:
         base["is_viewer"] = permissions.allowed(s, principal, Privilege.VIEW, None)
         base["is_admin"] = permissions.allowed(s, principal, Privilege.MODIFY, None)
@@ -171,6 +174,13 @@ def vm_list(request: Request) -> Response:
         pools_seen = permissions.visible_pools(s, principal)
         if pools_seen is not None:
             query = query.where(Vm.hardware_pool_id.in_(sorted(pools_seen)))
+        search, state_wanted = request.query_params.get("q", "").strip()[:64], request.query_params.get("state", "")
+        if search:
+            query = query.where(Vm.name.contains(search, autoescape=True))
+        if state_wanted:
+            if state_wanted not in set(VmState):
+                raise UsageError(f"state: one of {', '.join(VmState)}")
+            query = query.where(Vm.state == VmState(state_wanted))
         total = int(s.scalar(select(func.count()).select_from(query.subquery())) or 0)
         pager = _pager(request, total)
         rows = list(s.scalars(query.options(selectinload(Vm.host), selectinload(Vm.pool))
@@ -179,7 +189,8 @@ def vm_list(request: Request) -> Response:
         pools = [p for p in s.scalars(select(HardwarePool).order_by(HardwarePool.name))
                  if allowed(Privilege.MODIFY, p.id)]  # fmt: skip
         return render(request, "vms.html", vms=rows, pools=pools, actions=_actions(allowed, rows), pager=pager,
-                      below="vms_form.html")  # fmt: skip
+                      above="vms_filter.html", below="vms_form.html", search=search, state_wanted=state_wanted,
+                      states=[str(v) for v in VmState])  # fmt: skip
 
 
 class Allowed:
