@@ -333,6 +333,15 @@ def test_actions_queue_tasks_refusals_show_their_reason_and_the_panel_cancels(ui
         names = page.eval_on_selector_all("#vms-table tr[data-vm]", "rows => rows.map(r => r.dataset.vm)")
         assert names == ["web-1"]
         page.goto(f"{ui.url}/vms")
+        # Bulk: each selected VM on its own; the paused one refuses a start, the stopped one queues it.
+        bob_tasks = tasks_for(ui.db, ui.vm_ids["vm-bob"])
+        page.check("tr[data-vm='vm-bob'] input[name=vm]")
+        page.check("tr[data-vm='web-1'] input[name=vm]")
+        page.click("button:has-text('start selected')")
+        page.wait_for_selector(".flash:has-text('1 queued (vm-bob); 1 refused')", timeout=10000)
+        assert "web-1" in page.inner_text(".flash")
+        assert tasks_for(ui.db, ui.vm_ids["vm-bob"]) == bob_tasks + 1
+        assert tasks_for(ui.db, ui.vm_ids["web-1"]) == 0
         # A new VM from the form: a row and its create task, as `drover vm create` makes them.
         page.fill("input[name=name]", "made-in-ui")
         page.select_option("select[name=pool]", label="ui-a")

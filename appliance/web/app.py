@@ -34,6 +34,7 @@ routes = [
     Route("/enrolment/windows/{id}/close", pages.close_window, methods=["POST"]),
     Route("/vms", pages.vm_list),
     Route("/vms", pages.vm_create, methods=["POST"]),
+    Route("/vms/bulk", pages.vm_bulk, methods=["POST"]),
     Route("/vms/{id}", pages.vm_detail),
     Route("/vms/{id}/{verb}", pages.vm_action, methods=["POST"]),
     Route("/tasks", pages.task_list),

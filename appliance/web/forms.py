@@ -17,14 +17,18 @@ MAX_FIELDS = 50
 
 async def form_fields(request: Request) -> dict[str, str]:
     """The last value of each field; a body of another type, or with too many fields, is a 400."""
+    return dict(await form_pairs(request))
+
+
+async def form_pairs(request: Request, max_fields: int = MAX_FIELDS) -> list[tuple[str, str]]:
+    """Every (field, value) in order: a field may repeat (checkboxes)."""
     body = await request.body()
     if not body:
-        return {}
+        return []
     kind = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
     if kind != "application/x-www-form-urlencoded":
         raise UsageError(f"a form must be sent as application/x-www-form-urlencoded, not {kind[:60] or 'nothing'}")
     try:
-        pairs = parse_qsl(body.decode("utf-8"), keep_blank_values=True, max_num_fields=MAX_FIELDS, strict_parsing=False)
+        return parse_qsl(body.decode("utf-8"), keep_blank_values=True, max_num_fields=max_fields)
     except (UnicodeDecodeError, ValueError):
-        raise UsageError("the form is not valid UTF-8 form data") from None
-    return dict(pairs)
+        raise UsageError(f"the form is not valid UTF-8 form data of at most {max_fields} fields") from None

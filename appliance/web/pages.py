@@ -46,7 +46,7 @@ from appliance.errors import DroverError, NotFound, UsageError
 from appliance.kerberos.realm import Realm
 from appliance.permissions import Privilege
 from appliance.web.access import PREFIX, ui_session
-from appliance.web.forms import form_fields
+from appliance.web.forms import form_fields, form_pairs
 
 TEMPLATES = Environment(
     loader=FileSystemLoader(Path(__file__).parent / "templates"),
@@ -378,6 +378,44 @@ def _vm_action(request: Request, form: dict[str, str]) -> Response:
         task = vms.act(s, vm, request.path_params["verb"], caller(request).principal, args)
         s.flush()
         return flash(f"{request.path_params['verb']} {vm.name}: task {task.id} queued")
+
+
+BULK_VERBS = ("start", "shutdown", "poweroff")
+BULK_MAX = 100
+
+
+async def vm_bulk(request: Request) -> Response:
+    """POST /ui/vms/bulk verb=start|shutdown|poweroff&vm=ID&vm=ID...: each VM on its own, as vms.act decides."""
+    pairs = await form_pairs(request, BULK_MAX + 5)
+    verbs = [v for k, v in pairs if k == "verb"]
+    ids = [v for k, v in pairs if k == "vm"]
+    if len(verbs) != 1 or verbs[0] not in BULK_VERBS:
+        raise UsageError(f"verb: one of {', '.join(BULK_VERBS)}")
+    if not ids or not all(i.isdigit() for i in ids) or len(ids) > BULK_MAX:
+        raise UsageError(f"vm: select 1 to {BULK_MAX} VMs")
+    return await run_in_threadpool(_vm_bulk, request, verbs[0], [int(i) for i in dict.fromkeys(ids)])
+
+
+def _vm_bulk(request: Request, verb: str, ids: list[int]) -> Response:
+    principal = caller(request).principal
+    queued, refused = [], []
+    for vm_id in ids:
+        try:
+            # One transaction per VM: a refusal of one leaves the others' tasks queued.
+            with session(request) as s:
+                vm = s.get(Vm, vm_id)
+                if vm is None:
+                    raise NotFound(f"VM {vm_id} does not exist")
+                vms.act(s, vm, verb, principal, {})
+                queued.append(vm.name)
+        except DroverError as exc:
+            refused.append(exc.message)
+    text = f"{verb}: {len(queued)} queued" + (f" ({', '.join(queued)})" if queued else "")
+    if refused:
+        text += f"; {len(refused)} refused: " + "; ".join(refused[:5])
+    response = flash(text, error=bool(refused) and not queued)
+    response.headers["HX-Trigger"] = "drover:event"
+    return response
 
 
 async def vm_create(request: Request) -> Response:
