@@ -275,12 +275,14 @@ def test_a_vm_state_change_appears_in_the_open_list_without_a_reload(ui: Ui) -> 
         page.evaluate("window.__same_page = 1")
         badge = "tr[data-vm='web-1'] [data-state]"
         assert page.get_attribute(badge, "data-state") == "stopped"
+        page.check("tr[data-vm='db-1'] input[name=vm]")  # a selection must survive the refresh
         with session_scope(ui.db) as s:
             vm = s.get(Vm, ui.vm_ids["web-1"])
             assert vm is not None
             set_vm_state(s, vm, VmState.RUNNING, "started by the test")
         page.wait_for_selector("tr[data-vm='web-1'] [data-state='running']", timeout=15000)
         assert page.evaluate("window.__same_page") == 1  # the same document: no reload happened
+        assert page.is_checked("tr[data-vm='db-1'] input[name=vm]")
         # A hidden tab drops its stream; a change meanwhile shows once the tab is visible again.
         page.evaluate(HIDE)
         page.wait_for_selector("#live-dot.paused", timeout=5000)
