@@ -392,7 +392,7 @@ def test_a_plain_user_cannot_see_or_reach_another_users_vm(ui: Ui) -> None:
         assert own.status == 200, own.text
         assert tasks_for(ui.db, alice_vm) == 1
         # Admin pages by URL guessing.
-        for path in ("/hosts", "/events", "/users", f"/hosts/{1}"):
+        for path in ("/hosts", "/events", "/users", "/inventory", f"/hosts/{1}"):
             assert fetch(page, f"/ui{path}").status == 403, path
         # The event stream: bob's VM changes, then hers; she gets hers and never his.
         with session_scope(ui.db) as s:
@@ -438,9 +438,15 @@ def test_a_post_without_the_csrf_token_changes_nothing(ui: Ui) -> None:
 def test_screenshots_of_the_main_pages_once_everything_above_has_happened(ui: Ui) -> None:
     with kerberos_browser(ui, ADMIN) as context:
         page = context.new_page()
-        for name in ("dashboard", "hosts", "vms", "tasks", "events", "users"):
+        for name in ("dashboard", "hosts", "vms", "tasks", "events", "inventory", "users"):
             page.goto(f"{ui.url}/{'' if name == 'dashboard' else name}")
             page.wait_for_selector("#live", timeout=10000)
             page.wait_for_selector("#taskpanel h2", timeout=10000)
             path = screenshot(context, f"page-{name}")
             assert path.stat().st_size > 10_000  # a rendered page, not a blank one
+        page.goto(f"{ui.url}/inventory")
+        row = page.locator("#pool-tree tr[data-pool='ui-a']")
+        assert row.get_attribute("data-depth") == "1"  # under the root pool
+        with session_scope(ui.db) as s:
+            in_a = s.scalar(select(func.count()).select_from(Vm).join(HardwarePool).where(HardwarePool.name == "ui-a"))
+        assert row.locator("td").nth(3).inner_text() == str(in_a)

@@ -41,6 +41,7 @@ routes = [
     Route("/tasks/panel", pages.task_panel),
     Route("/tasks/{id}/cancel", pages.task_cancel, methods=["POST"]),
     Route("/events", pages.event_list),
+    Route("/inventory", pages.inventory),
     Route("/users", pages.user_list),
     Route("/users", pages.user_grant, methods=["POST"]),
     Route("/stream", stream.stream),

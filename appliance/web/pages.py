@@ -29,11 +29,15 @@ from appliance.api.state import session, state
 from appliance.api.vms import _may_see as may_see_task
 from appliance.db import access
 from appliance.db.models import (
+    Cluster,
     Event,
     HardwarePool,
     Host,
+    Network,
     Permission,
     Severity,
+    StoragePool,
+    StorageVolume,
     TargetKind,
     Task,
     TaskState,
@@ -282,6 +286,48 @@ def event_list(request: Request) -> Response:
             query = query.where(Event.kind.startswith(kind[:64]))
         rows = list(s.scalars(query))
         return render(request, "events.html", events=rows, severity=severity, kind=kind, above="events_filter.html")
+
+
+@dataclass(frozen=True)
+class PoolNode:
+    pool: HardwarePool
+    depth: int
+    hosts: int
+    vms: int
+    clusters: list[str]
+
+
+def inventory(request: Request) -> Response:
+    """Hardware pools as a tree (with their clusters, host and VM counts), storage pools, networks."""
+    with session(request) as s:
+        _require_global(s, request, Privilege.VIEW, "see the inventory")
+        pools = list(s.scalars(select(HardwarePool).order_by(HardwarePool.name)))
+        hosts_in = dict(s.execute(select(Host.hardware_pool_id, func.count()).group_by(Host.hardware_pool_id))
+                        .tuples().all())  # fmt: skip
+        vms_in = dict(s.execute(select(Vm.hardware_pool_id, func.count()).group_by(Vm.hardware_pool_id)).tuples().all())
+        clusters: dict[int, list[str]] = {}
+        for cluster in s.scalars(select(Cluster).order_by(Cluster.name)):
+            clusters.setdefault(cluster.hardware_pool_id, []).append(cluster.name)
+        children: dict[int | None, list[HardwarePool]] = {}
+        for pool in pools:
+            children.setdefault(pool.parent_id, []).append(pool)
+        tree: list[PoolNode] = []
+
+        def walk(parent: int | None, depth: int) -> None:
+            for pool in children.get(parent, []):
+                tree.append(PoolNode(pool, depth, hosts_in.get(pool.id, 0), vms_in.get(pool.id, 0),
+                                     clusters.get(pool.id, [])))  # fmt: skip
+                if depth < 32:  # a cycle cannot be made through the API; never loop on one anyway
+                    walk(pool.id, depth + 1)
+
+        walk(None, 0)
+        names = {p.id: p.name for p in pools}
+        storage = list(s.scalars(select(StoragePool).order_by(StoragePool.name)))
+        volumes = dict(s.execute(select(StorageVolume.storage_pool_id, func.count())
+                                 .group_by(StorageVolume.storage_pool_id)).tuples().all())  # fmt: skip
+        networks = list(s.scalars(select(Network).order_by(Network.name)))
+        return render(request, "inventory.html", tree=tree, storage=storage, volumes=volumes, networks=networks,
+                      pool_names=names)  # fmt: skip
 
 
 def user_list(request: Request) -> Response:
