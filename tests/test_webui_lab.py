@@ -94,7 +94,9 @@ def ui(kdc: LabKdc, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Ui]:
             s.add(Permission(user=user, role=Role.USER, hardware_pool_id=pools[pool].id))
         vms = {"vm-alice": "ui-a", "vm-bob": "ui-b", "web-1": "ui-a", "db-1": "ui-b", "app-1": "ui-a"}
         for name, pool in vms.items():
-            vm = Vm(uuid=str(uuid.uuid4()), name=name, vcpus=1, memory_mib=512, pool=pools[pool], state=VmState.STOPPED)
+            owner = s.scalars(select(User).where(User.principal == f"{ALICE}@{kdc.realm.name}")).one()
+            vm = Vm(uuid=str(uuid.uuid4()), name=name, vcpus=1, memory_mib=512, pool=pools[pool], state=VmState.STOPPED,
+                    owner=owner if name == "vm-alice" else None)
             s.add(vm)
             s.flush()
             vm_ids[name] = vm.id
@@ -391,6 +393,14 @@ def test_a_plain_user_cannot_see_or_reach_another_users_vm(ui: Ui) -> None:
         own = fetch(page, f"/ui/vms/{alice_vm}/start", "POST", htmx)
         assert own.status == 200, own.text
         assert tasks_for(ui.db, alice_vm) == 1
+        # Her quota: the queued start already counts against what she may still start.
+        quota = ui.served.drover("user", "quota", ALICE, "--pool", "ui-a", "--vms", "3", "--vcpus", "4",
+                                 "--memory", "2048", principal=ADMIN)  # fmt: skip
+        assert quota.returncode == 0, quota.stderr
+        page.reload()
+        row = page.inner_text("#quotas tr[data-pool='ui-a']")
+        assert "1 of 3 — 2 left" in row and "1 of 4 — 3 left" in row and "512 of 2048 MiB — 1536 MiB left" in row, row
+        screenshot(context, "user-portal")
         # Admin pages by URL guessing.
         for path in ("/hosts", "/events", "/users", "/inventory", f"/hosts/{1}"):
             assert fetch(page, f"/ui{path}").status == 403, path

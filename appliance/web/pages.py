@@ -22,7 +22,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response
 
-from appliance import admission, enrolment, hosts, lifecycle, permissions, tasking, vms
+from appliance import admission, enrolment, hosts, lifecycle, permissions, quotas, tasking, vms
 from appliance.api.access import require_to_grant
 from appliance.api.auth import caller
 from appliance.api.state import session, state
@@ -194,7 +194,29 @@ def vm_list(request: Request) -> Response:
                  if allowed(Privilege.MODIFY, p.id)]  # fmt: skip
         return render(request, "vms.html", vms=rows, pools=pools, actions=_actions(allowed, rows), pager=pager,
                       above="vms_filter.html", below="vms_form.html", search=search, state_wanted=state_wanted,
-                      states=[str(v) for v in VmState])  # fmt: skip
+                      states=[str(v) for v in VmState], quotas=_quotas(s, principal))  # fmt: skip
+
+
+@dataclass(frozen=True)
+class QuotaLeft:
+    """One quota of the caller's and what their VMs hold of it (appliance.quotas counts the same way)."""
+
+    pool: str
+    vms: tuple[int, int | None]  # held, limit (None: no limit)
+    vcpus: tuple[int, int | None]
+    memory_mib: tuple[int, int | None]
+
+
+def _quotas(s: Session, principal: str) -> list[QuotaLeft]:
+    user = s.scalars(select(User).where(User.principal == principal)).one_or_none()
+    if user is None:
+        return []
+    out = []
+    for quota in sorted(user.quotas, key=lambda q: q.pool.name):
+        used = quotas.owned(s, user.id, quota.hardware_pool_id)
+        out.append(QuotaLeft(quota.pool.name, (used.vms, quota.max_vms), (used.vcpus, quota.max_vcpus),
+                             (used.memory_mib, quota.max_memory_mib)))  # fmt: skip
+    return out
 
 
 class Allowed:
