@@ -24,7 +24,7 @@ from appliance.db.models.users import Role
 from appliance.hosts import default_pool
 from appliance.serving import Group, bind, listener
 from appliance.web import stream
-from appliance.web.access import is_loopback, safe_next
+from appliance.web.access import PASSWORD_TRIES_PER_MINUTE, is_loopback, safe_next
 from appliance.web.session import COOKIE, Signer, csrf_ok, load_key
 from tests.lab.kdc import LabKdc
 from tests.test_enrolment import lab_config
@@ -254,6 +254,12 @@ def test_password_sign_in_off_loopback_sets_a_secure_strict_cookie(
             value = cookie.split(";", 1)[0].split("=", 1)[1]
             session = Signer(load_key(cfg.state_dir)).read(value)
             assert session is not None and session.principal == f"web-dave@{kdc.realm.name}"
+            # Guessing is bounded per client address: past the budget even the right password waits.
+            answers = [http.post("/ui/login", data={**form, "password": f"guess{n}"}).status_code for n in range(25)]
+            assert answers[: PASSWORD_TRIES_PER_MINUTE - 2] == [401] * (PASSWORD_TRIES_PER_MINUTE - 2)
+            assert answers[-1] == 429
+            late = http.post("/ui/login", data=form)
+            assert late.status_code == 429 and "set-cookie" not in late.headers and "try again" in late.text
     finally:
         group.stop()
         thread.join(15)

@@ -9,7 +9,7 @@ request is sent to the sign-in URL and a fragment or event stream gets a bare 40
 from __future__ import annotations
 
 import ipaddress
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from urllib.parse import quote
 
 from starlette.authentication import AuthCredentials
@@ -20,6 +20,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from appliance.api.auth import Caller
 from appliance.api.negotiate import Acceptor
+from appliance.ratelimit import RateLimit
 from appliance.web.session import COOKIE, Signer, UiSession, csrf_ok
 
 PREFIX = "/ui"
@@ -29,11 +30,16 @@ CSRF_HEADER = "x-csrf-token"
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
 
+# Password guesses through the sign-in form, per client address: the KDC would take them all.
+PASSWORD_TRIES_PER_MINUTE = 20
+
+
 @dataclass(frozen=True)
 class WebState:
     acceptor: Acceptor
     signer: Signer
     secure_cookie: bool  # False only when the appliance listens on loopback (tests, the demo)
+    password_tries: RateLimit = field(default_factory=lambda: RateLimit(PASSWORD_TRIES_PER_MINUTE, "sign-ins"))
 
 
 def web_state(conn: HTTPConnection) -> WebState:

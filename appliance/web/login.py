@@ -15,7 +15,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 
 from appliance.api.negotiate import SCHEME, encode
-from appliance.errors import AuthError, UsageError
+from appliance.errors import AuthError, TooManyRequests, UsageError
 from appliance.web.access import PREFIX, safe_next, web_state
 from appliance.web.forms import form_fields
 from appliance.web.pages import TEMPLATES
@@ -67,8 +67,13 @@ async def password_login(request: Request) -> Response:
         return _form(request, 400, exc.message)
     user, password = form.get("user", ""), form.get("password", "")
     target = safe_next(form.get("next"))
+    web = web_state(request)
     try:
-        principal = await to_thread.run_sync(password_principal, web_state(request).acceptor, user, password)
+        web.password_tries.check(request.client.host if request.client else "?")
+    except TooManyRequests as exc:
+        return _form(request, 429, f"{exc.message}: {exc.hint}")
+    try:
+        principal = await to_thread.run_sync(password_principal, web.acceptor, user, password)
     except AuthError as exc:
         return _form(request, 401, exc.message)
     return _signed_in(request, principal, target)
