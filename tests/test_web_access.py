@@ -126,6 +126,10 @@ def test_without_a_session_pages_redirect_and_fragments_are_refused(client: Serv
     challenge = tc.get("/ui/login/negotiate")
     assert challenge.status_code == 401 and challenge.headers["www-authenticate"] == "Negotiate"
     assert 'id="password-form"' in challenge.text  # what a browser without a ticket shows
+    for answer in (challenge, page, tc.get("/ui/static/drover.css")):
+        assert answer.headers["x-frame-options"] == "DENY", answer.url
+        assert "frame-ancestors 'none'" in answer.headers["content-security-policy"]
+        assert answer.headers["x-content-type-options"] == "nosniff"
     assert tc.get("/ui/login/negotiate", headers={"Authorization": "Negotiate AAAA"}).status_code == 401
     forged = tc.get("/ui/vms", headers={"Cookie": f"{COOKIE}=eyJwIjoiYUBCIn0.AAAA"}, follow_redirects=False)
     assert forged.status_code == 303
