@@ -3,7 +3,8 @@ permission check (appliance.permissions) as the API route that does the same thi
 
 A page is a frame (page.html) around one live region; the same URL asked by htmx with `HX-Target: live`
 answers only that region, which is how a page refreshes itself when the event stream says something changed.
-Actions answer with a flash message for #flash and an `HX-Trigger: drover:event` so the open page refreshes.
+Actions answer with a flash message for #flash and `HX-Trigger-After-Settle: drover:event`, so the open page
+refreshes once the action's request is over.
 """
 
 from __future__ import annotations
@@ -82,7 +83,7 @@ def flash(message: str, status: int = 200, *, error: bool = False) -> HTMLRespon
     html = TEMPLATES.get_template("flash.html").render(message=message, error=error)
     headers = {"HX-Retarget": "#flash", "HX-Reswap": "innerHTML"}
     if not error:
-        headers["HX-Trigger"] = "drover:event"
+        headers["HX-Trigger-After-Settle"] = "drover:event"
     return HTMLResponse(html, status_code=status, headers=headers)
 
 
@@ -482,7 +483,7 @@ def _vm_bulk(request: Request, verb: str, ids: list[int]) -> Response:
     if refused:
         text += f"; {len(refused)} refused: " + "; ".join(refused[:5])
     response = flash(text, error=bool(refused) and not queued)
-    response.headers["HX-Trigger"] = "drover:event"
+    response.headers["HX-Trigger-After-Settle"] = "drover:event"
     return response
 
 
