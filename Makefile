@@ -17,13 +17,20 @@ DEB_PACKAGES := \
 	syslinux-common isolinux pxelinux dnsmasq-base \
 	collectd-core librrd8 victoria-metrics \
 	nfs-ganesha nfs-ganesha-vfs tgt libnfs-utils libiscsi-bin \
+	chromium \
 	python3-libvirt python3-gssapi python3-dbus python3-pyinotify python3-zeroconf
 
 STAMP := $(VENV)/.setup-done
 
+# The web UI's browser libraries, from npm at setup time into a gitignored static folder (never a CDN).
+NPM_PACKAGES := htmx.org@2.0.11
+NPM_DIR := $(VENV)/npm
+VENDOR_DIR := appliance/web/static/vendor
+VENDORED := $(VENDOR_DIR)/htmx.min.js
+
 .PHONY: setup test demo bench lint clean
 
-setup: $(STAMP)
+setup: $(STAMP) $(VENDORED)
 
 $(STAMP): pyproject.toml Makefile
 	@missing=$$(dpkg-query -W -f='$${db:Status-Abbrev} $${Package}\n' $(DEB_PACKAGES) 2>/dev/null \
@@ -36,6 +43,11 @@ $(STAMP): pyproject.toml Makefile
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q -e '.[dev]'
 	@touch $@
+
+$(VENDORED): Makefile
+	mkdir -p $(NPM_DIR) $(VENDOR_DIR)
+	npm install --prefix $(NPM_DIR) --no-save --no-audit --no-fund --loglevel=error $(NPM_PACKAGES)
+	cp $(NPM_DIR)/node_modules/htmx.org/dist/htmx.min.js $(VENDOR_DIR)/htmx.min.js
 
 # Both cores: test modules are spread over two worker processes (a module stays on one, so its
 # module-scoped rack and its boots stay together); TEST_WORKERS=0 runs them in this process.

@@ -12,7 +12,7 @@ import logging
 import signal
 import socket
 import threading
-from collections.abc import Generator, Sequence
+from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass
 from types import FrameType
 from typing import Any
@@ -87,10 +87,14 @@ def listener(name: str, app: Any, sock: socket.socket, *, certfile: str = "", ke
 class Group:
     """Runs listeners together; stop() (or SIGTERM/SIGINT in the main thread) drains them all."""
 
-    def __init__(self, listeners: Sequence[Listener]) -> None:
+    def __init__(self, listeners: Sequence[Listener], on_stop: Sequence[Callable[[], None]] = ()) -> None:
         self.listeners = list(listeners)
+        # Called first by stop(): e.g. ending the UI's event streams, which would otherwise hold the drain.
+        self.on_stop = list(on_stop)
 
     def stop(self) -> None:
+        for hook in self.on_stop:
+            hook()
         for item in self.listeners:
             item.server.force_exit = item.server.should_exit  # a second stop skips the drain
             item.server.should_exit = True

@@ -7,6 +7,9 @@ import logging
 from sqlalchemy import Engine
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import RedirectResponse
+from starlette.routing import Mount, Route
 
 from appliance.api import v1
 from appliance.api.auth import NegotiateMiddleware
@@ -15,8 +18,14 @@ from appliance.api.negotiate import Acceptor
 from appliance.api.state import ApiState, Browser, MonitorStats, database
 from appliance.config import Config
 from appliance.kerberos.realm import Realm
+from appliance.web.access import PREFIX
+from appliance.web.app import create_web_app
 
 log = logging.getLogger(__name__)
+
+
+def _to_ui(request: Request) -> RedirectResponse:
+    return RedirectResponse(f"{PREFIX}/", status_code=303)
 
 
 def create_app(
@@ -37,16 +46,19 @@ def create_app(
         acceptor = Acceptor(realm.files.http_keytab, realm.http_principal)
     db, lifespan = database(cfg, engine)
 
+    api_state = ApiState(cfg=cfg, engine=db, browser=browser, monitor=monitor)
+    web = create_web_app(api_state, acceptor)
     app = Starlette(
-        routes=v1.routes,
+        routes=[*v1.routes, Mount(PREFIX, app=web), Route("/", _to_ui)],
         # Outermost first: the size of a body is refused before a ticket is even looked at.
         middleware=[
             Middleware(BodyLimit, limit=cfg.api.max_body_bytes),
-            Middleware(NegotiateMiddleware, acceptor=acceptor, public=v1.PUBLIC),
+            # The web UI signs its users in itself (a session cookie) and checks them in its own middleware.
+            Middleware(NegotiateMiddleware, acceptor=acceptor, public=[*v1.PUBLIC, "/"], own_auth=(PREFIX,)),
         ],
         exception_handlers=HANDLERS,
         lifespan=lifespan,
     )
-    app.state.drover = ApiState(cfg=cfg, engine=db, browser=browser, monitor=monitor)
+    app.state.drover = api_state
     log.debug("API app built for %s (service %s)", cfg.api_url, acceptor.principal)
     return app

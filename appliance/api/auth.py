@@ -59,13 +59,17 @@ class NegotiateMiddleware:
     keeps the server stateless; the replay cache stops a captured header being used again.
     """
 
-    def __init__(self, app: ASGIApp, acceptor: Acceptor, public: Collection[str] = ()) -> None:
+    def __init__(
+        self, app: ASGIApp, acceptor: Acceptor, public: Collection[str] = (), own_auth: tuple[str, ...] = ()
+    ) -> None:
         self.app = app
         self.acceptor = acceptor
         self.public = frozenset(public)
+        # Path prefixes whose app authenticates its callers itself (the web UI's session cookie).
+        self.own_auth = own_auth
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
+        if scope["type"] != "http" or scope["path"].startswith(self.own_auth):
             await self.app(scope, receive, send)
             return
         public = scope["path"] in self.public

@@ -21,6 +21,7 @@ from appliance.kerberos.realm import FIRST_ADMIN, Realm
 from appliance.launcher import start_hostbrowser, start_monitor, start_taskengine
 from appliance.pki import ensure as ensure_pki
 from appliance.serving import Group, bind, listener
+from appliance.web import stream
 
 log = logging.getLogger(__name__)
 
@@ -113,7 +114,8 @@ def serve(args: argparse.Namespace) -> int:
                 listener("nodes", create_node_app(cfg, realm=realm, browser=browser), sockets[1],
                          certfile=str(pki.server_cert), keyfile=str(pki.server_key)),
                 listener("boot", create_boot_app(cfg, pki, sockets[1].getsockname()[1]), sockets[2]),
-            ]
+            ],
+            on_stop=[stream.STOPPING.set],
         )  # fmt: skip
         log.info(
             "drover API listening on http://%s:%s (clients: %s, service %s)",

@@ -238,6 +238,9 @@ demo: ready. In another shell:
   drover host metrics {node.fqdn}       # collectd on the node, signed, into VictoriaMetrics (values every 10 s)
   Prometheus: http://localhost:{cfg.api.port}/metrics   TSDB (PromQL): {cfg.tsdb_url}
   API: http://localhost:{cfg.api.port}/api/v1/hosts   (SPNEGO: curl --negotiate -u : URL)
+  Web UI: http://{cfg.hostname}:{cfg.api.port}/ui/   with the ticket above (README "Web UI"):
+    chromium --auth-server-allowlist='{cfg.hostname}' http://{cfg.hostname}:{cfg.api.port}/ui/
+    (no ticket: the page asks for a realm user's password instead)
   kinit -k -t {keytabs}/appliance.keytab {APPLIANCE_CLIENT}@{realm.name}     # nodes let only the appliance in
   virsh -c {node.uri} list --all
 demo: Ctrl-C stops the nodes and the appliance (state stays in {os.path.relpath(demo.dir)}; rm -rf it to start over).

@@ -5,8 +5,9 @@ from __future__ import annotations
 import enum
 from datetime import datetime
 
-from sqlalchemy import ForeignKey, Text
-from sqlalchemy.orm import Mapped, mapped_column
+from sqlalchemy import ForeignKey, Text, text
+from sqlalchemy import event as sa_event
+from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from appliance.db.base import Base, IdMixin, enum_column, utcnow
 
@@ -31,3 +32,20 @@ class Event(IdMixin, Base):
     host_id: Mapped[int | None] = mapped_column(ForeignKey("hosts.id", ondelete="SET NULL"), index=True)
     vm_id: Mapped[int | None] = mapped_column(ForeignKey("vms.id", ondelete="SET NULL"), index=True)
     task_id: Mapped[int | None] = mapped_column(ForeignKey("tasks.id", ondelete="SET NULL"), index=True)
+
+
+# On PostgreSQL every transaction that adds events also sends NOTIFY on this channel (delivered at commit,
+# dropped on rollback), so the web UI's event hub in every appliance process wakes at once instead of at
+# its next poll. SQLite has no such thing: the hub polls there.
+NOTIFY_CHANNEL = "drover_events"
+
+
+def _announce_events(session: Session, _context: object) -> None:
+    if not any(isinstance(obj, Event) for obj in session.new):
+        return
+    if session.get_bind().dialect.name != "postgresql":
+        return
+    session.connection().execute(text("SELECT pg_notify(:channel, '')"), {"channel": NOTIFY_CHANNEL})
+
+
+sa_event.listen(Session, "after_flush", _announce_events)

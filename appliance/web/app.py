@@ -1,0 +1,65 @@
+"""The web UI as a Starlette app mounted at /ui in the API's app: its own routes, session middleware and
+error pages, sharing the API's state (configuration, database, host browser) and Kerberos acceptor."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
+
+from appliance.api.negotiate import Acceptor
+from appliance.api.state import ApiState
+from appliance.errors import DroverError
+from appliance.web import login, pages, stream
+from appliance.web.access import SessionMiddleware, WebState, is_loopback
+from appliance.web.session import Signer, load_key
+
+STATIC = Path(__file__).parent / "static"
+
+routes = [
+    Route("/", pages.dashboard),
+    Route("/login", login.login_page, methods=["GET"]),
+    Route("/login", login.password_login, methods=["POST"]),
+    Route("/login/negotiate", login.negotiate),
+    Route("/logout", login.logout, methods=["POST"]),
+    Route("/hosts", pages.host_list),
+    Route("/hosts/{id}", pages.host_detail),
+    Route("/hosts/{id}/{verb}", pages.host_action, methods=["POST"]),
+    Route("/enrolment/windows", pages.open_window, methods=["POST"]),
+    Route("/enrolment/windows/{id}/close", pages.close_window, methods=["POST"]),
+    Route("/vms", pages.vm_list),
+    Route("/vms", pages.vm_create, methods=["POST"]),
+    Route("/vms/bulk", pages.vm_bulk, methods=["POST"]),
+    Route("/vms/{id}", pages.vm_detail),
+    Route("/vms/{id}/{verb}", pages.vm_action, methods=["POST"]),
+    Route("/tasks", pages.task_list),
+    Route("/tasks/panel", pages.task_panel),
+    Route("/tasks/{id}/cancel", pages.task_cancel, methods=["POST"]),
+    Route("/events", pages.event_list),
+    Route("/inventory", pages.inventory),
+    Route("/users", pages.user_list),
+    Route("/users", pages.user_grant, methods=["POST"]),
+    Route("/stream", stream.stream),
+    Mount("/static", app=StaticFiles(directory=STATIC), name="static"),
+]
+
+
+def _error(request: Request, exc: Exception) -> Response:
+    if not isinstance(exc, DroverError):
+        raise exc
+    return pages.error_page(request, exc)
+
+
+def create_web_app(api: ApiState, acceptor: Acceptor) -> Starlette:
+    signer = Signer(load_key(api.cfg.state_dir))
+    app = Starlette(routes=routes, middleware=[Middleware(SessionMiddleware, signer=signer)],
+                    exception_handlers={DroverError: _error})  # fmt: skip
+    app.state.drover = api
+    app.state.hub = stream.Hub(api.engine)
+    app.state.web = WebState(acceptor, signer, secure_cookie=not is_loopback(api.cfg.api.listen))
+    return app
