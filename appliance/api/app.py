@@ -41,7 +41,7 @@ def create_app(
         routes=v1.routes,
         # Outermost first: the size of a body is refused before a ticket is even looked at.
         middleware=[
-            Middleware(BodyLimit, limit=cfg.api.max_body_bytes),
+            Middleware(BodyLimit, limit=cfg.api.max_body_bytes, streamed=v1.STREAMED),
             Middleware(NegotiateMiddleware, acceptor=acceptor, public=v1.PUBLIC),
         ],
         exception_handlers=HANDLERS,
