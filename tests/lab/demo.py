@@ -23,6 +23,7 @@ import json
 import os
 import shlex
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -250,7 +251,18 @@ def start_storage_server(demo: Demo) -> LabNfs:
     port_file = root / "port"
     port = int(port_file.read_text()) if port_file.is_file() else free_port()
     port_file.write_text(f"{port}\n")
-    return start_nfs(root, port=port)
+    with socket.socket() as probe:
+        # As ganesha binds: connections the last run's server left in TIME_WAIT do not count, a listener does.
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError as exc:
+            raise DemoError(f"port {port} for the NFS server (recorded in the storage pool) is taken: {exc}; stop "
+                            f"what holds it, or rm -rf {os.path.relpath(demo.dir)} to start over") from exc  # fmt: skip
+    try:
+        return start_nfs(root, port=port)
+    except (RuntimeError, TimeoutError) as exc:
+        raise DemoError(f"the NFS server did not start ({exc}); its log: {os.path.relpath(root)}/ganesha.log") from exc
 
 
 def run_vm(demo: Demo, admin_env: dict[str, str], appliance_env: dict[str, str], nfs: LabNfs, node: PxeNode) -> str:
