@@ -14,7 +14,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from appliance import hosts, permissions, placement, quotas, tasking
+from appliance import hosts, permissions, placement, quotas, storage, tasking
 from appliance.db.models import (
     Cluster,
     DiskBus,
@@ -24,9 +24,11 @@ from appliance.db.models import (
     Network,
     NicModel,
     PlacementPolicy,
+    StorageState,
     StorageVolume,
     Task,
     TaskType,
+    Template,
     User,
     Vm,
     VmDisk,
@@ -110,7 +112,7 @@ def _enum(body: dict[str, Any], key: str, cls: Any, default: Any) -> Any:
 
 CREATE_FIELDS = frozenset({
     "name", "vcpus", "memory_mib", "pool", "host", "placement_policy", "firmware", "description", "kernel",
-    "initrd", "cmdline", "disks", "nics", "boot_device", "uuid",
+    "initrd", "cmdline", "disks", "nics", "boot_device", "uuid", "template",
 })  # fmt: skip
 
 
@@ -128,10 +130,11 @@ def create(session: Session, body: dict[str, Any], principal: str) -> Created:
     name = _str(body, "name", 63)
     if not name or not NAME.match(name):
         raise UsageError("name: 1-63 letters, digits, '.', '_' or '-', starting with a letter or digit")
-    vcpus = _int(body, "vcpus", 1, MAX_VCPUS, 1)
-    memory = _int(body, "memory_mib", 16, MAX_MEMORY_MIB, 512)
     pool = _pool(session, body.get("pool"))
     permissions.require(session, principal, Privilege.MODIFY, pool.id, f"create VMs in hardware pool {pool.name}")
+    template = _template(session, body.get("template"), principal)
+    vcpus = _int(body, "vcpus", 1, MAX_VCPUS, template.vcpus if template else 1)
+    memory = _int(body, "memory_mib", 16, MAX_MEMORY_MIB, template.memory_mib if template else 512)
     if session.scalars(select(Vm.id).where(Vm.name == name)).first() is not None:
         raise Conflict(f"a VM called {name} already exists", "VM names are unique; pick another")
     policy = _enum(body, "placement_policy", PlacementPolicy, PlacementPolicy.LEAST_LOADED)
@@ -154,7 +157,13 @@ def create(session: Session, body: dict[str, Any], principal: str) -> Created:
             description=_str(body, "description", 1000) or "", kernel_path=_str(body, "kernel", 255),
             initrd_path=_str(body, "initrd", 255), kernel_cmdline=_str(body, "cmdline", 2000),
             owner_id=owner.id if owner else None, state=VmState.PENDING)  # fmt: skip
-    disk_bytes = _disks(session, vm, body.get("disks", []))
+    if template is not None and template.volume is not None:
+        # The template's base image as the VM's first disk, read-only (many VMs share it, none may change
+        # it) and first to boot. It is the template's storage, not the VM's: no quota is charged for it.
+        vm.template_id = template.id
+        vm.disks.append(VmDisk(volume=template.volume, target_dev="vda", bus=DiskBus.VIRTIO, boot_order=1,
+                               read_only=True))  # fmt: skip
+    disk_bytes = _disks(session, vm, body.get("disks", []), first=len(vm.disks))
     _nics(session, vm, body.get("nics", []))
     quotas.check_create(session, vm.owner_id, pool.id, disk_bytes)
     session.add(vm)
@@ -164,20 +173,39 @@ def create(session: Session, body: dict[str, Any], principal: str) -> Created:
     return Created(vm, task)
 
 
-def _disks(session: Session, vm: Vm, disks: object) -> int:
+def _template(session: Session, key: object, principal: str) -> Template | None:
+    """The template a VM is made from, if asked for: one whose base image is in place, visible to the caller."""
+    if key is None:
+        return None
+    if not isinstance(key, (int, str)) or isinstance(key, bool):
+        raise UsageError("template: must be a template id or name")
+    template = storage.find_template(session, str(key))
+    volume = template.volume
+    if volume is None or volume.state is not StorageState.AVAILABLE:
+        state = volume.state if volume is not None else "gone"
+        raise Conflict(f"template {template.name}'s base image is {state}", "see `drover template list`")
+    permissions.require(session, principal, Privilege.VIEW, volume.storage_pool.hardware_pool_id,
+                        f"use template {template.name}")  # fmt: skip
+    return template
+
+
+def _disks(session: Session, vm: Vm, disks: object, first: int = 0) -> int:
     if not isinstance(disks, list):
         raise UsageError("disks: must be a list of {volume, target?, bus?, boot_order?}")
     total = 0
-    for n, d in enumerate(disks):
+    for n, d in enumerate(disks, first):
+        at = f"disks[{n - first}]"
         if not isinstance(d, dict) or not isinstance(d.get("volume"), int) or set(d) - {"volume", "target", "bus",
                                                                                        "boot_order", "read_only"}:
-            raise UsageError(f"disks[{n}]: must be {{volume: id, target?, bus?, boot_order?, read_only?}}")  # fmt: skip
+            raise UsageError(f"{at}: must be {{volume: id, target?, bus?, boot_order?, read_only?}}")  # fmt: skip
         volume = session.get(StorageVolume, d["volume"])
         if volume is None:
-            raise NotFound(f"disks[{n}]: storage volume {d['volume']} does not exist")
+            raise NotFound(f"{at}: storage volume {d['volume']} does not exist")
         target = d.get("target", f"vd{chr(ord('a') + n)}")
         if not isinstance(target, str) or not re.match(r"^[a-z]{2,3}[a-z]{1,2}$", target):
-            raise UsageError(f"disks[{n}].target: {target!r} is not a device name such as vda")
+            raise UsageError(f"{at}.target: {target!r} is not a device name such as vda")
+        if any(have.target_dev == target for have in vm.disks):
+            raise UsageError(f"{at}.target: {target} is taken", "the template's disk is vda")
         vm.disks.append(VmDisk(volume=volume, target_dev=target, bus=_enum(d, "bus", DiskBus, DiskBus.VIRTIO),
                                boot_order=d.get("boot_order"), read_only=bool(d.get("read_only", False))))  # fmt: skip
         total += volume.capacity_bytes
@@ -253,8 +281,10 @@ def detail(vm: Vm) -> dict[str, Any]:
         "kernel": vm.kernel_path,
         "initrd": vm.initrd_path,
         "cmdline": vm.kernel_cmdline,
+        "template": vm.template.name if vm.template is not None else None,
         "disks": [{"target": d.target_dev, "volume": d.volume.name, "volume_id": d.storage_volume_id,
-                   "bus": str(d.bus), "path": d.volume.path} for d in sorted(vm.disks, key=lambda d: d.target_dev)],
+                   "bus": str(d.bus), "path": d.volume.path, "read_only": d.read_only}
+                  for d in sorted(vm.disks, key=lambda d: d.target_dev)],
         "nics": [{"mac": n.mac, "network": n.network.name if n.network else None, "model": str(n.model)}
                  for n in sorted(vm.nics, key=lambda n: n.mac)],
     }  # fmt: skip

@@ -1,5 +1,7 @@
-"""`make demo`, run as a user runs it: two PXE-booted qemu nodes enrol, the printed commands work,
-Ctrl-C tears everything down, and a second run brings the same host back.
+"""`make demo`, run as a user runs it: two PXE-booted qemu nodes enrol, a storage pool, a template and a VM
+are made through the task engine with the `drover` CLI and the VM boots on a node (its serial console says
+so), the printed commands work, Ctrl-C tears everything down, and a second run brings the same host back
+and reuses the pool, the template and the VM.
 
 The demo runs on free ports (its DROVER_* settings yield to the caller's) and its own loopback
 addresses, so a demo someone left running on this machine does not collide with this one.
@@ -8,6 +10,7 @@ addresses, so a demo someone left running on this machine does not collide with 
 from __future__ import annotations
 
 import os
+import random
 import re
 import signal
 import subprocess
@@ -24,6 +27,9 @@ from tests.lab.net import free_port, free_udp_port
 pytestmark = pytest.mark.lab
 
 ROOT = Path(__file__).resolve().parent.parent
+# Node N's libvirtd on 127.0.0.(FIRST + N - 1): away from `make demo`'s 201.. and, per run, from another
+# demo test running at the same time on this machine (a worktree next to this one).
+FIRST_ADDRESS = str(random.randrange(100, 250, 2))
 READY = "demo: ready."
 
 
@@ -32,7 +38,7 @@ class DemoRun:
         self.lines: list[str] = []
         self.process = subprocess.Popen(
             [sys.executable, "-m", "tests.lab.demo", "--dir", str(demo_dir), "--nodes", str(nodes),
-             "--first-address", "241"],
+             "--first-address", FIRST_ADDRESS],
             cwd=ROOT,
             env=env,
             stdin=subprocess.DEVNULL,
@@ -90,13 +96,31 @@ def processes_mentioning(text: str) -> list[str]:
 
 
 def printed_commands(output: str) -> dict[str, str]:
-    """The shell lines the demo told the user to type, by their first word (the last of each wins)."""
+    """The shell lines the demo told the user to type, by their first word and, for `drover` and `virsh`, the
+    words that say what they do (the last of each wins)."""
     commands: dict[str, str] = {}
     for line in output[output.index(READY) :].splitlines():
         command = line.split("#", 1)[0].strip()
         if line.startswith("  ") and command and not command.startswith("API:"):
-            commands[command.split()[0] + (" appliance" if "appliance.keytab" in command else "")] = command
+            words = command.split()
+            key = words[0] + (" appliance" if "appliance.keytab" in command else "")
+            if words[0] == "drover":
+                key = " ".join(words[:3])
+            elif words[0] == "virsh":
+                key = f"virsh {words[3]}"
+            commands[key] = command
     return commands
+
+
+VM_RUNNING = re.compile(r"^demo: VM demo-vm is running on (node\d\.drover\.test) ", re.M)
+
+
+def vm_phase(output: str) -> tuple[str, str]:
+    """The demo's VM part: the node it runs on, and what it printed from the pool to the running guest."""
+    found = VM_RUNNING.search(output)
+    assert found is not None, output[-6000:]
+    start = output.index("demo: storage pool demo-pool")
+    return found.group(1), output[start : found.end()]
 
 
 def shell(script: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
@@ -107,7 +131,7 @@ def shell(script: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
 
 
 @pytest.mark.boot
-@pytest.mark.timeout(1800, func_only=True)
+@pytest.mark.timeout(3600, func_only=True)
 def test_demo_enrols_two_pxe_nodes_stops_on_ctrl_c_and_runs_again(node_image: NodeImage, tmp_path: Path) -> None:
     # node_image has put the image in the build cache: the demo's own `drover image build` reuses it.
     demo_dir = tmp_path / "demo"
@@ -125,7 +149,7 @@ def test_demo_enrols_two_pxe_nodes_stops_on_ctrl_c_and_runs_again(node_image: No
 
     first = DemoRun(demo_dir, 2, env)
     try:
-        first.wait_for(READY, 1200)
+        first.wait_for(READY, 2400)
     finally:
         if first.process.poll() is None and READY not in first.output:
             first.interrupt()
@@ -136,20 +160,38 @@ def test_demo_enrols_two_pxe_nodes_stops_on_ctrl_c_and_runs_again(node_image: No
     for name in ("node1", "node2"):
         assert re.search(rf"\] {name}: (kernel|initrd|systemd)", out), out
         assert re.search(rf"\] {name}: enrolled: host \d+ available", out), out
-    table = out[out.index("demo: drover host list") : out.index(READY)]
+    table = out[out.index("demo: drover host list") : out.index("demo: storage pool")]
     rows = {line.split()[1]: line.split() for line in table.splitlines()[2:] if line.strip()}
     assert set(rows) == {"node1.drover.test", "node2.drover.test"}, table
+    # The VM through the task engine, each step a `drover` command shown as typed; the guest's console speaks.
+    vm_host, steps = vm_phase(out)
+    assert vm_host == "node1.drover.test", steps
+    for typed in ("$ drover storage pool create demo-pool --type nfs", "$ drover template import ",
+                  "$ drover vm create demo-vm --template demo-guest --host node1.drover.test --wait",
+                  "$ drover vm start demo-vm --wait", "$ drover task list", "$ drover vm show demo-vm"):  # fmt: skip
+        assert typed in steps, steps
+    assert re.search(r"^demo: demo-vm console: DROVER-TICK \d+$", steps, re.M), steps
+    vm_shown = steps[steps.index("$ drover vm show demo-vm") :]
+    assert re.search(r"^state: +running$", vm_shown, re.M) and "(virtio, read-only)" in vm_shown, vm_shown
     assert all(r[2] == "available" for r in rows.values()), table
     first_ids = {name: r[0] for name, r in rows.items()}
 
     try:
         # The printed commands, typed into a shell as a user would.
         cmds = printed_commands(out)
-        source, admin, appliance, virsh = cmds["."], cmds["kinit"], cmds["kinit appliance"], cmds["virsh"]
+        source, admin, appliance, virsh = cmds["."], cmds["kinit"], cmds["kinit appliance"], cmds["virsh list"]
         listed = shell(f"{source}\n{admin}\ndrover host list\n")
         assert listed.returncode == 0 and listed.stdout.count(" available ") == 2, listed.stdout + listed.stderr
+        vms = shell(f"{source}\n{admin}\ndrover vm list\n")
+        assert re.search(r"demo-vm +running +node1\.drover\.test", vms.stdout), vms.stdout + vms.stderr
+        # The printed console's libvirt, with the appliance's ticket: the guest is still counting there.
+        console = cmds["virsh console"]
+        assert console == "virsh -c qemu+tcp://node1.drover.test/system console demo-vm", console
+        read = shell(f"{source}\n{appliance}\npython -m tests.lab.vmconsole qemu+tcp://node1.drover.test/system "
+                     "demo-vm DROVER-TICK 180\n", timeout=240)  # fmt: skip
+        assert read.returncode == 0 and "DROVER-TICK" in read.stdout, read.stdout + read.stderr
         # The nodes' collectd reports through the demo's receiver: the printed `drover host metrics` shows it.
-        metrics = cmds["drover"]
+        metrics = cmds["drover host metrics"]
         assert metrics.startswith("drover host metrics node1."), metrics
         deadline = time.monotonic() + 120
         while "collectd_load_load_shortterm" not in (shown := shell(f"{source}\n{admin}\n{metrics}\n")).stdout:
@@ -169,13 +211,23 @@ def test_demo_enrols_two_pxe_nodes_stops_on_ctrl_c_and_runs_again(node_image: No
     # Again, with one node: everything is reused and node1 is the same host.
     second = DemoRun(demo_dir, 1, env)
     try:
-        second.wait_for(READY, 900)
+        second.wait_for(READY, 1500)
         again = second.output
         assert "realm DROVER.TEST already exists" in again, again
-        table = again[again.index("demo: drover host list") : again.index(READY)]
+        table = again[again.index("demo: drover host list") : again.index("demo: storage pool")]
         rows = {line.split()[1]: line.split() for line in table.splitlines()[2:] if line.strip()}
         assert rows["node1.drover.test"][0] == first_ids["node1.drover.test"], table
         assert rows["node1.drover.test"][2] == "available", table
+        # Pool, template and VM are the first run's: nothing made again, the VM started again on node1.
+        vm_host, steps = vm_phase(again)
+        assert vm_host == "node1.drover.test", steps
+        for reused in ("storage pool demo-pool: reusing it", "template demo-guest: reusing it",
+                       "VM demo-vm: reusing it"):  # fmt: skip
+            assert f"demo: {reused}" in steps, steps
+        for made in ("pool create", "template import", "vm create"):
+            assert f"$ drover {made}" not in steps, steps
+        assert "$ drover vm start demo-vm --wait" in steps, steps
+        assert re.search(r"^demo: demo-vm console: DROVER-TICK \d+$", steps, re.M), steps
     finally:
         code = second.interrupt()
     assert code == 0 and second.lines[-1] == "demo: stopped", second.output[-3000:]

@@ -20,7 +20,7 @@ from appliance.db.engine import session_scope
 from appliance.db.models import HardwarePool, StoragePool, Task, Template, VmState
 from appliance.runner import run
 from tests.lab.appliance import ADMIN
-from tests.lab.guest import BOOT_MARKER, TICK, wait_for_text
+from tests.lab.guest import BOOT_MARKER, TICK, build_iso, wait_for_text
 from tests.lab.taskrack import TaskRack
 
 pytestmark = pytest.mark.lab
@@ -265,3 +265,35 @@ def test_storage_rights_are_per_hardware_pool(task_rack: TaskRack, tmp_path: Pat
     shown = {p["name"]: p["state"] for p in json.loads(ok(rack, "storage", "pool", "list", "--json", principal=scoped))}
     assert shown == {name: "failed"}  # the scoped admin sees only their hardware pool's storage
     ok(rack, "storage", "pool", "delete", name, "--wait", principal=scoped)
+
+
+def test_a_vm_boots_from_a_template_iso(task_rack: TaskRack, tmp_path: Path) -> None:
+    """`drover vm create --template T`: the template's base image (the lab guest as a hybrid ISO, imported as a
+    raw volume) is the VM's read-only boot disk; the guest boots from it through grub to its serial console."""
+    rack = task_rack
+    rack.ensure_worker()
+    pool = rack.unique("isopool")
+    ok(rack, "storage", "pool", "create", pool, "--type", "dir", "--path", str(tmp_path / "p"), "--wait")
+    tpl, vm = rack.unique("guestiso"), rack.unique("isovm")
+    ok(rack, "template", "import", str(build_iso(tmp_path / "iso")), "--pool", pool, "--name", tpl,
+       "--memory", "112", "--wait")  # fmt: skip
+    before = counts(rack)
+    assert "template nope does not exist" in refused(rack, 4, "vm", "create", vm, "--template", "nope")
+    assert "is taken" in api_call(rack, "POST", "/api/v1/vms", {"name": vm, "template": tpl,
+                                                               "disks": [{"volume": 1, "target": "vda"}]})["error"]
+    assert counts(rack) == before
+    ok(rack, "vm", "create", vm, "--template", tpl, "--host", rack.nodes[0].fqdn, "--wait")
+    shown = js(rack, "vm", "show", vm)
+    assert (shown["template"], shown["memory_mib"], shown["vcpus"]) == (tpl, 112, 1)
+    assert [(d["target"], d["volume"], d["read_only"]) for d in shown["disks"]] == [("vda", f"{tpl}.img", True)]
+    assert "(virtio, read-only)" in ok(rack, "vm", "show", vm)
+    try:
+        ok(rack, "vm", "start", vm, "--wait")
+        log = wait_for_text(rack.serial_log(rack.vm(vm).host_id, vm), BOOT_MARKER, 180)
+        assert "BOOT_IMAGE=/boot/vmlinuz" in log  # grub, from the disk, loaded the kernel
+        assert f"used by VM {vm}" in refused(rack, 5, "template", "delete", tpl)
+    finally:
+        rack.drover("vm", "poweroff", vm, "--wait")
+        rack.drover("vm", "delete", vm, "--wait")
+    ok(rack, "template", "delete", tpl, "--wait")
+    ok(rack, "storage", "pool", "delete", pool, "--wait")

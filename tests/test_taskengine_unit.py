@@ -103,6 +103,16 @@ def test_domain_xml_from_the_model() -> None:
     assert root.find("devices/interface/mac").get("address") == "52:54:00:aa:bb:cc"  # type: ignore[union-attr]
     assert root.find("devices/serial/log").get("file") == "/var/log/libvirt/qemu/web-serial.log"  # type: ignore[union-attr]
     assert root.find("devices/graphics").get("type") == "vnc"  # type: ignore[union-attr]
+    assert disk.find("boot").get("order") == "1" and disk.find("readonly") is None  # type: ignore[union-attr]
+    assert root.find("os/boot") is None  # per-device boot order instead
+
+    # A template's base image as the read-only boot disk (`vm create --template`): raw, readonly, boots first.
+    iso = StorageVolume(name="guest.img", capacity_bytes=2**24, format=VolumeFormat.RAW, path="/v/guest.img",
+                        storage_pool=pool)  # fmt: skip
+    vm.disks = [VmDisk(volume=iso, target_dev="vda", boot_order=1, read_only=True)]
+    disk = ET.fromstring(domainxml.build(vm, domainxml.HostCaps(frozenset({"qemu"}), False))).find("devices/disk")
+    assert disk is not None and disk.find("readonly") is not None
+    assert disk.find("driver").get("type") == "raw" and disk.find("boot").get("order") == "1"  # type: ignore[union-attr]
 
 
 def test_taskengine_settings_round_trip_and_show(tmp_path: Path) -> None:

@@ -52,7 +52,7 @@ def create_app(
         routes=[*v1.routes, Mount(PREFIX, app=web), Route("/", _to_ui)],
         # Outermost first: the size of a body is refused before a ticket is even looked at.
         middleware=[
-            Middleware(BodyLimit, limit=cfg.api.max_body_bytes),
+            Middleware(BodyLimit, limit=cfg.api.max_body_bytes, streamed=v1.STREAMED),
             # The web UI signs its users in itself (a session cookie) and checks them in its own middleware.
             Middleware(NegotiateMiddleware, acceptor=acceptor, public=[*v1.PUBLIC, "/"], own_auth=(PREFIX,)),
         ],

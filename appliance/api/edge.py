@@ -37,14 +37,18 @@ async def read_json(request: Request) -> dict[str, Any]:
 
 class BodyLimit:
     """Refuse request bodies over `limit` bytes before anything else reads them (authentication and role
-    checks included): a declared Content-Length at once, a chunked body as soon as it passes the limit."""
+    checks included): a declared Content-Length at once, a chunked body as soon as it passes the limit.
 
-    def __init__(self, app: ASGIApp, limit: int) -> None:
+    `streamed` paths are let through: their handlers write the body to a file as it comes (a disk image for a
+    template), never hold it in memory, and check the caller's rights before reading a byte of it."""
+
+    def __init__(self, app: ASGIApp, limit: int, streamed: frozenset[str] = frozenset()) -> None:
         self.app = app
         self.limit = limit
+        self.streamed = streamed
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
+        if scope["type"] != "http" or (scope["method"] == "POST" and scope["path"] in self.streamed):
             await self.app(scope, receive, send)
             return
         declared = dict(scope["headers"]).get(b"content-length", b"")

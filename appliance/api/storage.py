@@ -172,7 +172,7 @@ async def import_template(request: Request) -> JSONResponse:
     if not pool_key:
         raise UsageError("pool: the storage pool to import into is missing")
     vcpus = _int_param(request, "vcpus", 1, 512)
-    memory = _int_param(request, "memory_mib", 512, 1 << 24)
+    memory = _int_param(request, "memory_mib", 16, 1 << 24)  # the same bounds as a VM's
     description = params.get("description", "")
     # Permission and name checks before the body is read: a refused caller uploads nothing.
     await run_in_threadpool(_check_template, request, name, pool_key)

@@ -12,6 +12,8 @@ PREFIX = "/api/v1"
 # Reachable without a ticket: load balancers and `drover serve`'s own readiness check use it.
 # /metrics too: a Prometheus scraper has no Kerberos ticket, and it shows counts and counters only.
 PUBLIC = frozenset({f"{PREFIX}/health", "/metrics"})
+# Routes whose body is a file streamed to disk (not JSON in memory): not held to the API's body limit.
+STREAMED = frozenset({f"{PREFIX}/templates"})
 
 
 def health(request: Request) -> JSONResponse:

@@ -35,8 +35,10 @@ def register(sub: Any) -> None:
     verbs = p.add_subparsers(dest="verb", metavar="VERB", required=True)
     create = verbs.add_parser("create", help="add a VM and queue its create task (defines it on a host)")
     create.add_argument("name")
-    create.add_argument("--vcpus", type=int, default=1)
-    create.add_argument("--memory", type=int, default=512, metavar="MIB", help="memory in MiB (default 512)")
+    create.add_argument("--template", help="boot from this template's base image (read-only vda); its vCPUs and "
+                        "memory are the defaults")  # fmt: skip
+    create.add_argument("--vcpus", type=int, help="default: the template's, else 1")
+    create.add_argument("--memory", type=int, metavar="MIB", help="memory in MiB (default: the template's, else 512)")
     create.add_argument("--pool", help="hardware pool id or name (default: the default pool)")
     create.add_argument("--host", help="put it on this host (manual placement); default: placement decides")
     create.add_argument("--pinned", action="store_true", help="never move it (needs --host)")
@@ -73,7 +75,13 @@ def _path(vm: str, verb: str = "") -> str:
 
 
 def create_vm(args: argparse.Namespace) -> int:
-    body: dict[str, Any] = {"name": args.name, "vcpus": args.vcpus, "memory_mib": args.memory}
+    body: dict[str, Any] = {"name": args.name}
+    if args.vcpus is not None:
+        body["vcpus"] = args.vcpus
+    if args.memory is not None:
+        body["memory_mib"] = args.memory
+    if args.template:
+        body["template"] = int(args.template) if args.template.isdigit() else args.template
     if args.pool:
         body["pool"] = int(args.pool) if args.pool.isdigit() else args.pool
     if args.host:
@@ -119,10 +127,11 @@ def show_vm(args: argparse.Namespace) -> int:
         print(json.dumps(v, indent=2))
         return 0
     for key in ("id", "name", "uuid", "state", "state_reason", "host", "vcpus", "memory_mib", "pool",
-                "placement_policy", "firmware", "owner", "kernel", "cmdline"):  # fmt: skip
+                "placement_policy", "firmware", "owner", "template", "kernel", "cmdline"):  # fmt: skip
         print(f"{key + ':':<18}{v[key] if v[key] not in (None, '') else '-'}")
     for d in v["disks"]:
-        print(f"disk:             {d['target']} {d['volume']} ({d['bus']}) {d['path'] or ''}".rstrip())
+        ro = ", read-only" if d["read_only"] else ""
+        print(f"disk:             {d['target']} {d['volume']} ({d['bus']}{ro}) {d['path'] or ''}".rstrip())
     for n in v["nics"]:
         print(f"nic:              {n['mac']} {n['network'] or '(user networking)'} {n['model']}")
     for t in v["tasks"]:

@@ -7,15 +7,23 @@ addresses through an nss_wrapper hosts file, so nothing on this machine (/etc/ho
 firewall) changes. Everything lives under --dir; running it again reuses the image, the realm and
 the database, and the nodes (same MACs and DMI UUIDs) come back as the same hosts.
 
-Ctrl-C (SIGINT) or SIGTERM stops the nodes, the appliance and the KDC it started.
+Once the nodes are enrolled, the admin's `drover` commands (printed as typed) make an NFS storage pool on an
+nfs-ganesha export of --dir (shared by the nodes and outliving them: they keep nothing across a reboot), import
+the lab guest as a template (a hybrid ISO built once under --dir), create a VM that boots from it on node1 and
+start it through the task engine; the guest's serial console, read over node1's libvirt with the appliance's
+ticket, shows it running. A rerun finds the pool, the template and the VM again and starts the VM.
+
+Ctrl-C (SIGINT) or SIGTERM stops the nodes, the appliance, the NFS server and the KDC it started.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shlex
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -24,6 +32,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
+from typing import Any
 
 import httpx
 from sqlalchemy import Engine, select
@@ -35,7 +44,10 @@ from appliance.errors import DroverError
 from appliance.kerberos.realm import APPLIANCE_CLIENT, FIRST_ADMIN, Realm
 from tests.lab import accel
 from tests.lab.appliance import own_resolver
+from tests.lab.guest import TICK, build_iso
 from tests.lab.libvirtd import LabHosts
+from tests.lab.net import free_port
+from tests.lab.nfs import EXPORT_PATH, LabNfs, start_nfs
 from tests.lab.proc import terminate
 from tests.lab.pxe import Phase, PxeNode, boot, phase
 from tests.lab.qemu import HOST_FROM_GUEST, Guest
@@ -45,6 +57,11 @@ VENV_BIN = Path(sys.executable).parent
 DOMAIN = "drover.test"
 BOOT_TIMEOUT = 900.0  # per node, TCG on a busy 2-core machine takes 1.5-3 minutes
 QUIET_REPORT = 20.0  # with nothing new, say what we are waiting for this often
+# The demo's storage pool, template and VM (names a rerun finds again).
+POOL, TEMPLATE, VM = "demo-pool", "demo-guest", "demo-vm"
+VM_MEMORY_MIB = 96
+# A guest inside a TCG node is emulated twice over: grub and the kernel take minutes, not seconds.
+GUEST_BOOT_TIMEOUT = 900.0
 
 
 class DemoError(RuntimeError):
@@ -209,6 +226,101 @@ def watch(demo: Demo, db: Engine, guests: dict[str, Guest], appliance: Appliance
     return False
 
 
+def typed(demo: Demo, env: dict[str, str], *argv: str) -> str:
+    """A `drover` command the demo runs as the admin: shown first as typed, its output shown as it comes."""
+    say(f"$ drover {shlex.join(argv)}")
+    out = drover(demo, *argv, extra_env=env, capture=True)
+    print(out, end="", flush=True)
+    return out
+
+
+def looked_up(demo: Demo, env: dict[str, str], *argv: str) -> Any:
+    """`drover ... --json`, quietly: what exists already (None if the object does not)."""
+    try:
+        return json.loads(drover(demo, *argv, "--json", extra_env=env, capture=True))
+    except DemoError:
+        return None
+
+
+def start_storage_server(demo: Demo) -> LabNfs:
+    """The demo's shared storage: an NFSv4 export (nfs-ganesha, userspace) of .demo/nfs/export on this machine's
+    loopback, which the nodes mount as 10.0.2.2. It outlives the nodes (stateless, RAM only): a rerun finds the
+    template there, and a VM's disk is on the same path on every node. Same port every run (the pool records it)."""
+    root = demo.dir / "nfs"
+    root.mkdir(parents=True, exist_ok=True)
+    port_file = root / "port"
+    port = int(port_file.read_text()) if port_file.is_file() else free_port()
+    port_file.write_text(f"{port}\n")
+    with socket.socket() as probe:
+        # As ganesha binds: connections the last run's server left in TIME_WAIT do not count, a listener does.
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError as exc:
+            raise DemoError(f"port {port} for the NFS server (recorded in the storage pool) is taken: {exc}; stop "
+                            f"what holds it, or rm -rf {os.path.relpath(demo.dir)} to start over") from exc  # fmt: skip
+    try:
+        return start_nfs(root, port=port)
+    except (RuntimeError, TimeoutError) as exc:
+        raise DemoError(f"the NFS server did not start ({exc}); its log: {os.path.relpath(root)}/ganesha.log") from exc
+
+
+def run_vm(demo: Demo, admin_env: dict[str, str], appliance_env: dict[str, str], nfs: LabNfs, node: PxeNode) -> str:
+    """Storage pool, template, VM through the task engine, each reused when a former run made it; returns the
+    console line that shows the guest running. The `drover` commands are the admin's, printed as typed."""
+    started = time.monotonic()
+    pool = looked_up(demo, admin_env, "storage", "pool", "show", POOL)
+    if pool is not None:
+        say(f"storage pool {POOL}: reusing it (state {pool['state']}); the nodes booted fresh: define it there again")
+        typed(demo, admin_env, "storage", "pool", "refresh", POOL, "--wait")
+    else:
+        say(f"storage pool {POOL}: NFS export of {os.path.relpath(nfs.export_dir)} (nfs-ganesha on port {nfs.port}),"
+            " mounted by every node")  # fmt: skip
+        typed(demo, admin_env, "storage", "pool", "create", POOL, "--type", "nfs", "--server", HOST_FROM_GUEST,
+              "--export", EXPORT_PATH, "--port", str(nfs.port), "--wait")  # fmt: skip
+    templates = {t["name"]: t for t in looked_up(demo, admin_env, "template", "list") or []}
+    if TEMPLATE in templates and (templates[TEMPLATE]["volume"] or {}).get("state") == "available":
+        say(f"template {TEMPLATE}: reusing it (its base image is on the NFS export)")
+    else:
+        iso_dir = demo.dir / "guest"
+        cached = (iso_dir / "drover-guest.iso").is_file()
+        iso = build_iso(iso_dir)
+        say(f"template {TEMPLATE}: {'reusing' if cached else 'built'} {os.path.relpath(iso)} "
+            f"({iso.stat().st_size >> 20} MiB: grub, this machine's kernel, a busybox initramfs; boots as CD or disk)")
+        typed(demo, admin_env, "template", "import", str(iso), "--pool", POOL, "--name", TEMPLATE,
+              "--memory", str(VM_MEMORY_MIB), "--wait")  # fmt: skip
+    vm = looked_up(demo, admin_env, "vm", "show", VM)
+    if vm is not None:
+        say(f"VM {VM}: reusing it (state {vm['state']} on {vm['host'] or 'no host'})")
+        if vm["state"] != "stopped":
+            say("its node rebooted (stateless): re-read its real state from libvirt")
+            typed(demo, admin_env, "vm", "update-state", VM, "--wait")
+    else:
+        say(f"VM {VM}: 1 vCPU, {VM_MEMORY_MIB} MiB, booting from template {TEMPLATE} (read-only disk), on {node.name}")
+        typed(demo, admin_env, "vm", "create", VM, "--template", TEMPLATE, "--host", node.fqdn, "--wait")
+    vm = looked_up(demo, admin_env, "vm", "show", VM) or {}
+    if vm.get("state") != "running":
+        typed(demo, admin_env, "vm", "start", VM, "--wait")
+    typed(demo, admin_env, "task", "list")
+    typed(demo, admin_env, "vm", "show", VM)
+    vm = looked_up(demo, admin_env, "vm", "show", VM) or {}
+    host = vm.get("host") or node.fqdn
+    say(f"waiting for {VM} to boot on {host}: a guest inside a TCG node is emulated twice over "
+        f"(about 20 s on a loaded 2-core machine; its serial console, read over libvirt as {APPLIANCE_CLIENT}@, "
+        f"up to {GUEST_BOOT_TIMEOUT:.0f}s)")  # fmt: skip
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(demo.dir), **appliance_env}
+    done = subprocess.run(
+        [sys.executable, "-m", "tests.lab.vmconsole", f"qemu+tcp://{host}/system", VM, TICK, str(GUEST_BOOT_TIMEOUT)],
+        env=env, cwd=ROOT, stdin=subprocess.DEVNULL, capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    for line in done.stdout.splitlines():
+        say(f"{VM} console: {line}")
+    if done.returncode != 0:
+        raise DemoError(f"{VM} did not show {TICK} on its console: {done.stderr.strip()[-1500:]}")
+    say(f"VM {VM} is running on {host} ({time.monotonic() - started:.0f}s for pool, template, VM and boot)")
+    return host
+
+
 def write_env(demo: Demo, cfg: Config, lab_hosts: LabHosts) -> Path:
     """A file to source in another shell: the demo's config, realm and node names."""
     path = demo.dir / "env"
@@ -225,10 +337,13 @@ def write_env(demo: Demo, cfg: Config, lab_hosts: LabHosts) -> Path:
     return path
 
 
-def instructions(demo: Demo, cfg: Config, realm: Realm, env_file: Path) -> None:
+def instructions(demo: Demo, cfg: Config, realm: Realm, env_file: Path, vm_host: str | None) -> None:
     rel = os.path.relpath(env_file)
     keytabs = os.path.relpath(realm.files.root)
     node = demo.nodes[0] if demo.nodes else PxeNode.numbered(1, DOMAIN, "")
+    appliance_kinit = (f"  kinit -k -t {keytabs}/appliance.keytab {APPLIANCE_CLIENT}@{realm.name}"
+                       "     # nodes let only the appliance in")  # fmt: skip
+    stops = "demo: Ctrl-C stops the nodes, the appliance and the NFS server"
     print(
         f"""
 demo: ready. In another shell:
@@ -241,12 +356,29 @@ demo: ready. In another shell:
   Web UI: http://{cfg.hostname}:{cfg.api.port}/ui/   with the ticket above (README "Web UI"):
     chromium --auth-server-allowlist='{cfg.hostname}' http://{cfg.hostname}:{cfg.api.port}/ui/
     (no ticket: the page asks for a realm user's password instead)
-  kinit -k -t {keytabs}/appliance.keytab {APPLIANCE_CLIENT}@{realm.name}     # nodes let only the appliance in
+{vm_lines(vm_host)}{appliance_kinit}
   virsh -c {node.uri} list --all
-demo: Ctrl-C stops the nodes and the appliance (state stays in {os.path.relpath(demo.dir)}; rm -rf it to start over).
+{console_lines(vm_host)}{stops} (state stays in {os.path.relpath(demo.dir)}; rm -rf it to start over).
 """,
         flush=True,
     )
+
+
+def vm_lines(vm_host: str | None) -> str:
+    if vm_host is None:
+        return ""
+    return f"""  drover vm list; drover vm show {VM}; drover task list
+  drover vm shutdown {VM} --wait; drover vm start {VM} --wait      # through the task engine
+"""
+
+
+def console_lines(vm_host: str | None) -> str:
+    if vm_host is None:
+        return ""
+    uri = f"qemu+tcp://{vm_host}/system"
+    return f"""  virsh -c {uri} console {VM}      # its serial console (Ctrl-] leaves)
+  virsh -c {uri} domdisplay {VM}   # its VNC display, on the node: the demo forwards only libvirtd's port
+"""
 
 
 def run_demo(demo: Demo, stop: threading.Event) -> int:
@@ -265,6 +397,8 @@ def run_demo(demo: Demo, stop: threading.Event) -> int:
     appliance = Appliance(demo, cfg, lab_hosts)
     guests: dict[str, Guest] = {}
     db = make_engine(cfg.database_url)
+    nfs: LabNfs | None = None
+    vm_host: str | None = None
     try:
         appliance.wait_ready()
         say(f"appliance up: API http://localhost:{cfg.api.port}, boot service http://127.0.0.1:{cfg.nodes.boot_port}")
@@ -295,7 +429,16 @@ def run_demo(demo: Demo, stop: threading.Event) -> int:
             say("enrolment window closed: their reboots get tokens bound to them; any other machine waits as pending")
         say("drover host list")
         print(drover(demo, "host", "list", extra_env=admin_env, capture=True), end="", flush=True)
-        instructions(demo, cfg, realm, write_env(demo, cfg, lab_hosts))
+        if demo.nodes and not stop.is_set():
+            appliance_env = {"KRB5CCNAME": f"FILE:{demo.dir / 'appliance.ccache'}", **realm.env(), **lab_hosts.env}
+            subprocess.run(
+                ["kinit", "-k", "-t", str(realm.files.appliance_keytab), f"{APPLIANCE_CLIENT}@{realm.name}"],
+                env={**appliance_env, "PATH": os.environ.get("PATH", "/usr/bin:/bin")},
+                check=True,
+            )
+            nfs = start_storage_server(demo)
+            vm_host = run_vm(demo, admin_env, appliance_env, nfs, demo.nodes[0])
+        instructions(demo, cfg, realm, write_env(demo, cfg, lab_hosts), vm_host)
         # Keep watching: a node that goes away or comes back is worth a line.
         last = host_states(db, demo.nodes)
         while not stop.wait(1.0):
@@ -307,10 +450,12 @@ def run_demo(demo: Demo, stop: threading.Event) -> int:
             last = now
         return 0
     finally:
-        say("stopping: nodes, appliance, KDC")
+        say("stopping: nodes, appliance, NFS server, KDC")
         for guest in guests.values():
             guest.kill()
         appliance.stop()
+        if nfs is not None:
+            nfs.stop()
         db.dispose()
         try:
             if realm.pid() is not None:
@@ -347,6 +492,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return run_demo(demo, stop)
     except (DemoError, DroverError, subprocess.CalledProcessError) as exc:
+        if stop.is_set():  # Ctrl-C reached the command under way too: not a failure
+            return 0
         say(f"failed: {exc}")
         return 1
 

@@ -18,6 +18,7 @@ from pathlib import Path
 from xml.sax.saxutils import escape
 
 from appliance.errors import ToolMissing
+from appliance.runner import run
 
 BUSYBOX = Path("/bin/busybox")
 # What /init prints first, and every second after that: tests wait for these lines.
@@ -178,3 +179,35 @@ def wait_for_text(path: Path, text: str, timeout: float) -> str:
         if time.monotonic() > deadline:
             raise TimeoutError(f"{text!r} not in {path} after {timeout}s; last output:\n{content[-2000:]}")
         time.sleep(0.1)
+
+
+_GRUB_CFG = """serial --unit=0 --speed=115200
+terminal_input serial
+terminal_output serial
+set timeout=0
+menuentry "drover guest" {{
+    linux /boot/vmlinuz {cmdline}
+    initrd /boot/initrd.cpio
+}}
+"""
+
+
+def build_iso(directory: Path) -> Path:
+    """A ~15 MB hybrid ISO (BIOS only) of the lab guest: grub on the serial port, the host's kernel and the
+    busybox initramfs. Hybrid, so it boots as a CD and as a plain disk: a template volume attached to a VM
+    as its read-only boot disk. Built once into `directory` and reused (the file is the cache)."""
+    iso = directory / "drover-guest.iso"
+    if iso.is_file():
+        return iso
+    tree = directory / "iso-tree"
+    (tree / "boot/grub").mkdir(parents=True, exist_ok=True)
+    kernel = host_kernel()
+    (tree / "boot/vmlinuz").write_bytes(kernel.read_bytes())
+    build_initramfs(tree / "boot/initrd.cpio", kernel)
+    (tree / "boot/grub/grub.cfg").write_text(_GRUB_CFG.format(cmdline=cmdline()))
+    partial = directory / "drover-guest.iso.partial"
+    # i386-pc only: no EFI partition (and no mtools) for a guest that boots with SeaBIOS.
+    run(["grub-mkrescue", "-d", "/usr/lib/grub/i386-pc", f"--output={partial}", "--locales=", "--fonts=",
+         "--themes=", "--compress=xz", str(tree)], timeout=300)  # fmt: skip
+    partial.rename(iso)
+    return iso

@@ -82,11 +82,11 @@ class LabNfs:
         terminate(self.process)
 
 
-def start_nfs(root: Path, address: str = "127.0.0.1", timeout: float = 20) -> LabNfs:
+def start_nfs(root: Path, address: str = "127.0.0.1", timeout: float = 20, port: int | None = None) -> LabNfs:
     export_dir = root / "export"
     export_dir.mkdir(parents=True, exist_ok=True)
     (root / "recovery").mkdir(exist_ok=True)
-    port = free_port(address)
+    port = port or free_port(address)
     conf = root / "ganesha.conf"
     conf.write_text(ganesha_conf(root, export_dir, port, address))
     process = spawn(
