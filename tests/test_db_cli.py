@@ -95,10 +95,12 @@ def test_user_verbs_refuse_an_old_schema_and_a_bad_principal(tmp_path: Path) -> 
     ("bad_url", "message"),
     [
         ("postgresql://drover@127.0.0.1:notaport/drover", "malformed database URL"),
-        (f"postgresql://drover:hunter2@127.0.0.1:{free_port()}/drover", "cannot open database"),
+        ("postgresql://drover:hunter2@127.0.0.1:{free}/drover", "cannot open database"),
     ],
+    ids=["malformed", "nobody-listening"],  # the same ids in every xdist worker (the port is picked at run time)
 )
 def test_bad_database_url(tmp_path: Path, bad_url: str, message: str) -> None:
+    bad_url = bad_url.replace("{free}", str(free_port()))
     state = tmp_path / "state"
     for argv in (["db", "upgrade"], ["user", "list"]):
         proc = drover(*argv, state_dir=state, url=bad_url)
