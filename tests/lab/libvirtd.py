@@ -24,6 +24,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from collections.abc import Iterator
@@ -478,9 +479,15 @@ def libvirt_nodes(
 ) -> Iterator[NodeFactory]:
     cache = _pytest_cache(request)
     caps = cache.mkdir("drover-qemu-caps") if cache else tmp_path_factory.mktemp("qemu-caps")
-    factory = NodeFactory(kdc, lab_hosts, tmp_path_factory.mktemp("nodes"), caps)
-    yield factory
-    factory.stop_all()
+    # Short: a unix socket path holds at most 107 bytes, and pytest-xdist's worker dirs (popen-gwN) made
+    # <basetemp>/popen-gw1/nodes0/<fqdn>-<port>/sock/libvirt-sock-ro longer than that.
+    base = Path(tempfile.mkdtemp(prefix="lv-", dir="/tmp"))
+    factory = NodeFactory(kdc, lab_hosts, base, caps)
+    try:
+        yield factory
+    finally:
+        factory.stop_all()
+        shutil.rmtree(base, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
