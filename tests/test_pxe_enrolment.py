@@ -85,7 +85,8 @@ def boot_nics(db: Engine, dmi_uuid: str) -> dict[str, bool]:
 @pytest.mark.boot
 @pytest.mark.timeout(TIMEOUT, func_only=True)
 def test_pxe_booted_node_enrols_itself(node_image: NodeImage, kdc: LabKdc, tmp_path: Path) -> None:
-    node = PxeNode.numbered(1, "example.test", f"127.0.0.{random.randint(100, 199)}")
+    # Not node1: enrolling re-keys libvirt/<fqdn> in the session's KDC, and the session's lab node is node1.
+    node = PxeNode.numbered(51, "example.test", f"127.0.0.{random.randint(100, 199)}")
     hosts = LabHosts(tmp_path / "nss_hosts")
     hosts.add(node.fqdn, node.address)
     served = start_appliance(
