@@ -21,7 +21,6 @@ from appliance.libvirtclient import ClientTicket
 if TYPE_CHECKING:
     from hostbrowser.browser import HostBrowser
     from hostbrowser.mdns import ZeroconfWatcher
-    from hostbrowser.ticket import ApplianceTicket
     from monitor.service import Monitor
     from taskengine.worker import Worker
 
@@ -29,7 +28,7 @@ log = logging.getLogger(__name__)
 
 
 class RunningBrowser:
-    def __init__(self, browser: HostBrowser, ticket: ApplianceTicket, mdns: ZeroconfWatcher | None = None) -> None:
+    def __init__(self, browser: HostBrowser, ticket: ClientTicket, mdns: ZeroconfWatcher | None = None) -> None:
         self.browser = browser
         self.ticket = ticket
         self.mdns = mdns
@@ -54,9 +53,8 @@ def start_hostbrowser(cfg: Config, realm: Realm) -> RunningBrowser | None:
     """Start the host browser with the appliance's own libvirt credentials; None (logged) if it cannot."""
     from hostbrowser.browser import HostBrowser  # noqa: PLC0415 - the launcher is the one allowed importer
     from hostbrowser.mdns import ZeroconfWatcher  # noqa: PLC0415
-    from hostbrowser.ticket import ApplianceTicket  # noqa: PLC0415
 
-    ticket = ApplianceTicket(realm, cfg.state_dir / "hostbrowser" / "libvirt.ccache")
+    ticket = ClientTicket(realm, cfg.state_dir / "hostbrowser" / "libvirt.ccache", "hostbrowser-ticket")
     try:
         ticket.start()
     except DroverError as exc:
@@ -93,7 +91,7 @@ def start_taskengine(cfg: Config, realm: Realm, workers: int | None = None) -> R
     """Start the task engine's worker threads with the appliance's libvirt credentials; None (logged) if it cannot."""
     from taskengine.worker import Worker  # noqa: PLC0415 - the launcher is the one allowed importer
 
-    ticket = ClientTicket(realm, cfg.state_dir / "taskengine" / "libvirt.ccache")
+    ticket = ClientTicket(realm, cfg.state_dir / "taskengine" / "libvirt.ccache", "taskengine-ticket")
     try:
         ticket.start()
     except DroverError as exc:

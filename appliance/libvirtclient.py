@@ -1,5 +1,5 @@
 """The appliance as a libvirt client: its Kerberos ticket (drover@REALM from its keytab, in a private
-ccache renewed early) and the URI of a host's libvirtd. For the task engine; the host browser keeps its own.
+ccache renewed early) and the URI of a host's libvirtd. For the task engine and the host browser alike.
 """
 
 from __future__ import annotations
@@ -33,9 +33,10 @@ class ClientTicket:
     both, and each is whole (written to a new file renamed over the old).
     """
 
-    def __init__(self, realm: Realm, ccache: Path) -> None:
+    def __init__(self, realm: Realm, ccache: Path, name: str = "libvirt-ticket") -> None:
         self.realm = realm
         self.ccache = ccache
+        self.name = name  # of the renewing thread
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -50,7 +51,7 @@ class ClientTicket:
 
     def start(self) -> None:
         self.acquire()
-        self._thread = threading.Thread(target=self._renew, name="taskengine-ticket", daemon=True)
+        self._thread = threading.Thread(target=self._renew, name=self.name, daemon=True)
         self._thread.start()
 
     def _renew(self) -> None:
