@@ -15,6 +15,8 @@ from importlib import import_module
 from pathlib import Path
 from typing import Any
 
+from bench import table
+
 RESULTS = Path(__file__).resolve().parent / "results"
 SECTIONS: tuple[str, ...] = ("api", "image", "enrolment", "pxe", "taskengine", "storage", "monitor", "ui")
 
@@ -25,6 +27,10 @@ def main(argv: list[str]) -> int:
     wanted = set(argv) or set(SECTIONS)
     latest = RESULTS / "latest.json"
     merged: dict[str, Any] = json.loads(latest.read_text()) if latest.is_file() else {}
+    for name in SECTIONS:  # a section not run now keeps its last committed figures (the table says so)
+        saved = RESULTS / f"{name}.json"
+        if name not in merged and saved.is_file():
+            merged[name] = json.loads(saved.read_text())
     merged["machine"] = {"cpus": len(__import__("os").sched_getaffinity(0)), "python": platform.python_version()}
     failed = 0
     for name in SECTIONS:
@@ -38,13 +44,20 @@ def main(argv: list[str]) -> int:
             figures = {"error": str(exc)}
             failed += 1
         figures["wall_seconds"] = round(time.monotonic() - started, 2)
+        figures["finished_at"] = _now()
         merged[name] = figures
         (RESULTS / f"{name}.json").write_text(json.dumps(figures, indent=2) + "\n")
-    merged["finished_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    merged["finished_at"] = _now()
     RESULTS.mkdir(parents=True, exist_ok=True)
     latest.write_text(json.dumps(merged, indent=2, sort_keys=True) + "\n")
-    print(json.dumps(merged, indent=2, sort_keys=True))
+    summary = table.render(merged)
+    (RESULTS / "latest.md").write_text(summary)
+    print(summary)
     return 1 if failed else 0
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
 
 if __name__ == "__main__":
