@@ -175,6 +175,14 @@ def test_demo_enrols_two_pxe_nodes_stops_on_ctrl_c_and_runs_again(node_image: No
     assert re.search(r"^state: +running$", vm_shown, re.M) and "(virtio, read-only)" in vm_shown, vm_shown
     assert all(r[2] == "available" for r in rows.values()), table
     first_ids = {name: r[0] for name, r in rows.items()}
+    # Screenshots of the UI for a user without a desktop: each page reached its data, each PNG is a page.
+    for shot in ("dashboard", "host", "vm"):
+        png = demo_dir / "screenshots" / f"{shot}.png"
+        assert re.search(rf"^demo:   \S*screenshots/{shot}\.png: [^(]+$", out, re.M), out[-3000:]
+        head = png.read_bytes()[:24]
+        assert head[:8] == b"\x89PNG\r\n\x1a\n", png
+        width, height = int.from_bytes(head[16:20], "big"), int.from_bytes(head[20:24], "big")
+        assert width >= 1000 and height >= 600 and png.stat().st_size > 20_000, (png, width, height)
 
     try:
         # The printed commands, typed into a shell as a user would.

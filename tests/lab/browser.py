@@ -32,8 +32,13 @@ def _krb5_conf(base: Path, profile: Path) -> Path:
 
 
 @contextmanager
-def browser(profile: Path, krb5_conf: Path, ccache_env: dict[str, str]) -> Iterator[BrowserContext]:
-    """A Chromium context; `ccache_env` holds KRB5CCNAME (a ticket, or a missing file for no ticket)."""
+def browser(
+    profile: Path, krb5_conf: Path, ccache_env: dict[str, str], appliance_host: str = APPLIANCE_HOST
+) -> Iterator[BrowserContext]:
+    """A Chromium context; `ccache_env` holds KRB5CCNAME (a ticket, or a missing file for no ticket).
+
+    `appliance_host` is the name the appliance's HTTP/ principal carries: Negotiate is allowed for it only,
+    and a lab name is mapped to loopback (`localhost`, the demo's, needs no mapping)."""
     data = profile / "data"
     data.mkdir(parents=True, exist_ok=True)
     prefs = {"net": {"received_http_auth_negotiate_headers": True}, "auth": {"disable_negotiate_cname_lookup": True}}
@@ -42,9 +47,10 @@ def browser(profile: Path, krb5_conf: Path, ccache_env: dict[str, str]) -> Itera
     env["KRB5_CONFIG"] = str(_krb5_conf(krb5_conf, profile))
     args = [
         "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
-        "--disable-component-update", "--disable-sync", "--auth-server-allowlist=*.example.test",
-        f"--host-resolver-rules=MAP {APPLIANCE_HOST} 127.0.0.1",
+        "--disable-component-update", "--disable-sync", f"--auth-server-allowlist={appliance_host}",
     ]  # fmt: skip
+    if appliance_host != "localhost":
+        args.append(f"--host-resolver-rules=MAP {appliance_host} 127.0.0.1")
     with sync_playwright() as pw:
         context = pw.chromium.launch_persistent_context(
             str(data), executable_path=CHROMIUM, headless=True, args=args, env=env,

@@ -35,6 +35,7 @@ from types import FrameType
 from typing import Any
 
 import httpx
+from playwright.sync_api import Error as PlaywrightError
 from sqlalchemy import Engine, select
 
 from appliance.config import Config, load
@@ -51,6 +52,7 @@ from tests.lab.nfs import EXPORT_PATH, LabNfs, start_nfs
 from tests.lab.proc import terminate
 from tests.lab.pxe import Phase, PxeNode, boot, phase
 from tests.lab.qemu import HOST_FROM_GUEST, Guest
+from tests.lab.screenshots import Shot, take
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 VENV_BIN = Path(sys.executable).parent
@@ -321,6 +323,29 @@ def run_vm(demo: Demo, admin_env: dict[str, str], appliance_env: dict[str, str],
     return host
 
 
+def screenshots(demo: Demo, cfg: Config, realm: Realm, admin_env: dict[str, str], vm_host: str | None) -> None:
+    """PNGs of the web UI as the admin sees it, for users without a desktop: dashboard, host, VM."""
+    shots = [Shot("dashboard", "/ui/", "#live", "the dashboard")]
+    if demo.nodes:
+        host = looked_up(demo, admin_env, "host", "show", (vm_host or demo.nodes[0].fqdn))
+        if host is not None:
+            shots.append(Shot("host", f"/ui/hosts/{host['id']}", "#host-state", f"host {host['hostname']}"))
+    vm = looked_up(demo, admin_env, "vm", "show", VM) if vm_host else None
+    if vm is not None:
+        shots.append(Shot("vm", f"/ui/vms/{vm['id']}", "#vm-state", f"VM {VM}"))
+    out = demo.dir / "screenshots"
+    say(f"screenshots of the web UI (headless Chromium, signed in with the admin's ticket) into {os.path.relpath(out)}")
+    base = f"http://{cfg.hostname}:{cfg.api.port}"
+    try:
+        taken = take(base, shots, out, realm.files.krb5_conf, admin_env, cfg.hostname)
+    except (PlaywrightError, OSError) as exc:  # no browser must not end the demo: the fleet is up
+        say(f"no screenshots: {str(exc).splitlines()[0]}")
+        return
+    for done in taken:
+        state = "" if done.complete else f" (incomplete: {done.note})"
+        say(f"  {os.path.relpath(done.file)}: {done.shot.what}{state}")
+
+
 def write_env(demo: Demo, cfg: Config, lab_hosts: LabHosts) -> Path:
     """A file to source in another shell: the demo's config, realm and node names."""
     path = demo.dir / "env"
@@ -438,6 +463,8 @@ def run_demo(demo: Demo, stop: threading.Event) -> int:
             )
             nfs = start_storage_server(demo)
             vm_host = run_vm(demo, admin_env, appliance_env, nfs, demo.nodes[0])
+        if not stop.is_set():
+            screenshots(demo, cfg, realm, admin_env, vm_host)
         instructions(demo, cfg, realm, write_env(demo, cfg, lab_hosts), vm_host)
         # Keep watching: a node that goes away or comes back is worth a line.
         last = host_states(db, demo.nodes)
