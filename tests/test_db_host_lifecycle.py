@@ -13,6 +13,7 @@ import uuid
 from typing import Any
 
 import pytest
+import sqlalchemy.event
 import sqlalchemy.exc
 from sqlalchemy import Engine, func, select
 
@@ -395,3 +396,36 @@ def test_a_kadmin_failure_rolls_the_removal_back(db_engine: Engine, kdc: LabKdc)
     with pytest.raises(KerberosError, match="kadmin"):
         remove(db_engine, "rm3", broken_realm(kdc))
     assert snapshot(db_engine) == before
+
+
+def test_a_batch_of_domain_changes_reads_each_vm_once_and_keeps_every_transition(db_engine: Engine) -> None:
+    """A reconnecting fleet's burst: statements do not grow with the number of changes, events do."""
+    a, b = add_host(db_engine, "n1.example.test"), add_host(db_engine, "n2.example.test", macs=("52:54:00:10:00:02",))
+    guests = [add_vm(db_engine, a, VmState.STOPPED, f"g{i}") for i in range(40)]
+    states = (VmState.RUNNING, VmState.PAUSED, VmState.RUNNING)
+    changes: list[sync.Change] = [
+        sync.DomainChanged(a, sync.Domain(u, f"g{i}", state)) for state in states for i, u in enumerate(guests)
+    ]
+    changes.append(sync.DomainChanged(b, sync.Domain(str(uuid.uuid4()), "found", VmState.RUNNING)))  # discovered
+    selects: list[str] = []
+
+    def seen(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
+        if statement.lstrip().upper().startswith("SELECT"):
+            selects.append(statement)
+
+    sqlalchemy.event.listen(db_engine, "before_cursor_execute", seen)
+    try:
+        with session_scope(db_engine) as s:
+            sync.apply_all(s, changes)
+    finally:
+        sqlalchemy.event.remove(db_engine, "before_cursor_execute", seen)
+    # Two host locks re-read, one VM query, the default pool's id for nothing: a handful, not 121.
+    assert len(selects) <= 6, selects
+    with session_scope(db_engine) as s:
+        rows = {vm.name: vm for vm in s.scalars(select(Vm)).all()}
+    assert all(rows[f"g{i}"].state is VmState.RUNNING and rows[f"g{i}"].host_id == a for i in range(40))
+    assert rows["found"].host_id == b and rows["found"].state is VmState.RUNNING
+    transitions = events(db_engine, "vm.state")
+    assert len(transitions) == 120  # stopped -> running -> paused -> running, for each of the 40
+    assert transitions[:2] == ["stopped -> running on n1.example.test"] * 2
+    assert events(db_engine, "vm.discovered") == ["on n2.example.test: running"]
