@@ -45,6 +45,8 @@ class LabAppliance:
     tsdb_port: int = 0  # the embedded VictoriaMetrics (under state_dir/tsdb)
     # DROVER_* settings over config_env's, for the server and every CLI run (an external realm's state dir).
     settings: dict[str, str] = field(default_factory=dict)
+    argv: list[str] = field(default_factory=list)  # how it was started, for restart()
+    env: dict[str, str] = field(default_factory=dict)
 
     @property
     def url(self) -> str:
@@ -107,6 +109,33 @@ class LabAppliance:
     def stop(self, timeout: float = 15) -> int:
         return terminate(self.process, timeout)
 
+    def restart(self, timeout: float = 30) -> None:
+        """Start it again on the same ports, database and state (after stop() or a kill)."""
+        if self.process.poll() is None:
+            self.stop()
+        self.process = _spawn(self.argv, self.env, self.log)
+        self.wait_healthy(timeout)
+
+    def wait_healthy(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while True:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"drover serve exited with {self.process.returncode}:\n{self.log_text()[-4000:]}")
+            try:
+                if httpx.get(f"{self.local_url}/api/v1/health", timeout=1).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline:
+                self.stop()
+                raise TimeoutError(f"drover serve not ready after {timeout}s:\n{self.log_text()[-4000:]}")
+            time.sleep(0.05)
+
+
+def _spawn(argv: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    with open(log, "ab") as out:
+        return subprocess.Popen(argv, env=env, cwd=ROOT, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT)
+
 
 def config_env(kdc: LabKdc, port: int, database_url: str) -> dict[str, str]:
     spec = kdc.realm.spec
@@ -156,7 +185,9 @@ def start_appliance(
     """
     state_dir.mkdir(parents=True, exist_ok=True)
     log = state_dir / "serve.log"
-    port, database_url = free_port(), f"sqlite:///{state_dir / 'drover.db'}"
+    # A PostgreSQL URL in `settings` is the server's database (and the LabAppliance's); else SQLite in state_dir.
+    port = free_port()
+    database_url = (settings or {}).get("DROVER_DATABASE_URL") or f"sqlite:///{state_dir / 'drover.db'}"
     env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(state_dir), "PYTHONPATH": str(ROOT)}
     env["PYTHONFAULTHANDLER"] = "1"  # a crash in C (libvirt, krb5) leaves every thread's stack in serve.log
     node_port, boot_port = free_port(), free_port()
@@ -171,32 +202,12 @@ def start_appliance(
     }
     server_env = {**env, **config_env(kdc, port, database_url), **nodes, **(settings or {}), **(extra_env or {})}
     argv, server_env = own_resolver([*DROVER, "-v", "serve"], server_env)
-    with open(log, "ab") as out:
-        process = subprocess.Popen(
-            argv,
-            env=server_env,
-            cwd=ROOT,
-            stdin=subprocess.DEVNULL,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
     lab = LabAppliance(
-        kdc, port, state_dir, database_url, process, log, node_port, boot_port, monitor_port, tsdb_port,
-        dict(settings or {}),
-    )
-    deadline = time.monotonic() + timeout
-    while True:
-        if lab.process.poll() is not None:
-            raise RuntimeError(f"drover serve exited with {lab.process.returncode}:\n{lab.log_text()[-4000:]}")
-        try:
-            if httpx.get(f"{lab.local_url}/api/v1/health", timeout=1).status_code == 200:
-                return lab
-        except httpx.TransportError:
-            pass
-        if time.monotonic() > deadline:
-            lab.stop()
-            raise TimeoutError(f"drover serve not ready after {timeout}s:\n{lab.log_text()[-4000:]}")
-        time.sleep(0.05)
+        kdc, port, state_dir, database_url, _spawn(argv, server_env, log), log, node_port, boot_port, monitor_port,
+        tsdb_port, dict(settings or {}), argv, server_env,
+    )  # fmt: skip
+    lab.wait_healthy(timeout)
+    return lab
 
 
 @pytest.fixture(scope="session")

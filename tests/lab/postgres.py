@@ -15,6 +15,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -92,11 +93,52 @@ def _wait_ready(server: PostgresServer, proc: subprocess.Popen[bytes], log_file:
     raise RuntimeError(f"postgres not ready after {READY_TIMEOUT}s ({last}):\n{log_file.read_text()[-3000:]}")
 
 
-@pytest.fixture(scope="session")
-def postgres_server() -> Iterator[PostgresServer]:
+class PostgresProcess:
+    """The running cluster's postmaster: stop and start it again on the same port and data (fault tests)."""
+
+    def __init__(self, server: PostgresServer, log_file: Path) -> None:
+        self.server, self.log_file = server, log_file
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        # Durability settings off: a test cluster is thrown away, and fsync dominates CREATE DATABASE time.
+        self.proc = spawn(
+            _as_postgres([
+                which("postgres"),
+                "-D", str(self.server.data_dir),
+                "-k", str(self.server.socket_dir),
+                "-h", "127.0.0.1",
+                "-p", str(self.server.port),
+                "-c", "fsync=off",
+                "-c", "synchronous_commit=off",
+                "-c", "full_page_writes=off",
+                "-c", "max_connections=200",
+            ]),
+            cwd=self.server.root,
+            log_file=self.log_file,
+        )  # fmt: skip
+        _wait_ready(self.server, self.proc, self.log_file)
+
+    def stop(self, mode: str = "fast") -> None:
+        """`pg_ctl stop -m fast` ends every session (clients see their connections drop), as a restart does."""
+        if self.proc is None:
+            return
+        run(_as_postgres([which("pg_ctl"), "stop", "-D", str(self.server.data_dir), "-m", mode, "-w"]),
+            cwd=self.server.root, check=False)  # fmt: skip
+        try:
+            self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        self.proc = None
+
+
+@contextmanager
+def running_postgres() -> Iterator[PostgresProcess]:
+    """A cluster of its own in a temp dir, initialised and started; stopped and removed afterwards."""
     try:
-        initdb, postgres, pg_ctl = which("initdb"), which("postgres"), which("pg_ctl")
-        which("runuser")
+        initdb = which("initdb")
+        which("postgres"), which("pg_ctl"), which("runuser")
     except ToolMissing as exc:
         pytest.skip(str(exc))
     try:
@@ -106,14 +148,12 @@ def postgres_server() -> Iterator[PostgresServer]:
     # Not under pytest's tmp_path: that is root-only (0700) and the postgres user could not enter it.
     root = Path(tempfile.mkdtemp(prefix="drover-pg-"))
     os.chown(root, pg.pw_uid, pg.pw_gid)
-    server = PostgresServer(root, free_port())
-    log_file = root / "postgres.log"
-    proc: subprocess.Popen[bytes] | None = None
+    running = PostgresProcess(PostgresServer(root, free_port()), root / "postgres.log")
     try:
         run(
             _as_postgres([
                 initdb,
-                "-D", str(server.data_dir),
+                "-D", str(running.server.data_dir),
                 "-U", PG_USER,
                 "-A", "trust",
                 "-E", "UTF8",
@@ -122,35 +162,19 @@ def postgres_server() -> Iterator[PostgresServer]:
                 "--no-instructions",
             ]),
             cwd=root,
-        )
-        # Durability settings off: a test cluster is thrown away, and fsync dominates CREATE DATABASE time.
-        proc = spawn(
-            _as_postgres([
-                postgres,
-                "-D", str(server.data_dir),
-                "-k", str(server.socket_dir),
-                "-h", "127.0.0.1",
-                "-p", str(server.port),
-                "-c", "fsync=off",
-                "-c", "synchronous_commit=off",
-                "-c", "full_page_writes=off",
-                "-c", "max_connections=200",
-            ]),
-            cwd=root,
-            log_file=log_file,
-        )
-        _wait_ready(server, proc, log_file)
-        log.info("postgres ready on 127.0.0.1:%s, data in %s", server.port, server.data_dir)
-        yield server
+        )  # fmt: skip
+        running.start()
+        log.info("postgres ready on 127.0.0.1:%s, data in %s", running.server.port, running.server.data_dir)
+        yield running
     finally:
-        if proc is not None:
-            run(_as_postgres([pg_ctl, "stop", "-D", str(server.data_dir), "-m", "fast", "-w"]), cwd=root, check=False)
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        running.stop()
         shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    with running_postgres() as running:
+        yield running.server
 
 
 @pytest.fixture

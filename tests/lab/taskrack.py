@@ -17,6 +17,7 @@ import subprocess
 import time
 import uuid as uuidlib
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -145,22 +146,25 @@ def wait_until(what: str, check: Callable[[], bool], timeout: float) -> None:
         time.sleep(0.1)
 
 
-@pytest.fixture(scope="session")
-def task_rack(
+@contextmanager
+def open_rack(
     kdc: LabKdc,
     lab_hosts: LabHosts,
     libvirt_nodes: NodeFactory,
     guest_image: GuestImage,
     guest_accel: Accel,
-    tmp_path_factory: pytest.TempPathFactory,
+    state: Path,
+    names: tuple[str, ...] = RACK_NODES,
+    settings: dict[str, str] | None = None,
 ) -> Iterator[TaskRack]:
-    state = tmp_path_factory.mktemp("taskrack")
+    """A rack: `drover serve` (settings: DROVER_* for it and its CLI, e.g. a PostgreSQL URL), lab libvirtds
+    named `names` as approved hosts the host browser has connected, and one task engine worker process."""
     env = {"DROVER_TASKENGINE_ENABLED": "false", "DROVER_HOSTBROWSER_ZEROCONF": "false"}
-    with rack(kdc, lab_hosts, libvirt_nodes, state, {ADMIN: "admin"}, env) as lab:
+    with rack(kdc, lab_hosts, libvirt_nodes, state, {ADMIN: "admin"}, env, settings) as lab:
         nodes: list[LabNode] = []
         host_ids: list[int] = []
         allowed = (APPLIANCE_CLIENT, "libvirt/*")  # the appliance, and peer nodes migrating to this one
-        for fqdn in RACK_NODES:
+        for fqdn in names:
             node = libvirt_nodes.start(fqdn, settings=libvirt_nodes.plan(fqdn, allowed, port=lab.libvirt_port))
             nodes.append(node)
             with session_scope(lab.db) as s:
@@ -185,6 +189,20 @@ def task_rack(
             yield the_rack
         finally:
             the_rack.stop_workers()
+
+
+@pytest.fixture(scope="session")
+def task_rack(
+    kdc: LabKdc,
+    lab_hosts: LabHosts,
+    libvirt_nodes: NodeFactory,
+    guest_image: GuestImage,
+    guest_accel: Accel,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[TaskRack]:
+    state = tmp_path_factory.mktemp("taskrack")
+    with open_rack(kdc, lab_hosts, libvirt_nodes, guest_image, guest_accel, state) as the_rack:
+        yield the_rack
 
 
 def pending_tasks(db: Engine) -> int:
