@@ -18,7 +18,7 @@ from typing import Any
 from bench import table
 
 RESULTS = Path(__file__).resolve().parent / "results"
-SECTIONS: tuple[str, ...] = ("api", "image", "enrolment", "pxe", "taskengine", "storage", "monitor", "ui")
+SECTIONS: tuple[str, ...] = ("api", "image", "enrolment", "pxe", "taskengine", "storage", "monitor", "ui", "load")
 
 
 def main(argv: list[str]) -> int:

@@ -151,6 +151,31 @@ ROWS: tuple[Row, ...] = (
         _ratio("vms_page", "vs_health_median", against="health (median)"),
     ),
     Row(
+        "load: 1,000 hosts' heartbeats (p50 / p99)",
+        "load",
+        lambda f: f"{_fmt(_get(f, 'heartbeats', 'p50_ms'))} / {_fmt(_get(f, 'heartbeats', 'p99_ms'))} ms",
+        lambda f: f"{_fmt(_get(f, 'heartbeats', 'per_second'))}/s of 100/s asked, all at once with the rows below",
+    ),
+    Row(
+        "load: identifies (p50 / p99)",
+        "load",
+        lambda f: f"{_fmt(_get(f, 'identifies', 'p50_ms'))} / {_fmt(_get(f, 'identifies', 'p99_ms'))} ms",
+        lambda f: f"{_fmt(_get(f, 'identifies', 'per_second'))}/s of 10/s asked",
+    ),
+    Row(
+        "load: tasks finished",
+        "load",
+        _v("tasks", "finished_per_second", unit="/s"),
+        lambda f: f"of 100/s asked; enqueue -> finished p99 {_fmt(_get(f, 'tasks', 'p99_ms'))} ms",
+    ),
+    Row(
+        "load: collectd packets unaccounted",
+        "load",
+        _v("collectd", "packets_unaccounted"),
+        lambda f: f"of {_fmt(_get(f, 'collectd', 'packets_sent'))} sent; RSS last/second minute "
+        f"{_fmt(_get(f, 'rss_last_vs_second_sample'))}",
+    ),
+    Row(
         "SSE fan-out to 200 streams",
         "ui",
         _v("sse_fanout_ms", unit=" ms"),
