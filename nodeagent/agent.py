@@ -8,6 +8,7 @@ Every path is an option so a test can run the real agent as a child process in a
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import enum
 import json
 import logging
@@ -23,7 +24,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from nodeagent import cmdline, collectd, credentials, discovery, facts, heartbeat, libvirtd, tls, wire
+from nodeagent import cmdline, collectd, credentials, discovery, facts, heartbeat, libvirtd, session, tls, wire
 from nodeagent.announce import Announcer, ipv4_addresses
 from nodeagent.files import write_atomic
 from nodeagent.identify import ApplianceError, NodeApiClient
@@ -96,6 +97,11 @@ class Agent:
 
     # --- state file ---------------------------------------------------------------------------
 
+    @property
+    def session_file(self) -> Path:
+        """This boot's enrolment (nodeagent/session.py), beside the state file."""
+        return self.opts.state_file.with_name("session.json")
+
     def _set(self, **values: Any) -> None:
         with self.lock:
             self.status.update({k: (v.value if isinstance(v, enum.Enum) else v) for k, v in values.items()})
@@ -119,7 +125,10 @@ class Agent:
         self._set(pid=os.getpid())
         self.readiness.start()
         kcmd = cmdline.read(self.opts.cmdline)
-        self._prepare(kcmd)
+        if session.load(self.session_file, kcmd.token) is None:
+            self._prepare(kcmd)
+        else:  # restarted within this boot: libvirtd already runs with our keytab; leave it and its guests be
+            log.info("this boot's enrolment is in %s: resuming it", self.session_file)
         ip_json = self._wait_for_network() if self.opts.root == Path("/") else ""
         self.facts = facts.gather(self.opts.root, ip_json=ip_json, boot_mac=kcmd.boot_mac, agent_version=AGENT_VERSION)
         log.info(
@@ -201,8 +210,15 @@ class Agent:
         pinned = tls.fetch_ca(found.url, kcmd.ca_sha256, self.opts.request_timeout, kcmd.params.get("drover.api", ""))
         client = NodeApiClient(pinned.api_url, pinned.context(), self.opts.request_timeout)
         self._set(state=State.IDENTIFY, appliance=found.url, source=found.source, api_url=pinned.api_url)
-        answer = client.identify(wire.IdentifyRequest(kcmd.token, node))
-        log.info("identified as host %s: %s %s", answer.host_id, answer.status.value, answer.message)
+        saved = session.load(self.session_file, kcmd.token)
+        if saved is not None and saved.api_url == pinned.api_url:
+            answer = saved.answer
+            log.info("resuming this boot's enrolment as host %s (the agent was restarted)", answer.host_id)
+        else:
+            answer = client.identify(wire.IdentifyRequest(kcmd.token, node))
+            log.info("identified as host %s: %s %s", answer.host_id, answer.status.value, answer.message)
+        kept = session.Saved(session.boot_id(), kcmd.token, pinned.api_url, answer)
+        session.save(self.session_file, kept)
         self._set(
             state=State.PENDING if answer.status is wire.IdentifyStatus.PENDING else State.CONFIGURE,
             host_id=answer.host_id,
@@ -232,11 +248,14 @@ class Agent:
                 self._set(errors=self.status["errors"] + 1, last_error=str(exc))
                 if exc.unknown_host:
                     log.warning("the appliance no longer knows this host: identifying again")
+                    session.forget(self.session_file)
                     self.session_end.set()
                 raise
             if resp.credentials is not None and resp.credentials != self.creds:
                 log.info("credentials arrived with a heartbeat: host approved")
                 self._apply(resp.credentials)
+                approved = dataclasses.replace(kept.answer, status=resp.status, credentials=resp.credentials)
+                session.save(self.session_file, dataclasses.replace(kept, answer=approved))
             state = State.RUNNING if self.creds is not None else State.PENDING
             self._set(
                 state=state,

@@ -17,6 +17,7 @@ import ssl
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from datetime import datetime
 from pathlib import Path
 
 import httpx
@@ -72,6 +73,13 @@ def available_events(db: Engine, host_id: int) -> int:
             )
             or 0
         )
+
+
+def last_beat(db: Engine, host_id: int) -> datetime:
+    with session_scope(db) as session:
+        host = session.get(Host, host_id)
+        assert host is not None and host.last_heartbeat_at is not None
+        return host.last_heartbeat_at
 
 
 def conflict_events(db: Engine, host_id: int) -> int:
@@ -180,9 +188,34 @@ def test_agent_enrols_host_browser_follows_its_libvirtd_and_a_reboot_keeps_the_h
     finally:
         stop(agent)
 
-    # The agent alone restarts while the appliance's libvirt session to the node is up: the appliance cannot
-    # tell it from a second machine claiming this DMI UUID, so the identify is refused (no takeover), a
-    # warning event says so, nothing changes and the running libvirtd keeps its key.
+    # The agent alone restarts (killed, same boot, same kernel line): it resumes this boot's enrolment from
+    # /run instead of identifying with its spent token: no identify, no conflict, no libvirtd restart (its
+    # guests untouched), heartbeats under the same agent token, the host available throughout.
+    session_file = node.state.with_name("session.json")
+    assert session_file.stat().st_mode & 0o777 == 0o600
+    before, conflicts, restarts = snapshot(lab.db), conflict_events(lab.db, host_id), node.restarter.restarts
+    beat_before = last_beat(lab.db, host_id)
+    agent = node.start_agent()
+    try:
+        wait_for("resumed and heartbeating",
+                 lambda: read_state(node.state).get("state") == "running" and read_state(node.state)["heartbeats"] >= 1,
+                 30, node.log)  # fmt: skip
+        agent.kill()
+        agent.wait(5)
+        agent = node.start_agent()  # a SIGKILL leaves the same /run behind: resumed again
+        wait_for("resumed after a SIGKILL",
+                 lambda: read_state(node.state).get("state") == "running" and read_state(node.state)["heartbeats"] >= 1,
+                 30, node.log)  # fmt: skip
+    finally:
+        stop(agent)
+    assert "resuming this boot's enrolment" in node.log.read_text()
+    assert snapshot(lab.db) == before and conflict_events(lab.db, host_id) == conflicts
+    assert node.restarter.restarts == restarts and host_state(lab.db, dmi_uuid) is HostState.AVAILABLE
+    assert last_beat(lab.db, host_id) > beat_before
+
+    # A new token on the kernel line while the appliance's libvirt session to the node is up (what a second
+    # machine claiming this DMI UUID would bring): the identify is refused (no takeover), a warning event
+    # says so, nothing changes and the running libvirtd keeps its key.
     old_keytab = node.keytab.read_bytes()
     token2, _ = mint(lab, ADMIN, "--uuid", dmi_uuid, "--mac", "52:54:00:e2:e0:07")
     before = snapshot(lab.db)
