@@ -141,6 +141,10 @@ def vm_charts(uuid: str, grid: Grid) -> list[Chart]:
     ]
 
 
+# One series per domain (plugin instance = its UUID); the plugin's host-wide totals have no instance.
+_DOMAINS = 'collectd_virt_virt_cpu_total{plugin_instance!=""}'
+
+
 def fleet_charts(grid: Grid) -> list[Chart]:
     return [
         Chart("cpu", "Fleet CPU busy (average of hosts)", "%",
@@ -149,7 +153,7 @@ def fleet_charts(grid: Grid) -> list[Chart]:
         Chart("memory", "Fleet memory used", "bytes",
               (Line('sum(collectd_memory_memory{type_instance="used"})', "used"),)),
         Chart("vms", "VMs running (seen by the monitor)", "count",
-              (Line("count(count by (plugin_instance) (collectd_virt_virt_cpu_total))", "running"),)),
+              (Line(f"count(count by (plugin_instance) ({_DOMAINS}))", "running"),)),
     ]  # fmt: skip
 
 

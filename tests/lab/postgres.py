@@ -15,6 +15,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -95,14 +96,22 @@ def _wait_ready(server: PostgresServer, proc: subprocess.Popen[bytes], log_file:
 @pytest.fixture(scope="session")
 def postgres_server() -> Iterator[PostgresServer]:
     try:
-        initdb, postgres, pg_ctl = which("initdb"), which("postgres"), which("pg_ctl")
-        which("runuser")
+        which("initdb"), which("postgres"), which("pg_ctl"), which("runuser")
     except ToolMissing as exc:
         pytest.skip(str(exc))
     try:
-        pg = pwd.getpwnam(PG_USER)
+        pwd.getpwnam(PG_USER)
     except KeyError:
         pytest.skip(f"no {PG_USER!r} user to run PostgreSQL as (apt-get install postgresql)")
+    with running_postgres() as server:
+        yield server
+
+
+@contextmanager
+def running_postgres() -> Iterator[PostgresServer]:
+    """A throw-away PostgreSQL cluster on a free loopback port (the fixture above; the bench uses it too)."""
+    initdb, postgres, pg_ctl = which("initdb"), which("postgres"), which("pg_ctl")
+    pg = pwd.getpwnam(PG_USER)
     # Not under pytest's tmp_path: that is root-only (0700) and the postgres user could not enter it.
     root = Path(tempfile.mkdtemp(prefix="drover-pg-"))
     os.chown(root, pg.pw_uid, pg.pw_gid)

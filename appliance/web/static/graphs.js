@@ -37,7 +37,6 @@
     plots.forEach(function (p) { p.destroy(); });
     plots = [];
     charts.textContent = "";
-    const width = Math.max(260, Math.floor((charts.clientWidth - 24) / 2));
     body.charts.forEach(function (c) {
       const fig = document.createElement("figure");
       fig.className = "chart";
@@ -51,10 +50,14 @@
       fig.dataset.points = String(points);
       if (c.error) { empty(fig, "No data: " + c.error); return; }
       if (!points) { empty(fig, "No data in the last " + span.replace("h", " h").replace("d", " d") + " — the monitor has stored nothing for this yet."); return; }
+      // As wide as its grid cell (the grid decides how many charts share a row).
+      const width = Math.max(240, fig.clientWidth - 4);
+      const sparse = points < 120 * c.series.length;  // a few minutes of data in a wide range: show the points
       const opts = {
         width: width, height: 170,
         series: [{}].concat(c.series.map(function (s, i) {
           return { label: s.label, stroke: colors[i % colors.length], width: 1.5, spanGaps: false,
+                   points: { show: sparse, size: 4 },
                    value: function (u, v) { return human(c.unit, v); } };
         })),
         axes: [{}, { size: 70, values: function (u, vals) { return vals.map(function (v) { return human(c.unit, v); }); } }],
@@ -81,6 +84,7 @@
         return;
       }
       draw(body);
+      box.dataset.shown = body.span;  // which range is drawn (a test, or a script, can wait for it)
       status.textContent = "updated " + new Date().toLocaleTimeString();
     } catch (e) {
       status.textContent = "could not reach the appliance (" + e + ")";
