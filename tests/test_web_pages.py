@@ -284,6 +284,11 @@ def test_templates_page_imports_lists_and_refuses_a_delete_in_use(rig: Rig) -> N
     junk = rig.http.post("/ui/templates/import", params={"name": "junk", "pool": "pa-images"}, content=b"hello",
                          headers=headers)  # fmt: skip
     assert junk.status_code == 400 and rig.count(Template) == 1
+    # A real (raw) image larger than the API's 1 MiB body limit: streamed to disk like the API's upload.
+    big = rig.http.post("/ui/templates/import", params={"name": "big", "pool": "pa-images", "memory_mib": "64"},
+                        content=b"\0" * (2 << 20), headers=headers)  # fmt: skip
+    assert big.status_code == 200 and "template big (raw) received" in big.text, big.text
+    assert rig.count(Template) == 2 and rig.count(Task, Task.type == TaskType.VOLUME_CREATE) == 1
     no_csrf = {k: v for k, v in headers.items() if k != "X-CSRF-Token"}
     assert rig.http.post("/ui/templates/import", params={"name": "y", "pool": "pa-images"}, content=b"x",
                          headers=no_csrf).status_code == 403  # fmt: skip
