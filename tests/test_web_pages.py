@@ -234,6 +234,8 @@ def test_vm_pools_are_made_taken_and_refused_as_the_api_does(rig: Rig) -> None:
     # The user of pa sees the pool with a take button; pb's user sees nothing and is refused by URL.
     assert 'data-vmpool="desk"' in rig.get(USER, "/ui/pools").text
     assert "Take a VM" in rig.get(USER, "/ui/pools").text
+    assert 'id="take-from"' in rig.get(USER, "/ui/vms").text  # the portal's VM list offers it too
+    assert 'id="take-from"' not in rig.get(OTHER, "/ui/vms").text
     assert 'data-vmpool="desk"' not in rig.get(OTHER, "/ui/pools").text
     refused = rig.post(OTHER, f"/ui/pools/{pool_id}/take")
     assert refused.status_code == 403 and "may not take a VM from pool desk" in refused.text

@@ -23,7 +23,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response
 
-from appliance import admission, enrolment, hosts, lifecycle, permissions, quotas, tasking, vms
+from appliance import admission, enrolment, hosts, lifecycle, permissions, quotas, tasking, vmpools, vms
 from appliance.api.auth import caller
 from appliance.api.state import session, state
 from appliance.api.vms import _may_see as may_see_task
@@ -193,7 +193,8 @@ def vm_list(request: Request) -> Response:
                  if allowed(Privilege.MODIFY, p.id)]  # fmt: skip
         return render(request, "vms.html", vms=rows, pools=pools, actions=_actions(allowed, rows), pager=pager,
                       above="vms_filter.html", below="vms_form.html", search=search, state_wanted=state_wanted,
-                      states=[str(v) for v in VmState], quotas=_quotas(s, principal))  # fmt: skip
+                      states=[str(v) for v in VmState], quotas=_quotas(s, principal),
+                      take_from=[vmpools.summary(s, p) for p in vmpools.takeable(s, principal)])  # fmt: skip
 
 
 @dataclass(frozen=True)
