@@ -203,7 +203,7 @@ def visible(session: Session, principal: str) -> list[VmPool]:
 
 
 def summary(session: Session, pool: VmPool) -> dict[str, Any]:
-    free = free_vms(session, pool)
+    free = [vm for vm in free_vms(session, pool) if vm.state in _TAKEABLE]  # made and not failed: takeable now
     return {
         "id": pool.id,
         "name": pool.name,

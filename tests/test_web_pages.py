@@ -239,6 +239,7 @@ def test_vm_pools_are_made_taken_and_refused_as_the_api_does(rig: Rig) -> None:
     assert 'data-vmpool="desk"' not in rig.get(OTHER, "/ui/pools").text
     refused = rig.post(OTHER, f"/ui/pools/{pool_id}/take")
     assert refused.status_code == 403 and "may not take a VM from pool desk" in refused.text
+    assert 'td class="free">0<' in rig.get(USER, "/ui/pools").text  # none made yet: nothing to take
     early = rig.post(USER, f"/ui/pools/{pool_id}/take")
     assert early.status_code == 409 and "no free VM left" in early.text  # still being made
 

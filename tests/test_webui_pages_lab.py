@@ -177,7 +177,7 @@ def test_an_admin_makes_storage_a_template_and_a_vm_pool_from_the_pages(scene: S
         page.click("#vmpool-create button")
         _ok_flash(page, "1 VMs defined, 2 tasks queued")
         # One VM, kept running for whoever takes it: its create and start run on a rack node.
-        page.wait_for_selector(f"tr[data-vmpool='{s.vmpool}'] td.free:text-is('1')", timeout=20000)
+        page.wait_for_selector(f"tr[data-vmpool='{s.vmpool}'] td.free:text-is('1')", timeout=120000)
         wait_until("the pool's VM running", lambda: rack.vm(f"{s.vmpool}-1").state is VmState.RUNNING, 240)
         screenshot(context, "vmpools")
 
@@ -301,6 +301,10 @@ def test_the_api_and_cli_verbs_behind_the_pages_refuse_as_the_pages_do(
         nobody.get(f"/api/v1/hosts/{rack.host_ids[0]}/graphs")
     revoked = admin.request("DELETE", f"/api/v1/users/{other}/roles/monitor", params={"pool": "default"})
     assert revoked["pool_roles"] == []
+    # The same from the CLI, straight in the database.
+    _drover(rack, "user", "add", s.other, "--role", "monitor", "--pool", "default")
+    assert "revoked monitor" in _drover(rack, "user", "revoke", s.other, "--role", "monitor", "--pool", "default")
+    assert "does not hold" in _drover(rack, "user", "revoke", s.other, "--role", "monitor", "--pool", "default", code=4)
     fleet = admin.get("/api/v1/graphs/fleet", {"span": "1h"})
     assert {c["key"] for c in fleet["charts"]} == {"cpu", "memory", "vms", "tasks"}
     for client in (admin, nobody):
