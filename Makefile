@@ -23,10 +23,10 @@ DEB_PACKAGES := \
 STAMP := $(VENV)/.setup-done
 
 # The web UI's browser libraries, from npm at setup time into a gitignored static folder (never a CDN).
-NPM_PACKAGES := htmx.org@2.0.11
+NPM_PACKAGES := htmx.org@2.0.11 uplot@1.6.32
 NPM_DIR := $(VENV)/npm
 VENDOR_DIR := appliance/web/static/vendor
-VENDORED := $(VENDOR_DIR)/htmx.min.js
+VENDORED := $(VENDOR_DIR)/htmx.min.js $(VENDOR_DIR)/uPlot.iife.min.js $(VENDOR_DIR)/uPlot.min.css
 
 .PHONY: setup test demo bench lint clean
 
@@ -44,10 +44,12 @@ $(STAMP): pyproject.toml Makefile
 	$(PIP) install -q -e '.[dev]'
 	@touch $@
 
-$(VENDORED): Makefile
+# One rule makes all of them (a grouped target: one npm install, not one per file).
+$(VENDORED) &: Makefile
 	mkdir -p $(NPM_DIR) $(VENDOR_DIR)
 	npm install --prefix $(NPM_DIR) --no-save --no-audit --no-fund --loglevel=error $(NPM_PACKAGES)
 	cp $(NPM_DIR)/node_modules/htmx.org/dist/htmx.min.js $(VENDOR_DIR)/htmx.min.js
+	cp $(NPM_DIR)/node_modules/uplot/dist/uPlot.iife.min.js $(NPM_DIR)/node_modules/uplot/dist/uPlot.min.css $(VENDOR_DIR)/
 
 # Both cores: test modules are spread over two worker processes (a module stays on one, so its
 # module-scoped rack and its boots stay together); TEST_WORKERS=0 runs them in this process.

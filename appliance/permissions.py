@@ -91,3 +91,24 @@ def visible_pools(session: Session, principal: str) -> set[int] | None:
         if _pool_chain(session, pool_id) & {p for p in pools if p is not None}:
             out.add(pool_id)
     return out
+
+
+def may_grant(session: Session, principal: str, role: Role, pool_id: int | None) -> bool:
+    """Granting or revoking `role` there (None: globally): super_admin any role, admin admin and below; each
+    counts only where it is held (a role on a pool covers its sub-pools)."""
+    held = roles_in(session, principal, pool_id)
+    return any(r in (Role.SUPER_ADMIN, Role.ADMIN) and r.includes(role) for r in held)
+
+
+def require_to_grant(session: Session, principal: str, role: Role, pool_id: int | None) -> None:
+    """Forbidden (403) unless may_grant()."""
+    if may_grant(session, principal, role, pool_id):
+        return
+    where = "globally"
+    if pool_id is not None:
+        name = session.scalar(select(HardwarePool.name).where(HardwarePool.id == pool_id))
+        where = f"in hardware pool {name or pool_id}"
+    raise Forbidden(
+        f"{principal} may not grant or revoke the role {role} {where}",
+        "it needs super_admin (any role) or admin (admin and below) there",
+    )

@@ -87,6 +87,20 @@ def check_start(session: Session, vm: Vm) -> None:
     ])  # fmt: skip
 
 
+def check_take(session: Session, owner_id: int, vm: Vm) -> None:
+    """`vm` (a pool's free VM) handed to `owner_id`: one more VM, and its vCPUs and memory if it is up."""
+    quota = _quota(session, owner_id, vm.hardware_pool_id)
+    if quota is None:
+        return
+    used = owned(session, owner_id, vm.hardware_pool_id)
+    live = vm.state in HOLDS_RESOURCES
+    _refuse(session, vm.hardware_pool_id, [
+        ("max_vms", quota.max_vms, used.vms + 1, ""),
+        ("max_vcpus", quota.max_vcpus if live else None, used.vcpus + vm.vcpus, ""),
+        ("max_memory_mib", quota.max_memory_mib if live else None, used.memory_mib + vm.memory_mib, " MiB"),
+    ])  # fmt: skip
+
+
 LIMITS = ("max_vms", "max_vcpus", "max_memory_mib", "max_disk_bytes")
 
 

@@ -5,6 +5,8 @@ and a real lab KDC. Baseline, in the same run: GET /api/v1/health. Measured: the
 (first page), a VM's page, and the API calls that return the same data (Negotiate per request); then
 STREAMS open /ui/stream connections and one new event: the time until every stream has delivered it,
 and the server's RSS with them open. Each figure is also given as a ratio to the baseline's median.
+The whole set runs twice in one run: on SQLite (top-level keys) and on PostgreSQL (`postgresql`), with
+`postgresql_vs_sqlite` the ratio of each p95.
 """
 
 from __future__ import annotations
@@ -22,12 +24,14 @@ import httpx
 from sqlalchemy import insert, select
 
 from appliance.client import Client
+from appliance.db import migrate
 from appliance.db.engine import make_engine, session_scope
 from appliance.db.models import Event, Host, HostState, Vm, VmState
 from appliance.hosts import default_pool
 from appliance.web.session import COOKIE, Signer, load_key
 from tests.lab.appliance import start_appliance
-from tests.lab.kdc import APPLIANCE_HOST, start_kdc
+from tests.lab.kdc import APPLIANCE_HOST, LabKdc, start_kdc
+from tests.lab.postgres import running_postgres
 
 HOSTS = 1000
 VMS = 10_000
@@ -110,42 +114,67 @@ def _rss_mib(pid: int) -> float:
     return 0.0
 
 
+def _measure(kdc: LabKdc, state_dir: Path, database_url: str | None) -> dict[str, Any]:
+    """Every figure against one `drover serve` on SQLite (database_url None) or the given PostgreSQL."""
+    off = {"DROVER_HOSTBROWSER_ENABLED": "false", "DROVER_TASKENGINE_ENABLED": "false"}
+    if database_url is not None:
+        migrate.upgrade(database_url)
+        off["DROVER_DATABASE_URL"] = database_url
+    lab = start_appliance(kdc, state_dir, settings=off)
+    url = database_url or lab.database_url
+    try:
+        added = lab.drover("user", "add", ADMIN, "--role", "admin")
+        assert added.returncode == 0 or "already" in added.stderr, added.stderr
+        vm_id = _fill(url)
+        _, cookie = Signer(load_key(kdc.root)).issue(f"{ADMIN}@{kdc.realm.name}")
+        out: dict[str, Any] = {"hosts": HOSTS, "vms": VMS}
+        with httpx.Client(base_url=lab.local_url, trust_env=False) as web:
+            web.headers["Cookie"] = f"{COOKIE}={cookie}"
+            base = _summary(_times(lambda: web.get("/api/v1/health").raise_for_status()))
+            out["baseline_health"] = base
+            for key, path in (("hosts_page", "/ui/hosts"), ("vms_page", "/ui/vms"), ("vm_page", f"/ui/vms/{vm_id}"),
+                              ("events_page", f"/ui/events?vm={vm_id}&since=1d"), ("pools_page", "/ui/pools"),
+                              ("storage_page", "/ui/storage"), ("users_page", "/ui/users")):  # fmt: skip
+                figures = _summary(_times(lambda path=path: web.get(path).raise_for_status()))
+                out[f"{key}_ms"] = figures["p95_ms"]
+                out[key] = {**figures, "vs_health_median": round(figures["median_ms"] / base["median_ms"], 1)}
+        ccache = kdc.ticket(ADMIN)["KRB5CCNAME"]
+        os.environ["KRB5_CONFIG"] = str(kdc.krb5_conf)
+        with Client(lab.local_url, service_host=APPLIANCE_HOST, ccache=ccache) as api:
+            for key, path in (("api_hosts", "/api/v1/hosts"), ("api_vms", "/api/v1/vms"),
+                              ("api_vm", f"/api/v1/vms/{vm_id}")):  # fmt: skip
+                figures = _summary(_times(lambda path=path: api.get(path), count=10))
+                out[f"{key}_ms"] = figures["p95_ms"]
+                out[key] = {**figures, "vs_health_median": round(figures["median_ms"] / base["median_ms"], 1)}
+        out["rss_mib_before_streams"] = _rss_mib(lab.process.pid)
+        fanout, rss = asyncio.run(_fanout(lab.local_url, cookie, url, lab.process.pid))
+        out["sse_streams"] = STREAMS
+        out["sse_fanout_ms"] = round(fanout * 1000, 1)
+        out["rss_mib_with_streams"] = rss
+        return out
+    finally:
+        lab.stop()
+
+
+# Figures compared between the two databases (PostgreSQL's p95 over SQLite's, same run, same machine).
+COMPARED = ("hosts_page_ms", "vms_page_ms", "vm_page_ms", "events_page_ms", "pools_page_ms", "storage_page_ms",
+            "users_page_ms", "api_hosts_ms", "api_vms_ms", "api_vm_ms", "sse_fanout_ms")  # fmt: skip
+
+
 def run() -> dict[str, Any]:
+    """SQLite (the embedded default; its figures stay at the top level) and PostgreSQL (under `postgresql`),
+    with `postgresql_vs_sqlite` the ratio of each figure."""
     with tempfile.TemporaryDirectory(prefix="drover-bench-ui-") as tmp:
         kdc = start_kdc(Path(tmp) / "kdc")
         try:
-            off = {"DROVER_HOSTBROWSER_ENABLED": "false", "DROVER_TASKENGINE_ENABLED": "false"}
-            lab = start_appliance(kdc, Path(tmp) / "appliance", settings=off)
-            try:
-                assert lab.drover("user", "add", ADMIN, "--role", "admin").returncode == 0
-                vm_id = _fill(lab.database_url)
-                _, cookie = Signer(load_key(kdc.root)).issue(f"{ADMIN}@{kdc.realm.name}")
-                out: dict[str, Any] = {"hosts": HOSTS, "vms": VMS}
-                with httpx.Client(base_url=lab.local_url, trust_env=False) as web:
-                    web.headers["Cookie"] = f"{COOKIE}={cookie}"
-                    base = _summary(_times(lambda: web.get("/api/v1/health").raise_for_status()))
-                    out["baseline_health"] = base
-                    for key, path in (("hosts_page", "/ui/hosts"), ("vms_page", "/ui/vms"),
-                                      ("vm_page", f"/ui/vms/{vm_id}")):  # fmt: skip
-                        figures = _summary(_times(lambda path=path: web.get(path).raise_for_status()))
-                        out[f"{key}_ms"] = figures["p95_ms"]
-                        out[key] = {**figures, "vs_health_median": round(figures["median_ms"] / base["median_ms"], 1)}
-                ccache = kdc.ticket(ADMIN)["KRB5CCNAME"]
-                os.environ["KRB5_CONFIG"] = str(kdc.krb5_conf)
-                with Client(lab.local_url, service_host=APPLIANCE_HOST, ccache=ccache) as api:
-                    for key, path in (("api_hosts", "/api/v1/hosts"), ("api_vms", "/api/v1/vms"),
-                                      ("api_vm", f"/api/v1/vms/{vm_id}")):  # fmt: skip
-                        figures = _summary(_times(lambda path=path: api.get(path), count=10))
-                        out[f"{key}_ms"] = figures["p95_ms"]
-                        out[key] = {**figures, "vs_health_median": round(figures["median_ms"] / base["median_ms"], 1)}
-                out["rss_mib_before_streams"] = _rss_mib(lab.process.pid)
-                fanout, rss = asyncio.run(_fanout(lab.local_url, cookie, lab.database_url, lab.process.pid))
-                out["sse_streams"] = STREAMS
-                out["sse_fanout_ms"] = round(fanout * 1000, 1)
-                out["rss_mib_with_streams"] = rss
-                return out
-            finally:
-                lab.stop()
+            out = _measure(kdc, Path(tmp) / "sqlite", None)
+            out["database"] = "sqlite"
+            with running_postgres() as pg:
+                out["postgresql"] = _measure(kdc, Path(tmp) / "postgresql", pg.create_database("bench_ui"))
+            out["postgresql_vs_sqlite"] = {
+                key: round(out["postgresql"][key] / out[key], 2) for key in COMPARED if out.get(key)
+            }
+            return out
         finally:
             kdc.process.terminate()
             kdc.process.wait(timeout=10)

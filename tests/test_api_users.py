@@ -92,7 +92,7 @@ def root(appliance: LabAppliance, kdc: LabKdc, as_user: AsUser) -> Client:
 def test_super_admin_grants_a_role(appliance: LabAppliance, kdc: LabKdc, root: Client, as_user: AsUser) -> None:
     frank = f"frank@{kdc.realm.name}"
     answer = root.post("/api/v1/users", {"principal": frank, "role": "admin"})
-    assert answer == {"principal": frank, "roles": ["admin"]}
+    assert answer == {"principal": frank, "roles": ["admin"], "pool_roles": []}
     assert as_user("frank").get("/api/v1/whoami")["roles"] == ["admin"]
     with pytest.raises(Conflict):
         root.post("/api/v1/users", {"principal": frank, "role": "admin"})

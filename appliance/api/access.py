@@ -5,6 +5,7 @@ from __future__ import annotations
 from sqlalchemy.orm import Session
 from starlette.requests import HTTPConnection
 
+from appliance import permissions
 from appliance.api.auth import caller
 from appliance.api.state import session as db_session
 from appliance.db.access import roles_of
@@ -16,15 +17,9 @@ def caller_roles(conn: HTTPConnection, session: Session) -> list[Role]:
     return roles_of(session, caller(conn).principal)
 
 
-def require_to_grant(conn: HTTPConnection, session: Session, role: Role) -> None:
+def require_to_grant(conn: HTTPConnection, session: Session, role: Role, pool_id: int | None = None) -> None:
     """Only super_admin grants super_admin; admin grants admin and below; nobody else grants anything."""
-    held = caller_roles(conn, session)
-    if not any(r in (Role.SUPER_ADMIN, Role.ADMIN) and r.includes(role) for r in held):
-        who = caller(conn).principal
-        raise Forbidden(
-            f"{who} may not grant the role {role}",
-            "granting needs super_admin (any role) or admin (admin and below)",
-        )
+    permissions.require_to_grant(session, caller(conn).principal, role, pool_id)
 
 
 def require_role(conn: HTTPConnection, role: Role, what: str) -> None:

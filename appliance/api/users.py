@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse
@@ -15,7 +16,7 @@ from appliance.api.auth import caller
 from appliance.api.edge import read_json
 from appliance.api.state import session
 from appliance.db import access
-from appliance.db.models import HardwarePool
+from appliance.db.models import HardwarePool, Permission, User
 from appliance.db.models.users import Role
 from appliance.errors import NotFound, UsageError
 from appliance.permissions import Privilege
@@ -31,29 +32,65 @@ def whoami(request: Request) -> JSONResponse:
     return JSONResponse({"principal": caller(request).principal, "roles": [str(r) for r in roles]})
 
 
-def _grant_request(body: dict[str, object]) -> tuple[str, Role]:
-    principal, role = body.get("principal"), body.get("role")
+def _grant_request(body: dict[str, object]) -> tuple[str, Role, str | None]:
+    unknown = sorted(set(body) - {"principal", "role", "pool"})
+    if unknown:
+        raise UsageError(f"{unknown[0]}: unknown field", "fields: principal, role, pool")
+    principal, role, pool = body.get("principal"), body.get("role"), body.get("pool")
     if not isinstance(principal, str) or not _PRINCIPAL.fullmatch(principal):
         raise UsageError(f"'principal' must be a Kerberos principal, not {principal!r}", "e.g. alice@DROVER.TEST")
     if not isinstance(role, str) or role not in set(Role):
         raise UsageError(f"'role' must be one of {', '.join(Role)}, not {role!r}")
-    return principal, Role(role)
+    if pool is not None and (not isinstance(pool, str | int) or isinstance(pool, bool) or pool == ""):
+        raise UsageError("'pool' must be a hardware pool name or id (leave it out for a global role)")
+    return principal, Role(role), None if pool is None else str(pool)
 
 
 async def grant(request: Request) -> JSONResponse:
-    """POST /users {"principal", "role"}: add the user if new and grant a global role (201), 409 if held."""
-    principal, role = _grant_request(await read_json(request))
+    """POST /users {"principal", "role", "pool"?}: add the user if new and grant the role globally or in one
+    hardware pool and its sub-pools (201); 409 if held."""
+    principal, role, pool = _grant_request(await read_json(request))
     # Body parsed and checked before any database work, so a bad request changes nothing; the
     # blocking DB part runs in a worker thread, off the event loop.
-    return await run_in_threadpool(_grant, request, principal, role)
+    return await run_in_threadpool(_grant, request, principal, role, pool)
 
 
-def _grant(request: Request, principal: str, role: Role) -> JSONResponse:
+def _grant(request: Request, principal: str, role: Role, pool: str | None) -> JSONResponse:
+    by = caller(request).principal
     with session(request) as s:
-        require_to_grant(request, s, role)
-        access.grant(s, principal, role, granted_by=caller(request).principal)
-        roles = access.roles_of(s, principal)
-    return JSONResponse({"principal": principal, "roles": [str(r) for r in roles]}, status_code=201)
+        if pool is None:
+            require_to_grant(request, s, role)
+            access.grant(s, principal, role, granted_by=by)
+        else:
+            row = access.find_pool(s, pool)
+            require_to_grant(request, s, role, row.id)
+            access.grant_in_pool(s, principal, role, str(row.id), granted_by=by)
+        return JSONResponse(_roles(s, principal), status_code=201)
+
+
+def _roles(s: Session, principal: str) -> dict[str, object]:
+    rows = s.execute(select(Permission.role, HardwarePool.name).join(User, Permission.user_id == User.id)
+                     .outerjoin(HardwarePool, Permission.hardware_pool_id == HardwarePool.id)
+                     .where(User.principal == principal)).all()  # fmt: skip
+    return {"principal": principal, "roles": [str(r) for r in access.roles_of(s, principal)],
+            "pool_roles": sorted([{"role": str(r), "pool": p} for r, p in rows if p is not None],
+                                 key=lambda g: (g["pool"], g["role"]))}  # fmt: skip
+
+
+def revoke(request: Request) -> JSONResponse:
+    """DELETE /users/{principal}/roles/{role}[?pool=P]: take a global role, or one held in hardware pool P."""
+    role_text = request.path_params["role"]
+    if role_text not in set(Role):
+        raise UsageError(f"role: one of {', '.join(Role)}, not {role_text!r}")
+    unknown = sorted(set(request.query_params) - {"pool"})
+    if unknown:
+        raise UsageError(f"{unknown[0]}: unknown parameter", "parameters: pool")
+    principal, role = request.path_params["principal"], Role(role_text)
+    with session(request) as s:
+        pool_id = access.find_pool(s, request.query_params["pool"]).id if "pool" in request.query_params else None
+        require_to_grant(request, s, role, pool_id)
+        access.revoke(s, principal, role, pool_id)
+        return JSONResponse(_roles(s, principal))
 
 
 async def set_quota(request: Request) -> JSONResponse:

@@ -6,14 +6,14 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from appliance.api import hosts, metrics, realm, storage, users, vms
+from appliance.api import graphs, hosts, metrics, realm, storage, users, vmpools, vms
 
 PREFIX = "/api/v1"
 # Reachable without a ticket: load balancers and `drover serve`'s own readiness check use it.
 # /metrics too: a Prometheus scraper has no Kerberos ticket, and it shows counts and counters only.
 PUBLIC = frozenset({f"{PREFIX}/health", "/metrics"})
 # Routes whose body is a file streamed to disk (not JSON in memory): not held to the API's body limit.
-STREAMED = frozenset({f"{PREFIX}/templates"})
+STREAMED = frozenset({f"{PREFIX}/templates", "/ui/templates/import"})
 
 
 def health(request: Request) -> JSONResponse:
@@ -25,6 +25,7 @@ routes = [
     Route(f"{PREFIX}/whoami", users.whoami, methods=["GET"]),
     Route(f"{PREFIX}/users", users.grant, methods=["POST"]),
     Route(f"{PREFIX}/users/{{principal}}/quota", users.set_quota, methods=["PUT"]),
+    Route(f"{PREFIX}/users/{{principal}}/roles/{{role}}", users.revoke, methods=["DELETE"]),
     Route(f"{PREFIX}/hosts", hosts.list_hosts, methods=["GET"]),
     Route(f"{PREFIX}/hosts/tokens", hosts.mint_token, methods=["POST"]),
     Route(f"{PREFIX}/hosts/{{key}}", hosts.show_host, methods=["GET"]),
@@ -40,6 +41,7 @@ routes = [
     Route(f"{PREFIX}/hosts/{{key}}/clear", hosts.clear_host, methods=["POST"]),
     # Before /vms/{key}/{verb}, which would otherwise take POST /vms/X/snapshots and /vms/X/clone.
     *storage.routes(PREFIX),
+    *vmpools.routes(PREFIX),
     Route(f"{PREFIX}/vms", vms.list_vms, methods=["GET"]),
     Route(f"{PREFIX}/vms", vms.create_vm, methods=["POST"]),
     Route(f"{PREFIX}/vms/{{key}}", vms.show_vm, methods=["GET"]),
@@ -49,6 +51,7 @@ routes = [
     Route(f"{PREFIX}/tasks/{{id}}/cancel", vms.cancel_task, methods=["POST"]),
     Route(f"{PREFIX}/cluster/balance", vms.balance, methods=["POST"]),
     Route(f"{PREFIX}/hosts/{{key}}/metrics", metrics.host_metrics, methods=["GET"]),
+    *graphs.routes(PREFIX),
     Route(f"{PREFIX}/vms/{{key}}/metrics", metrics.vm_metrics, methods=["GET"]),
     Route("/metrics", metrics.prometheus, methods=["GET"]),
 ]

@@ -13,7 +13,7 @@ from sqlalchemy.orm import selectinload
 from appliance import quotas
 from appliance.cli.context import load_config
 from appliance.cli.db_cmd import open_database
-from appliance.db.access import grant, grant_in_pool
+from appliance.db.access import find_pool, grant, grant_in_pool, revoke
 from appliance.db.engine import session_scope
 from appliance.db.models.users import Role, User
 from appliance.errors import NotFound, UsageError
@@ -38,6 +38,11 @@ def register(sub: Any) -> None:
     quota.add_argument("--memory", type=int, metavar="MIB", help="memory of running VMs")
     quota.add_argument("--disk", type=int, metavar="BYTES", help="capacity of the VMs' volumes")
     quota.set_defaults(func=set_quota)
+    revoke = verbs.add_parser("revoke", help="take a role from a user (globally, or in one hardware pool)")
+    revoke.add_argument("principal")
+    revoke.add_argument("--role", type=Role, choices=list(Role), required=True)
+    revoke.add_argument("--pool", metavar="POOL", help="the hardware pool the role was granted in")
+    revoke.set_defaults(func=revoke_role)
     verbs.add_parser("list", help="list users and their global roles").set_defaults(func=list_users)
     remove = verbs.add_parser("remove", help="remove a user with all their roles and quotas")
     remove.add_argument("principal")
@@ -64,6 +69,16 @@ def add_user(args: argparse.Namespace) -> int:
     with open_database(args) as engine, session_scope(engine) as session:
         _, created = grant(session, principal, role)
     print(f"{'added' if created else 'updated'} user {principal} with global role {role}")
+    return 0
+
+
+def revoke_role(args: argparse.Namespace) -> int:
+    cfg = load_config(args)
+    principal = qualify(args.principal, cfg.kerberos.realm)
+    with open_database(args) as engine, session_scope(engine) as session:
+        pool_id = find_pool(session, args.pool).id if args.pool else None
+        revoke(session, principal, args.role, pool_id)
+    print(f"revoked {args.role} from {principal}" + (f" in hardware pool {args.pool}" if args.pool else " (global)"))
     return 0
 
 

@@ -43,12 +43,19 @@ def grant(session: Session, principal: str, role: Role, granted_by: str | None =
     return user, created
 
 
-def grant_in_pool(session: Session, principal: str, role: Role, pool_key: str) -> tuple[User, bool]:
-    """Give `principal` `role` in one hardware pool (name or id) and its sub-pools; (user, created)."""
+def find_pool(session: Session, pool_key: str) -> HardwarePool:
     pool = session.scalars(select(HardwarePool).where(
         HardwarePool.id == int(pool_key) if pool_key.isdigit() else HardwarePool.name == pool_key)).first()  # fmt: skip
     if pool is None:
         raise NotFound(f"hardware pool {pool_key!r} does not exist")
+    return pool
+
+
+def grant_in_pool(
+    session: Session, principal: str, role: Role, pool_key: str, granted_by: str | None = None
+) -> tuple[User, bool]:
+    """Give `principal` `role` in one hardware pool (name or id) and its sub-pools; (user, created)."""
+    pool = find_pool(session, pool_key)
     user = session.scalars(select(User).where(User.principal == principal)).one_or_none()
     created = user is None
     if user is None:
@@ -57,6 +64,29 @@ def grant_in_pool(session: Session, principal: str, role: Role, pool_key: str) -
         session.flush()
     elif any(p.role is role and p.hardware_pool_id == pool.id for p in user.permissions):
         raise Conflict(f"user {principal} already has the role {role} in hardware pool {pool.name}")
-    session.add(Permission(user_id=user.id, role=role, hardware_pool_id=pool.id))
+    session.add(Permission(user_id=user.id, role=role, hardware_pool_id=pool.id, granted_by=granted_by))
     session.flush()
     return user, created
+
+
+def revoke(session: Session, principal: str, role: Role, pool_id: int | None) -> None:
+    """Take `role` (global with pool_id None, else in that pool) from `principal`.
+
+    NotFound when not held; Conflict when it is the last global super_admin (nobody could grant it back).
+    """
+    user = session.scalars(select(User).where(User.principal == principal)).one_or_none()
+    held = None if user is None else next(
+        (p for p in user.permissions if p.role is role and p.hardware_pool_id == pool_id), None)  # fmt: skip
+    if user is None or held is None:
+        where = "globally" if pool_id is None else f"in hardware pool {pool_id}"
+        raise NotFound(f"{principal} does not hold the role {role} {where}")
+    if role is Role.SUPER_ADMIN and pool_id is None:
+        others = session.scalars(
+            select(Permission.id).join(User, Permission.user_id == User.id).where(
+                Permission.role == Role.SUPER_ADMIN, Permission.hardware_pool_id.is_(None),
+                User.is_disabled.is_(False), Permission.id != held.id)
+        ).first()  # fmt: skip
+        if others is None:
+            raise Conflict(f"{principal} is the last super_admin", "grant super_admin to someone else first")
+    user.permissions.remove(held)
+    session.flush()

@@ -15,7 +15,7 @@ from starlette.staticfiles import StaticFiles
 from appliance.api.negotiate import Acceptor
 from appliance.api.state import ApiState
 from appliance.errors import DroverError
-from appliance.web import login, pages, stream
+from appliance.web import events, graphs, library, login, pages, storage, stream, users
 from appliance.web.access import SessionMiddleware, WebState, is_loopback
 from appliance.web.session import Signer, load_key
 
@@ -40,10 +40,28 @@ routes = [
     Route("/tasks", pages.task_list),
     Route("/tasks/panel", pages.task_panel),
     Route("/tasks/{id}/cancel", pages.task_cancel, methods=["POST"]),
-    Route("/events", pages.event_list),
+    Route("/events", events.event_list),
+    Route("/templates", library.template_list),
+    Route("/templates/import", library.template_import, methods=["POST"]),
+    Route("/templates/{id}/delete", library.template_delete, methods=["POST"]),
+    Route("/pools", library.pool_list),
+    Route("/pools", library.pool_create, methods=["POST"]),
+    Route("/pools/{id}/take", library.pool_take, methods=["POST"]),
+    Route("/pools/{id}/delete", library.pool_delete, methods=["POST"]),
+    Route("/storage", storage.storage_page),
+    Route("/storage/pools", storage.pool_create, methods=["POST"]),
+    Route("/storage/pools/{id}/refresh", storage.pool_refresh, methods=["POST"]),
+    Route("/storage/pools/{id}/delete", storage.pool_delete, methods=["POST"]),
+    Route("/storage/pools/{id}/volumes", storage.volume_create, methods=["POST"]),
+    Route("/storage/pools/{id}/volumes/{volume}/delete", storage.volume_delete, methods=["POST"]),
     Route("/inventory", pages.inventory),
-    Route("/users", pages.user_list),
-    Route("/users", pages.user_grant, methods=["POST"]),
+    Route("/users", users.user_list),
+    Route("/users", users.grant, methods=["POST"]),
+    Route("/users/grants/{id}/revoke", users.revoke, methods=["POST"]),
+    Route("/users/quota", users.set_quota, methods=["POST"]),
+    Route("/graphs/hosts/{id}", graphs.host),
+    Route("/graphs/vms/{id}", graphs.vm),
+    Route("/graphs/fleet", graphs.fleet),
     Route("/stream", stream.stream),
     Mount("/static", app=StaticFiles(directory=STATIC), name="static"),
 ]

@@ -23,20 +23,16 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response
 
-from appliance import admission, enrolment, hosts, lifecycle, permissions, quotas, tasking, vms
-from appliance.api.access import require_to_grant
+from appliance import admission, enrolment, hosts, lifecycle, permissions, quotas, tasking, vmpools, vms
 from appliance.api.auth import caller
 from appliance.api.state import session, state
 from appliance.api.vms import _may_see as may_see_task
-from appliance.db import access
 from appliance.db.models import (
     Cluster,
     Event,
     HardwarePool,
     Host,
     Network,
-    Permission,
-    Severity,
     StoragePool,
     StorageVolume,
     TargetKind,
@@ -46,7 +42,6 @@ from appliance.db.models import (
     Vm,
     VmState,
 )
-from appliance.db.models.users import Role
 from appliance.errors import DroverError, NotFound, UsageError
 from appliance.kerberos.realm import Realm
 from appliance.permissions import Privilege
@@ -130,7 +125,9 @@ def dashboard(request: Request) -> Response:
         running = [t for t in s.scalars(live) if may_see_task(s, principal, t)]
         return render(request, "dashboard.html", host_states=sorted(host_states.items()),
                       vm_states=sorted(vm_states.items()), hosts_total=sum(host_states.values()),
-                      vms_total=len(visible), running=running, events=events, global_view=global_view)  # fmt: skip
+                      vms_total=len(visible), running=running, events=events, global_view=global_view,
+                      below="graphs.html" if global_view else None,
+                      graphs_src="fleet" if global_view else None)  # fmt: skip
 
 
 def host_list(request: Request) -> Response:
@@ -150,7 +147,8 @@ def host_detail(request: Request) -> Response:
         if host is None:
             raise NotFound(f"host {request.path_params['id']} does not exist")
         events = list(s.scalars(select(Event).where(Event.host_id == host.id).order_by(Event.id.desc()).limit(20)))
-        return render(request, "host.html", host=host, info=hosts.detail(host, port), events=events)
+        return render(request, "host.html", host=host, info=hosts.detail(host, port), events=events,
+                      below="graphs.html", graphs_src=f"hosts/{host.id}")  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -195,7 +193,8 @@ def vm_list(request: Request) -> Response:
                  if allowed(Privilege.MODIFY, p.id)]  # fmt: skip
         return render(request, "vms.html", vms=rows, pools=pools, actions=_actions(allowed, rows), pager=pager,
                       above="vms_filter.html", below="vms_form.html", search=search, state_wanted=state_wanted,
-                      states=[str(v) for v in VmState], quotas=_quotas(s, principal))  # fmt: skip
+                      states=[str(v) for v in VmState], quotas=_quotas(s, principal),
+                      take_from=[vmpools.summary(s, p) for p in vmpools.takeable(s, principal)])  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -261,7 +260,8 @@ def vm_detail(request: Request) -> Response:
                                .order_by(Task.id.desc()).limit(20)))  # fmt: skip
         events = list(s.scalars(select(Event).where(Event.vm_id == vm.id).order_by(Event.id.desc()).limit(20)))
         return render(request, "vm.html", vm=vm, info=vms.detail(vm), tasks=tasks, events=events,
-                      actions=_actions(Allowed(s, principal), [vm])[vm.id])  # fmt: skip
+                      actions=_actions(Allowed(s, principal), [vm])[vm.id], below="graphs.html",
+                      graphs_src=f"vms/{vm.id}")  # fmt: skip
 
 
 def targets(s: Session, tasks: list[Task]) -> dict[int, str]:
@@ -293,22 +293,6 @@ def task_panel(request: Request) -> Response:
         html = TEMPLATES.get_template("taskpanel.html").render(prefix=PREFIX, active=active, failed=failed,
                                                                targets=targets(s, active + failed))  # fmt: skip
         return HTMLResponse(html)
-
-
-def event_list(request: Request) -> Response:
-    severity = request.query_params.get("severity", "")
-    kind = request.query_params.get("kind", "")
-    if severity and severity not in set(Severity):
-        raise UsageError(f"severity: one of {', '.join(Severity)}")
-    with session(request) as s:
-        _require_global(s, request, Privilege.VIEW, "see events")
-        query = select(Event).order_by(Event.id.desc()).limit(EVENTS_SHOWN * 4)
-        if severity:
-            query = query.where(Event.severity == severity)
-        if kind:
-            query = query.where(Event.kind.startswith(kind[:64]))
-        rows = list(s.scalars(query))
-        return render(request, "events.html", events=rows, severity=severity, kind=kind, above="events_filter.html")
 
 
 @dataclass(frozen=True)
@@ -351,18 +335,6 @@ def inventory(request: Request) -> Response:
         networks = list(s.scalars(select(Network).order_by(Network.name)))
         return render(request, "inventory.html", tree=tree, storage=storage, volumes=volumes, networks=networks,
                       pool_names=names)  # fmt: skip
-
-
-def user_list(request: Request) -> Response:
-    with session(request) as s:
-        _require_global(s, request, Privilege.VIEW, "see users")
-        users = list(s.scalars(select(User).order_by(User.principal)))
-        pools = {p.id: p.name for p in s.scalars(select(HardwarePool))}
-        grants = {u.id: [(str(p.role), pools.get(p.hardware_pool_id or 0, "everywhere"))
-                         for p in s.scalars(select(Permission).where(Permission.user_id == u.id))]
-                  for u in users}  # fmt: skip
-        return render(request, "users.html", users=users, grants=grants, roles=[str(r) for r in Role],
-                      below="users_form.html")  # fmt: skip
 
 
 # Actions -----------------------------------------------------------------------------------------------
@@ -523,20 +495,3 @@ def _task_pool(s: Session, task: Task) -> int | None:
         vm = s.get(Vm, task.target_id)
         return vm.hardware_pool_id if vm is not None else None
     return None
-
-
-async def user_grant(request: Request) -> Response:
-    form = await form_fields(request)
-    return await run_in_threadpool(_user_grant, request, form)
-
-
-def _user_grant(request: Request, form: dict[str, str]) -> Response:
-    principal, role = form.get("principal", "").strip(), form.get("role", "")
-    if role not in set(Role):
-        raise UsageError(f"role: one of {', '.join(Role)}")
-    if "@" not in principal or " " in principal or len(principal) > 255:
-        raise UsageError("principal: a Kerberos principal such as alice@REALM")
-    with session(request) as s:
-        require_to_grant(request, s, Role(role))
-        access.grant(s, principal, Role(role), granted_by=caller(request).principal)
-        return flash(f"{principal} now holds {role}")

@@ -43,11 +43,16 @@ class Template(IdMixin, CreatedMixin, Base):
 
 class VmPool(IdMixin, CreatedMixin, Base):
     __tablename__ = "vm_pools"
-    __table_args__ = (CheckConstraint("size >= 0", name="size_not_negative"),)
+    __table_args__ = (
+        CheckConstraint("size >= 0", name="size_not_negative"),
+        CheckConstraint("prestarted >= 0", name="prestarted_not_negative"),
+    )
 
     name: Mapped[str] = mapped_column(unique=True)
     description: Mapped[str] = mapped_column(Text, default="")
     size: Mapped[int] = mapped_column(default=0)  # how many VMs the pool keeps made
+    # How many of its free VMs (no owner yet) the pool keeps running, so a user who takes one gets it at once.
+    prestarted: Mapped[int] = mapped_column(default=0, server_default="0")
     template_id: Mapped[int] = mapped_column(ForeignKey("templates.id", ondelete="RESTRICT"), index=True)
     hardware_pool_id: Mapped[int] = mapped_column(ForeignKey("hardware_pools.id", ondelete="RESTRICT"), index=True)
 
