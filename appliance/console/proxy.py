@@ -87,19 +87,21 @@ async def serve(websocket: WebSocket, api: ApiState, caller: str | None) -> None
         return
     log.info("%s console of VM %s opened by %s", kind, target.vm_name, grant.principal)
     await websocket.accept(subprotocol="binary" if "binary" in websocket.scope.get("subprotocols", []) else None)
-    reason = "closed"
+    reason, code = "closed", NORMAL
     try:
         session = _vnc(websocket, api, link, dom) if kind is ConsoleKind.VNC else _serial(websocket, api, link, dom)
         reason = await _supervised(session, api, grant)
+        if reason.startswith("revoked: "):
+            reason, code = reason.removeprefix("revoked: "), POLICY
     except DroverError as exc:
-        reason = exc.message
+        reason, code = exc.message, FAILED
         log.warning("console of VM %s failed: %s", target.vm_name, exc)
     finally:
         await run_in_threadpool(link.close)
         if websocket.application_state is WebSocketState.CONNECTED:
             with contextlib.suppress(RuntimeError, WebSocketDisconnect):
-                await websocket.close(code=POLICY if reason.startswith("revoked:") else NORMAL,
-                                      reason=reason.removeprefix("revoked: ")[:120])  # fmt: skip
+                # A close frame's reason holds at most 123 bytes.
+                await websocket.close(code=code, reason=reason.encode()[:120].decode(errors="ignore"))
     log.info("%s console of VM %s closed (%s)", kind, target.vm_name, reason)
 
 
