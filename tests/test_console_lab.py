@@ -262,6 +262,8 @@ def test_a_ticket_is_refused_unless_it_is_this_users_for_this_console_now(guest:
                   .values(expires_at=utcnow() - timedelta(seconds=1)))  # fmt: skip
     refused(rack, serial, late, ann)
     assert secure_vnc(g).get("passwd") == password_before
+    log = rack.served.log_text()
+    assert ticket.split(".")[0] in log and ticket.split(".")[1] not in log  # the secret half never logged
 
 
 def test_vnc_through_the_proxy_with_a_one_time_password(guest: Guest, client_as: AsUser) -> None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
@@ -36,6 +37,21 @@ NORMAL, POLICY, FAILED = 1000, 1008, 1011
 # How long the one-time VNC password is good for: from setting it to the proxy's own login, seconds apart.
 PASSWORD_SECONDS = 30
 READ_CHUNK = 64 * 1024
+
+
+class _NoTickets(logging.Filter):
+    """uvicorn logs each WebSocket's path with its query: the ticket's secret stays out of the log (used or not,
+    it is nobody's business), its selector stays in (the console_tickets row says whose it was)."""
+
+    _SECRET = re.compile(r"(ticket=[0-9a-f]*)(?:\.|%2[eE])[^&\s\"]*")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.args, tuple):
+            record.args = tuple(self._SECRET.sub(r"\1.(hidden)", a) if isinstance(a, str) else a for a in record.args)
+        return True
+
+
+logging.getLogger("uvicorn.error").addFilter(_NoTickets())
 
 
 @dataclass(frozen=True)
