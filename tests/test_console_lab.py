@@ -24,6 +24,8 @@ from urllib.parse import quote
 
 import libvirt
 import pytest
+from playwright.sync_api import Page
+from playwright.sync_api import TimeoutError as PlaywrightTimeout
 from sqlalchemy import select as sql_select
 from sqlalchemy import update
 from websockets.exceptions import ConnectionClosed, InvalidStatus
@@ -332,6 +334,15 @@ def _read_proc(proc: subprocess.Popen[bytes], text: str, timeout: float) -> str:
     return seen.decode(errors="replace")
 
 
+def connected(page: Page, g: Guest, timeout: float = 60) -> None:
+    """Wait for a console page to say it is connected; else fail with what it and the server said."""
+    try:
+        page.wait_for_selector("body[data-state='connected']", timeout=timeout * 1000)
+    except PlaywrightTimeout:
+        status = page.inner_text("#console-status") if page.query_selector("#console-status") else page.content()
+        raise AssertionError(f"console page not connected: {status}\n{g.rack.served.log_text()[-3000:]}") from None
+
+
 def _browser(g: Guest, kdc: LabKdc, tmp_path: Any) -> Any:
     return browser(tmp_path / "chromium", kdc.krb5_conf, kdc.ticket(ADMIN))
 
@@ -345,7 +356,7 @@ def test_serial_console_page_shows_the_guest_and_sends_keys(guest: Guest, kdc: L
         with context.expect_page() as popup:
             page.click("#console-serial")  # a window of its own
         console = popup.value
-        console.wait_for_selector("body[data-state='connected']", timeout=20000)
+        connected(console, g)
         console.wait_for_function(f"document.querySelector('.xterm-rows').innerText.includes('{TICK}')",
                                   timeout=30000)  # fmt: skip
         console.click("#terminal")
@@ -363,7 +374,7 @@ def test_vnc_console_page_draws_the_guest_screen(guest: Guest, kdc: LabKdc, tmp_
     with _browser(g, kdc, tmp_path) as context:
         page = context.new_page()
         page.goto(f"{g.rack.served.url}/ui/vms/{g.vm_id}/console/vnc")
-        page.wait_for_selector("body[data-state='connected']", timeout=30000)
+        connected(page, g)
         page.wait_for_function(f"(() => {{ const c = document.querySelector('#screen canvas');"
                                f" return c && c.width === {width} && c.height === {height}; }})()",
                                timeout=20000)  # fmt: skip
@@ -376,6 +387,37 @@ def test_vnc_console_page_draws_the_guest_screen(guest: Guest, kdc: LabKdc, tmp_
         assert distinct >= 2, "the canvas is blank"
         shot = screenshot(context, "console-vnc")
         assert shot.stat().st_size > 5000
+
+
+def test_the_console_pages_refuse_who_may_not_control_the_vm(guest: Guest, kdc: LabKdc, tmp_path: Any) -> None:
+    g = guest
+    base = f"{g.rack.served.url}/ui/vms/{g.vm_id}/console"
+    before = _tickets(g)
+    with browser(tmp_path / "mo", kdc.krb5_conf, kdc.ticket(MO)) as context:
+        page = context.new_page()
+        answer = page.goto(f"{base}/vnc")
+        assert answer is not None and answer.status == 403
+        assert "may not open the console" in page.inner_text("body")
+        csrf = page.evaluate("() => fetch('/ui/vms').then(r => r.text())")
+        token = csrf.split('"X-CSRF-Token": "', 1)[1].split('"', 1)[0]
+        status = page.evaluate("""([url, token]) => fetch(url, {method: 'POST', headers: {'X-CSRF-Token': token,
+            'Content-Type': 'application/x-www-form-urlencoded'}, body: 'kind=serial'}).then(r => r.status)""",
+                               [base, token])  # fmt: skip
+        assert status == 403
+    with _browser(g, kdc, tmp_path) as context:  # an admin, but a POST without the session's CSRF token
+        page = context.new_page()
+        page.goto(f"{base}/serial")
+        connected(page, g)
+        used = _tickets(g)
+        status = page.evaluate("""(url) => fetch(url, {method: 'POST', headers: {'Content-Type':
+            'application/x-www-form-urlencoded'}, body: 'kind=serial'}).then(r => r.status)""", base)
+        assert status == 403
+    assert used == before + 1 and _tickets(g) == used  # the page's own ticket only
+
+
+def _tickets(g: Guest) -> int:
+    with session_scope(g.rack.db) as s:
+        return len(s.scalars(sql_select(ConsoleTicket.id).where(ConsoleTicket.vm_id == g.vm_id)).all())
 
 
 def test_a_console_closes_when_its_user_loses_the_right(guest: Guest, client_as: AsUser) -> None:
@@ -396,6 +438,35 @@ def test_a_console_closes_when_its_user_loses_the_right(guest: Guest, client_as:
     assert "may no longer control" in closed.value.rcvd.reason
     print(f"console closed {took:.2f}s after the user was removed")
     assert took < 15
+
+
+def test_consoles_close_when_the_vm_migrates_and_open_again_on_its_new_host(guest: Guest, client_as: AsUser) -> None:
+    g = guest
+    rack = g.rack
+    ann = client_as(ANN)
+    serial, vnc = ask(ann, g.vm_id, "serial"), ask(ann, g.vm_id, "vnc")
+    with open_ws(rack, serial["websocket"], serial["ticket"], ann) as s_ws, \
+            open_ws(rack, vnc["websocket"], vnc["ticket"], ann) as v_ws:  # fmt: skip
+        read_until(s_ws, TICK, 30)
+        rfb_server_init(v_ws)
+        moved = rack.drover("vm", "migrate", g.name, "--wait", timeout=240)
+        assert moved.returncode == 0, moved.stdout + moved.stderr
+        for ws in (s_ws, v_ws):
+            with pytest.raises(ConnectionClosed):
+                while True:
+                    ws.recv(timeout=30)
+    vm = rack.vm(g.name)
+    assert vm.host_id is not None and vm.host_id != g.host_id
+    g.host_id = vm.host_id
+    # The definition moved with the VM: its VNC display listens on the new node's address, its password is
+    # still one nobody knows, and new tickets reach both consoles there.
+    assert secure_vnc(g).get("passwd")
+    serial, vnc = ask(ann, g.vm_id, "serial"), ask(ann, g.vm_id, "vnc")
+    with open_ws(rack, vnc["websocket"], vnc["ticket"], ann) as v_ws:
+        assert rfb_server_init(v_ws) == framebuffer_size(g)
+    with open_ws(rack, serial["websocket"], serial["ticket"], ann) as s_ws:
+        s_ws.send(b"after-the-move\n")
+        read_until(s_ws, f"{ECHO} after-the-move", 30)
 
 
 def test_a_console_closes_when_the_vm_stops(guest: Guest, client_as: AsUser) -> None:
