@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import pty
 import select
 import struct
 import subprocess
@@ -311,6 +312,23 @@ def test_serial_console_in_the_terminal_with_drover_vm_console(guest: Guest) -> 
         proc.terminate()
         _, err = proc.communicate(timeout=20)
     assert b"connected to VM" in err, err
+    # On a terminal: raw keys (Enter is a carriage return the guest's tty turns into a newline), Ctrl-] leaves.
+    master, slave = pty.openpty()
+    proc = subprocess.Popen([*DROVER, "vm", "console", g.name], env=env, cwd=ROOT, stdin=slave,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
+    os.close(slave)
+    try:
+        _read_proc(proc, TICK, 60)
+        os.write(master, b"on-a-tty\r")
+        _read_proc(proc, f"{ECHO} on-a-tty", 30)
+        os.write(master, b"\x1d")
+        assert proc.wait(30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        _, err = proc.communicate(timeout=20)
+        os.close(master)
+    assert b"Ctrl-] leaves" in err and b"closed" in err, err
     url = rack.drover("vm", "console", g.name, "--vnc", principal=ANN)
     assert url.returncode == 0, url.stderr
     assert url.stdout.strip() == f"{rack.served.url}/ui/vms/{g.vm_id}/console/vnc"
@@ -389,7 +407,9 @@ def test_vnc_console_page_draws_the_guest_screen(guest: Guest, kdc: LabKdc, tmp_
         assert shot.stat().st_size > 5000
 
 
-def test_the_console_pages_refuse_who_may_not_control_the_vm(guest: Guest, kdc: LabKdc, tmp_path: Any) -> None:
+def test_the_console_pages_refuse_who_may_not_control_the_vm(
+    guest: Guest, kdc: LabKdc, tmp_path: Any, client_as: AsUser
+) -> None:
     g = guest
     base = f"{g.rack.served.url}/ui/vms/{g.vm_id}/console"
     before = _tickets(g)
@@ -412,7 +432,14 @@ def test_the_console_pages_refuse_who_may_not_control_the_vm(guest: Guest, kdc: 
         status = page.evaluate("""(url) => fetch(url, {method: 'POST', headers: {'Content-Type':
             'application/x-www-form-urlencoded'}, body: 'kind=serial'}).then(r => r.status)""", base)
         assert status == 403
-    assert used == before + 1 and _tickets(g) == used  # the page's own ticket only
+        assert _tickets(g) == used  # the page's own ticket only
+        # A ticket the page's session got is bound to that sign-in: the same user over the API is refused.
+        issued = page.evaluate("""([url, token]) => fetch(url, {method: 'POST', headers: {'X-CSRF-Token': token,
+            'Content-Type': 'application/x-www-form-urlencoded'}, body: 'kind=serial'}).then(r => r.json())""",
+                               [base, page.get_attribute("body", "data-csrf")])  # fmt: skip
+        refused(g.rack, f"/api/v1/vms/{g.vm_id}/console/serial", issued["ticket"], client_as(ADMIN))
+        assert ticket_row(g, issued["ticket"]).used_at is None
+    assert used == before + 1
 
 
 def _tickets(g: Guest) -> int:

@@ -58,17 +58,18 @@ def _setup(engine: Engine) -> tuple[int, int]:
         return up.id, down.id
 
 
-def _issue(engine: Engine, vm_id: int, who: str = ANN, kind: ConsoleKind = ConsoleKind.SERIAL) -> str:
+def _issue(engine: Engine, vm_id: int, who: str = ANN, kind: ConsoleKind = ConsoleKind.SERIAL,
+           session: str | None = None) -> str:  # fmt: skip
     with session_scope(engine) as s:
         vm = s.get(Vm, vm_id)
         assert vm is not None
-        return tickets.issue(s, vm, who, kind, 60).ticket
+        return tickets.issue(s, vm, who, kind, 60, session).ticket
 
 
 def _redeem(engine: Engine, ticket: str, vm_id: int, kind: ConsoleKind = ConsoleKind.SERIAL,
-            who: str | None = ANN) -> tickets.Grant:  # fmt: skip
+            who: str | None = ANN, session: str | None = None) -> tickets.Grant:  # fmt: skip
     with session_scope(engine) as s:
-        return tickets.redeem(s, ticket, vm_id, kind, who)
+        return tickets.redeem(s, ticket, vm_id, kind, who, session)
 
 
 def _used(engine: Engine, ticket: str) -> bool:
@@ -83,8 +84,9 @@ def test_a_ticket_opens_one_console_once_for_its_user(db_engine: Engine) -> None
     for wrong in ("", "nodot", ticket.split(".")[0] + ".x", "a" * 300, ticket + "x"):
         with pytest.raises(TicketRefused, match="unknown ticket"):
             _redeem(db_engine, wrong, up)
-    with pytest.raises(TicketRefused, match="another user"):
-        _redeem(db_engine, ticket, up, who=BEN)
+    for other in (BEN, None):  # another user, or nobody known
+        with pytest.raises(TicketRefused, match="another user"):
+            _redeem(db_engine, ticket, up, who=other)
     with pytest.raises(TicketRefused, match="another console"):
         _redeem(db_engine, ticket, up, ConsoleKind.VNC)
     with pytest.raises(TicketRefused, match="another console"):
@@ -100,6 +102,18 @@ def test_a_ticket_opens_one_console_once_for_its_user(db_engine: Engine) -> None
                   .values(expires_at=utcnow() - timedelta(seconds=1)))  # fmt: skip
     with pytest.raises(TicketRefused, match="expired"):
         _redeem(db_engine, late, up)
+
+
+def test_a_ticket_from_a_web_session_is_good_in_that_session_only(db_engine: Engine) -> None:
+    up, _ = _setup(db_engine)
+    mine, other = tickets.session_key("csrf-of-this-tab"), tickets.session_key("csrf-of-another-sign-in")
+    ticket = _issue(db_engine, up, session=mine)
+    for wrong in (None, other):  # over the API (no session), or the same user signed in elsewhere
+        with pytest.raises(TicketRefused, match="another sign-in"):
+            _redeem(db_engine, ticket, up, session=wrong)
+    assert _redeem(db_engine, ticket, up, session=mine).principal == ANN
+    # An API ticket (no session) is good for its user over the API and from their browser alike.
+    assert _redeem(db_engine, _issue(db_engine, up), up, session=mine).principal == ANN
 
 
 def test_who_may_have_a_ticket_and_when(db_engine: Engine) -> None:

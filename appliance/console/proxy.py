@@ -62,9 +62,10 @@ class Target:
     libvirt_port: int | None
 
 
-def _redeem(api: ApiState, ticket: str, vm_id: int, kind: ConsoleKind, caller: str | None) -> tuple[Grant, Target]:
+def _redeem(api: ApiState, ticket: str, vm_id: int, kind: ConsoleKind, caller: str | None,
+            ui_session: str | None) -> tuple[Grant, Target]:  # fmt: skip
     with session_scope(api.engine) as s:
-        grant = redeem(s, ticket, vm_id, kind, caller)
+        grant = redeem(s, ticket, vm_id, kind, caller, ui_session)
         vm, host = s.get(Vm, vm_id), s.get(Host, grant.host_id)
         if vm is None or host is None:
             raise ConsoleUnavailable("the VM or its host is gone")
@@ -76,8 +77,9 @@ def _check(api: ApiState, grant: Grant) -> str | None:
         return still_open(s, grant)
 
 
-async def serve(websocket: WebSocket, api: ApiState, caller: str | None) -> None:
-    """Handle one console WebSocket at /…/vms/{id}/console/{kind}…?ticket=… for `caller` (None: nobody known)."""
+async def serve(websocket: WebSocket, api: ApiState, caller: str | None, ui_session: str | None = None) -> None:
+    """Handle one console WebSocket at /…/vms/{id}/console/{kind}…?ticket=… for `caller` (None: nobody known),
+    from the web UI session `ui_session` (tickets.session_key(); None over the API)."""
     text_id = str(websocket.path_params.get("id", ""))
     try:
         if not text_id.isdigit():
@@ -86,7 +88,7 @@ async def serve(websocket: WebSocket, api: ApiState, caller: str | None) -> None
             raise DroverError("console refused: the connection carries no sign-in", "sign in, then ask for a ticket")
         kind = parse_kind(websocket.path_params.get("kind"))
         grant, target = await run_in_threadpool(
-            _redeem, api, websocket.query_params.get("ticket", ""), int(text_id), kind, caller
+            _redeem, api, websocket.query_params.get("ticket", ""), int(text_id), kind, caller, ui_session
         )
     except DroverError as exc:
         log.info("console WebSocket for VM %s refused: %s", text_id, exc.message)

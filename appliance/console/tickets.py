@@ -71,20 +71,28 @@ def require_console(s: Session, principal: str, vm: Vm) -> int:
     return vm.host_id
 
 
-def issue(s: Session, vm: Vm, principal: str, kind: ConsoleKind, lifetime_seconds: int) -> Issued:
+def session_key(session_secret: str) -> str:
+    """What binds a ticket to one web UI session: a hash of that session's own secret (its CSRF token)."""
+    return _hash("ui-session:" + session_secret)
+
+
+def issue(s: Session, vm: Vm, principal: str, kind: ConsoleKind, lifetime_seconds: int,
+          session: str | None = None) -> Issued:  # fmt: skip
+    """A ticket for `principal`; `session` (session_key()) binds it to one web UI session as well."""
     require_console(s, principal, vm)
     now = utcnow()
     s.execute(delete(ConsoleTicket).where(ConsoleTicket.expires_at < now - KEEP))
     selector, secret = secrets.token_hex(8), secrets.token_urlsafe(24)
     expires = now + timedelta(seconds=lifetime_seconds)
     s.add(ConsoleTicket(selector=selector, secret_hash=_hash(secret), principal=principal, vm_id=vm.id, kind=kind,
-                        expires_at=expires))  # fmt: skip
+                        expires_at=expires, session_hash=session))  # fmt: skip
     return Issued(f"{selector}.{secret}", kind, expires, vm.id)
 
 
-def redeem(s: Session, ticket: str, vm_id: int, kind: ConsoleKind, caller: str | None) -> Grant:
+def redeem(s: Session, ticket: str, vm_id: int, kind: ConsoleKind, caller: str | None,
+           session: str | None = None) -> Grant:  # fmt: skip
     """Use a ticket up for the console of `vm_id` of `kind`; `caller` is who the connection says it is (its
-    session cookie or Kerberos ticket), None when it carries only the console ticket (`drover vm console`).
+    session cookie or Kerberos ticket; None: nobody, refused), `session` its web UI session's session_key().
 
     A ticket presented by someone else, or for another VM or kind, is refused without being used up: its owner
     may still use it. Every refusal says only "refused" to the caller; the log says why.
@@ -95,8 +103,10 @@ def redeem(s: Session, ticket: str, vm_id: int, kind: ConsoleKind, caller: str |
         row = s.scalars(select(ConsoleTicket).where(ConsoleTicket.selector == selector)).one_or_none()
     if row is None or not hmac.compare_digest(row.secret_hash, _hash(secret)):
         raise TicketRefused("console ticket refused: unknown ticket", "ask for a new one")
-    if caller is not None and caller != row.principal:
+    if caller is None or caller != row.principal:
         raise TicketRefused("console ticket refused: it was issued to another user", "ask for one of your own")
+    if row.session_hash is not None and (session is None or not hmac.compare_digest(row.session_hash, session)):
+        raise TicketRefused("console ticket refused: it was issued to another sign-in", "ask for one in this one")
     if row.vm_id != vm_id or row.kind is not kind:
         raise TicketRefused("console ticket refused: it is for another console", "ask for a ticket for this one")
     now = utcnow()

@@ -55,20 +55,22 @@ def _issue(request: Request, kind_text: str | None) -> Response:
         vm = s.get(Vm, int(text)) if text.isdigit() else None
         if vm is None:
             raise NotFound(f"VM {text!r} does not exist")
-        issued = tickets.issue(s, vm, caller(request).principal, kind, api.cfg.console.ticket_seconds)
+        issued = tickets.issue(s, vm, caller(request).principal, kind, api.cfg.console.ticket_seconds,
+                               tickets.session_key(ui_session(request).csrf))  # fmt: skip
         out = ticket_json(issued, vm.name)
     out["websocket"] = f"{PREFIX}/vms/{issued.vm_id}/console/{issued.kind}/ws"
     return JSONResponse(out, status_code=201, headers={"Cache-Control": "no-store"})
 
 
-def _signed_in(conn: HTTPConnection) -> str | None:
-    """The session cookie's user, if the upgrade came from a page of this origin (None otherwise)."""
+def _signed_in(conn: HTTPConnection) -> tuple[str | None, str | None]:
+    """The session cookie's user and session key, if the upgrade came from a page of this origin."""
     origin = conn.headers.get("origin")
     if origin is not None and urlsplit(origin).netloc != conn.headers.get("host"):
-        return None  # another site's page: its WebSocket would carry our cookie only if SameSite failed
+        return None, None  # another site's page: its WebSocket would carry our cookie only if SameSite failed
     found = web_state(conn).signer.read(conn.cookies.get(COOKIE))
-    return found.principal if found is not None else None
+    return (found.principal, tickets.session_key(found.csrf)) if found is not None else (None, None)
 
 
 async def console_socket(websocket: WebSocket) -> None:
-    await proxy.serve(websocket, state(websocket), _signed_in(websocket))
+    principal, ui_session_key = _signed_in(websocket)
+    await proxy.serve(websocket, state(websocket), principal, ui_session_key)

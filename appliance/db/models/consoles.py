@@ -26,6 +26,9 @@ class ConsoleTicket(IdMixin, CreatedMixin, Base):
     selector: Mapped[str] = mapped_column(String(32), unique=True)
     secret_hash: Mapped[str] = mapped_column(String(64))  # hex sha256 of the secret half
     principal: Mapped[str]  # whom it was issued to: only they may use it
+    # Issued to a web UI session: sha256 of that session's CSRF token, and only that session's cookie may use
+    # it (another tab of the same user signed in elsewhere may not). NULL: issued over the API (Kerberos).
+    session_hash: Mapped[str | None] = mapped_column(String(64))
     vm_id: Mapped[int] = mapped_column(ForeignKey("vms.id", ondelete="CASCADE"), index=True)
     kind: Mapped[ConsoleKind] = mapped_column(enum_column(ConsoleKind, "console_kind"))
     expires_at: Mapped[datetime]

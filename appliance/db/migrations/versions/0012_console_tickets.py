@@ -22,6 +22,7 @@ def upgrade() -> None:
         sa.Column("selector", sa.String(length=32), nullable=False),
         sa.Column("secret_hash", sa.String(length=64), nullable=False),
         sa.Column("principal", sa.String(length=255), nullable=False),
+        sa.Column("session_hash", sa.String(length=64), nullable=True),
         sa.Column("vm_id", sa.Integer(), nullable=False),
         sa.Column(
             "kind",
