@@ -31,6 +31,7 @@ from sqlalchemy import select as sql_select
 from sqlalchemy import update
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import ClientConnection, connect
+from websockets.typing import Origin
 
 from appliance.client import Client
 from appliance.console import rfb
@@ -439,7 +440,18 @@ def test_the_console_pages_refuse_who_may_not_control_the_vm(
                                [base, page.get_attribute("body", "data-csrf")])  # fmt: skip
         refused(g.rack, f"/api/v1/vms/{g.vm_id}/console/serial", issued["ticket"], client_as(ADMIN))
         assert ticket_row(g, issued["ticket"]).used_at is None
-    assert used == before + 1
+        # The session's cookie with it, from another site's page (a cross-site WebSocket): refused; from ours: in.
+        cookie = next(c["value"] for c in context.cookies() if c["name"] == "drover_session")
+        ws_url = f"ws://127.0.0.1:{g.rack.served.port}{issued['websocket']}?ticket={quote(issued['ticket'])}"
+        headers = {"Cookie": f"drover_session={cookie}"}
+        with pytest.raises(InvalidStatus) as err:
+            connect(ws_url, additional_headers=headers, origin=Origin("http://evil.example.test")).close()
+        assert err.value.response.status_code == 403
+        assert ticket_row(g, issued["ticket"]).used_at is None
+        own = f"http://127.0.0.1:{g.rack.served.port}"
+        with connect(ws_url, additional_headers=headers, origin=Origin(own)) as ws:
+            read_until(ws, TICK, 30)
+    assert used == before + 1 and _tickets(g) == before + 2  # the page's, and the one asked for here
 
 
 def _tickets(g: Guest) -> int:
