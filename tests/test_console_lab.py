@@ -500,7 +500,10 @@ def test_consoles_close_when_the_vm_migrates_and_open_again_on_its_new_host(gues
     g.host_id = vm.host_id
     # The definition moved with the VM: its VNC display listens on the new node's address, its password is
     # still one nobody knows, and new tickets reach both consoles there.
-    assert secure_vnc(g).get("passwd")
+    moved_vnc = secure_vnc(g)
+    listen = moved_vnc.find("listen")
+    assert moved_vnc.get("passwd") and listen is not None
+    assert listen.get("address") == rack.node_of(g.host_id).address  # the new node's own vnc_listen
     serial, vnc = ask(ann, g.vm_id, "serial"), ask(ann, g.vm_id, "vnc")
     with open_ws(rack, vnc["websocket"], vnc["ticket"], ann) as v_ws:
         assert rfb_server_init(v_ws) == framebuffer_size(g)
