@@ -406,6 +406,10 @@ def test_vnc_console_page_draws_the_guest_screen(guest: Guest, kdc: LabKdc, tmp_
         assert distinct >= 2, "the canvas is blank"
         shot = screenshot(context, "console-vnc")
         assert shot.stat().st_size > 5000
+        page.click("#fullscreen")  # the pop-out window's screen fills the display
+        page.wait_for_function("document.fullscreenElement && document.fullscreenElement.id === 'screen'",
+                               timeout=10000)  # fmt: skip
+        assert page.get_attribute("body", "data-state") == "connected"
 
 
 def test_the_console_pages_refuse_who_may_not_control_the_vm(
