@@ -131,6 +131,10 @@ def read_until(ws: ClientConnection, text: str, timeout: float) -> str:
     return seen
 
 
+def _opened(g: Guest) -> int:
+    return g.rack.served.log_text().count(f"console of VM {g.name} opened")
+
+
 def secure_vnc(g: Guest) -> ET.Element:
     """The domain's VNC device as the node sees it, password included (the lab's own unix socket)."""
     conn = libvirt.open(g.rack.node_of(g.host_id).local_uri)
@@ -244,6 +248,7 @@ def test_a_ticket_is_refused_unless_it_is_this_users_for_this_console_now(guest:
     ann, ben = client_as(ANN), client_as(BEN)
     serial, vnc = f"/api/v1/vms/{g.vm_id}/console/serial", f"/api/v1/vms/{g.vm_id}/console/vnc"
     password_before = secure_vnc(g).get("passwd")
+    opened_before = _opened(g)
     issued = ask(ann, g.vm_id, "serial")
     ticket = issued["ticket"]
     refused(rack, serial, None, ann)  # no ticket
@@ -253,8 +258,9 @@ def test_a_ticket_is_refused_unless_it_is_this_users_for_this_console_now(guest:
     refused(rack, vnc, ticket, ann)  # another kind of console
     refused(rack, f"/api/v1/vms/{g.other_id}/console/serial", ticket, ann)  # another VM
     refused(rack, f"/ui/vms/{g.vm_id}/console/serial/ws", ticket, None)  # the UI's socket without its cookie
-    # None of these used it up or touched the guest's VNC display.
+    # None of these used it up, opened a console (the server logs each it opens) or touched the VNC display.
     assert ticket_row(g, ticket).used_at is None
+    assert _opened(g) == opened_before
     assert secure_vnc(g).get("passwd") == password_before
     with open_ws(rack, serial, ticket, ann) as ws:
         read_until(ws, TICK, 30)
@@ -266,6 +272,7 @@ def test_a_ticket_is_refused_unless_it_is_this_users_for_this_console_now(guest:
                   .values(expires_at=utcnow() - timedelta(seconds=1)))  # fmt: skip
     refused(rack, serial, late, ann)
     assert secure_vnc(g).get("passwd") == password_before
+    assert _opened(g) == opened_before + 1  # the one good connection
     log = rack.served.log_text()
     assert ticket.split(".")[0] in log and ticket.split(".")[1] not in log  # the secret half never logged
 
