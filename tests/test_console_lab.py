@@ -379,6 +379,7 @@ def test_serial_console_page_shows_the_guest_and_sends_keys(guest: Guest, kdc: L
         page = context.new_page()
         page.goto(f"{g.rack.served.url}/ui/vms/{g.vm_id}")
         page.wait_for_selector("#console-serial", timeout=20000)
+        screenshot(context, "console-vm-page")  # the VM's page with its two console buttons
         with context.expect_page() as popup:
             page.click("#console-serial")  # a window of its own
         console = popup.value
