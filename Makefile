@@ -23,10 +23,12 @@ DEB_PACKAGES := \
 STAMP := $(VENV)/.setup-done
 
 # The web UI's browser libraries, from npm at setup time into a gitignored static folder (never a CDN).
-NPM_PACKAGES := htmx.org@2.0.11 uplot@1.6.32
+# noVNC is ES modules loaded as they are (core/ and vendor/pako/, no bundler); xterm's module build likewise.
+NPM_PACKAGES := htmx.org@2.0.11 uplot@1.6.32 @novnc/novnc@1.7.0 @xterm/xterm@6.0.0
 NPM_DIR := $(VENV)/npm
 VENDOR_DIR := appliance/web/static/vendor
-VENDORED := $(VENDOR_DIR)/htmx.min.js $(VENDOR_DIR)/uPlot.iife.min.js $(VENDOR_DIR)/uPlot.min.css
+VENDORED := $(VENDOR_DIR)/htmx.min.js $(VENDOR_DIR)/uPlot.iife.min.js $(VENDOR_DIR)/uPlot.min.css \
+	$(VENDOR_DIR)/novnc/core/rfb.js $(VENDOR_DIR)/xterm/xterm.mjs
 
 .PHONY: setup test demo bench lint clean
 
@@ -50,6 +52,13 @@ $(VENDORED) &: Makefile
 	npm install --prefix $(NPM_DIR) --no-save --no-audit --no-fund --loglevel=error $(NPM_PACKAGES)
 	cp $(NPM_DIR)/node_modules/htmx.org/dist/htmx.min.js $(VENDOR_DIR)/htmx.min.js
 	cp $(NPM_DIR)/node_modules/uplot/dist/uPlot.iife.min.js $(NPM_DIR)/node_modules/uplot/dist/uPlot.min.css $(VENDOR_DIR)/
+	rm -rf $(VENDOR_DIR)/novnc $(VENDOR_DIR)/xterm
+	mkdir -p $(VENDOR_DIR)/novnc $(VENDOR_DIR)/xterm
+	cp -r $(NPM_DIR)/node_modules/@novnc/novnc/core $(NPM_DIR)/node_modules/@novnc/novnc/vendor \
+		$(NPM_DIR)/node_modules/@novnc/novnc/LICENSE.txt $(VENDOR_DIR)/novnc/
+	cp $(NPM_DIR)/node_modules/@xterm/xterm/lib/xterm.mjs $(NPM_DIR)/node_modules/@xterm/xterm/css/xterm.css \
+		$(NPM_DIR)/node_modules/@xterm/xterm/LICENSE $(VENDOR_DIR)/xterm/
+	touch $(VENDORED)
 
 # Both cores: test modules are spread over two worker processes (a module stays on one, so its
 # module-scoped rack and its boots stay together); TEST_WORKERS=0 runs them in this process.

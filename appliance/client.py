@@ -98,6 +98,14 @@ class NegotiateAuth(httpx.Auth):
         if response.status_code != 401:
             self._verify(ctx, response)
 
+    def header(self) -> str:
+        """An Authorization header value for a request httpx does not send (a WebSocket upgrade)."""
+        try:
+            token = self._context().step()
+        except GSSError as exc:
+            raise _gss_failure(exc, self.service) from None
+        return "Negotiate " + base64.b64encode(token or b"").decode("ascii")
+
     def _verify(self, ctx: gssapi.SecurityContext, response: httpx.Response) -> None:
         """Mutual authentication: only the holder of the HTTP/ key can produce this token."""
         server_token = _server_token(response)

@@ -186,6 +186,17 @@ class TaskEngineConfig:
 
 
 @dataclass(frozen=True)
+class ConsoleConfig:
+    """In-browser and CLI consoles: one-time tickets and the appliance's proxy to a VM's VNC or serial console."""
+
+    ticket_seconds: int = 60  # a ticket must be used (the console connected) within this long
+    # An open console re-reads its user's right and its VM's state this often; a revoked right, a stopped or
+    # migrated VM closes it at most this late.
+    check_seconds: int = 2
+    buffer_bytes: int = 256 * 1024  # held per direction while the other side is slow; then the reader waits
+
+
+@dataclass(frozen=True)
 class Config:
     state_dir: Path = field(default_factory=_default_state_dir)
     log_level: str = "info"
@@ -197,6 +208,7 @@ class Config:
     boot: BootConfig = field(default_factory=BootConfig)
     taskengine: TaskEngineConfig = field(default_factory=TaskEngineConfig)
     monitor: MonitorConfig = field(default_factory=MonitorConfig)
+    console: ConsoleConfig = field(default_factory=ConsoleConfig)
 
     # Derived values: always computed from the settings above, never stored twice.
     @property

@@ -170,7 +170,7 @@ def run() -> dict[str, Any]:
             out = _measure(kdc, Path(tmp) / "sqlite", None)
             out["database"] = "sqlite"
             with running_postgres() as pg:
-                out["postgresql"] = _measure(kdc, Path(tmp) / "postgresql", pg.create_database("bench_ui"))
+                out["postgresql"] = _measure(kdc, Path(tmp) / "postgresql", pg.server.create_database("bench_ui"))
             out["postgresql_vs_sqlite"] = {
                 key: round(out["postgresql"][key] / out[key], 2) for key in COMPARED if out.get(key)
             }

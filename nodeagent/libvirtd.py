@@ -37,9 +37,16 @@ MANAGED_MARK = "# --- managed by the drover node agent: edits below are put back
 class LibvirtdPaths:
     conf: Path = Path("/etc/libvirt/libvirtd.conf")
     sasl_conf: Path = Path("/etc/sasl2/libvirt.conf")
+    qemu_conf: Path = Path("/etc/libvirt/qemu.conf")
 
     def under(self, root: Path) -> LibvirtdPaths:
-        return LibvirtdPaths(root / self.conf.relative_to("/"), root / self.sasl_conf.relative_to("/"))
+        return LibvirtdPaths(*(root / p.relative_to("/") for p in (self.conf, self.sasl_conf, self.qemu_conf)))
+
+
+# Guests' VNC displays listen on every address of the node: the appliance's console proxy must reach them
+# (qemu's default is 127.0.0.1). Each display takes only a one-time password the appliance sets through
+# libvirt for one connection; a VM's domain XML names no address, so it fits every node it migrates to.
+QEMU_SETTINGS = {"vnc_listen": '"0.0.0.0"'}
 
 
 def managed_settings(allowed_users: Sequence[str]) -> dict[str, str]:
@@ -87,8 +94,9 @@ def configure(paths: LibvirtdPaths, keytab: Path, allowed_users: Sequence[str]) 
         existing = ""
     conf = render_conf(existing, managed_settings(allowed_users)).encode()
     sasl = render_sasl(keytab).encode()
+    qemu = render_conf(_read(paths.qemu_conf), QEMU_SETTINGS).encode()
     changed = False
-    for path, data in ((paths.conf, conf), (paths.sasl_conf, sasl)):
+    for path, data in ((paths.conf, conf), (paths.sasl_conf, sasl), (paths.qemu_conf, qemu)):
         if not same_content(path, data, 0o644):
             write_atomic(path, data, 0o644)
             changed = True
@@ -103,7 +111,16 @@ def configured(paths: LibvirtdPaths, keytab: Path, allowed_users: Sequence[str])
     except OSError:
         return False
     want = render_conf(existing, managed_settings(allowed_users))
-    return existing == want and same_content(paths.sasl_conf, render_sasl(keytab).encode(), 0o644)
+    qemu = _read(paths.qemu_conf)
+    return (existing == want and same_content(paths.sasl_conf, render_sasl(keytab).encode(), 0o644)
+            and qemu == render_conf(qemu, QEMU_SETTINGS))  # fmt: skip
+
+
+def _read(path: Path) -> str:
+    try:
+        return path.read_text()
+    except FileNotFoundError:
+        return ""
 
 
 def listening(address: str, port: int, timeout: float = 1.0) -> bool:

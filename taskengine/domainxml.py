@@ -8,6 +8,7 @@ host record says KVM works there, TCG ("qemu") otherwise: decided from the host 
 
 from __future__ import annotations
 
+import secrets
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 
@@ -114,9 +115,12 @@ def build(vm: Vm, caps: HostCaps) -> str:
     _sub(serial, "target", port="0")
     console = _sub(devices, "console", type="pty")
     _sub(console, "target", type="serial", port="0")
-    # Where VNC listens and on which ports is the node's (qemu.conf vnc_listen, remote_display_port_*): the
-    # same definition then fits every host it migrates to.
-    _sub(devices, "graphics", type="vnc", port="-1", autoport="yes")
+    # Where VNC listens and on which ports is the node's (qemu.conf vnc_listen, which the node agent sets to
+    # every address so the appliance's console proxy reaches it; remote_display_port_*): the same definition
+    # then fits every host it migrates to. The password is random and never shown to anyone: a console
+    # replaces it with a one-time password through libvirt for the proxy's own login (appliance.console).
+    graphics = _sub(devices, "graphics", type="vnc", port="-1", autoport="yes", passwd=secrets.token_urlsafe(6)[:8])
+    _sub(graphics, "listen", type="address")
     _sub(devices, "memballoon", model="none")
     ET.indent(dom)
     return ET.tostring(dom, encoding="unicode")

@@ -60,5 +60,6 @@ def create_app(
         lifespan=lifespan,
     )
     app.state.drover = api_state
+    app.state.acceptor = acceptor  # the console WebSocket checks its upgrade request's Negotiate header itself
     log.debug("API app built for %s (service %s)", cfg.api_url, acceptor.principal)
     return app

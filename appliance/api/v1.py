@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse
-from starlette.routing import Route
+from starlette.routing import Route, WebSocketRoute
 
-from appliance.api import graphs, hosts, metrics, realm, storage, users, vmpools, vms
+from appliance.api import consoles, graphs, hosts, metrics, realm, storage, users, vmpools, vms
 
 PREFIX = "/api/v1"
 # Reachable without a ticket: load balancers and `drover serve`'s own readiness check use it.
@@ -45,6 +45,9 @@ routes = [
     Route(f"{PREFIX}/vms", vms.list_vms, methods=["GET"]),
     Route(f"{PREFIX}/vms", vms.create_vm, methods=["POST"]),
     Route(f"{PREFIX}/vms/{{key}}", vms.show_vm, methods=["GET"]),
+    # Before /vms/{key}/{verb}, which would otherwise take it as a verb.
+    Route(f"{PREFIX}/vms/{{key}}/console", consoles.ask_ticket, methods=["POST"]),
+    WebSocketRoute(f"{PREFIX}/vms/{{id}}/console/{{kind}}", consoles.console_socket),
     Route(f"{PREFIX}/vms/{{key}}/{{verb}}", vms.vm_action, methods=["POST"]),
     Route(f"{PREFIX}/tasks", vms.list_tasks, methods=["GET"]),
     Route(f"{PREFIX}/tasks/{{id}}", vms.show_task, methods=["GET"]),

@@ -1,4 +1,5 @@
-"""`drover vm create|list|show|start|shutdown|poweroff|suspend|resume|save|restore|migrate|delete` through the API.
+"""`drover vm create|list|show|start|shutdown|poweroff|suspend|resume|save|restore|migrate|delete|console` through
+the API.
 
 An action prints the task it queued; `--wait` follows it to its end (as `drover task wait` does).
 """
@@ -10,6 +11,7 @@ import json
 from typing import Any
 from urllib.parse import quote
 
+from appliance.cli import console_cmd
 from appliance.cli.api_cmd import client_for
 from appliance.cli.context import load_config
 from appliance.cli.snapshot_cmd import register_vm_verbs
@@ -68,6 +70,7 @@ def register(sub: Any) -> None:
         v.add_argument("--wait", action="store_true", help="follow the task to its end")
         v.set_defaults(func=vm_action, action=verb)
     register_vm_verbs(verbs)  # snapshot create|list|revert|delete, clone
+    console_cmd.register(verbs)
 
 
 def _path(vm: str, verb: str = "") -> str:

@@ -9,13 +9,13 @@ from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Mount, Route
+from starlette.routing import Mount, Route, WebSocketRoute
 from starlette.staticfiles import StaticFiles
 
 from appliance.api.negotiate import Acceptor
 from appliance.api.state import ApiState
 from appliance.errors import DroverError
-from appliance.web import events, graphs, library, login, pages, storage, stream, users
+from appliance.web import consoles, events, graphs, library, login, pages, storage, stream, users
 from appliance.web.access import SessionMiddleware, WebState, is_loopback
 from appliance.web.session import Signer, load_key
 
@@ -36,6 +36,10 @@ routes = [
     Route("/vms", pages.vm_create, methods=["POST"]),
     Route("/vms/bulk", pages.vm_bulk, methods=["POST"]),
     Route("/vms/{id}", pages.vm_detail),
+    # Before /vms/{id}/{verb}, which would otherwise take "console" as a VM action.
+    Route("/vms/{id}/console", consoles.console_ticket, methods=["POST"]),
+    Route("/vms/{id}/console/{kind}", consoles.console_page),
+    WebSocketRoute("/vms/{id}/console/{kind}/ws", consoles.console_socket),
     Route("/vms/{id}/{verb}", pages.vm_action, methods=["POST"]),
     Route("/tasks", pages.task_list),
     Route("/tasks/panel", pages.task_panel),

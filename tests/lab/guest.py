@@ -24,6 +24,7 @@ BUSYBOX = Path("/bin/busybox")
 # What /init prints first, and every second after that: tests wait for these lines.
 BOOT_MARKER = "DROVER-GUEST-UP"
 TICK = "DROVER-TICK"
+ECHO = "DROVER-ECHO"  # a line typed into the serial console, answered
 POWEROFF = "DROVER-POWEROFF"  # printed when the guest powers off on the ACPI power button
 # Kernel modules (relative to /lib/modules/<version>/kernel) the guest loads for the ACPI power button.
 _MODULES = ("drivers/acpi/button.ko", "drivers/input/evdev.ko")
@@ -46,6 +47,8 @@ for ev in /sys/class/input/event*; do
     (/bin/busybox dd if="/dev/input/${{ev##*/}}" of=/dev/null bs=24 count=1 2>/dev/null &&
      echo "{POWEROFF}" > /dev/ttyS0 && /bin/busybox poweroff -f) &
 done
+# The serial console's input: each line typed into it comes back as "DROVER-ECHO <line>" (console tests type).
+(while read -r line; do echo "{ECHO} $line" > /dev/ttyS0; done < /dev/ttyS0) &
 n=0
 while true; do
     n=$((n + 1))

@@ -312,6 +312,8 @@ def start_node(
         (root / sub).mkdir(parents=True, exist_ok=True)
     (root / "sock").mkdir(mode=0o700, exist_ok=True)
     (root / "log" / "qemu").mkdir(exist_ok=True)  # /var/log/libvirt/qemu, as the package makes it
+    # /var/lock (-> /run/lock, private here): libvirt locks a pty there while a console stream holds it.
+    (root / "run" / "lock").mkdir(exist_ok=True)
     (root / "sasl").mkdir(exist_ok=True)
     if files is None:
         keytab = kdc.keytab(settings.service_principal, root / "libvirtd.keytab")

@@ -1,6 +1,7 @@
 """Every model, imported here so Base.metadata is complete for migrations and for anyone who needs a class."""
 
 from appliance.db.base import Base
+from appliance.db.models.consoles import ConsoleKind, ConsoleTicket
 from appliance.db.models.enrolment import EnrolmentToken, EnrolmentWindow, HostClaim
 from appliance.db.models.events import Event, Severity
 from appliance.db.models.hosts import Arch, Host, HostDisk, HostNic, HostState, HypervisorType
@@ -19,6 +20,8 @@ __all__ = [
     "BootDevice",
     "BootProtocol",
     "Cluster",
+    "ConsoleKind",
+    "ConsoleTicket",
     "DiskBus",
     "EnrolmentToken",
     "EnrolmentWindow",

@@ -1,6 +1,6 @@
 """VM pools keep some of their free VMs running, ready to be taken: the prestarted count.
 
-Revision ID: 0009_ui_pools
+Revision ID: 0009
 Revises: 0007
 Create Date: 2026-11-30
 """
@@ -10,7 +10,7 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0009_ui_pools"
+revision = "0009"
 down_revision = "0007"
 branch_labels = None
 depends_on = None
