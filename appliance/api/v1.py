@@ -6,7 +6,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from appliance.api import hosts, metrics, realm, storage, users, vms
+from appliance.api import hosts, metrics, power, realm, storage, users, vms
 
 PREFIX = "/api/v1"
 # Reachable without a ticket: load balancers and `drover serve`'s own readiness check use it.
@@ -38,6 +38,7 @@ routes = [
     Route(f"{PREFIX}/enrolment/windows/{{id:int}}", hosts.close_windows, methods=["DELETE"]),
     Route(f"{PREFIX}/realm/check", realm.check_realm, methods=["POST"]),
     Route(f"{PREFIX}/hosts/{{key}}/clear", hosts.clear_host, methods=["POST"]),
+    *power.routes(PREFIX),
     # Before /vms/{key}/{verb}, which would otherwise take POST /vms/X/snapshots and /vms/X/clone.
     *storage.routes(PREFIX),
     Route(f"{PREFIX}/vms", vms.list_vms, methods=["GET"]),
