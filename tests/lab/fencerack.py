@@ -21,6 +21,7 @@ import os
 import random
 import shutil
 import signal
+import socket
 import subprocess
 import threading
 import time
@@ -184,7 +185,17 @@ class PowerWire:
                 shutil.rmtree(path, ignore_errors=True)
         (root / "run").mkdir(exist_ok=True)
         host.node.process = lablv._spawn_libvirtd(host.node.kdc, host.node.settings, root, host.node.files)
-        lablv._wait_ready(host.node, 30)
+        # Ready when its unix socket answers: its TCP port may be behind a cut link.
+        sock, deadline = root / "sock" / "libvirt-sock", time.monotonic() + 30
+        while True:
+            try:
+                with socket.socket(socket.AF_UNIX) as probe:
+                    probe.connect(str(sock))
+                break
+            except OSError:
+                if host.node.process.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"libvirtd of {host.fqdn} did not come up after power on") from None
+                time.sleep(0.05)
         self.log.append((time.time(), host.fqdn, "on"))
 
 
@@ -284,7 +295,7 @@ class FenceRack:
         finally:
             conn.close()
 
-    def guest_args(self, name: str, memory: int = 64) -> list[str]:
+    def guest_args(self, name: str, memory: int = 96) -> list[str]:
         return ["vm", "create", name, "--memory", str(memory), "--kernel", str(self.image.kernel),
                 "--initrd", str(self.image.initrd), "--cmdline", cmdline()]  # fmt: skip
 
