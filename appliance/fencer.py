@@ -176,8 +176,8 @@ class Fencer:
             return
         with session_scope(self.engine) as s:
             host = hosts.lock(s, attempt.host_id)
-            if host is None:
-                return
+            if host is None or host.fence_state is not FenceState.FENCING:
+                return  # an admin confirmed it meanwhile (or another appliance process fenced it): released once
             host.fence_attempts += 1
             fencing.release(s, host, "bmc", f"powered off through its BMC {bmc.address}:{bmc.port}, which reports "
                             "power off")  # fmt: skip

@@ -89,21 +89,29 @@ class IpmiClient:
         """Do `action` and return the power state the BMC reports right after it."""
         if action is PowerAction.CYCLE:
             return self._cycle(bmc)
-        if action is not PowerAction.STATUS:
-            log.info("power %s of %r", action, bmc)
-            self._call(bmc, "chassis", "power", str(action))
-        return self.status(bmc)
+        if action is PowerAction.STATUS:
+            return self.status(bmc)
+        log.info("power %s of %r", action, bmc)
+        self._call(bmc, "chassis", "power", str(action))
+        return self._settle(bmc, PowerState.ON if action is PowerAction.ON else PowerState.OFF)
+
+    def _settle(self, bmc: Bmc, want: PowerState) -> PowerState:
+        """The state the BMC reports once it shows `want`, or after timeout_seconds: many BMCs accept "on" at
+        once and report it only when the chassis is up (virtualbmc answers before its domain has started)."""
+        deadline = time.monotonic() + self.cfg.timeout_seconds
+        state = self.status(bmc)
+        while state is not want and time.monotonic() < deadline:
+            time.sleep(0.5)
+            state = self.status(bmc)
+        return state
 
     def _cycle(self, bmc: Bmc) -> PowerState:
         """Off, confirmed off, a second's pause, on: what IPMI's own "power cycle" does. Done by hand because
         not every BMC has the command (virtualbmc answers it with 0xcc) and some refuse it while off."""
         log.info("power cycle of %r", bmc)
         self._call(bmc, "chassis", "power", "off")
-        deadline = time.monotonic() + self.cfg.timeout_seconds
-        while self.status(bmc) is not PowerState.OFF:
-            if time.monotonic() > deadline:
-                raise BmcError(f"BMC {bmc.address}:{bmc.port} still reports power on after power off")
-            time.sleep(0.5)
+        if self._settle(bmc, PowerState.OFF) is not PowerState.OFF:
+            raise BmcError(f"BMC {bmc.address}:{bmc.port} still reports power on after power off")
         time.sleep(CYCLE_OFF_SECONDS)
         self._call(bmc, "chassis", "power", "on")
-        return self.status(bmc)
+        return self._settle(bmc, PowerState.ON)

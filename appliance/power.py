@@ -15,8 +15,8 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
-from appliance import hosts
-from appliance.db.models import Host, Severity
+from appliance import fencing, hosts
+from appliance.db.models import FenceState, Host, Severity
 from appliance.errors import Conflict, UsageError
 from appliance.ipmi import DEFAULT_PORT, Bmc, BmcError, IpmiClient, PowerAction, PowerState
 from appliance.secretbox import SecretBox
@@ -132,6 +132,13 @@ def act(sessions: Sessions, key: str, action: PowerAction, client: IpmiClient, b
         raise
     if action is not PowerAction.STATUS:
         _record(sessions, host_id, f"power {action} by {by}: the BMC reports power {state}", Severity.WARNING)
+    # Off confirmed by the BMC (a cycle confirms it half-way): the host's VMs died with it, which is a fence in
+    # the admin's name. Without it the fencer would find the host unavailable, fence it again and power it on.
+    if action is PowerAction.CYCLE or (action is PowerAction.OFF and state is PowerState.OFF):
+        with sessions() as s:
+            locked = hosts.lock(s, host_id)
+            if locked is not None and locked.fence_state is not FenceState.FENCED:
+                fencing.release(s, locked, by, f"power {action} by {by} through its BMC, which confirmed power off")
     return Outcome(host_id, hostname, action, state)
 
 

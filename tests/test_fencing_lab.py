@@ -117,24 +117,31 @@ def test_power_management_through_virtualbmc(fence_rack: FenceRack) -> None:
     assert chassis_id(rack, fb) == -1
     wait_until("fb unavailable", lambda: rack.host_row(fb).state is HostState.UNAVAILABLE, 30)
     assert fb.node.process.poll() is not None  # its libvirtd died with the power
+    # Confirmed off by its BMC: a fence in the admin's name (so the fencer does not fence it again).
+    row = rack.host_row(fb)
+    assert row.fence_state is FenceState.FENCED and (row.fenced_by or "").startswith("boss@")
     # On: the chassis runs again, the host boots afresh and is reconnected.
     on = rack.drover("host", "power", "on", fb.fqdn)
     assert on.returncode == 0 and "reports power on" in on.stdout, on.stdout + on.stderr
     assert chassis_id(rack, fb) > 0
     rack.wait_available(fb)
+    wait_until("fence cleared", lambda: rack.host_row(fb).fence_state is FenceState.NONE, 30)
     # Cycle: off, then on again (a new qemu process for the chassis: a new domain id).
     before = chassis_id(rack, fb)
     cycle = rack.drover("host", "power", "cycle", fb.fqdn)
     assert cycle.returncode == 0 and "reports power on" in cycle.stdout, cycle.stdout + cycle.stderr
     assert chassis_id(rack, fb) not in (-1, before)
     rack.wait_available(fb)
+    wait_until("fence cleared", lambda: rack.host_row(fb).fence_state is FenceState.NONE, 30)
     elapsed = time.monotonic() - t0
     assert [e for _, h, e in rack.wire.log if h == fb.fqdn] == ["off", "on", "off", "on"], rack.wire.log
     assert not rack.wire.errors
     # Every action is an event with who did it; a quick off/on never reached the fencer's grace.
     power_events = [e.message for e in events(rack, fb, "host.power")]
     assert any("power off by boss" in m for m in power_events), power_events
-    assert rack.host_row(fb).fence_state is FenceState.NONE
+    fenced = [e.message for e in events(rack, fb, "fence.done")]
+    assert len(fenced) == 2 and "power off by boss" in fenced[0] and "power cycle by boss" in fenced[1], fenced
+    assert events(rack, fb, "fence.start") == []  # the fencer itself never stepped in
     assert elapsed < 120
     # A non-admin is refused.
     refused = rack.drover("host", "power", "off", fb.fqdn, principal=None)
