@@ -48,7 +48,14 @@ def release(session: Session, host: Host, by: str, how: str) -> list[int]:
                               f"was fenced ({how})", vm_id=vm.id, host_id=host.id))  # fmt: skip
         vm.state, vm.state_changed_at = VmState.STOPPED, utcnow()
         vm.state_reason = f"host {host.hostname} fenced: {how}"
-        if vm.is_ha and (was is VmState.UNREACHABLE or was.is_on_host()):
+        # Live when its host was lost (the host browser kept what it was); unreachable since before that was kept:
+        # taken as live, an HA VM is better started once too often than left down.
+        if was is VmState.UNREACHABLE:
+            live = vm.lost_state.is_on_host() if vm.lost_state is not None else True
+        else:
+            live = was.is_on_host()
+        vm.lost_state = None
+        if vm.is_ha and live:
             restart.append(vm)
     session.flush()
     queued: list[int] = []

@@ -26,7 +26,6 @@ log = logging.getLogger(__name__)
 
 BATCH = 500
 _LIVE = frozenset({VmState.RUNNING, VmState.PAUSED})
-_KNOWN_OFF = (VmState.UNREACHABLE, VmState.STOPPED, VmState.SAVED, VmState.PENDING, VmState.FAILED)
 
 
 @dataclass(frozen=True)
@@ -135,12 +134,11 @@ def _host_down(session: Session, host: Host, change: HostDown) -> None:
         hosts.set_state(session, host, HostState.UNAVAILABLE, change.reason)
     elif host.state is HostState.UNAVAILABLE:
         host.state_reason = change.reason  # why the latest attempt failed, for `drover host show`
-    # The real state of its guests is unknown now; they are not stopped, nor running for all we know.
-    # A VM known to be off (stopped, saved, never created) stays so: nothing can start it while the host is
-    # away, and fencing must not take a stopped HA VM for a lost one and start it elsewhere.
+    # The real state of its guests is unknown now; they are not stopped, nor running for all we know. What each
+    # was is kept (SET reads the old row): fencing restarts an HA VM only if it was live, never a stopped one.
     marked = session.execute(
-        update(Vm).where(Vm.host_id == host.id, Vm.state.not_in(_KNOWN_OFF))
-        .values(state=VmState.UNREACHABLE, state_changed_at=utcnow())
+        update(Vm).where(Vm.host_id == host.id, Vm.state != VmState.UNREACHABLE)
+        .values(state=VmState.UNREACHABLE, state_changed_at=utcnow(), lost_state=Vm.state)
     )  # fmt: skip
     lost = cast("CursorResult[Any]", marked).rowcount
     # Only when something changed: a host that stays down is retried every few seconds, and an event

@@ -51,13 +51,15 @@ def test_a_fence_releases_the_vms_and_restarts_live_ha_ones_by_priority(db_engin
     paused = add_vm(db_engine, lost, "paused", VmState.PAUSED, ha=True, priority=5)
     plain = add_vm(db_engine, lost, "plain", VmState.RUNNING)
     idle = add_vm(db_engine, lost, "idle", VmState.STOPPED, ha=True, priority=50)
-    # The host browser loses the host: live VMs become unreachable, the stopped one stays stopped.
+    # The host browser loses the host: every VM on it becomes unreachable, each keeping what it was.
     with session_scope(db_engine) as s:
         sync.apply(s, sync.HostDown(lost, "keepalive timed out"))
     with session_scope(db_engine) as s:
-        states = dict(s.execute(select(Vm.name, Vm.state)).tuples().all())
-    assert states == {"low": VmState.UNREACHABLE, "high": VmState.UNREACHABLE, "paused": VmState.UNREACHABLE,
-                      "plain": VmState.UNREACHABLE, "idle": VmState.STOPPED}  # fmt: skip
+        states = {name: (state, lost) for name, state, lost in s.execute(select(Vm.name, Vm.state, Vm.lost_state))}
+    unreachable = VmState.UNREACHABLE
+    assert states == {"low": (unreachable, VmState.RUNNING), "high": (unreachable, VmState.RUNNING),
+                      "paused": (unreachable, VmState.PAUSED), "plain": (unreachable, VmState.RUNNING),
+                      "idle": (unreachable, VmState.STOPPED)}  # fmt: skip
 
     with session_scope(db_engine) as s:
         host = s.get(Host, lost)
@@ -69,7 +71,7 @@ def test_a_fence_releases_the_vms_and_restarts_live_ha_ones_by_priority(db_engin
             (TaskType.VM_START, high, 109), (TaskType.VM_START, paused, 105), (TaskType.VM_START, low, 101)]
         for vm_id in (low, high, paused, plain, idle):
             vm = s.get(Vm, vm_id)
-            assert vm is not None and vm.host_id is None and vm.state is VmState.STOPPED
+            assert vm is not None and vm.host_id is None and vm.state is VmState.STOPPED and vm.lost_state is None
         assert {t.target_id for t in s.scalars(select(Task))} == {low, high, paused}  # not plain, not idle
         host = s.get(Host, lost)
         assert host is not None and host.fence_state is FenceState.FENCED and host.fenced_by == "bmc"

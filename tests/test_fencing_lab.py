@@ -15,6 +15,8 @@ import signal
 import ssl
 import stat
 import time
+import uuid
+from collections.abc import Callable
 
 import httpx
 import libvirt
@@ -25,8 +27,12 @@ from appliance.db.engine import session_scope
 from appliance.db.models import Event, FenceState, Host, HostState, Severity, Task, TaskState, TaskType, Vm
 from appliance.secretbox import KEY_FILE
 from nodeagent import wire
+from tests.lab.agent_node import FakeNode, host_state, mint, wait_for
+from tests.lab.appliance import ADMIN
 from tests.lab.fencerack import Copies, FenceRack, RackHost, wait_until
 from tests.lab.guest import TICK, wait_for_text
+from tests.lab.nodeagent_peer import read_state, stop
+from tests.lab.rack import Lab
 
 pytestmark = pytest.mark.lab
 
@@ -419,3 +425,47 @@ def test_no_fencing_in_the_quiet_period_after_start(fence_rack: FenceRack) -> No
         fa.link.restore()
     rack.wait_available(fa, 90)
     wait_until("fence cleared", lambda: rack.host_row(fa).fence_state is FenceState.NONE, 30)
+
+
+@pytest.fixture
+def lab(fence_rack: FenceRack) -> Lab:
+    """The fence rack as tests.lab.agent_node's make_node wants it."""
+    assert fence_rack.served is not None
+    return Lab(fence_rack.served, fence_rack.engine, fence_rack.kdc, fence_rack.hosts_file, fence_rack.factory,
+               fence_rack.libvirt_port)  # fmt: skip
+
+
+def test_soft_step_with_the_real_node_agent_brings_a_dead_libvirtd_back(
+    fence_rack: FenceRack, lab: Lab, make_node: Callable[[str, str], FakeNode]
+) -> None:
+    """A third host run by the real node agent (enrolled with a token, heartbeating over HTTPS every 2 s): its
+    libvirtd dies while the node lives. The fencer's soft step goes out in a heartbeat answer, the agent runs
+    its restart command (the lab's restart server starts libvirtd again), the host comes back, nothing is
+    powered off. Last in the module: the host stays behind, without power management."""
+    rack = fence_rack
+    fqdn, dmi_uuid = "fc.example.test", str(uuid.uuid4())
+    node = make_node(fqdn, dmi_uuid)
+    node.facts_tree({"ens3": "52:54:00:fc:00:01"})
+    token, ca = mint(lab, ADMIN, "--uuid", dmi_uuid)
+    node.cmdline(lab.served, token, ca, "01-52-54-00-fc-00-01")
+    agent = node.start_agent()
+    try:
+        wait_for("host available", lambda: host_state(lab.db, dmi_uuid) is HostState.AVAILABLE, 60, node.log)
+        assert node.restarter.restarts == 1 and node.restarter.node is not None
+        with session_scope(rack.engine) as s:
+            host_id = s.scalars(select(Host.id).where(Host.uuid == dmi_uuid)).one()
+        host = RackHost(fqdn, node.restarter.node, None, "", None, host_id)  # type: ignore[arg-type]
+        mark = last_event_id(rack)
+        t0 = time.time()
+        node.restarter.node.stop_daemon()  # libvirtd dies; the node and its agent live on
+        wait_until("fence cleared", lambda: events(rack, host, "fence.cleared", mark) != [], 90)
+        figure("soft step with the real agent: libvirtd killed -> back, fence cleared", time.time() - t0)
+        kinds = [e.kind for e in events(rack, host, "fence.start", mark) + events(rack, host, "fence.soft", mark)
+                 + events(rack, host, "fence.cleared", mark)]  # fmt: skip
+        assert kinds == ["fence.start", "fence.soft", "fence.cleared"], kinds
+        assert events(rack, host, "fence.failed", mark) == [] and events(rack, host, "fence.done", mark) == []
+        assert node.restarter.restarts == 2
+        wait_for("agent counted it", lambda: read_state(node.state).get("soft_restarts") == 1, 10, node.log)
+        assert host_state(lab.db, dmi_uuid) is HostState.AVAILABLE
+    finally:
+        stop(agent)

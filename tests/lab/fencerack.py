@@ -65,6 +65,7 @@ FENCING_ENV = {
     "DROVER_HOSTBROWSER_ZEROCONF": "false",
     "DROVER_MONITOR_ENABLED": "false",
     "DROVER_TASKENGINE_POLL_MS": "100",
+    "DROVER_NODES_HEARTBEAT_SECONDS": "2",  # the soft step rides on a heartbeat answer
 }
 
 POWER_DOMAIN = """<domain type='qemu'>

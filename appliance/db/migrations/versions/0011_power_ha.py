@@ -16,6 +16,8 @@ branch_labels = None
 depends_on = None
 
 FENCE_STATES = ("none", "soft", "fencing", "fenced")
+VM_STATES = ("pending", "creating", "stopped", "starting", "running", "stopping", "paused", "saving", "saved",
+             "restoring", "migrating", "crashed", "unreachable", "failed")  # fmt: skip
 
 
 def upgrade() -> None:
@@ -43,12 +45,21 @@ def upgrade() -> None:
             batch.alter_column(column, server_default=None)
     with op.batch_alter_table("vms") as batch:
         batch.add_column(sa.Column("ha_priority", sa.Integer(), nullable=False, server_default="0"))
+        batch.add_column(
+            sa.Column(
+                "lost_state",
+                sa.Enum(*VM_STATES, name="vm_lost_state", native_enum=False, create_constraint=True, length=32),
+                nullable=True,
+            )
+        )
     with op.batch_alter_table("vms") as batch:
         batch.alter_column("ha_priority", server_default=None)
 
 
 def downgrade() -> None:
     with op.batch_alter_table("vms") as batch:
+        batch.drop_constraint("vm_lost_state", type_="check")  # ck_vms_vm_lost_state by the convention
+        batch.drop_column("lost_state")
         batch.drop_column("ha_priority")
     with op.batch_alter_table("hosts") as batch:
         batch.drop_constraint("fence_state", type_="check")  # ck_hosts_fence_state by the convention
