@@ -162,6 +162,10 @@ def test_power_management_through_virtualbmc(fence_rack: FenceRack) -> None:
         rack.bmcs.start_bmc(fb.chassis)
     with session_scope(rack.engine) as s:
         assert s.scalars(select(Host.power_user).where(Host.id == fb.host_id)).one() == "admin"
+    # An admin cannot vouch for a host that answers: refused, nothing fenced.
+    vouch = rack.drover("host", "confirm-rebooted", fb.fqdn)
+    assert vouch.returncode == 5 and "answers over libvirt" in vouch.stderr, vouch.stderr
+    assert rack.host_row(fb).fence_state is FenceState.NONE
 
 
 # --- fencing -------------------------------------------------------------------------------------------------
@@ -253,6 +257,11 @@ def test_link_cut_fences_then_restarts_the_ha_vm_exactly_once(fence_rack: FenceR
     # A stopped HA VM on the same host: known to be off, so never started by a fence.
     idle = rack.drover(*rack.guest_args("ha-idle"), "--host", fa.fqdn, "--ha", "--wait")
     assert idle.returncode == 0, idle.stdout + idle.stderr
+    flag = rack.drover("vm", "ha", "ha-idle", "--on", "--priority", "7")
+    assert flag.returncode == 0 and "highly available (priority 7)" in flag.stdout, flag.stdout + flag.stderr
+    bad = rack.drover("vm", "ha", "ha-idle", "--on", "--priority", "5000")
+    assert bad.returncode == 2 and "priority" in bad.stderr
+    assert rack.vm("ha-idle").ha_priority == 7
     wait_for_text(fa.node.qemu_log_dir / f"{HA_VM}-serial.log", TICK, 120)
     mark = last_event_id(rack)
     with Copies(rack.vm(HA_VM).uuid) as copies:
