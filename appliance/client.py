@@ -18,7 +18,16 @@ from gssapi.raw.exceptions import ExpiredCredentialsError, MissingCredentialsErr
 from gssapi.raw.misc import GSSError
 
 from appliance.config import Config
-from appliance.errors import AuthError, Conflict, DroverError, Forbidden, KerberosError, NotFound, UsageError
+from appliance.errors import (
+    AuthError,
+    Conflict,
+    DroverError,
+    Forbidden,
+    KerberosError,
+    NotFound,
+    UpstreamError,
+    UsageError,
+)
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +54,7 @@ _BY_STATUS: dict[int, type[DroverError]] = {
     403: Forbidden,
     404: NotFound,
     409: Conflict,
+    502: UpstreamError,
 }
 
 

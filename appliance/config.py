@@ -197,6 +197,31 @@ class ConsoleConfig:
 
 
 @dataclass(frozen=True)
+class PowerConfig:
+    """How the appliance talks to hosts' BMCs: IPMI over LAN with ipmitool."""
+
+    interface: str = "lanplus"  # ipmitool -I: lanplus (IPMI 2.0, RMCP+) or lan (1.5)
+    timeout_seconds: int = 15  # one ipmitool call; a BMC that does not answer by then has failed
+    retries: int = 2  # ipmitool -R: its own retransmissions of a lost UDP request
+
+
+@dataclass(frozen=True)
+class FencingConfig:
+    """The fencer (threads of `drover serve`): an unavailable host's grace, soft step, power-off and retries."""
+
+    enabled: bool = True
+    # Nothing is fenced this long after the appliance starts: it has not seen the fleet answer yet.
+    quiet_seconds: int = 300
+    grace_seconds: int = 30  # unavailable this long before anything is done (a blip is not a dead host)
+    # Soft step, when the node still heartbeats: its agent restarts libvirtd; back within this long, no fence.
+    soft_seconds: int = 30
+    confirm_seconds: int = 30  # after power off, the BMC must report "off" within this long
+    retry_seconds: int = 30  # between failed fence attempts (each one is an error event)
+    poll_seconds: int = 2  # how often the fencer looks at the hosts
+    power_on_after: bool = True  # power a fenced host on again (a stateless node PXE-boots and re-enrols)
+
+
+@dataclass(frozen=True)
 class Config:
     state_dir: Path = field(default_factory=_default_state_dir)
     log_level: str = "info"
@@ -209,6 +234,8 @@ class Config:
     taskengine: TaskEngineConfig = field(default_factory=TaskEngineConfig)
     monitor: MonitorConfig = field(default_factory=MonitorConfig)
     console: ConsoleConfig = field(default_factory=ConsoleConfig)
+    power: PowerConfig = field(default_factory=PowerConfig)
+    fencing: FencingConfig = field(default_factory=FencingConfig)
 
     # Derived values: always computed from the settings above, never stored twice.
     @property

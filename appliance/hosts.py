@@ -222,6 +222,8 @@ def summary(host: Host, default_port: int) -> dict[str, object]:
         "memory_mib": host.memory_mib,
         "hypervisor_type": str(host.hypervisor_type),
         "last_heartbeat_at": host.last_heartbeat_at.isoformat() if host.last_heartbeat_at else None,
+        "power_management": host.power_address is not None,
+        "fence_state": str(host.fence_state),
         "created_at": host.created_at.isoformat(),
     }
 

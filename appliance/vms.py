@@ -112,7 +112,7 @@ def _enum(body: dict[str, Any], key: str, cls: Any, default: Any) -> Any:
 
 CREATE_FIELDS = frozenset({
     "name", "vcpus", "memory_mib", "pool", "host", "placement_policy", "firmware", "description", "kernel",
-    "initrd", "cmdline", "disks", "nics", "boot_device", "uuid", "template",
+    "initrd", "cmdline", "disks", "nics", "boot_device", "uuid", "template", "ha", "ha_priority",
 })  # fmt: skip
 
 
@@ -151,12 +151,16 @@ def create(session: Session, body: dict[str, Any], principal: str) -> Created:
         vm_uuid = str(uuidlib.UUID(vm_uuid))
     except ValueError:
         raise UsageError(f"uuid: {vm_uuid!r} is not a UUID") from None
+    ha = body.get("ha", False)
+    if not isinstance(ha, bool):
+        raise UsageError("ha: true or false")
+    ha_priority = _int(body, "ha_priority", 0, 1000, 0)
     owner = session.scalars(select(User).where(User.principal == principal)).first()
     vm = Vm(uuid=vm_uuid, name=name, vcpus=vcpus, memory_mib=memory, hardware_pool_id=pool.id,
             placement_policy=policy, firmware=_enum(body, "firmware", Firmware, Firmware.BIOS),
             description=_str(body, "description", 1000) or "", kernel_path=_str(body, "kernel", 255),
             initrd_path=_str(body, "initrd", 255), kernel_cmdline=_str(body, "cmdline", 2000),
-            owner_id=owner.id if owner else None, state=VmState.PENDING)  # fmt: skip
+            owner_id=owner.id if owner else None, state=VmState.PENDING, is_ha=ha, ha_priority=ha_priority)  # fmt: skip
     if template is not None and template.volume is not None:
         # The template's base image as the VM's first disk, read-only (many VMs share it, none may change
         # it) and first to boot. It is the template's storage, not the VM's: no quota is charged for it.
@@ -268,6 +272,8 @@ def summary(vm: Vm) -> dict[str, Any]:
         "host_id": vm.host_id,
         "pool": vm.pool.name,
         "placement_policy": str(vm.placement_policy),
+        "ha": vm.is_ha,
+        "ha_priority": vm.ha_priority,
         "owner": vm.owner.principal if vm.owner is not None else None,
     }
 

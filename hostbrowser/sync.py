@@ -165,10 +165,11 @@ def _host_down(session: Session, host: Host, change: HostDown) -> None:
         hosts.set_state(session, host, HostState.UNAVAILABLE, change.reason)
     elif host.state is HostState.UNAVAILABLE:
         host.state_reason = change.reason  # why the latest attempt failed, for `drover host show`
-    # The real state of its guests is unknown now; they are not stopped, nor running for all we know.
+    # The real state of its guests is unknown now; they are not stopped, nor running for all we know. What each
+    # was is kept (SET reads the old row): fencing restarts an HA VM only if it was live, never a stopped one.
     marked = session.execute(
         update(Vm).where(Vm.host_id == host.id, Vm.state != VmState.UNREACHABLE)
-        .values(state=VmState.UNREACHABLE, state_changed_at=utcnow())
+        .values(state=VmState.UNREACHABLE, state_changed_at=utcnow(), lost_state=Vm.state)
     )  # fmt: skip
     lost = cast("CursorResult[Any]", marked).rowcount
     # Only when something changed: a host that stays down is retried every few seconds, and an event

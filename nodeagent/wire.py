@@ -177,6 +177,8 @@ class HeartbeatResponse:
     status: IdentifyStatus
     heartbeat_seconds: int
     credentials: Credentials | None = None  # set once, when a pending host has just been approved
+    # The appliance lost this node's libvirtd while the node still beats: restart it (fencing's soft step).
+    restart_libvirtd: bool = False
 
 
 M = TypeVar("M")

@@ -6,7 +6,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route, WebSocketRoute
 
-from appliance.api import consoles, graphs, hosts, metrics, realm, storage, users, vmpools, vms
+from appliance.api import consoles, graphs, hosts, metrics, power, realm, storage, users, vmpools, vms
 
 PREFIX = "/api/v1"
 # Reachable without a ticket: load balancers and `drover serve`'s own readiness check use it.
@@ -39,6 +39,7 @@ routes = [
     Route(f"{PREFIX}/enrolment/windows/{{id:int}}", hosts.close_windows, methods=["DELETE"]),
     Route(f"{PREFIX}/realm/check", realm.check_realm, methods=["POST"]),
     Route(f"{PREFIX}/hosts/{{key}}/clear", hosts.clear_host, methods=["POST"]),
+    *power.routes(PREFIX),
     # Before /vms/{key}/{verb}, which would otherwise take POST /vms/X/snapshots and /vms/X/clone.
     *storage.routes(PREFIX),
     *vmpools.routes(PREFIX),

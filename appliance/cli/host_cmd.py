@@ -10,6 +10,7 @@ from urllib.parse import quote
 
 from appliance.cli.api_cmd import client_for
 from appliance.cli.context import load_config
+from appliance.cli.power_cmd import add_host_verbs as add_power_verbs
 from appliance.errors import UsageError
 from appliance.text import shown
 from nodeagent import wire
@@ -75,6 +76,7 @@ def register(sub: Any) -> None:
     token.add_argument("--uuid", help="only the machine with this DMI UUID may use it")
     token.add_argument("--note", default="", help="free text kept with the token")
     token.set_defaults(func=mint_token)
+    add_power_verbs(verbs)  # power on|off|cycle|status|show|set|remove, confirm-rebooted
 
 
 _SHOW = (

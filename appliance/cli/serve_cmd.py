@@ -18,7 +18,7 @@ from appliance.db import migrate
 from appliance.errors import KerberosError
 from appliance.kerberos import health
 from appliance.kerberos.realm import FIRST_ADMIN, Realm
-from appliance.launcher import start_hostbrowser, start_monitor, start_taskengine
+from appliance.launcher import start_fencer, start_hostbrowser, start_monitor, start_taskengine
 from appliance.pki import ensure as ensure_pki
 from appliance.serving import Group, bind, listener
 from appliance.web import stream
@@ -107,6 +107,7 @@ def serve(args: argparse.Namespace) -> int:
     # Before the apps: the API wakes it (a removed host's session is dropped at once), heartbeats nudge it.
     browser = start_hostbrowser(cfg, realm) if cfg.hostbrowser.enabled else None
     engine = start_taskengine(cfg, realm) if cfg.taskengine.enabled else None
+    fencer = start_fencer(cfg) if cfg.fencing.enabled else None
     try:
         group = Group(
             [
@@ -134,6 +135,9 @@ def serve(args: argparse.Namespace) -> int:
         )
         group.run()
     finally:
+        if fencer is not None:
+            fencer.stop()
+            fencer.engine.dispose()
         if engine is not None:
             engine.stop()
         if browser is not None:

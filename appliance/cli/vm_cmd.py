@@ -14,6 +14,7 @@ from urllib.parse import quote
 from appliance.cli import console_cmd
 from appliance.cli.api_cmd import client_for
 from appliance.cli.context import load_config
+from appliance.cli.power_cmd import add_vm_verbs as add_ha_verbs
 from appliance.cli.snapshot_cmd import register_vm_verbs
 from appliance.cli.task_cmd import follow, table
 
@@ -50,6 +51,8 @@ def register(sub: Any) -> None:
     create.add_argument("--kernel", help="direct kernel boot: kernel path on the host")
     create.add_argument("--initrd", help="direct kernel boot: initrd path on the host")
     create.add_argument("--cmdline", help="direct kernel boot: kernel command line")
+    create.add_argument("--ha", action="store_true", help="highly available: restarted elsewhere if its host is fenced")
+    create.add_argument("--ha-priority", type=int, default=0, metavar="N", help="0-1000, higher restarts first")
     create.add_argument("--wait", action="store_true", help="follow the create task to its end")
     create.set_defaults(func=create_vm)
     ls = verbs.add_parser("list", help="every VM you may see, with its state and host")
@@ -71,6 +74,7 @@ def register(sub: Any) -> None:
         v.set_defaults(func=vm_action, action=verb)
     register_vm_verbs(verbs)  # snapshot create|list|revert|delete, clone
     console_cmd.register(verbs)
+    add_ha_verbs(verbs)  # ha --on|--off [--priority N]
 
 
 def _path(vm: str, verb: str = "") -> str:
@@ -97,6 +101,8 @@ def create_vm(args: argparse.Namespace) -> int:
         body["disks"] = [{"volume": v} for v in args.disk]
     if args.network:
         body["nics"] = [{"network": int(n) if n.isdigit() else n} for n in args.network]
+    if args.ha:
+        body["ha"], body["ha_priority"] = True, args.ha_priority
     for key in ("kernel", "initrd", "cmdline"):
         if getattr(args, key):
             body[key] = getattr(args, key)

@@ -23,7 +23,19 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response
 
-from appliance import admission, enrolment, hosts, lifecycle, permissions, quotas, tasking, vmpools, vms
+from appliance import (
+    admission,
+    enrolment,
+    fencing,
+    hosts,
+    lifecycle,
+    permissions,
+    power,
+    quotas,
+    tasking,
+    vmpools,
+    vms,
+)
 from appliance.api.auth import caller
 from appliance.api.state import session, state
 from appliance.api.vms import _may_see as may_see_task
@@ -43,8 +55,10 @@ from appliance.db.models import (
     VmState,
 )
 from appliance.errors import DroverError, NotFound, UsageError
+from appliance.ipmi import IpmiClient, PowerAction
 from appliance.kerberos.realm import Realm
 from appliance.permissions import Privilege
+from appliance.secretbox import SecretBox
 from appliance.web.access import PREFIX, ui_session
 from appliance.web.forms import form_fields, form_pairs
 
@@ -349,6 +363,8 @@ def _host_action(request: Request, form: dict[str, str]) -> Response:
     verb = request.path_params["verb"]
     st = state(request)
     principal = caller(request).principal
+    if verb in _POWER:
+        return _power_action(request, _POWER[verb])
     with session(request) as s:
         host = s.get(Host, _int_param(request, "id"))
         if host is None:
@@ -369,11 +385,33 @@ def _host_action(request: Request, form: dict[str, str]) -> Response:
         elif verb == "remove":
             _require_global(s, request, Privilege.MODIFY, "remove hosts")
             lifecycle.remove(s, host, principal, Realm.from_config(st.cfg), force=form.get("force") == "true")
+        elif verb == "confirm-rebooted":
+            _require_global(s, request, Privilege.MODIFY, "confirm hosts were rebooted")
+            queued = fencing.confirm_rebooted(s, host, principal)
+            return flash(f"{name}: fenced on your word; HA restarts queued: {len(queued)}")
         else:
-            raise NotFound(f"no host action {verb!r}", "approve, maintenance, activate or remove")
+            raise NotFound(f"no host action {verb!r}", "approve, maintenance, activate, remove, confirm-rebooted, "
+                           "power-on, power-off, power-cycle or power-status")  # fmt: skip
     if verb == "remove" and st.browser is not None:
         st.browser.wake()
     return flash(f"{name}: {verb} done")
+
+
+_POWER = {f"power-{a.value}": a for a in PowerAction}
+
+
+def _power_action(request: Request, action: PowerAction) -> Response:
+    """A BMC call from the host page: permission checked in one transaction, ipmitool outside any."""
+    st = state(request)
+    with session(request) as s:
+        if action is PowerAction.STATUS:
+            _require_global(s, request, Privilege.VIEW, "read hosts' power state")
+        else:
+            _require_global(s, request, Privilege.MODIFY, f"power hosts {action}")
+    outcome = power.act(lambda: session(request), request.path_params["id"], action, IpmiClient(st.cfg.power),
+                        SecretBox.under(st.cfg.state_dir), caller(request).principal)  # fmt: skip
+    done = "" if action is PowerAction.STATUS else f"power {action} done, "
+    return flash(f"{outcome.hostname}: {done}the BMC reports power {outcome.state}")
 
 
 async def open_window(request: Request) -> Response:
