@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from starlette.datastructures import MutableHeaders
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -70,6 +71,27 @@ class BodyLimit:
 
     def _refusal(self) -> PayloadTooLarge:
         return PayloadTooLarge(f"request body larger than {self.limit} bytes", "send less")
+
+
+class Hsts:
+    """Strict-Transport-Security on every answer given over HTTPS: a browser that once reached the appliance
+    securely never falls back to plain HTTP for it (and never lets a user click through a bad certificate)."""
+
+    def __init__(self, app: ASGIApp, value: str) -> None:
+        self.app = app
+        self.value = value
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope.get("scheme") != "https":
+            await self.app(scope, receive, send)
+            return
+
+        async def with_hsts(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                MutableHeaders(scope=message).append("Strict-Transport-Security", self.value)
+            await send(message)
+
+        await self.app(scope, receive, with_hsts)
 
 
 def _drover_error(request: Request, exc: Exception) -> Response:

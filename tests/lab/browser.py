@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -32,8 +32,11 @@ def _krb5_conf(base: Path, profile: Path) -> Path:
 
 
 @contextmanager
-def browser(profile: Path, krb5_conf: Path, ccache_env: dict[str, str]) -> Iterator[BrowserContext]:
-    """A Chromium context; `ccache_env` holds KRB5CCNAME (a ticket, or a missing file for no ticket)."""
+def browser(
+    profile: Path, krb5_conf: Path, ccache_env: dict[str, str], extra_args: Sequence[str] = ()
+) -> Iterator[BrowserContext]:
+    """A Chromium context; `ccache_env` holds KRB5CCNAME (a ticket, or a missing file for no ticket);
+    `extra_args` go on Chromium's command line (e.g. the key of a certificate it is to trust)."""
     data = profile / "data"
     data.mkdir(parents=True, exist_ok=True)
     prefs = {"net": {"received_http_auth_negotiate_headers": True}, "auth": {"disable_negotiate_cname_lookup": True}}
@@ -43,7 +46,7 @@ def browser(profile: Path, krb5_conf: Path, ccache_env: dict[str, str]) -> Itera
     args = [
         "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
         "--disable-component-update", "--disable-sync", "--auth-server-allowlist=*.example.test",
-        f"--host-resolver-rules=MAP {APPLIANCE_HOST} 127.0.0.1",
+        f"--host-resolver-rules=MAP {APPLIANCE_HOST} 127.0.0.1", *extra_args,
     ]  # fmt: skip
     with sync_playwright() as pw:
         context = pw.chromium.launch_persistent_context(
