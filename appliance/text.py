@@ -14,3 +14,15 @@ def shown(value: object, limit: int = DEFAULT_LIMIT) -> str:
     cut = len(text) > limit
     text = _UNSAFE.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), text[:limit])
     return f"{text}…({len(str(value))} chars)" if cut else text
+
+
+MAX_ID = 2**63 - 1  # the largest row id any database drover runs on can hold (BIGINT)
+
+
+def as_id(key: str) -> int | None:
+    """`key` as a row id when it is one: ASCII digits (not "²" or "٣", which str.isdigit() also takes) that fit a
+    BIGINT. Anything else is None, so a lookup falls back to names instead of overflowing in the database."""
+    if not (key.isascii() and key.isdigit()) or len(key) > 19:
+        return None
+    value = int(key)
+    return value if value <= MAX_ID else None

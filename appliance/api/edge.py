@@ -21,7 +21,11 @@ log = logging.getLogger(__name__)
 def error_response(exc: DroverError) -> JSONResponse:
     """The one shape of every error the API returns; a 401 always carries the Negotiate challenge."""
     headers = {"WWW-Authenticate": SCHEME} if isinstance(exc, AuthError) else None
-    return JSONResponse({"error": exc.message, "hint": exc.hint}, status_code=exc.http_status, headers=headers)
+    body = {"error": exc.message, "hint": exc.hint}
+    field = getattr(exc, "field", "")
+    if field:
+        body["field"] = field  # a request that did not fit its declared type (appliance.api.schema)
+    return JSONResponse(body, status_code=exc.http_status, headers=headers)
 
 
 async def read_json(request: Request) -> dict[str, Any]:

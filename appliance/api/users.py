@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import re
 
+from pydantic import Field
 from sqlalchemy import select
-from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
 from appliance import permissions, quotas
 from appliance.api.access import caller_roles, require_to_grant
 from appliance.api.auth import caller
-from appliance.api.edge import read_json
+from appliance.api.schema import Body, accepts
 from appliance.api.state import session
 from appliance.db import access
 from appliance.db.models import HardwarePool
@@ -31,24 +31,17 @@ def whoami(request: Request) -> JSONResponse:
     return JSONResponse({"principal": caller(request).principal, "roles": [str(r) for r in roles]})
 
 
-def _grant_request(body: dict[str, object]) -> tuple[str, Role]:
-    principal, role = body.get("principal"), body.get("role")
-    if not isinstance(principal, str) or not _PRINCIPAL.fullmatch(principal):
-        raise UsageError(f"'principal' must be a Kerberos principal, not {principal!r}", "e.g. alice@DROVER.TEST")
-    if not isinstance(role, str) or role not in set(Role):
-        raise UsageError(f"'role' must be one of {', '.join(Role)}, not {role!r}")
-    return principal, Role(role)
+class GrantRequest(Body):
+    principal: str = Field(max_length=255, description="a fully qualified Kerberos principal, e.g. alice@DROVER.TEST")
+    role: Role
 
 
-async def grant(request: Request) -> JSONResponse:
+@accepts(body=GrantRequest)
+def grant(request: Request, body: GrantRequest) -> JSONResponse:
     """POST /users {"principal", "role"}: add the user if new and grant a global role (201), 409 if held."""
-    principal, role = _grant_request(await read_json(request))
-    # Body parsed and checked before any database work, so a bad request changes nothing; the
-    # blocking DB part runs in a worker thread, off the event loop.
-    return await run_in_threadpool(_grant, request, principal, role)
-
-
-def _grant(request: Request, principal: str, role: Role) -> JSONResponse:
+    principal, role = body.principal, body.role
+    if not _PRINCIPAL.fullmatch(principal):
+        raise UsageError(f"'principal' must be a Kerberos principal, not {principal!r}", "e.g. alice@DROVER.TEST")
     with session(request) as s:
         require_to_grant(request, s, role)
         access.grant(s, principal, role, granted_by=caller(request).principal)
@@ -56,16 +49,22 @@ def _grant(request: Request, principal: str, role: Role) -> JSONResponse:
     return JSONResponse({"principal": principal, "roles": [str(r) for r in roles]}, status_code=201)
 
 
-async def set_quota(request: Request) -> JSONResponse:
+class QuotaRequest(Body):
+    """Limits left out or null are unlimited."""
+
+    pool: str | int = Field("default", description="hardware pool name or id")
+    max_vms: int | None = Field(None, ge=0, le=quotas.LIMIT_MAX["max_vms"])
+    max_vcpus: int | None = Field(None, ge=0, le=quotas.LIMIT_MAX["max_vcpus"])
+    max_memory_mib: int | None = Field(None, ge=0, le=quotas.LIMIT_MAX["max_memory_mib"])
+    max_disk_bytes: int | None = Field(None, ge=0, le=quotas.LIMIT_MAX["max_disk_bytes"])
+
+
+@accepts(body=QuotaRequest)
+def set_quota(request: Request, body: QuotaRequest) -> JSONResponse:
     """PUT /users/{principal}/quota {"pool", "max_vms"?, "max_vcpus"?, "max_memory_mib"?, "max_disk_bytes"?}."""
-    body = await read_json(request)
-    pool = body.pop("pool", "default")
-    if not isinstance(pool, str | int) or isinstance(pool, bool):
-        raise UsageError("pool: a hardware pool name or id")
-    return await run_in_threadpool(_set_quota, request, pool, body)
-
-
-def _set_quota(request: Request, pool: str | int, limits: dict[str, int | None]) -> JSONResponse:
+    limits = body.given()
+    limits.pop("pool", None)
+    pool = body.pool
     principal = request.path_params["principal"]
     with session(request) as s:
         row = s.scalars(select(HardwarePool).where(

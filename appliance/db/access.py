@@ -8,6 +8,7 @@ from sqlalchemy.orm import Session
 from appliance.db.models.pools import HardwarePool
 from appliance.db.models.users import Permission, Role, User
 from appliance.errors import Conflict, NotFound
+from appliance.text import as_id
 
 
 def roles_of(session: Session, principal: str) -> list[Role]:
@@ -46,7 +47,8 @@ def grant(session: Session, principal: str, role: Role, granted_by: str | None =
 def grant_in_pool(session: Session, principal: str, role: Role, pool_key: str) -> tuple[User, bool]:
     """Give `principal` `role` in one hardware pool (name or id) and its sub-pools; (user, created)."""
     pool = session.scalars(select(HardwarePool).where(
-        HardwarePool.id == int(pool_key) if pool_key.isdigit() else HardwarePool.name == pool_key)).first()  # fmt: skip
+        HardwarePool.id == row_id if (row_id := as_id(pool_key)) is not None
+        else HardwarePool.name == pool_key)).first()  # fmt: skip
     if pool is None:
         raise NotFound(f"hardware pool {pool_key!r} does not exist")
     user = session.scalars(select(User).where(User.principal == principal)).one_or_none()
