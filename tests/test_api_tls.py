@@ -105,7 +105,7 @@ def spki_hash(pem: bytes) -> str:
 
 @pytest.fixture(scope="module")
 def served(kdc: LabKdc, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LabAppliance]:
-    lab = start_appliance(kdc, tmp_path_factory.mktemp("tls"), settings=TLS)
+    lab = start_appliance(kdc, tmp_path_factory.mktemp("tls"), timeout=120, settings=TLS)
     added = lab.drover("user", "add", ADMIN, "--role", "admin")
     assert added.returncode == 0, added.stderr
     yield lab
@@ -201,7 +201,8 @@ def test_a_provided_certificate_is_served_instead_of_the_appliances(kdc: LabKdc,
     cert, key = write_pem(tmp_path / "web.pem", leaf.cert), write_pem(tmp_path / "web.key", leaf.key)
     settings = {**TLS, "DROVER_API_CERT_FILE": str(cert), "DROVER_API_KEY_FILE": str(key)}
     # DROVER_API_CA_FILE: what this test's clients (the readiness check, the CLI) verify against.
-    lab = start_appliance(kdc, tmp_path / "appliance", settings={**settings, "DROVER_API_CA_FILE": str(company_ca)})
+    lab = start_appliance(kdc, tmp_path / "appliance", timeout=120,
+                          settings={**settings, "DROVER_API_CA_FILE": str(company_ca)})
     own = kdc.root / "pki" / "ca.pem"
     try:
         ok = httpx.get(f"{lab.local_url}/api/v1/health", verify=ssl.create_default_context(cafile=str(company_ca)))
@@ -252,7 +253,7 @@ def _broken(tmp: Path, case: str) -> tuple[dict[str, str], str]:
 def test_a_bad_provided_certificate_stops_the_start_with_one_line(kdc: LabKdc, tmp_path: Path, case: str) -> None:
     settings, words = _broken(tmp_path, case)
     with pytest.raises(RuntimeError, match="exited with 2") as err:
-        start_appliance(kdc, tmp_path / "appliance", settings={**TLS, **settings})
+        start_appliance(kdc, tmp_path / "appliance", timeout=120, settings={**TLS, **settings})
     errors = [line for line in str(err.value).splitlines() if line.startswith("drover: error:")]
     assert len(errors) == 1 and words in errors[0], str(err.value)[-2000:]
     assert "Traceback" not in str(err.value)

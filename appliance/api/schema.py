@@ -64,7 +64,9 @@ class Declared:
     query: type[Query] | None = None
     body_required: bool = True
     raw_body: str = ""  # a media type: the body is a file's bytes, streamed by the handler itself
-    path: type[Query] | None = None  # path parameters narrower than "any text" (e.g. a closed set of verbs)
+    # Path parameters narrower than "any text" (a closed set of verbs): documented here, checked by the handler
+    # after it found the object, so a missing object is still a 404 whatever the rest of the path says.
+    path: type[Query] | None = None
 
 
 ATTRIBUTE = "__drover_declared__"
@@ -99,8 +101,6 @@ def accepts(
         @functools.wraps(handler)
         async def endpoint(request: Request) -> Response:
             kwargs: dict[str, Any] = {}
-            if path is not None:
-                parse_path(request, path)  # checked only: handlers read request.path_params as before
             if query is not None:
                 kwargs["query"] = parse_query(request, query)
             if body is not None:
@@ -146,13 +146,6 @@ def _is_member(part: int | str) -> bool:
 
 def _field_loc(loc: tuple[int | str, ...]) -> tuple[int | str, ...]:
     return tuple(p for p in loc if not _is_member(p))
-
-
-def parse_path(request: Request, model: type[Q]) -> Q:
-    try:
-        return model.model_validate(dict(request.path_params))
-    except ValidationError as exc:
-        raise invalid(exc, model, "path parameter") from None
 
 
 def _where(loc: tuple[int | str, ...]) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from typing import Any
 
 from pydantic import Field
 from sqlalchemy import select
@@ -49,14 +50,19 @@ def grant(request: Request, body: GrantRequest) -> JSONResponse:
     return JSONResponse({"principal": principal, "roles": [str(r) for r in roles]}, status_code=201)
 
 
+def _limit(key: str) -> Any:
+    # The range is documented here and enforced by quotas.set_quota, whose wording the CLI shares.
+    return Field(None, json_schema_extra={"minimum": 0, "maximum": quotas.LIMIT_MAX[key]})
+
+
 class QuotaRequest(Body):
-    """Limits left out or null are unlimited."""
+    """Limits left out or null are unlimited; their range is checked by quotas.set_quota (the CLI's too)."""
 
     pool: str | int = Field("default", description="hardware pool name or id")
-    max_vms: int | None = Field(None, ge=0, le=quotas.LIMIT_MAX["max_vms"])
-    max_vcpus: int | None = Field(None, ge=0, le=quotas.LIMIT_MAX["max_vcpus"])
-    max_memory_mib: int | None = Field(None, ge=0, le=quotas.LIMIT_MAX["max_memory_mib"])
-    max_disk_bytes: int | None = Field(None, ge=0, le=quotas.LIMIT_MAX["max_disk_bytes"])
+    max_vms: int | None = _limit("max_vms")
+    max_vcpus: int | None = _limit("max_vcpus")
+    max_memory_mib: int | None = _limit("max_memory_mib")
+    max_disk_bytes: int | None = _limit("max_disk_bytes")
 
 
 @accepts(body=QuotaRequest)
