@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 RESULTS = Path(__file__).resolve().parent / "results"
-SECTIONS: tuple[str, ...] = ("api", "image", "enrolment", "pxe", "taskengine", "storage", "monitor", "ui")
+SECTIONS: tuple[str, ...] = ("api", "image", "enrolment", "pxe", "taskengine", "storage", "monitor", "ui", "fuzz")
 
 
 def main(argv: list[str]) -> int:

@@ -183,3 +183,22 @@ def test_a_missing_required_field_and_an_out_of_range_value_name_the_field(serve
     answer = _refused(served, action, body={"timeout": 0})
     assert answer["field"] == "timeout" and "greater than or equal to 1" in answer["error"]
     assert everything(served.db) == before
+
+
+def test_ids_beyond_what_a_database_holds_are_not_found_not_a_crash(served: Served) -> None:
+    """Found by the fuzzer: a path id past BIGINT overflowed in the database (500); '²' passes str.isdigit()."""
+    before = everything(served.db)
+    huge = "9" * 30
+    for method, path, status in (
+        ("DELETE", f"/api/v1/enrolment/windows/{huge}", 404),
+        ("GET", f"/api/v1/tasks/{huge}", 400),
+        ("GET", "/api/v1/tasks/\u00b2", 400),
+        ("GET", f"/api/v1/vms/{huge}", 404),
+        ("GET", "/api/v1/vms/\u00b2", 404),
+        ("GET", f"/api/v1/hosts/{huge}", 404),
+        ("GET", f"/api/v1/storage/pools/{huge}", 404),
+        ("DELETE", f"/api/v1/templates/{huge}", 404),
+    ):
+        answer = served.admin.request(method, path)
+        assert answer.status_code == status, (path, answer.text)
+    assert everything(served.db) == before

@@ -154,7 +154,7 @@ def _task_id(request: Request) -> int:
     text = request.path_params["id"]
     task_id = as_id(text)
     if task_id is None:
-        raise UsageError(f"task id {shown(text, 40)} is not a number")
+        raise UsageError(f"{shown(text, 40)} is not a task id (a number)")
     return task_id
 
 

@@ -17,6 +17,7 @@ import base64
 import json
 import ssl
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,7 @@ import httpx
 import requests
 import schemathesis
 from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis import seed as hypothesis_seed
 from hypothesis import strategies as st
 from schemathesis import GenerationMode
 
@@ -41,6 +43,12 @@ class Report:
     statuses: Counter[int] = field(default_factory=Counter)
     failures: list[str] = field(default_factory=list)
     per_operation: Counter[str] = field(default_factory=Counter)
+
+    def merge(self, other: Report) -> None:
+        self.cases += other.cases
+        self.statuses.update(other.statuses)
+        self.per_operation.update(other.per_operation)
+        self.failures.extend(other.failures[: FAILURES_KEPT - len(self.failures)])
 
     def record(self, what: str, status: int, detail: str) -> None:
         self.cases += 1
@@ -66,15 +74,23 @@ def negotiate(service_host: str, ccache: str) -> str:
     return "Negotiate " + base64.b64encode(ctx.step() or b"").decode("ascii")
 
 
-def _settings(cases: int) -> settings:
-    return settings(
+def _settings(cases: int, seed: int | None = None) -> Callable[[Callable[..., None]], Callable[..., None]]:
+    """Without a seed the same cases on every run (a failure found once is found again); a seed gives others."""
+    chosen = settings(
         max_examples=cases,
         deadline=None,
         database=None,
-        derandomize=True,  # the same cases on every run: a failure found once is found again
+        derandomize=seed is None,
         phases=[Phase.explicit, Phase.generate],
         suppress_health_check=list(HealthCheck),
     )
+    if seed is None:
+        return chosen
+
+    def seeded(test: Callable[..., None]) -> Callable[..., None]:
+        return hypothesis_seed(seed)(chosen(test))
+
+    return seeded
 
 
 def fuzz_api(
@@ -84,6 +100,7 @@ def fuzz_api(
     ccache: str,
     cases_per_operation: int,
     objects: dict[str, str],
+    seed: int | None = None,
 ) -> Report:
     """Run about `cases_per_operation` cases against every operation of `doc`; half use real object keys."""
     schema = schemathesis.openapi.from_dict(doc)
@@ -104,15 +121,17 @@ def fuzz_api(
                 except Exception:  # nothing to break in this mode (an operation with no inputs)
                     continue
 
-        _run_cases(label, st.one_of(strategies), cases_per_operation, report,
+        _run_cases(label, st.one_of(strategies), cases_per_operation, seed, report,
                    lambda case: case.call(base_url=base_url, session=session, timeout=60,
                                           headers={"Authorization": negotiate(service_host, ccache)}))  # fmt: skip
     session.close()
     return report
 
 
-def _run_cases(label: str, strategy: st.SearchStrategy[Any], cases: int, report: Report, call: Any) -> None:
-    @_settings(cases)
+def _run_cases(
+    label: str, strategy: st.SearchStrategy[Any], cases: int, seed: int | None, report: Report, call: Any
+) -> None:
+    @_settings(cases, seed)
     @given(case=strategy)
     def run(case: Any) -> None:
         try:
