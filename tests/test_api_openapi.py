@@ -173,9 +173,17 @@ def test_a_missing_required_field_and_an_out_of_range_value_name_the_field(serve
     assert answer["field"] == "disks[0].volume" and answer["error"] == "disks[0].volume: must be an integer"
     answer = _refused(served, create, body={"name": "a", "vcpus": True})
     assert answer["error"] == "vcpus: must be an integer"
+    # Found by the fuzzer: an id past BIGINT in a body overflowed in the database (a 500 from balance).
+    balance = next(o for o in operations(served.doc) if str(o) == "POST /api/v1/cluster/balance")
+    assert _refused(served, balance, body={"cluster": 10**25})["field"] == "cluster"
+    assert _refused(served, create, body={"name": "a", "disks": [{"volume": 2**63}]})["field"] == "disks[0].volume"
     windows = next(o for o in operations(served.doc) if str(o) == "POST /api/v1/enrolment/windows")
     # A window of 10^20 seconds overflowed timedelta (a 500) before the bounds were declared.
     assert _refused(served, windows, body={"seconds": 10**20})["field"] == "seconds"
+    # Found by the fuzzer: an id past BIGINT in a body overflowed in the database (a 500 from balance).
+    balance = next(o for o in operations(served.doc) if str(o) == "POST /api/v1/cluster/balance")
+    assert _refused(served, balance, body={"cluster": 10**25})["field"] == "cluster"
+    assert _refused(served, create, body={"name": "a", "disks": [{"volume": 2**63}]})["field"] == "disks[0].volume"
     tasks = next(o for o in operations(served.doc) if str(o) == "GET /api/v1/tasks")
     assert _refused(served, tasks, query={"state": "sleeping"})["error"].startswith("state: 'sleeping' is not queued")
     action = next(o for o in operations(served.doc) if str(o) == "POST /api/v1/vms/{key}/{verb}")

@@ -12,7 +12,7 @@ from starlette.responses import JSONResponse
 from appliance import admission, enrolment, hosts, lifecycle, permissions, tasking
 from appliance.api.access import require_role as _require
 from appliance.api.auth import caller
-from appliance.api.schema import Body, Empty, Query, accepts
+from appliance.api.schema import Body, Empty, Id, Query, accepts
 from appliance.api.state import session, state
 from appliance.db import tokens
 from appliance.db.models import Host, TaskType
@@ -43,7 +43,7 @@ def show_host(request: Request) -> JSONResponse:
 
 
 class ApproveRequest(Body):
-    claim: int | None = Field(None, ge=1, description="which machine, when several claim the host (`host show`)")
+    claim: Id | None = Field(None, description="which machine, when several claim the host (`host show`)")
 
 
 @accepts(body=ApproveRequest, optional_body=True)

@@ -14,9 +14,9 @@ import functools
 import inspect
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Annotated, Any, TypeVar
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pydantic_core import ErrorDetails
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
@@ -24,6 +24,10 @@ from starlette.responses import Response
 
 from appliance.api.edge import read_json
 from appliance.errors import UsageError
+from appliance.text import MAX_ID
+
+# A row id: what a database's BIGINT holds (a larger one would overflow in the query, not find nothing).
+Id = Annotated[int, Field(ge=1, le=MAX_ID)]
 
 
 class Body(BaseModel):

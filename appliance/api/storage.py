@@ -28,7 +28,7 @@ from starlette.routing import Route
 
 from appliance import imagefile, snapshots, storage, tasking, vms
 from appliance.api.auth import caller
-from appliance.api.schema import Body, Query, accepts
+from appliance.api.schema import Body, Id, Query, accepts
 from appliance.api.state import session, state
 from appliance.db.models import Snapshot, StoragePool, StorageType, Template, Vm, VolumeFormat
 from appliance.errors import Conflict
@@ -61,7 +61,7 @@ class PoolRequest(Body):
 
     name: str = Field(max_length=64)
     type: StorageType
-    hardware_pool: str | int | None = None
+    hardware_pool: str | Id | None = None
     path: str | None = Field(None, max_length=4096)
     server: str | None = Field(None, max_length=255)
     export: str | None = Field(None, max_length=4096)

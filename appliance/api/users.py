@@ -13,7 +13,7 @@ from starlette.responses import JSONResponse
 from appliance import permissions, quotas
 from appliance.api.access import caller_roles, require_to_grant
 from appliance.api.auth import caller
-from appliance.api.schema import Body, accepts
+from appliance.api.schema import Body, Id, accepts
 from appliance.api.state import session
 from appliance.db import access
 from appliance.db.models import HardwarePool
@@ -58,7 +58,7 @@ def _limit(key: str) -> Any:
 class QuotaRequest(Body):
     """Limits left out or null are unlimited; their range is checked by quotas.set_quota (the CLI's too)."""
 
-    pool: str | int = Field("default", description="hardware pool name or id")
+    pool: str | Id = Field("default", description="hardware pool name or id")
     max_vms: int | None = _limit("max_vms")
     max_vcpus: int | None = _limit("max_vcpus")
     max_memory_mib: int | None = _limit("max_memory_mib")

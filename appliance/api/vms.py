@@ -16,7 +16,7 @@ from starlette.responses import JSONResponse
 
 from appliance import permissions, tasking, vms
 from appliance.api.auth import caller
-from appliance.api.schema import Body, Empty, Query, accepts
+from appliance.api.schema import Body, Empty, Id, Query, accepts
 from appliance.api.state import session
 from appliance.db.models import (
     BootDevice,
@@ -35,7 +35,7 @@ from appliance.text import as_id, shown
 
 
 class DiskSpec(Body):
-    volume: int = Field(description="a storage volume id")
+    volume: Id = Field(description="a storage volume id")
     target: str | None = Field(None, max_length=5, description="vda, sdb, ...")
     bus: DiskBus = DiskBus.VIRTIO
     boot_order: int | None = Field(None, ge=1, le=64)
@@ -43,7 +43,7 @@ class DiskSpec(Body):
 
 
 class NicSpec(Body):
-    network: int | str | None = Field(None, description="a logical network id or name")
+    network: Id | str | None = Field(None, description="a logical network id or name")
     mac: str | None = Field(None, max_length=17)
     model: NicModel = NicModel.VIRTIO
 
@@ -54,8 +54,8 @@ class VmRequest(Body):
     name: str = Field(max_length=63)
     vcpus: int | None = Field(None, ge=1, le=vms.MAX_VCPUS)
     memory_mib: int | None = Field(None, ge=16, le=vms.MAX_MEMORY_MIB)
-    pool: int | str | None = Field(None, description="hardware pool id or name (default: the root pool)")
-    host: int | str | None = Field(None, description="pin or place on this host")
+    pool: Id | str | None = Field(None, description="hardware pool id or name (default: the root pool)")
+    host: Id | str | None = Field(None, description="pin or place on this host")
     placement_policy: PlacementPolicy | None = None
     firmware: Firmware | None = None
     description: str | None = Field(None, max_length=1000)
@@ -66,7 +66,7 @@ class VmRequest(Body):
     nics: list[NicSpec] = Field(default_factory=list, max_length=32)
     boot_device: BootDevice | None = None
     uuid: str | None = Field(None, max_length=36)
-    template: int | str | None = Field(None, description="template id or name")
+    template: Id | str | None = Field(None, description="template id or name")
 
 
 @accepts(body=VmRequest)
@@ -104,7 +104,7 @@ class ActionPath(Query):
 class ActionRequest(Body):
     """Arguments of the actions that take any: migrate (host, bandwidth_mib) and shutdown (timeout)."""
 
-    host: int | str | None = Field(None, description="migrate: the destination (default: placement picks)")
+    host: Id | str | None = Field(None, description="migrate: the destination (default: placement picks)")
     timeout: int | None = Field(None, ge=1, le=3600, description="shutdown: seconds before the task fails")
     bandwidth_mib: int | None = Field(None, ge=1, le=100_000, description="migrate: MiB/s at most")
 
@@ -179,7 +179,7 @@ def cancel_task(request: Request, body: Empty) -> JSONResponse:
 
 class BalanceRequest(Body):
     dry_run: bool = False
-    cluster: int | None = Field(None, description="only this cluster's hosts")
+    cluster: Id | None = Field(None, description="only this cluster's hosts")
     threshold: float = Field(0.05, gt=0, lt=2, description="least gain in load spread worth a move")
     max_moves: int = Field(20, ge=1, le=1000)
 

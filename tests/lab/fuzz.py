@@ -103,7 +103,10 @@ def fuzz_api(
     seed: int | None = None,
 ) -> Report:
     """Run about `cases_per_operation` cases against every operation of `doc`; half use real object keys."""
-    schema = schemathesis.openapi.from_dict(doc)
+    # Without the security declarations: every case carries a real ticket, so it gets past authentication
+    # into the handlers (random Authorization headers are fuzz_authorization's).
+    schema = schemathesis.openapi.from_dict({**doc, "security": [],
+                                             "components": {**doc["components"], "securitySchemes": {}}})  # fmt: skip
     report = Report()
     session = requests.Session()
     session.trust_env = False
@@ -162,8 +165,23 @@ _ODD_TEXT = st.one_of(st.text(max_size=300), st.sampled_from(["", " ", "\x00", "
 
 
 def _maybe(good: st.SearchStrategy[Any]) -> st.SearchStrategy[Any]:
-    """Mostly a good value, sometimes any JSON value or odd text in its place."""
-    return st.one_of(good, good, good, _JSON, _ODD_TEXT)
+    """Mostly a good value (so a message often gets past decoding into enrolment), sometimes any JSON value
+    or odd text in its place."""
+    return _weighted(good, 30, st.one_of(_JSON, _ODD_TEXT))
+
+
+def _weighted(common: st.SearchStrategy[Any], times: int, rare: st.SearchStrategy[Any]) -> st.SearchStrategy[Any]:
+    """`common` about `times` times as often as `rare` (one_of drops repeats of one strategy, so distinct copies)."""
+    return st.one_of([common.map(lambda x: x) for _ in range(times)] + [rare])
+
+
+# What a real agent sends: printable text and counts a machine can have (the odd values come from _maybe).
+_WORD = st.text(alphabet=st.characters(min_codepoint=32, max_codepoint=0x2FF, exclude_categories=["Cc"]),
+                max_size=40)  # fmt: skip
+
+
+def _count(top: int = 2**62) -> st.SearchStrategy[int]:
+    return st.integers(0, top)
 
 
 def _uuid() -> st.SearchStrategy[Any]:
@@ -176,39 +194,39 @@ def _mac() -> st.SearchStrategy[Any]:
 
 def _facts() -> st.SearchStrategy[dict[str, Any]]:
     cpu = st.fixed_dictionaries({
-        "model": _maybe(st.text(max_size=40)), "count": _maybe(st.integers(1, 512)),
+        "model": _maybe(_WORD), "count": _maybe(st.integers(1, 512)),
         "cores": _maybe(st.integers(1, 512)), "sockets": _maybe(st.integers(1, 8)),
-        "flags": _maybe(st.lists(st.text(max_size=10), max_size=5)),
+        "flags": _maybe(st.lists(_WORD, max_size=5)),
     })  # fmt: skip
-    nic = st.fixed_dictionaries({"name": _maybe(st.text(max_size=15)), "mac": _mac()},
-                                optional={"speed_mbps": _maybe(st.integers(0, 10**6)), "boot": _maybe(st.booleans()),
-                                          "addresses": _maybe(st.lists(st.text(max_size=20), max_size=3))})  # fmt: skip
-    disk = st.fixed_dictionaries({"name": _maybe(st.text(max_size=15)), "size_bytes": _maybe(st.integers(0, 2**64))})
-    host = st.from_regex(r"[a-z][a-z0-9-]{0,20}", fullmatch=True)
+    nic = st.fixed_dictionaries({"name": _maybe(_WORD), "mac": _mac()},
+                                optional={"speed_mbps": _maybe(_count(10**6)), "boot": _maybe(st.booleans()),
+                                          "addresses": _maybe(st.lists(_WORD, max_size=3))})  # fmt: skip
+    disk = st.fixed_dictionaries({"name": _maybe(_WORD), "size_bytes": _maybe(_count())})
+    host = st.from_regex(r"[a-z]([a-z0-9-]{0,18}[a-z0-9])?", fullmatch=True)
     return st.fixed_dictionaries(
         {"uuid": _uuid(), "hostname": _maybe(host), "fqdn": _maybe(host.map(lambda h: f"{h}.fuzz.test")),
-         "arch": _maybe(st.just("x86_64")), "kernel": _maybe(st.text(max_size=30)),
-         "memory_bytes": _maybe(st.integers(0, 2**64)), "cpu": _maybe(cpu)},
+         "arch": _maybe(st.just("x86_64")), "kernel": _maybe(_WORD),
+         "memory_bytes": _maybe(_count()), "cpu": _maybe(cpu)},
         optional={"nics": _maybe(st.lists(nic, max_size=3)), "disks": _maybe(st.lists(disk, max_size=3)),
-                  "boot_mac": _mac(), "agent_version": _maybe(st.text(max_size=20)),
-                  "extra": _JSON},
+                  "boot_mac": _mac(), "agent_version": _maybe(_WORD)},
     )  # fmt: skip
 
 
 def _identify() -> st.SearchStrategy[Any]:
-    message = st.fixed_dictionaries({"token": _maybe(st.text(max_size=64)), "facts": _maybe(_facts())},
+    message = st.fixed_dictionaries({"token": _maybe(_WORD), "facts": _maybe(_facts())},
                                     optional={"version": _maybe(st.integers(0, 3))})  # fmt: skip
-    return st.one_of(message, message, message, _JSON, st.binary(max_size=400))
+    extra = st.fixed_dictionaries({"token": st.text(max_size=8), "facts": _facts(), "extra": _JSON})
+    return _weighted(message, 8, st.one_of(extra, _JSON, st.binary(max_size=400)))
 
 
 def _heartbeat() -> st.SearchStrategy[Any]:
     message = st.fixed_dictionaries(
         {"uuid": _uuid()},
         optional={"libvirt_ready": _maybe(st.booleans()), "has_credentials": _maybe(st.booleans()),
-                  "uptime_seconds": _maybe(st.integers(0, 2**64)), "version": _maybe(st.integers(0, 3)),
-                  "agent_token": _maybe(st.text(max_size=64))},
+                  "uptime_seconds": _maybe(_count()), "version": _maybe(st.integers(0, 3)),
+                  "agent_token": _maybe(_WORD)},
     )  # fmt: skip
-    return st.one_of(message, message, message, _JSON, st.binary(max_size=400))
+    return _weighted(message, 8, st.one_of(_JSON, st.binary(max_size=400)))
 
 
 def fuzz_node(node_url: str, ca_file: Path, cases: int, surface: str) -> Report:
@@ -228,6 +246,35 @@ def fuzz_node(node_url: str, ca_file: Path, cases: int, surface: str) -> Report:
                 report.record(surface, 0, f"no answer: {exc} for {body[:300]!r}")
                 return
             report.record(surface, response.status_code, f"{response.text} <- {body[:300]!r}")
+
+        run()
+    return report
+
+
+_TOKEN = st.one_of(
+    st.binary(max_size=3000).map(lambda b: "Negotiate " + base64.b64encode(b).decode()),
+    st.text(max_size=200).map(lambda t: "Negotiate " + t),
+    st.text(max_size=200),
+    st.sampled_from(["Negotiate", "Negotiate ", "Basic Og==", "Negotiate " + "A" * 20000, "negotiate YII="]),
+)
+
+
+def fuzz_authorization(base_url: str, paths: list[str], cases: int) -> Report:
+    """Random Authorization headers (forged SPNEGO tokens, junk, other schemes) on Kerberos-only paths."""
+    report = Report()
+    with httpx.Client(base_url=base_url, trust_env=False, timeout=60) as http:
+
+        @_settings(cases)
+        @given(header=_TOKEN, path=st.sampled_from(paths))
+        def run(header: str, path: str) -> None:
+            try:
+                response = http.get(path, headers={"Authorization": header})
+            except (httpx.LocalProtocolError, UnicodeEncodeError):
+                return  # not sendable as an HTTP header at all (a control character, a trailing space)
+            except httpx.TransportError as exc:
+                report.record("authorization", 0, f"no answer: {exc} for {header[:200]!r}")
+                return
+            report.record("authorization", response.status_code, f"{response.text} <- {header[:200]!r}")
 
         run()
     return report
