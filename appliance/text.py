@@ -16,12 +16,13 @@ def shown(value: object, limit: int = DEFAULT_LIMIT) -> str:
     return f"{text}…({len(str(value))} chars)" if cut else text
 
 
-MAX_ID = 2**63 - 1  # the largest row id any database drover runs on can hold (BIGINT)
+# The largest row id every database drover runs on holds: ids are INTEGER, 32 bits on PostgreSQL.
+MAX_ID = 2**31 - 1
 
 
 def as_id(key: str) -> int | None:
-    """`key` as a row id when it is one: ASCII digits (not "²" or "٣", which str.isdigit() also takes) that fit a
-    BIGINT. Anything else is None, so a lookup falls back to names instead of overflowing in the database."""
+    """`key` as a row id when it is one: ASCII digits (not "²" or "٣", which str.isdigit() also takes) that fit
+    the id column. Anything else is None, so a lookup falls back to names instead of overflowing in the database."""
     if not (key.isascii() and key.isdigit()) or len(key) > 19:
         return None
     value = int(key)

@@ -8,18 +8,23 @@ node surface (default 300); `make bench` section `fuzz` runs at least 10,000 per
 
 from __future__ import annotations
 
+import json
 import os
 import sqlite3
+import ssl
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import httpx
 import pytest
-from sqlalchemy import Engine, func, select
+from sqlalchemy import Engine, func, select, text
 
 from appliance.db.engine import make_engine, session_scope
 from appliance.db.models import Vm
+from nodeagent import wire
+from tests import test_enrolment
 from tests.lab.appliance import LabAppliance, start_appliance
 from tests.lab.fuzz import fuzz_api, fuzz_authorization, fuzz_node
 from tests.lab.kdc import APPLIANCE_HOST, LabKdc
@@ -42,35 +47,46 @@ SETTINGS = {
 @dataclass
 class Target:
     lab: LabAppliance
+    url: str
     db: Engine
     doc: dict[str, Any]
     tenants: Tenants
     ccache: str
 
 
-@pytest.fixture(scope="module")
-def target(kdc: LabKdc, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Target]:
-    lab = start_appliance(kdc, tmp_path_factory.mktemp("fuzz"), timeout=120, settings=SETTINGS)
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def target(request: pytest.FixtureRequest, kdc: LabKdc, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Target]:
+    """The same fuzzing on both engines: PostgreSQL's narrower integers and stricter types fail differently."""
+    settings = dict(SETTINGS)
+    if request.param == "postgresql":
+        server = request.getfixturevalue("postgres_server")
+        name = f"fuzz_{uuid.uuid4().hex[:12]}"
+        settings["DROVER_DATABASE_URL"] = server.create_database(name)
+    lab = start_appliance(kdc, tmp_path_factory.mktemp("fuzz"), timeout=120, settings=settings)
+    url = settings.get("DROVER_DATABASE_URL", lab.database_url)
     assert lab.drover("user", "add", ADMIN, "--role", "admin").returncode == 0
-    db = make_engine(lab.database_url)
+    db = make_engine(url)
     tenants = seed(db, kdc.realm.name)
     doc = httpx.get(f"{lab.local_url}/api/v1/openapi.json", timeout=30).json()
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("KRB5_CONFIG", str(kdc.krb5_conf))
-        yield Target(lab, db, doc, tenants, kdc.ticket(ADMIN)["KRB5CCNAME"])
+        yield Target(lab, url, db, doc, tenants, kdc.ticket(ADMIN)["KRB5CCNAME"])
     db.dispose()
     lab.stop()
+    if request.param == "postgresql":
+        server.drop_database(name)
 
 
 def assert_whole(target: Target) -> None:
-    """The server still answers, and the database file is consistent: no corruption, no dangling reference."""
+    """The server still answers, and the database is consistent: no corruption, no dangling reference
+    (PostgreSQL enforces its foreign keys itself; SQLite is asked to check them)."""
     assert httpx.get(f"{target.lab.local_url}/api/v1/health", timeout=30).status_code == 200
-    path = target.lab.database_url.removeprefix("sqlite:///")
-    with sqlite3.connect(path) as raw:
-        assert raw.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
-        assert raw.execute("PRAGMA foreign_key_check").fetchall() == []
-        assert raw.execute("SELECT version_num FROM alembic_version").fetchall() == [("0007",)]
+    if target.url.startswith("sqlite:///"):
+        with sqlite3.connect(target.url.removeprefix("sqlite:///")) as raw:
+            assert raw.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
+            assert raw.execute("PRAGMA foreign_key_check").fetchall() == []
     with session_scope(target.db) as s:
+        assert list(s.scalars(text("SELECT version_num FROM alembic_version"))) == ["0007"]
         assert s.scalar(select(func.count()).select_from(Vm).where(Vm.name == "sec-vm-bob")) == 1
 
 
@@ -104,4 +120,15 @@ def test_random_authorization_headers_are_401_never_a_server_error(target: Targe
     assert report.server_errors == 0, "\n".join(report.failures)
     # 401 for every token; 400 only where uvicorn refuses the header itself (over its size limit)
     assert set(report.statuses) <= {400, 401} and report.statuses[401] >= NODE_CASES * 0.3
+    assert_whole(target)
+
+
+def test_counts_past_a_32_bit_column_are_refused_not_a_server_error(target: Target) -> None:
+    """A CPU count of 2^40 fit the wire format's 63 bits but not PostgreSQL's INTEGER column: a 500 there."""
+    facts = wire.to_dict(test_enrolment.facts(str(uuid.uuid4()), "big1.fuzz.test"))
+    facts["cpu"]["count"] = 2**40
+    body = json.dumps({"token": "", "facts": facts}).encode()
+    verify = ssl.create_default_context(cafile=str(target.lab.kdc.root / "pki" / "ca.pem"))
+    answer = httpx.post(f"{target.lab.node_url}/node/v1/identify", content=body, verify=verify, timeout=30)
+    assert answer.status_code == 400 and "facts.cpu.count: more than 2147483647" in answer.json()["error"], answer.text
     assert_whole(target)

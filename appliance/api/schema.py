@@ -26,7 +26,7 @@ from appliance.api.edge import read_json
 from appliance.errors import UsageError
 from appliance.text import MAX_ID
 
-# A row id: what a database's BIGINT holds (a larger one would overflow in the query, not find nothing).
+# A row id: what the id columns hold (a larger one would overflow in the query, not find nothing).
 Id = Annotated[int, Field(ge=1, le=MAX_ID)]
 
 
