@@ -58,11 +58,16 @@ def approve_host(request: Request, body: ApproveRequest) -> JSONResponse:
         return JSONResponse(hosts.summary(host, cfg.nodes.libvirt_port))
 
 
-class WindowRequest(Body):
-    """Bounds (seconds, count, MAC format, note length) are admission.open_window's, the same for the CLI."""
+_WINDOW_SECONDS = int(admission.MAX_WINDOW.total_seconds())
 
-    seconds: int = Field(ge=1, le=int(admission.MAX_WINDOW.total_seconds()), description="how long it stays open")
-    count: int = Field(1, ge=1, le=admission.MAX_HOSTS, description="how many hosts may enrol through it")
+
+class WindowRequest(Body):
+    """The bounds shown here are checked by admission.open_window, whose wording the CLI shares."""
+
+    seconds: int = Field(description="how long it stays open", json_schema_extra={"minimum": 1,
+                                                                                  "maximum": _WINDOW_SECONDS})
+    count: int = Field(1, description="how many hosts may enrol through it",
+                       json_schema_extra={"minimum": 1, "maximum": admission.MAX_HOSTS})
     macs: list[str] = Field(default_factory=list, max_length=admission.MAX_HOSTS)
     note: str = ""
 
@@ -72,7 +77,10 @@ def open_window(request: Request, body: WindowRequest) -> JSONResponse:
     """POST /enrolment/windows {"seconds", "count"?, "macs"?, "note"?}: PXE boots get tokens for a while."""
     _require(request, Role.ADMIN, "open enrolment windows")
     with session(request) as s:
-        window = admission.open_window(s, by=caller(request).principal, duration=timedelta(seconds=body.seconds),
+        # Past the longest window by one second at most: timedelta overflows on 10^20 seconds, while the domain
+        # refuses anything over MAX_WINDOW with its own reason.
+        duration = timedelta(seconds=max(min(body.seconds, _WINDOW_SECONDS + 1), -1))
+        window = admission.open_window(s, by=caller(request).principal, duration=duration,
                                        max_hosts=body.count, macs=body.macs, note=body.note)  # fmt: skip
         return JSONResponse(admission.window_view(window), status_code=201)
 
