@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import ipaddress
 import os
 import socket
 import tomllib
@@ -55,14 +56,38 @@ class KerberosConfig:
     admin_keytab: str = ""
 
 
+class TlsMode(enum.StrEnum):
+    AUTO = "auto"  # HTTPS unless [api] listen is a loopback address
+    ON = "on"  # HTTPS everywhere, loopback included
+    OFF = "off"  # plain HTTP: refused at start unless [api] listen is a loopback address (tests, the demo)
+
+
+def is_loopback(listen: str) -> bool:
+    """A listen address no other machine can reach: 127.0.0.0/8, ::1 or localhost."""
+    if listen == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(listen).is_loopback
+    except ValueError:
+        return False
+
+
 @dataclass(frozen=True)
 class ApiConfig:
     listen: str = "127.0.0.1"
     port: int = 8080
-    # How clients reach the API; empty means http://<kerberos.hostname>:<port>.
+    # How clients reach the API; empty means https://<kerberos.hostname>:<port> (http:// when TLS is off).
     url: str = ""
     # Request bodies over this are refused (413) before authentication reads anything.
     max_body_bytes: int = 1024 * 1024
+    # The web UI and REST API over HTTPS: with the appliance's own CA (<state_dir>/pki, the node service's
+    # certificate) unless the admin gives a PEM certificate (chain) and its key here.
+    tls: TlsMode = TlsMode.AUTO
+    cert_file: str = ""
+    key_file: str = ""
+    # Clients (the CLI): the CA that vouches for the API's certificate. Empty: <state_dir>/pki/ca.pem when it
+    # is readable (on the appliance), else the system's trusted CAs. `drover ca export` prints the appliance's.
+    ca_file: str = ""
 
 
 @dataclass(frozen=True)
@@ -247,8 +272,15 @@ class Config:
         return self.kerberos.hostname or socket.getfqdn()
 
     @property
+    def api_tls(self) -> bool:
+        """Whether `drover serve` answers the API and web UI over HTTPS."""
+        if self.api.tls is TlsMode.AUTO:
+            return not is_loopback(self.api.listen)
+        return self.api.tls is TlsMode.ON
+
+    @property
     def api_url(self) -> str:
-        return self.api.url or f"http://{self.hostname}:{self.api.port}"
+        return self.api.url or f"{'https' if self.api_tls else 'http'}://{self.hostname}:{self.api.port}"
 
     @property
     def tsdb_url(self) -> str:

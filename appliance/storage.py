@@ -33,6 +33,7 @@ from appliance.db.models import (
     VolumeFormat,
 )
 from appliance.errors import Conflict, NotFound, UsageError
+from appliance.text import as_id
 
 # libvirt takes almost any name, but a pool's name becomes a mount point and a volume's a file name:
 # keep both to what is safe in a path and on a command line.
@@ -136,7 +137,7 @@ class PoolSpec:
 def hardware_pool(session: Session, key: str | None) -> HardwarePool:
     if key is None:
         return hosts.default_pool(session)
-    found = session.get(HardwarePool, int(key)) if key.isdigit() else None
+    found = session.get(HardwarePool, row_id) if (row_id := as_id(key)) is not None else None
     if found is None:
         rows = session.scalars(select(HardwarePool).where(HardwarePool.name == key)).all()
         if len(rows) > 1:
@@ -150,8 +151,8 @@ def hardware_pool(session: Session, key: str | None) -> HardwarePool:
 def find_pool(session: Session, key: str) -> StoragePool:
     """A storage pool by name or id."""
     pool = session.scalars(select(StoragePool).where(StoragePool.name == key)).one_or_none()
-    if pool is None and key.isdigit():
-        pool = session.get(StoragePool, int(key))
+    if pool is None and (row_id := as_id(key)) is not None:
+        pool = session.get(StoragePool, row_id)
     if pool is None:
         raise NotFound(f"storage pool {key} does not exist", "see `drover storage pool list`")
     return pool
@@ -161,8 +162,8 @@ def find_volume(session: Session, pool: StoragePool, key: str) -> StorageVolume:
     vol = session.scalars(
         select(StorageVolume).where(StorageVolume.storage_pool_id == pool.id, StorageVolume.name == key)
     ).one_or_none()
-    if vol is None and key.isdigit():
-        vol = session.get(StorageVolume, int(key))
+    if vol is None and (row_id := as_id(key)) is not None:
+        vol = session.get(StorageVolume, row_id)
         if vol is not None and vol.storage_pool_id != pool.id:
             vol = None
     if vol is None:
@@ -362,8 +363,8 @@ def volume_counts(session: Session) -> dict[int, int]:
 
 def find_template(session: Session, key: str) -> Template:
     template = session.scalars(select(Template).where(Template.name == key)).one_or_none()
-    if template is None and key.isdigit():
-        template = session.get(Template, int(key))
+    if template is None and (row_id := as_id(key)) is not None:
+        template = session.get(Template, row_id)
     if template is None:
         raise NotFound(f"template {key} does not exist", "see `drover template list`")
     return template

@@ -37,6 +37,7 @@ from appliance.db.models import (
 )
 from appliance.errors import Conflict, NotFound, UsageError
 from appliance.permissions import Privilege
+from appliance.text import MAX_ID, as_id
 
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
 MAX_VCPUS = 512
@@ -60,8 +61,8 @@ ACTIONS: dict[str, tuple[TaskType, Privilege]] = {
 def find(session: Session, key: str) -> Vm:
     """A VM by id, UUID or name (a name must be unique)."""
     key = key.strip()
-    if key.isdigit():
-        vm = session.get(Vm, int(key))
+    if (row_id := as_id(key)) is not None:
+        vm = session.get(Vm, row_id)
         if vm is not None:
             return vm
     rows = session.scalars(select(Vm).where((Vm.uuid == key.lower()) | (Vm.name == key))).all()
@@ -309,7 +310,8 @@ def balance(session: Session, principal: str, *, dry_run: bool, cluster_id: int 
     """Moves that reduce the spread of memory+CPU load; queued as migrations unless `dry_run`."""
     pool_id = None
     if cluster_id is not None:
-        cluster = session.get(Cluster, cluster_id)
+        # An id past what the database holds would overflow in the query: it names no cluster.
+        cluster = session.get(Cluster, cluster_id) if 0 < cluster_id <= MAX_ID else None
         if cluster is None:
             raise NotFound(f"cluster {cluster_id} does not exist")
         pool_id = cluster.hardware_pool_id

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from starlette.concurrency import run_in_threadpool
+from pydantic import Field
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
@@ -21,12 +21,11 @@ from starlette.routing import Route
 from appliance import fencing, hosts, permissions, power, vms
 from appliance.api.access import require_role
 from appliance.api.auth import caller
-from appliance.api.edge import read_json
-from appliance.api.hosts import _optional_body
+from appliance.api.schema import Body, Empty, Query, accepts
 from appliance.api.state import session, state
 from appliance.db.models.users import Role
 from appliance.errors import UsageError
-from appliance.ipmi import IpmiClient, PowerAction
+from appliance.ipmi import DEFAULT_PORT, IpmiClient, PowerAction
 from appliance.permissions import Privilege
 from appliance.secretbox import SecretBox
 
@@ -55,12 +54,20 @@ def show_power(request: Request) -> JSONResponse:
         return JSONResponse({"host": host.hostname, **power.describe(host)})
 
 
-async def set_power(request: Request) -> JSONResponse:
-    settings = power.check_settings(await read_json(request))
-    return await run_in_threadpool(_set, request, settings)
+class PowerRequest(Body):
+    """The BMC's settings; their form (an address or host name, a user ipmitool passes unharmed) is checked by
+    power.check_settings, which the web UI's form goes through too."""
+
+    address: str = Field(max_length=253, description="the BMC's IP address or host name")
+    port: int = Field(DEFAULT_PORT, ge=1, le=65535, description="IPMI over LAN (RMCP+) port")
+    user: str = Field(max_length=64)
+    password: str = Field(max_length=power.MAX_PASSWORD, description="stored encrypted, never returned")
 
 
-def _set(request: Request, settings: power.PowerSettings) -> JSONResponse:
+@accepts(body=PowerRequest)
+def set_power(request: Request, body: PowerRequest) -> JSONResponse:
+    """PUT /hosts/{key}/power {address, port?, user, password}."""
+    settings = power.check_settings(body.given())
     require_role(request, Role.ADMIN, "set hosts' power management")
     with session(request) as s:
         host = hosts.find(s, request.path_params["key"])
@@ -68,9 +75,10 @@ def _set(request: Request, settings: power.PowerSettings) -> JSONResponse:
         return JSONResponse({"host": host.hostname, **power.describe(host)})
 
 
-async def remove_power(request: Request) -> JSONResponse:
-    await _optional_body(request, frozenset())
-    return await run_in_threadpool(_remove, request)
+@accepts(body=Empty, optional_body=True)
+def remove_power(request: Request, body: Empty) -> JSONResponse:
+    """DELETE /hosts/{key}/power (no body)."""
+    return _remove(request)
 
 
 def _remove(request: Request) -> JSONResponse:
@@ -81,14 +89,20 @@ def _remove(request: Request) -> JSONResponse:
         return JSONResponse({"host": host.hostname, **power.describe(host)})
 
 
-async def power_action(request: Request) -> JSONResponse:
-    await _optional_body(request, frozenset())
+class PowerPath(Query):
+    key: str
+    action: PowerAction
+
+
+@accepts(body=Empty, optional_body=True, path=PowerPath)
+def power_action(request: Request, body: Empty) -> JSONResponse:
+    """POST /hosts/{key}/power/{action} (no body): on | off | cycle | status through the BMC."""
     raw = request.path_params["action"]
     try:
         action = PowerAction(raw)
     except ValueError:
         raise UsageError(f"power action {raw!r}: one of {', '.join(a.value for a in PowerAction)}") from None
-    return await run_in_threadpool(_act, request, action)
+    return _act(request, action)
 
 
 def _act(request: Request, action: PowerAction) -> JSONResponse:
@@ -102,9 +116,10 @@ def _act(request: Request, action: PowerAction) -> JSONResponse:
     return JSONResponse(outcome.as_dict())
 
 
-async def confirm_rebooted(request: Request) -> JSONResponse:
-    await _optional_body(request, frozenset())
-    return await run_in_threadpool(_confirm, request)
+@accepts(body=Empty, optional_body=True)
+def confirm_rebooted(request: Request, body: Empty) -> JSONResponse:
+    """POST /hosts/{key}/confirm-rebooted (no body)."""
+    return _confirm(request)
 
 
 def _confirm(request: Request) -> JSONResponse:
@@ -115,17 +130,15 @@ def _confirm(request: Request) -> JSONResponse:
         return JSONResponse({"host": host.hostname, **power.describe(host), "ha_restart_tasks": queued})
 
 
-async def set_ha(request: Request) -> JSONResponse:
-    body = await read_json(request)
-    unknown = sorted(set(body) - {"ha", "priority"})
-    if unknown:
-        raise UsageError(f"{unknown[0]}: unknown field", "fields: ha, priority")
-    ha, priority = body.get("ha"), body.get("priority", 0)
-    if not isinstance(ha, bool):
-        raise UsageError("ha: true or false")
-    if not isinstance(priority, int) or isinstance(priority, bool) or not 0 <= priority <= MAX_HA_PRIORITY:
-        raise UsageError(f"priority: an integer from 0 to {MAX_HA_PRIORITY} (higher restarts first)")
-    return await run_in_threadpool(_set_ha, request, ha, priority)
+class HaRequest(Body):
+    ha: bool
+    priority: int = Field(0, ge=0, le=MAX_HA_PRIORITY, description="higher restarts first")
+
+
+@accepts(body=HaRequest)
+def set_ha(request: Request, body: HaRequest) -> JSONResponse:
+    """PUT /vms/{key}/ha {ha, priority?}."""
+    return _set_ha(request, body.ha, body.priority)
 
 
 def _set_ha(request: Request, ha: bool, priority: int) -> JSONResponse:
