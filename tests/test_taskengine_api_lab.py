@@ -21,6 +21,10 @@ from appliance.db.models import (
     HostState,
     HypervisorType,
     Quota,
+    StoragePool,
+    StorageState,
+    StorageType,
+    StorageVolume,
     Task,
     TaskState,
     User,
@@ -28,6 +32,7 @@ from appliance.db.models import (
     VmState,
 )
 from appliance.errors import Conflict, Forbidden, UsageError
+from appliance.hosts import default_pool
 from tests.lab.kdc import APPLIANCE_HOST, LabKdc
 from tests.lab.libvirtd import NodeFactory
 from tests.lab.taskrack import TaskRack, wait_until
@@ -99,8 +104,8 @@ def test_permissions_follow_the_hardware_pool(task_rack: TaskRack, kdc: LabKdc, 
     with pytest.raises(Forbidden, match="may not start VM"):
         watcher.post(f"/api/v1/vms/{name}/start")
     operator: Client = client_as("operator")
-    with pytest.raises(Forbidden, match="needs the modify privilege in hardware pool default"):
-        operator.post("/api/v1/vms", {"name": rack.unique("nope"), "memory_mib": 64})
+    with pytest.raises(Forbidden, match="may not create VMs in hardware pool default"):
+        watcher.post("/api/v1/vms", {"name": rack.unique("nope"), "memory_mib": 64})
     with pytest.raises(Forbidden, match="may not migrate"):
         operator.post(f"/api/v1/vms/{name}/migrate")
     # vm_control is enough to suspend (refused only for its state: the privilege check passed).
@@ -109,6 +114,62 @@ def test_permissions_follow_the_hardware_pool(task_rack: TaskRack, kdc: LabKdc, 
     nobody: Client = client_as("stranger")
     assert nobody.get("/api/v1/vms")["vms"] == []
     rack.wait_task(boss.post(f"/api/v1/vms/{name}/delete")["id"])
+
+
+def test_a_plain_user_creates_vms_within_quota(task_rack: TaskRack, kdc: LabKdc, client_as: AsUser) -> None:
+    """The user role in a hardware pool carries vm_create there: a plain user makes VMs within their quota,
+    is refused past it (nothing written), deletes their own VM, and may not attach volumes or delete others'."""
+    rack = task_rack
+    added = rack.drover("user", "add", "maker", "--role", "user", "--pool", "default")
+    assert added.returncode == 0, added.stderr
+    quota = rack.drover("user", "quota", "maker", "--pool", "default", "--vms", "1")
+    assert quota.returncode == 0, quota.stderr
+    principal = f"maker@{kdc.realm.name}"
+    maker: Client = client_as("maker")
+    boss: Client = client_as("boss")
+    theirs = rack.unique("boss")
+    rack.wait_task(boss.post("/api/v1/vms", {"name": theirs, "memory_mib": 64})["task"]["id"])
+    mine = rack.unique("mine")
+    volume_id, pool_id = _volume_row(rack)
+    try:
+        created = maker.post("/api/v1/vms", {"name": mine, "memory_mib": 64})
+        assert created["vm"]["owner"] == principal
+        assert rack.wait_task(created["task"]["id"]).state is TaskState.FINISHED
+        before = _counts(rack)
+        with pytest.raises(Conflict, match=r"in hardware pool default: max_vms 1: this would make 2, 1 over"):
+            maker.post("/api/v1/vms", {"name": rack.unique("more"), "memory_mib": 64})
+        with pytest.raises(Forbidden, match=r"may not attach volume x\.img to a VM"):
+            maker.post("/api/v1/vms", {"name": rack.unique("vol"), "memory_mib": 64,
+                                       "disks": [{"volume": volume_id}]})  # fmt: skip
+        with pytest.raises(Forbidden, match=f"may not delete VM {theirs}"):
+            maker.post(f"/api/v1/vms/{theirs}/delete")
+        assert _counts(rack) == before
+        # Through the CLI as well: one line and the quota's exit code.
+        over = rack.drover("vm", "create", rack.unique("cli"), "--memory", "64", principal="maker")
+        assert over.returncode == 5 and "max_vms 1: this would make 2, 1 over" in over.stderr, over.stderr
+        assert rack.wait_task(maker.post(f"/api/v1/vms/{mine}/delete")["id"]).state is TaskState.FINISHED
+        again = rack.drover("vm", "create", mine, "--memory", "64", "--wait", principal="maker")
+        assert again.returncode == 0 and "vm_create: finished" in again.stdout, again.stdout + again.stderr
+    finally:
+        for name in (mine, theirs):
+            rack.drover("vm", "delete", name, "--wait")
+        rack.drover("user", "remove", "maker")
+        with session_scope(rack.db) as s:
+            s.execute(delete(StorageVolume).where(StorageVolume.id == volume_id))
+            s.execute(delete(StoragePool).where(StoragePool.id == pool_id))
+
+
+def _volume_row(rack: TaskRack) -> tuple[int, int]:
+    """A volume to try attaching (rows only, in a pending pool no task touches): its id and its pool's."""
+    with session_scope(rack.db) as s:
+        pool = StoragePool(name=rack.unique("attach"), type=StorageType.DIR, path="/nonexistent",
+                           hardware_pool_id=default_pool(s).id, state=StorageState.PENDING)  # fmt: skip
+        s.add(pool)
+        s.flush()
+        vol = StorageVolume(storage_pool_id=pool.id, name="x.img", capacity_bytes=1 << 20, state=StorageState.PENDING)
+        s.add(vol)
+        s.flush()
+        return vol.id, pool.id
 
 
 def test_quotas_refuse_at_create_and_start_saying_by_how_much(
@@ -211,3 +272,4 @@ def test_a_host_gone_mid_task_fails_after_bounded_retries(
     with session_scope(rack.db) as s:
         s.execute(delete(Vm).where(Vm.id == vm.id))
         s.execute(delete(Host).where(Host.id == host_id))
+
