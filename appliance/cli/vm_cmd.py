@@ -11,7 +11,7 @@ from typing import Any
 from urllib.parse import quote
 
 from appliance.cli.api_cmd import client_for
-from appliance.cli.context import load_config
+from appliance.cli.context import load_config, paging
 from appliance.cli.snapshot_cmd import register_vm_verbs
 from appliance.cli.task_cmd import follow, table
 
@@ -52,6 +52,7 @@ def register(sub: Any) -> None:
     create.set_defaults(func=create_vm)
     ls = verbs.add_parser("list", help="every VM you may see, with its state and host")
     ls.add_argument("--json", action="store_true")
+    paging(ls)
     ls.set_defaults(func=list_vms)
     show = verbs.add_parser("show", help="one VM: state, host, disks, NICs, tasks not yet ended")
     show.add_argument("vm", help=_VM_HELP)
@@ -108,7 +109,7 @@ def create_vm(args: argparse.Namespace) -> int:
 
 def list_vms(args: argparse.Namespace) -> int:
     with client_for(load_config(args)) as api:
-        rows = api.get("/api/v1/vms")["vms"]
+        rows = api.pages("/api/v1/vms", "vms", limit=args.limit, offset=args.offset)
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
