@@ -35,8 +35,8 @@ def register(sub: Any) -> None:
     verbs = p.add_subparsers(dest="verb", metavar="VERB", required=True)
     create = verbs.add_parser("create", help="add a VM and queue its create task (defines it on a host)")
     create.add_argument("name")
-    create.add_argument("--template", help="boot from this template's base image (read-only vda); its vCPUs and "
-                        "memory are the defaults")  # fmt: skip
+    create.add_argument("--template", help="boot from a copy-on-write overlay (vda) of this template's base image; "
+                        "its vCPUs and memory are the defaults")  # fmt: skip
     create.add_argument("--vcpus", type=int, help="default: the template's, else 1")
     create.add_argument("--memory", type=int, metavar="MIB", help="memory in MiB (default: the template's, else 512)")
     create.add_argument("--pool", help="hardware pool id or name (default: the default pool)")
