@@ -170,7 +170,10 @@ def create(session: Session, body: dict[str, Any], principal: str) -> Created:
             # The VM's own copy-on-write overlay over the template's base image, first to boot; the VM's
             # writes go to the overlay (deleted with the VM), the base is never changed. The overlay is thin:
             # no quota is charged for it, as none is for the template's base.
-            overlay = storage.new_overlay(session, base, f"{name}-vda.qcow2")
+            overlay_name = f"{name}-vda.qcow2"
+            if not storage.NAME.match(overlay_name):  # a VM name near its 63 characters: too long for a volume
+                overlay_name = f"{vm_uuid}-vda.qcow2"
+            overlay = storage.new_overlay(session, base, overlay_name)
             vm.disks.append(VmDisk(volume=overlay, target_dev="vda", bus=DiskBus.VIRTIO, boot_order=1))
     disk_bytes = _disks(session, vm, body.get("disks", []), principal, first=len(vm.disks))
     _nics(session, vm, body.get("nics", []))

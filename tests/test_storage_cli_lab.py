@@ -299,6 +299,16 @@ def test_a_vm_boots_from_a_template_iso(task_rack: TaskRack, tmp_path: Path) -> 
     assert (info["format"], info["backing-filename"], info["backing-filename-format"]) == ("qcow2", str(base), "raw")
     vols = {v["name"]: v for v in js(rack, "storage", "volume", "list", pool)}
     assert vols[f"{vm}-vda.qcow2"]["format"] == "qcow2" and vols[f"{vm}-vda.qcow2"]["state"] == "available"
+    # A second VM of the same template, its name too long to make a volume name of: its overlay is named by
+    # its UUID. The template cannot go while either is on it (409 naming them).
+    long_name = rack.unique("x" * 56)
+    ok(rack, "vm", "create", long_name, "--template", tpl, "--host", rack.nodes[0].fqdn, "--wait")
+    long_vm = js(rack, "vm", "show", long_name)
+    assert [d["volume"] for d in long_vm["disks"]] == [f"{long_vm['uuid']}-vda.qcow2"]
+    refusal = api_call(rack, "DELETE", f"/api/v1/templates/{tpl}", None)
+    assert refusal["class"] == "Conflict" and ", ".join(sorted([vm, long_name])) in refusal["error"], refusal
+    ok(rack, "vm", "delete", long_name, "--wait")
+    assert not (where / f"{long_vm['uuid']}-vda.qcow2").exists()
     try:
         ok(rack, "vm", "start", vm, "--wait")
         log = wait_for_text(rack.serial_log(rack.vm(vm).host_id, vm), BOOT_MARKER, 180)
