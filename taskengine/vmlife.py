@@ -130,7 +130,8 @@ def _make_overlays(ctx: TaskContext, s: Session, vm: Vm) -> list[str]:
         if vol.state is StorageState.AVAILABLE:
             continue
         host = storagetasks.pool_hosts(s, vol.storage_pool)[0]
-        storagetasks.apply_facts(vol, storage.create_volume(ctx.connect(host), vol.storage_pool, vol))
+        facts = storage.create_volume(ctx.connect(host), vol.storage_pool, vol, vol.backing)
+        storagetasks.apply_facts(vol, facts)
         made.append(vol.name)
     return made
 

@@ -67,15 +67,15 @@ def test_volumes() -> None:
 
 def test_overlay_names_its_base_and_the_base_format() -> None:
     base = StorageVolume(name="tpl.img", capacity_bytes=12 << 20, format=VolumeFormat.RAW, path="/srv/p/tpl.img")
-    overlay = StorageVolume(name="vm-vda.qcow2", capacity_bytes=12 << 20, format=VolumeFormat.QCOW2, backing=base)
-    root = ET.fromstring(storagexml.volume_xml(overlay, StorageType.NFS))
+    overlay = StorageVolume(name="vm-vda.qcow2", capacity_bytes=12 << 20, format=VolumeFormat.QCOW2)
+    root = ET.fromstring(storagexml.volume_xml(overlay, StorageType.NFS, base))
     assert root.find("target/format").get("type") == "qcow2"  # type: ignore[union-attr]
     assert root.findtext("backingStore/path") == "/srv/p/tpl.img"
     assert root.find("backingStore/format").get("type") == "raw"  # type: ignore[union-attr]
     # A base not yet uploaded has no path: no overlay can point at it.
     base.path = None
     with pytest.raises(ValueError, match=r"its base tpl\.img has no path"):
-        storagexml.volume_xml(overlay, StorageType.DIR)
+        storagexml.volume_xml(overlay, StorageType.DIR, base)
 
 
 def test_volume_facts_and_luns() -> None:
