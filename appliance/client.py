@@ -194,6 +194,19 @@ class Client:
     def get(self, path: str, params: dict[str, str] | None = None) -> Any:
         return self.request("GET", path, params=params)
 
+    def pages(self, path: str, key: str, page_size: int = 500, limit: int | None = None, offset: int = 0) -> list[Any]:
+        """Every row of a paged list (`GET path?limit=&offset=` answering {key, total}), page after page; with
+        `limit`, at most that many from `offset`."""
+        rows: list[Any] = []
+        while limit is None or len(rows) < limit:
+            want = page_size if limit is None else min(page_size, limit - len(rows))
+            answer = self.get(path, {"limit": str(want), "offset": str(offset + len(rows))})
+            got = answer[key]
+            rows += got
+            if not got or offset + len(rows) >= int(answer["total"]):
+                break
+        return rows
+
     def post(self, path: str, body: Any = None) -> Any:
         return self.request("POST", path, body=body)
 

@@ -19,6 +19,7 @@ from sqlalchemy.orm import Session
 from appliance import hosts, tasking
 from appliance.db.models import (
     HardwarePool,
+    Host,
     StoragePool,
     StorageState,
     StorageType,
@@ -203,6 +204,36 @@ def refresh_pool(session: Session, pool: StoragePool, by: str | None) -> Task:
     return tasking.enqueue(session, TaskType.STORAGE_POOL_REFRESH, pool.id, {}, created_by=by)
 
 
+def refresh_volume(session: Session, volume: StorageVolume, by: str | None) -> Task:
+    """Queue re-reading one volume from libvirt; refused while the volume is being made or deleted."""
+    pending = _busy(session, TargetKind.STORAGE_VOLUME, volume.id)
+    if pending is not None and pending.type is not TaskType.VOLUME_REFRESH:
+        raise Conflict(f"volume {volume.name} has task {pending.id} ({pending.type}) queued or running",
+                       "wait for it (drover task wait)")  # fmt: skip
+    return tasking.enqueue(session, TaskType.VOLUME_REFRESH, volume.id, {}, created_by=by)
+
+
+def give_pools(session: Session, host: Host) -> list[Task]:
+    """A host just became available: queue a refresh of every storage pool it should see (its hardware pool's
+    and those of the pools above it), which defines the pool there; the task engine does it, not the caller.
+    Pools not (yet) available, or with a task of their own queued, are left to that task."""
+    chain: set[int] = set()
+    cur: int | None = host.hardware_pool_id
+    while cur is not None and cur not in chain:
+        chain.add(cur)
+        cur = session.scalar(select(HardwarePool.parent_id).where(HardwarePool.id == cur))
+    pools = session.scalars(
+        select(StoragePool).where(StoragePool.hardware_pool_id.in_(chain), StoragePool.state == StorageState.AVAILABLE)
+        .order_by(StoragePool.id)
+    ).all()  # fmt: skip
+    queued = []
+    for pool in pools:
+        if _busy(session, TargetKind.STORAGE_POOL, pool.id) is None:
+            why = {"reason": f"host {host.hostname} became available"}
+            queued.append(tasking.enqueue(session, TaskType.STORAGE_POOL_REFRESH, pool.id, why, created_by=None))
+    return queued
+
+
 def volume_users(session: Session, volume_ids: list[int]) -> list[str]:
     """What holds these volumes: 'VM x' for a disk, 'template y' for a base image."""
     if not volume_ids:
@@ -215,6 +246,13 @@ def volume_users(session: Session, volume_ids: list[int]) -> list[str]:
         f"template {t.name}"
         for t in session.scalars(select(Template).where(Template.storage_volume_id.in_(volume_ids))).all()
     ]
+    users += [
+        f"overlay {v.name}"
+        for v in session.scalars(
+            select(StorageVolume).where(StorageVolume.backing_volume_id.in_(volume_ids),
+                                        StorageVolume.id.not_in(volume_ids))
+        ).all()
+    ]  # fmt: skip
     return sorted(set(users))
 
 
@@ -264,6 +302,15 @@ def new_volume(session: Session, pool: StoragePool, name: str, capacity: int, fm
                         state=StorageState.PENDING)  # fmt: skip
     session.add(vol)
     session.flush()
+    return vol
+
+
+def new_overlay(session: Session, base: StorageVolume, name: str) -> StorageVolume:
+    """A pending qcow2 volume over `base` in base's pool, the same virtual size: what the VM writes goes there,
+    the base stays as it is. The task that defines the VM creates it on a host (taskengine.vmlife)."""
+    vol = new_volume(session, base.storage_pool, name, base.capacity_bytes, VolumeFormat.QCOW2)
+    vol.backing_volume_id = base.id
+    vol.backing = base
     return vol
 
 

@@ -16,7 +16,7 @@ from typing import Any, cast
 from sqlalchemy import CursorResult, Engine, select, update
 from sqlalchemy.orm import Session
 
-from appliance import hosts
+from appliance import hosts, storage
 from appliance.db.base import utcnow
 from appliance.db.engine import session_scope
 from appliance.db.models import Event, Host, HostState, Severity, Vm, VmState
@@ -155,8 +155,11 @@ def _host_up(view: _View, host: Host, change: HostUp) -> None:
             _vm_state(session, vm, VmState.STOPPED, f"not on {host.hostname} any more")
     host.libvirt_connected = True
     # Maintenance is the admin's to end (`drover host activate`); the connection is still recorded.
-    if host.state is not HostState.MAINTENANCE:
-        hosts.set_state(session, host, HostState.AVAILABLE, f"libvirt connected, {len(seen)} domains")
+    up = host.state is not HostState.MAINTENANCE
+    if up and hosts.set_state(session, host, HostState.AVAILABLE, f"libvirt connected, {len(seen)} domains"):
+        # A (stateless) node that just came up has no storage pools defined: the task engine gives it the
+        # cluster's, without waiting for someone's `storage pool refresh`.
+        storage.give_pools(session, host)
 
 
 def _host_down(session: Session, host: Host, change: HostDown) -> None:

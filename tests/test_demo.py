@@ -172,7 +172,9 @@ def test_demo_enrols_two_pxe_nodes_stops_on_ctrl_c_and_runs_again(node_image: No
         assert typed in steps, steps
     assert re.search(r"^demo: demo-vm console: DROVER-TICK \d+$", steps, re.M), steps
     vm_shown = steps[steps.index("$ drover vm show demo-vm") :]
-    assert re.search(r"^state: +running$", vm_shown, re.M) and "(virtio, read-only)" in vm_shown, vm_shown
+    # Its boot disk is its own copy-on-write overlay over the template's base image, on the NFS pool.
+    assert re.search(r"^state: +running$", vm_shown, re.M), vm_shown
+    assert re.search(r"^disk: +vda demo-vm-vda\.qcow2 \(virtio\) /\S+/demo-vm-vda\.qcow2$", vm_shown, re.M), vm_shown
     assert all(r[2] == "available" for r in rows.values()), table
     first_ids = {name: r[0] for name, r in rows.items()}
     # Screenshots of the UI for a user without a desktop: each page reached its data, each PNG is a page.

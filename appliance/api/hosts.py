@@ -19,6 +19,7 @@ from appliance.db.models import Host, TaskType
 from appliance.db.models.users import Role
 from appliance.errors import UsageError
 from appliance.kerberos.realm import Realm
+from appliance.paging import Page
 from appliance.permissions import Privilege
 from appliance.pki import Pki
 from nodeagent import wire
@@ -29,9 +30,10 @@ MAX_TTL = timedelta(days=30)
 def list_hosts(request: Request) -> JSONResponse:
     _require(request, Role.MONITOR, "list hosts")
     port = state(request).cfg.nodes.libvirt_port
+    page = Page.from_query(request.query_params)
     with session(request) as s:
-        rows = s.scalars(select(Host).order_by(Host.hostname, Host.id)).all()
-        return JSONResponse({"hosts": [hosts.summary(h, port) for h in rows]})
+        rows, total = page.rows(s, select(Host).order_by(Host.hostname, Host.id))
+        return JSONResponse(page.answer("hosts", [hosts.summary(h, port) for h in rows], total))
 
 
 def show_host(request: Request) -> JSONResponse:

@@ -4,6 +4,7 @@ privilege on the object's hardware pool before anything is read or queued.
 POST answers 202 with the row as recorded (pending) and the task that will do the work:
   GET/POST /storage/pools, GET/DELETE /storage/pools/{pool}, POST /storage/pools/{pool}/refresh,
   GET/POST /storage/pools/{pool}/volumes, DELETE /storage/pools/{pool}/volumes/{volume},
+  POST /storage/pools/{pool}/volumes/{volume}/refresh,
   GET /templates, POST /templates?name=&pool=[&vcpus=&memory_mib=&description=] (body: the image's bytes),
   DELETE /templates/{template},
   GET/POST /vms/{vm}/snapshots, POST /vms/{vm}/snapshots/{snapshot}/revert, DELETE /vms/{vm}/snapshots/{snapshot},
@@ -135,6 +136,13 @@ def create_volume(request: Request, body: VolumeRequest) -> JSONResponse:
         name = storage.check_name("volume", body.name)
         vol, task = storage.create_volume(s, pool, name, body.capacity_bytes, body.format, _who(request))
         return JSONResponse({"volume": storage.volume_summary(vol), "task": tasking.summary(task)}, status_code=202)
+
+
+def refresh_volume(request: Request) -> JSONResponse:
+    with session(request) as s:
+        pool = _pool(request, s, Privilege.MODIFY, "refresh volumes in")
+        vol = storage.find_volume(s, pool, request.path_params["volume"])
+        return JSONResponse(tasking.summary(storage.refresh_volume(s, vol, _who(request))), status_code=202)
 
 
 def delete_volume(request: Request) -> JSONResponse:
@@ -296,6 +304,7 @@ def routes(prefix: str) -> list[Route]:
         Route(f"{prefix}/storage/pools/{{pool}}/volumes", list_volumes, methods=["GET"]),
         Route(f"{prefix}/storage/pools/{{pool}}/volumes", create_volume, methods=["POST"]),
         Route(f"{prefix}/storage/pools/{{pool}}/volumes/{{volume}}", delete_volume, methods=["DELETE"]),
+        Route(f"{prefix}/storage/pools/{{pool}}/volumes/{{volume}}/refresh", refresh_volume, methods=["POST"]),
         Route(f"{prefix}/templates", list_templates, methods=["GET"]),
         Route(f"{prefix}/templates", import_template, methods=["POST"]),
         Route(f"{prefix}/templates/{{template}}", delete_template, methods=["DELETE"]),

@@ -1,5 +1,6 @@
 """VMs, tasks and cluster balance over the API; every route checks the caller's privilege on the object.
 
+GET /vms[?limit=&offset=] -> {vms, total, offset, limit};
 POST /vms {name, vcpus, memory_mib, ...} -> 202 {vm, task}; POST /vms/{key}/{verb} -> 202 task;
 GET /tasks[?state=&limit=], GET /tasks/{id}, POST /tasks/{id}/cancel; POST /cluster/balance {dry_run?}.
 """
@@ -30,6 +31,7 @@ from appliance.db.models import (
     Vm,
 )
 from appliance.errors import NotFound, UsageError
+from appliance.paging import Page
 from appliance.permissions import Privilege
 from appliance.text import as_id, shown
 
@@ -78,9 +80,11 @@ def create_vm(request: Request, body: VmRequest) -> JSONResponse:
 
 
 def list_vms(request: Request) -> JSONResponse:
+    """GET /vms[?limit=&offset=]: {vms, total, offset, limit}; by name, only those the caller may see."""
+    page = Page.from_query(request.query_params)
     with session(request) as s:
-        rows = vms.visible(s, caller(request).principal)
-        return JSONResponse({"vms": [vms.summary(v) for v in rows]})
+        rows, total = page.rows(s, vms.visible_query(s, caller(request).principal))
+        return JSONResponse(page.answer("vms", [vms.summary(v) for v in rows], total))
 
 
 def show_vm(request: Request) -> JSONResponse:

@@ -13,7 +13,7 @@ from urllib.parse import quote
 
 from appliance.cli import console_cmd
 from appliance.cli.api_cmd import client_for
-from appliance.cli.context import load_config
+from appliance.cli.context import load_config, paging
 from appliance.cli.power_cmd import add_vm_verbs as add_ha_verbs
 from appliance.cli.snapshot_cmd import register_vm_verbs
 from appliance.cli.task_cmd import follow, table
@@ -38,8 +38,8 @@ def register(sub: Any) -> None:
     verbs = p.add_subparsers(dest="verb", metavar="VERB", required=True)
     create = verbs.add_parser("create", help="add a VM and queue its create task (defines it on a host)")
     create.add_argument("name")
-    create.add_argument("--template", help="boot from this template's base image (read-only vda); its vCPUs and "
-                        "memory are the defaults")  # fmt: skip
+    create.add_argument("--template", help="boot from a copy-on-write overlay (vda) of this template's base image; "
+                        "its vCPUs and memory are the defaults")  # fmt: skip
     create.add_argument("--vcpus", type=int, help="default: the template's, else 1")
     create.add_argument("--memory", type=int, metavar="MIB", help="memory in MiB (default: the template's, else 512)")
     create.add_argument("--pool", help="hardware pool id or name (default: the default pool)")
@@ -57,6 +57,7 @@ def register(sub: Any) -> None:
     create.set_defaults(func=create_vm)
     ls = verbs.add_parser("list", help="every VM you may see, with its state and host")
     ls.add_argument("--json", action="store_true")
+    paging(ls)
     ls.set_defaults(func=list_vms)
     show = verbs.add_parser("show", help="one VM: state, host, disks, NICs, tasks not yet ended")
     show.add_argument("vm", help=_VM_HELP)
@@ -117,7 +118,7 @@ def create_vm(args: argparse.Namespace) -> int:
 
 def list_vms(args: argparse.Namespace) -> int:
     with client_for(load_config(args)) as api:
-        rows = api.get("/api/v1/vms")["vms"]
+        rows = api.pages("/api/v1/vms", "vms", limit=args.limit, offset=args.offset)
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0

@@ -204,7 +204,7 @@ def vm_list(request: Request) -> Response:
                               .order_by(Vm.name, Vm.id).offset(pager.offset).limit(PAGE_SIZE)))  # fmt: skip
         allowed = Allowed(s, principal)
         pools = [p for p in s.scalars(select(HardwarePool).order_by(HardwarePool.name))
-                 if allowed(Privilege.MODIFY, p.id)]  # fmt: skip
+                 if allowed(Privilege.VM_CREATE, p.id)]  # fmt: skip
         return render(request, "vms.html", vms=rows, pools=pools, actions=_actions(allowed, rows), pager=pager,
                       above="vms_filter.html", below="vms_form.html", search=search, state_wanted=state_wanted,
                       states=[str(v) for v in VmState], quotas=_quotas(s, principal),

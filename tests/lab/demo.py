@@ -298,7 +298,7 @@ def run_vm(demo: Demo, admin_env: dict[str, str], appliance_env: dict[str, str],
             say("its node rebooted (stateless): re-read its real state from libvirt")
             typed(demo, admin_env, "vm", "update-state", VM, "--wait")
     else:
-        say(f"VM {VM}: 1 vCPU, {VM_MEMORY_MIB} MiB, booting from template {TEMPLATE} (read-only disk), on {node.name}")
+        say(f"VM {VM}: 1 vCPU, {VM_MEMORY_MIB} MiB, booting from template {TEMPLATE} (its own overlay), on {node.name}")
         typed(demo, admin_env, "vm", "create", VM, "--template", TEMPLATE, "--host", node.fqdn, "--wait")
     vm = looked_up(demo, admin_env, "vm", "show", VM) or {}
     if vm.get("state") != "running":
