@@ -27,3 +27,12 @@ def as_id(key: str) -> int | None:
         return None
     value = int(key)
     return value if value <= MAX_ID else None
+
+
+def whole(text: str, top: int = MAX_ID) -> int | None:
+    """`text` as a whole number from 0 to `top` when it is one in ASCII digits; else None (a form field or query
+    value the caller refuses with its own words, never an int() that raises on "²" or overflows a column)."""
+    if not (text.isascii() and text.isdigit()) or len(text) > len(str(top)):
+        return None
+    value = int(text)
+    return value if value <= top else None
