@@ -92,6 +92,13 @@ def match(engine: Engine, found: Announcement, default_port: int) -> Match:
         return Match(host.id, f"port {old} -> {found.port}", port_changed=True)
 
 
+def zeroconf_interfaces(chosen: list[str] | None) -> Any:
+    """Zeroconf's `interfaces` argument: a list, or InterfaceChoice.All (it raises TypeError for a string)."""
+    from zeroconf import InterfaceChoice  # noqa: PLC0415 - only drover serve needs it
+
+    return chosen or InterfaceChoice.All
+
+
 def interfaces(cfg: Config) -> list[str] | None:
     """Where to browse: the interface of [nodes] listen (nodes reach us there), all when it is a wildcard."""
     try:
@@ -130,7 +137,7 @@ class ZeroconfWatcher:
         from zeroconf import IPVersion, ServiceBrowser, Zeroconf  # noqa: PLC0415 - only drover serve needs it
 
         chosen = interfaces(self.cfg)
-        self._zc = Zeroconf(interfaces=chosen or "all", ip_version=IPVersion.V4Only)
+        self._zc = Zeroconf(interfaces=zeroconf_interfaces(chosen), ip_version=IPVersion.V4Only)
         self._thread.start()
         self._browser = ServiceBrowser(self._zc, self.service_type, handlers=[self._changed])
         log.info("browsing %s on %s", self.service_type, ", ".join(chosen) if chosen else "all interfaces")

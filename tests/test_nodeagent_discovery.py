@@ -99,3 +99,17 @@ def test_discovery_order_cmdline_then_srv_then_mdns(dnsmasq: int, tmp_path: Path
         assert _discover("", dnsmasq, "nowhere.test", mdns_type) == "mdns http://127.0.0.1:8081"
     finally:
         announcer.communicate("", timeout=10)
+
+
+def test_mdns_on_every_interface_is_an_argument_the_nodes_zeroconf_accepts() -> None:
+    """A node whose kernel line and DNS name no appliance browses on all interfaces. Checked through the node's
+    own zeroconf normalising the argument (which is where the string "all" raised TypeError and ended the
+    agent on a UEFI PXE boot), without sending anything on an interface that is not loopback."""
+    code = (
+        "from zeroconf._utils.net import normalize_interface_choice as n, IPVersion\n"
+        "from nodeagent import discovery as d\n"
+        "print(len(n(d.zeroconf_interfaces(()), IPVersion.V4Only)) >= 1, n(d.zeroconf_interfaces(('127.0.0.1',))))"
+    )
+    proc = system_python(code)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["True", "['127.0.0.1']"], proc.stdout
