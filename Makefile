@@ -15,7 +15,7 @@ DEB_PACKAGES := \
 	postgresql \
 	mmdebstrap squashfs-tools zstd xorriso grub-pc-bin grub-efi-amd64-bin grub-common mtools dosfstools \
 	syslinux-common isolinux pxelinux dnsmasq-base \
-	collectd-core librrd8 victoria-metrics \
+	collectd-core librrd8 victoria-metrics ipmitool \
 	nfs-ganesha nfs-ganesha-vfs tgt libnfs-utils libiscsi-bin \
 	chromium \
 	python3-libvirt python3-gssapi python3-dbus python3-pyinotify python3-zeroconf

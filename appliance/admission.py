@@ -22,6 +22,7 @@ from appliance.db import tokens
 from appliance.db.base import utcnow
 from appliance.db.models import EnrolmentToken, EnrolmentWindow, Host, HostNic
 from appliance.errors import NotFound, UsageError
+from appliance.text import MAX_ID
 from nodeagent import wire
 
 log = logging.getLogger(__name__)
@@ -74,6 +75,9 @@ def open_window(
 
 def close_windows(session: Session, *, by: str, window_id: int | None = None) -> list[EnrolmentWindow]:
     """Close one open window (or all of them): their unused tokens are deleted with them."""
+    if window_id is not None and not 0 < window_id <= MAX_ID:
+        # No row has such an id; asking the database would overflow its integer, not find nothing.
+        raise NotFound(f"no open enrolment window {window_id}", "see `drover host enrol --list`")
     now = utcnow()
     query = select(EnrolmentWindow).where(EnrolmentWindow.closed_at.is_(None), EnrolmentWindow.expires_at > now)
     if window_id is not None:

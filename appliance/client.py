@@ -6,6 +6,7 @@ import base64
 import json
 import logging
 import os
+import ssl
 from collections.abc import Generator, Iterator
 from pathlib import Path
 from types import TracebackType
@@ -18,7 +19,16 @@ from gssapi.raw.exceptions import ExpiredCredentialsError, MissingCredentialsErr
 from gssapi.raw.misc import GSSError
 
 from appliance.config import Config
-from appliance.errors import AuthError, Conflict, DroverError, Forbidden, KerberosError, NotFound, UsageError
+from appliance.errors import (
+    AuthError,
+    Conflict,
+    DroverError,
+    Forbidden,
+    KerberosError,
+    NotFound,
+    UpstreamError,
+    UsageError,
+)
 
 log = logging.getLogger(__name__)
 
@@ -28,6 +38,12 @@ _FLAGS = gssapi.RequirementFlag.mutual_authentication | gssapi.RequirementFlag.o
 
 class ApiUnreachable(DroverError):
     """Nothing answered at the API's URL (not running, wrong URL, name does not resolve)."""
+
+
+class ApiUntrusted(DroverError):
+    """The API's TLS certificate is not vouched for by the CA this client trusts (or names another host)."""
+
+    exit_code = 8
 
 
 class ApiError(DroverError):
@@ -45,6 +61,7 @@ _BY_STATUS: dict[int, type[DroverError]] = {
     403: Forbidden,
     404: NotFound,
     409: Conflict,
+    502: UpstreamError,
 }
 
 
@@ -147,18 +164,23 @@ class Client:
         service_host: str | None = None,
         ccache: str | None = None,
         timeout: float = 30.0,
+        ca_file: str | Path | None = None,
     ) -> None:
-        """`service_host` names HTTP/<host> when the URL's host differs (an IP, a load balancer)."""
+        """`service_host` names HTTP/<host> when the URL's host differs (an IP, a load balancer); `ca_file`
+        is the CA an https:// API's certificate must chain to (None: the system's trusted CAs)."""
         self.base_url = base_url.rstrip("/")
         host = service_host or urlsplit(self.base_url).hostname
         if not host:
             raise UsageError(f"API URL {base_url!r} has no host name", "set [api] url, e.g. http://appliance:8080")
         self.auth = NegotiateAuth(host, ccache)
-        self._http = httpx.Client(base_url=self.base_url, auth=self.auth, timeout=timeout, trust_env=False)
+        self.ca_file = str(ca_file) if ca_file else ""
+        self._http = httpx.Client(
+            base_url=self.base_url, auth=self.auth, timeout=timeout, trust_env=False, verify=trust(ca_file)
+        )
 
     @classmethod
     def from_config(cls, cfg: Config) -> Client:
-        return cls(cfg.api_url)
+        return cls(cfg.api_url, ca_file=api_ca_file(cfg))
 
     def __enter__(self) -> Client:
         return self
@@ -171,6 +193,19 @@ class Client:
 
     def get(self, path: str, params: dict[str, str] | None = None) -> Any:
         return self.request("GET", path, params=params)
+
+    def pages(self, path: str, key: str, page_size: int = 500, limit: int | None = None, offset: int = 0) -> list[Any]:
+        """Every row of a paged list (`GET path?limit=&offset=` answering {key, total}), page after page; with
+        `limit`, at most that many from `offset`."""
+        rows: list[Any] = []
+        while limit is None or len(rows) < limit:
+            want = page_size if limit is None else min(page_size, limit - len(rows))
+            answer = self.get(path, {"limit": str(want), "offset": str(offset + len(rows))})
+            got = answer[key]
+            rows += got
+            if not got or offset + len(rows) >= int(answer["total"]):
+                break
+        return rows
 
     def post(self, path: str, body: Any = None) -> Any:
         return self.request("POST", path, body=body)
@@ -204,6 +239,12 @@ class Client:
                 response = self._http.request(method, path, json=body, params=params)
         except httpx.TransportError as exc:
             reason = " ".join(str(exc).split()) or type(exc).__name__
+            if "CERTIFICATE_VERIFY_FAILED" in reason or isinstance(exc.__context__, ssl.SSLCertVerificationError):
+                where = f"the CA in {self.ca_file}" if self.ca_file else "the system's trusted CAs"
+                raise ApiUntrusted(
+                    f"the drover API at {url} has a TLS certificate {where} does not vouch for: {reason}",
+                    "get the appliance's CA with `drover ca export` there, then pass --ca FILE or set [api] ca_file",
+                ) from None
             raise ApiUnreachable(
                 f"cannot reach the drover API at {url}: {reason}",
                 "is `drover serve` running there? set [api] url (DROVER_API_URL) if it lives elsewhere",
@@ -217,6 +258,26 @@ class Client:
             return response.json()
         except ValueError:
             raise ApiError(f"{url} answered with something that is not JSON", status=response.status_code) from None
+
+
+def trust(ca_file: str | Path | None) -> ssl.SSLContext:
+    """What an https:// API must present: a certificate chaining to `ca_file`, else to the system's CAs."""
+    if not ca_file:
+        return ssl.create_default_context()
+    try:
+        return ssl.create_default_context(cafile=str(ca_file))
+    except (OSError, ssl.SSLError) as exc:
+        reason = getattr(exc, "strerror", None) or str(exc)
+        raise UsageError(f"CA file {ca_file}: cannot use it: {reason}", "give the PEM of `drover ca export`") from None
+
+
+def api_ca_file(cfg: Config) -> str:
+    """[api] ca_file, else the appliance's own CA when this machine has it (the CLI on the appliance)."""
+    if cfg.api.ca_file:
+        return str(Path(cfg.api.ca_file).expanduser())
+    own = cfg.pki_dir / "ca.pem"
+    # A certificate the admin provided comes from their own (system-trusted) CA, not ours.
+    return str(own) if not cfg.api.cert_file and os.access(own, os.R_OK) else ""
 
 
 def _error(response: httpx.Response) -> DroverError:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import ipaddress
 import os
 import socket
 import tomllib
@@ -55,14 +56,38 @@ class KerberosConfig:
     admin_keytab: str = ""
 
 
+class TlsMode(enum.StrEnum):
+    AUTO = "auto"  # HTTPS unless [api] listen is a loopback address
+    ON = "on"  # HTTPS everywhere, loopback included
+    OFF = "off"  # plain HTTP: refused at start unless [api] listen is a loopback address (tests, the demo)
+
+
+def is_loopback(listen: str) -> bool:
+    """A listen address no other machine can reach: 127.0.0.0/8, ::1 or localhost."""
+    if listen == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(listen).is_loopback
+    except ValueError:
+        return False
+
+
 @dataclass(frozen=True)
 class ApiConfig:
     listen: str = "127.0.0.1"
     port: int = 8080
-    # How clients reach the API; empty means http://<kerberos.hostname>:<port>.
+    # How clients reach the API; empty means https://<kerberos.hostname>:<port> (http:// when TLS is off).
     url: str = ""
     # Request bodies over this are refused (413) before authentication reads anything.
     max_body_bytes: int = 1024 * 1024
+    # The web UI and REST API over HTTPS: with the appliance's own CA (<state_dir>/pki, the node service's
+    # certificate) unless the admin gives a PEM certificate (chain) and its key here.
+    tls: TlsMode = TlsMode.AUTO
+    cert_file: str = ""
+    key_file: str = ""
+    # Clients (the CLI): the CA that vouches for the API's certificate. Empty: <state_dir>/pki/ca.pem when it
+    # is readable (on the appliance), else the system's trusted CAs. `drover ca export` prints the appliance's.
+    ca_file: str = ""
 
 
 @dataclass(frozen=True)
@@ -197,6 +222,31 @@ class ConsoleConfig:
 
 
 @dataclass(frozen=True)
+class PowerConfig:
+    """How the appliance talks to hosts' BMCs: IPMI over LAN with ipmitool."""
+
+    interface: str = "lanplus"  # ipmitool -I: lanplus (IPMI 2.0, RMCP+) or lan (1.5)
+    timeout_seconds: int = 15  # one ipmitool call; a BMC that does not answer by then has failed
+    retries: int = 2  # ipmitool -R: its own retransmissions of a lost UDP request
+
+
+@dataclass(frozen=True)
+class FencingConfig:
+    """The fencer (threads of `drover serve`): an unavailable host's grace, soft step, power-off and retries."""
+
+    enabled: bool = True
+    # Nothing is fenced this long after the appliance starts: it has not seen the fleet answer yet.
+    quiet_seconds: int = 300
+    grace_seconds: int = 30  # unavailable this long before anything is done (a blip is not a dead host)
+    # Soft step, when the node still heartbeats: its agent restarts libvirtd; back within this long, no fence.
+    soft_seconds: int = 30
+    confirm_seconds: int = 30  # after power off, the BMC must report "off" within this long
+    retry_seconds: int = 30  # between failed fence attempts (each one is an error event)
+    poll_seconds: int = 2  # how often the fencer looks at the hosts
+    power_on_after: bool = True  # power a fenced host on again (a stateless node PXE-boots and re-enrols)
+
+
+@dataclass(frozen=True)
 class Config:
     state_dir: Path = field(default_factory=_default_state_dir)
     log_level: str = "info"
@@ -209,6 +259,8 @@ class Config:
     taskengine: TaskEngineConfig = field(default_factory=TaskEngineConfig)
     monitor: MonitorConfig = field(default_factory=MonitorConfig)
     console: ConsoleConfig = field(default_factory=ConsoleConfig)
+    power: PowerConfig = field(default_factory=PowerConfig)
+    fencing: FencingConfig = field(default_factory=FencingConfig)
 
     # Derived values: always computed from the settings above, never stored twice.
     @property
@@ -220,8 +272,15 @@ class Config:
         return self.kerberos.hostname or socket.getfqdn()
 
     @property
+    def api_tls(self) -> bool:
+        """Whether `drover serve` answers the API and web UI over HTTPS."""
+        if self.api.tls is TlsMode.AUTO:
+            return not is_loopback(self.api.listen)
+        return self.api.tls is TlsMode.ON
+
+    @property
     def api_url(self) -> str:
-        return self.api.url or f"http://{self.hostname}:{self.api.port}"
+        return self.api.url or f"{'https' if self.api_tls else 'http'}://{self.hostname}:{self.api.port}"
 
     @property
     def tsdb_url(self) -> str:

@@ -259,7 +259,14 @@ def heartbeat(
         hosts.event(session, host, "host.credentials", f"credentials handed out after approval by {host.approved_by}")
     approved = host.approved_at is not None
     status = wire.IdentifyStatus.ACCEPTED if approved else wire.IdentifyStatus.PENDING
-    return wire.HeartbeatResponse(status=status, heartbeat_seconds=heartbeat_seconds, credentials=credentials)
+    restart = approved and host.libvirtd_restart_asked_at is not None
+    if restart:
+        # Fencing's soft step (appliance.fencer): said once; the fencer waits for libvirtd to come back.
+        host.libvirtd_restart_asked_at = None
+        hosts.event(session, host, "fence.soft", "asked its node agent to restart libvirtd (in a heartbeat answer)",
+                    Severity.WARNING)  # fmt: skip
+    return wire.HeartbeatResponse(status=status, heartbeat_seconds=heartbeat_seconds, credentials=credentials,
+                                  restart_libvirtd=restart)  # fmt: skip
 
 
 def approve(session: Session, host: Host, by: str, heartbeat_seconds: int, claim_id: int | None = None) -> None:

@@ -75,6 +75,13 @@ class CommandFailed(DroverError):
         self.output = output
 
 
+class UpstreamError(DroverError):
+    """Something the appliance relies on answered wrongly or not at all (a host's BMC): 502 at the API."""
+
+    exit_code = 3
+    http_status = 502
+
+
 class DatabaseError(DroverError):
     exit_code = 6
     http_status = 503

@@ -11,6 +11,7 @@ from sqlalchemy.orm import Session
 from appliance.db.base import utcnow
 from appliance.db.models import Arch, Event, HardwarePool, Host, HostDisk, HostNic, HostState, HypervisorType, Severity
 from appliance.errors import NotFound
+from appliance.text import as_id
 from nodeagent import wire
 
 log = logging.getLogger(__name__)
@@ -58,8 +59,8 @@ def find(session: Session, key: str) -> Host:
     name may be the start of several FQDNs; then only the id or UUID says which one is meant.
     """
     host = None
-    if key.isdigit():
-        host = session.get(Host, int(key))
+    if (row_id := as_id(key)) is not None:
+        host = session.get(Host, row_id)
     if host is None:
         host = by_uuid(session, key)
     name = key.lower().rstrip(".")
@@ -222,6 +223,8 @@ def summary(host: Host, default_port: int) -> dict[str, object]:
         "memory_mib": host.memory_mib,
         "hypervisor_type": str(host.hypervisor_type),
         "last_heartbeat_at": host.last_heartbeat_at.isoformat() if host.last_heartbeat_at else None,
+        "power_management": host.power_address is not None,
+        "fence_state": str(host.fence_state),
         "created_at": host.created_at.isoformat(),
     }
 

@@ -19,6 +19,7 @@ from appliance.kerberos.realm import Realm
 from appliance.libvirtclient import ClientTicket
 
 if TYPE_CHECKING:
+    from appliance.fencer import Fencer
     from hostbrowser.browser import HostBrowser
     from hostbrowser.mdns import ZeroconfWatcher
     from monitor.service import Monitor
@@ -100,6 +101,15 @@ def start_taskengine(cfg: Config, realm: Realm, workers: int | None = None) -> R
     worker = Worker(make_engine(cfg.database_url), cfg.taskengine, cfg.nodes.libvirt_port)
     worker.start(workers)
     return RunningTaskEngine(worker, ticket)
+def start_fencer(cfg: Config) -> Fencer:
+    """The fencer thread (appliance.fencer): it reads what the host browser writes, and powers hosts off."""
+    from appliance.fencer import Fencer  # noqa: PLC0415 - kept beside its siblings' lazy imports
+
+    fencer = Fencer(cfg, make_engine(cfg.database_url))
+    fencer.start()
+    return fencer
+
+
 def start_monitor(cfg: Config) -> Monitor:
     """The collectd receiver, its TSDB writer and (by default) the embedded VictoriaMetrics.
 

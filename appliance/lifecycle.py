@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from sqlalchemy import func, or_, select, update
 from sqlalchemy.orm import Session
 
-from appliance import credentials, hosts, tasking
+from appliance import credentials, hosts, storage, tasking
 from appliance.db.base import utcnow
 from appliance.db.models import (
     EnrolmentToken,
@@ -94,6 +94,7 @@ def activate(session: Session, host: Host, by: str) -> Host:
         )
     if host.libvirt_connected:
         hosts.set_state(session, host, HostState.AVAILABLE, "activated; libvirt connected", by)
+        storage.give_pools(session, host)
     else:
         why = "activated; libvirt not connected: available once the host browser reaches it"
         hosts.set_state(session, host, HostState.UNAVAILABLE, why, by)

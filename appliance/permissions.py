@@ -5,7 +5,13 @@ its sub-pools) grants privileges there. The one check every API route, CLI verb 
 |------------|--------------------------------------------------|--------------------------|
 | view       | see hosts, VMs, tasks in the pool                | monitor and up           |
 | vm_control | start, stop, suspend, save... VMs of the pool    | user and up              |
-| modify     | create, delete, migrate VMs; clear hosts; balance | admin and up             |
+| vm_create  | create VMs in the pool, within one's quota there; | user and up              |
+|            | delete the VMs one owns                          |                          |
+| modify     | delete, migrate any VM; attach existing volumes; | admin and up             |
+|            | clear hosts; balance                             |                          |
+
+Creating a VM is the original's "create VM in pool" right: a plain user makes VMs where an admin gave them
+the user role, and the quota (appliance/quotas.py) bounds how many and how big.
 | set_perms  | grant roles in the pool                          | super_admin              |
 """
 
@@ -23,6 +29,7 @@ from appliance.errors import Forbidden
 class Privilege(enum.StrEnum):
     VIEW = "view"
     VM_CONTROL = "vm_control"
+    VM_CREATE = "vm_create"
     MODIFY = "modify"
     SET_PERMS = "set_perms"
 
@@ -31,6 +38,7 @@ class Privilege(enum.StrEnum):
         return {
             Privilege.VIEW: Role.MONITOR,
             Privilege.VM_CONTROL: Role.USER,
+            Privilege.VM_CREATE: Role.USER,
             Privilege.MODIFY: Role.ADMIN,
             Privilege.SET_PERMS: Role.SUPER_ADMIN,
         }[self]

@@ -13,7 +13,10 @@ import logging
 import os
 import ssl
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
+
+from cryptography import x509
 
 from appliance.config import Config
 from appliance.errors import ConfigError
@@ -23,6 +26,8 @@ log = logging.getLogger(__name__)
 
 CA_DAYS = 3650
 SERVER_DAYS = 825  # the longest validity clients such as browsers still accept for a leaf
+# A server certificate this close to its end is re-issued at the next start (it serves the web UI too).
+RENEW_BEFORE = timedelta(days=30)
 
 
 @dataclass(frozen=True)
@@ -101,11 +106,19 @@ def ensure(cfg: Config) -> Pki:
             _make_ca(pki, cfg.hostname)
         names = server_names(cfg)
         current = pki.server_names_file.read_text().split() if pki.server_names_file.is_file() else []
-        if current != names or not (pki.server_key.is_file() and pki.server_cert.is_file()):
+        if current != names or not (pki.server_key.is_file() and pki.server_cert.is_file()) or _ending(pki):
             _make_server(pki, names)
     finally:
         os.umask(old)
     return pki
+
+
+def _ending(pki: Pki) -> bool:
+    cert = x509.load_pem_x509_certificate(pki.server_cert.read_bytes())
+    ending = cert.not_valid_after_utc - RENEW_BEFORE <= datetime.now(UTC)
+    if ending:
+        log.info("server certificate valid until %s: re-issuing it", cert.not_valid_after_utc)
+    return ending
 
 
 def _make_ca(pki: Pki, hostname: str) -> None:

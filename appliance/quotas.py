@@ -102,6 +102,8 @@ def check_take(session: Session, owner_id: int, vm: Vm) -> None:
 
 
 LIMITS = ("max_vms", "max_vcpus", "max_memory_mib", "max_disk_bytes")
+# What each column holds (INTEGER, BIGINT): a larger limit is refused, not overflowed in the database.
+LIMIT_MAX = {"max_vms": 2**31 - 1, "max_vcpus": 2**31 - 1, "max_memory_mib": 2**63 - 1, "max_disk_bytes": 2**63 - 1}
 
 
 def set_quota(session: Session, principal: str, pool_key: str | int, limits: dict[str, int | None]) -> Quota:
@@ -112,6 +114,8 @@ def set_quota(session: Session, principal: str, pool_key: str | int, limits: dic
     for key, value in limits.items():
         if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 0):
             raise UsageError(f"{key}: must be a whole number >= 0, or null for unlimited")
+        if value is not None and value > LIMIT_MAX[key]:
+            raise UsageError(f"{key}: at most {LIMIT_MAX[key]}")
     user = session.scalars(select(User).where(User.principal == principal)).first()
     if user is None:
         raise NotFound(f"no user {principal}", "add the user first (`drover user add`)")

@@ -47,6 +47,7 @@ PACKAGE_OF: dict[str, str] = {
     "livemedia-creator": "lorax (Fedora only)",
     "grub-mkrescue": "grub-common",
     "mformat": "mtools",
+    "ipmitool": "ipmitool",
 }
 
 

@@ -33,6 +33,7 @@ from appliance.db.models import (
 )
 from appliance.errors import Conflict, NotFound, UsageError
 from appliance.storage import check_name
+from appliance.text import as_id
 from appliance.vms import NAME as VM_NAME
 
 MAX_DESCRIPTION = 1000
@@ -40,8 +41,8 @@ MAX_DESCRIPTION = 1000
 
 def find_snapshot(session: Session, vm: Vm, key: str) -> Snapshot:
     snap = session.scalars(select(Snapshot).where(Snapshot.vm_id == vm.id, Snapshot.name == key)).one_or_none()
-    if snap is None and key.isdigit():
-        snap = session.get(Snapshot, int(key))
+    if snap is None and (row_id := as_id(key)) is not None:
+        snap = session.get(Snapshot, row_id)
         if snap is not None and snap.vm_id != vm.id:
             snap = None
     if snap is None:

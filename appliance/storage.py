@@ -19,6 +19,7 @@ from sqlalchemy.orm import Session
 from appliance import hosts, tasking
 from appliance.db.models import (
     HardwarePool,
+    Host,
     StoragePool,
     StorageState,
     StorageType,
@@ -33,6 +34,7 @@ from appliance.db.models import (
     VolumeFormat,
 )
 from appliance.errors import Conflict, NotFound, UsageError
+from appliance.text import as_id
 
 # libvirt takes almost any name, but a pool's name becomes a mount point and a volume's a file name:
 # keep both to what is safe in a path and on a command line.
@@ -136,7 +138,7 @@ class PoolSpec:
 def hardware_pool(session: Session, key: str | None) -> HardwarePool:
     if key is None:
         return hosts.default_pool(session)
-    found = session.get(HardwarePool, int(key)) if key.isdigit() else None
+    found = session.get(HardwarePool, row_id) if (row_id := as_id(key)) is not None else None
     if found is None:
         rows = session.scalars(select(HardwarePool).where(HardwarePool.name == key)).all()
         if len(rows) > 1:
@@ -150,8 +152,8 @@ def hardware_pool(session: Session, key: str | None) -> HardwarePool:
 def find_pool(session: Session, key: str) -> StoragePool:
     """A storage pool by name or id."""
     pool = session.scalars(select(StoragePool).where(StoragePool.name == key)).one_or_none()
-    if pool is None and key.isdigit():
-        pool = session.get(StoragePool, int(key))
+    if pool is None and (row_id := as_id(key)) is not None:
+        pool = session.get(StoragePool, row_id)
     if pool is None:
         raise NotFound(f"storage pool {key} does not exist", "see `drover storage pool list`")
     return pool
@@ -161,8 +163,8 @@ def find_volume(session: Session, pool: StoragePool, key: str) -> StorageVolume:
     vol = session.scalars(
         select(StorageVolume).where(StorageVolume.storage_pool_id == pool.id, StorageVolume.name == key)
     ).one_or_none()
-    if vol is None and key.isdigit():
-        vol = session.get(StorageVolume, int(key))
+    if vol is None and (row_id := as_id(key)) is not None:
+        vol = session.get(StorageVolume, row_id)
         if vol is not None and vol.storage_pool_id != pool.id:
             vol = None
     if vol is None:
@@ -202,6 +204,36 @@ def refresh_pool(session: Session, pool: StoragePool, by: str | None) -> Task:
     return tasking.enqueue(session, TaskType.STORAGE_POOL_REFRESH, pool.id, {}, created_by=by)
 
 
+def refresh_volume(session: Session, volume: StorageVolume, by: str | None) -> Task:
+    """Queue re-reading one volume from libvirt; refused while the volume is being made or deleted."""
+    pending = _busy(session, TargetKind.STORAGE_VOLUME, volume.id)
+    if pending is not None and pending.type is not TaskType.VOLUME_REFRESH:
+        raise Conflict(f"volume {volume.name} has task {pending.id} ({pending.type}) queued or running",
+                       "wait for it (drover task wait)")  # fmt: skip
+    return tasking.enqueue(session, TaskType.VOLUME_REFRESH, volume.id, {}, created_by=by)
+
+
+def give_pools(session: Session, host: Host) -> list[Task]:
+    """A host just became available: queue a refresh of every storage pool it should see (its hardware pool's
+    and those of the pools above it), which defines the pool there; the task engine does it, not the caller.
+    Pools not (yet) available, or with a task of their own queued, are left to that task."""
+    chain: set[int] = set()
+    cur: int | None = host.hardware_pool_id
+    while cur is not None and cur not in chain:
+        chain.add(cur)
+        cur = session.scalar(select(HardwarePool.parent_id).where(HardwarePool.id == cur))
+    pools = session.scalars(
+        select(StoragePool).where(StoragePool.hardware_pool_id.in_(chain), StoragePool.state == StorageState.AVAILABLE)
+        .order_by(StoragePool.id)
+    ).all()  # fmt: skip
+    queued = []
+    for pool in pools:
+        if _busy(session, TargetKind.STORAGE_POOL, pool.id) is None:
+            why = {"reason": f"host {host.hostname} became available"}
+            queued.append(tasking.enqueue(session, TaskType.STORAGE_POOL_REFRESH, pool.id, why, created_by=None))
+    return queued
+
+
 def volume_users(session: Session, volume_ids: list[int]) -> list[str]:
     """What holds these volumes: 'VM x' for a disk, 'template y' for a base image."""
     if not volume_ids:
@@ -214,6 +246,13 @@ def volume_users(session: Session, volume_ids: list[int]) -> list[str]:
         f"template {t.name}"
         for t in session.scalars(select(Template).where(Template.storage_volume_id.in_(volume_ids))).all()
     ]
+    users += [
+        f"overlay {v.name}"
+        for v in session.scalars(
+            select(StorageVolume).where(StorageVolume.backing_volume_id.in_(volume_ids),
+                                        StorageVolume.id.not_in(volume_ids))
+        ).all()
+    ]  # fmt: skip
     return sorted(set(users))
 
 
@@ -263,6 +302,15 @@ def new_volume(session: Session, pool: StoragePool, name: str, capacity: int, fm
                         state=StorageState.PENDING)  # fmt: skip
     session.add(vol)
     session.flush()
+    return vol
+
+
+def new_overlay(session: Session, base: StorageVolume, name: str) -> StorageVolume:
+    """A pending qcow2 volume over `base` in base's pool, the same virtual size: what the VM writes goes there,
+    the base stays as it is. The task that defines the VM creates it on a host (taskengine.vmlife)."""
+    vol = new_volume(session, base.storage_pool, name, base.capacity_bytes, VolumeFormat.QCOW2)
+    vol.backing_volume_id = base.id
+    vol.backing = base
     return vol
 
 
@@ -362,8 +410,8 @@ def volume_counts(session: Session) -> dict[int, int]:
 
 def find_template(session: Session, key: str) -> Template:
     template = session.scalars(select(Template).where(Template.name == key)).one_or_none()
-    if template is None and key.isdigit():
-        template = session.get(Template, int(key))
+    if template is None and (row_id := as_id(key)) is not None:
+        template = session.get(Template, row_id)
     if template is None:
         raise NotFound(f"template {key} does not exist", "see `drover template list`")
     return template

@@ -193,6 +193,26 @@ def cancel(session: Session, task_id: int, by: str | None) -> Task:
     raise Conflict(f"task {task.id} has already ended ({task.state})", "only queued or running tasks are canceled")
 
 
+def cancel_stranded(session: Session, vm: Vm, failed: Task) -> list[Task]:
+    """After `failed` failed and `vm` went back to the state it really has: cancel the VM's queued tasks
+    that can no longer run from there (a suspend queued behind a start that failed), with the reason; those
+    that still fit stay queued and run."""
+    queued = [t for t in pending_for(session, TargetKind.VM, vm.id) if t.state is TaskState.QUEUED]
+    by_id = {t.id: t for t in queued}
+    out = []
+    for task_id, task_type, state in vmstate.stranded(vm.state, [(t.id, t.type) for t in queued]):
+        task = by_id[task_id]
+        why = (f"canceled: task {failed.id} ({failed.type}) failed, so VM {vm.name} is {state} and cannot "
+               f"{vmstate.action_name(task_type)}")  # fmt: skip
+        task.move_to(TaskState.CANCELED)
+        task.finished_at = utcnow()
+        task.error = why
+        task_event(session, task, "task.canceled", why, Severity.WARNING)
+        log.info("task %s %s", task.id, why)
+        out.append(task)
+    return out
+
+
 def summary(task: Task) -> dict[str, Any]:
     """A task as the API returns it."""
     return {

@@ -11,8 +11,8 @@ import uuid as uuidlib
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import select
-from sqlalchemy.orm import Session
+from sqlalchemy import Select, select
+from sqlalchemy.orm import Session, selectinload
 
 from appliance import hosts, permissions, placement, quotas, storage, tasking
 from appliance.db.models import (
@@ -25,6 +25,7 @@ from appliance.db.models import (
     NicModel,
     PlacementPolicy,
     StorageState,
+    StorageType,
     StorageVolume,
     Task,
     TaskType,
@@ -37,6 +38,7 @@ from appliance.db.models import (
 )
 from appliance.errors import Conflict, NotFound, UsageError
 from appliance.permissions import Privilege
+from appliance.text import MAX_ID, as_id
 
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
 MAX_VCPUS = 512
@@ -60,8 +62,8 @@ ACTIONS: dict[str, tuple[TaskType, Privilege]] = {
 def find(session: Session, key: str) -> Vm:
     """A VM by id, UUID or name (a name must be unique)."""
     key = key.strip()
-    if key.isdigit():
-        vm = session.get(Vm, int(key))
+    if (row_id := as_id(key)) is not None:
+        vm = session.get(Vm, row_id)
         if vm is not None:
             return vm
     rows = session.scalars(select(Vm).where((Vm.uuid == key.lower()) | (Vm.name == key))).all()
@@ -112,7 +114,7 @@ def _enum(body: dict[str, Any], key: str, cls: Any, default: Any) -> Any:
 
 CREATE_FIELDS = frozenset({
     "name", "vcpus", "memory_mib", "pool", "host", "placement_policy", "firmware", "description", "kernel",
-    "initrd", "cmdline", "disks", "nics", "boot_device", "uuid", "template",
+    "initrd", "cmdline", "disks", "nics", "boot_device", "uuid", "template", "ha", "ha_priority",
 })  # fmt: skip
 
 
@@ -131,7 +133,7 @@ def create(session: Session, body: dict[str, Any], principal: str) -> Created:
     if not name or not NAME.match(name):
         raise UsageError("name: 1-63 letters, digits, '.', '_' or '-', starting with a letter or digit")
     pool = _pool(session, body.get("pool"))
-    permissions.require(session, principal, Privilege.MODIFY, pool.id, f"create VMs in hardware pool {pool.name}")
+    permissions.require(session, principal, Privilege.VM_CREATE, pool.id, f"create VMs in hardware pool {pool.name}")
     template = _template(session, body.get("template"), principal)
     vcpus = _int(body, "vcpus", 1, MAX_VCPUS, template.vcpus if template else 1)
     memory = _int(body, "memory_mib", 16, MAX_MEMORY_MIB, template.memory_mib if template else 512)
@@ -151,19 +153,34 @@ def create(session: Session, body: dict[str, Any], principal: str) -> Created:
         vm_uuid = str(uuidlib.UUID(vm_uuid))
     except ValueError:
         raise UsageError(f"uuid: {vm_uuid!r} is not a UUID") from None
+    ha = body.get("ha", False)
+    if not isinstance(ha, bool):
+        raise UsageError("ha: true or false")
+    ha_priority = _int(body, "ha_priority", 0, 1000, 0)
     owner = session.scalars(select(User).where(User.principal == principal)).first()
     vm = Vm(uuid=vm_uuid, name=name, vcpus=vcpus, memory_mib=memory, hardware_pool_id=pool.id,
             placement_policy=policy, firmware=_enum(body, "firmware", Firmware, Firmware.BIOS),
             description=_str(body, "description", 1000) or "", kernel_path=_str(body, "kernel", 255),
             initrd_path=_str(body, "initrd", 255), kernel_cmdline=_str(body, "cmdline", 2000),
-            owner_id=owner.id if owner else None, state=VmState.PENDING)  # fmt: skip
+            owner_id=owner.id if owner else None, state=VmState.PENDING, is_ha=ha, ha_priority=ha_priority)  # fmt: skip
     if template is not None and template.volume is not None:
-        # The template's base image as the VM's first disk, read-only (many VMs share it, none may change
-        # it) and first to boot. It is the template's storage, not the VM's: no quota is charged for it.
         vm.template_id = template.id
-        vm.disks.append(VmDisk(volume=template.volume, target_dev="vda", bus=DiskBus.VIRTIO, boot_order=1,
-                               read_only=True))  # fmt: skip
-    disk_bytes = _disks(session, vm, body.get("disks", []), first=len(vm.disks))
+        base = template.volume
+        if base.storage_pool.type is StorageType.LOGICAL:
+            # An LV cannot back a qcow2 file: the base image itself, read-only (many VMs share it, none may
+            # change it), as before overlays.
+            vm.disks.append(VmDisk(volume=base, target_dev="vda", bus=DiskBus.VIRTIO, boot_order=1,
+                                   read_only=True))  # fmt: skip
+        else:
+            # The VM's own copy-on-write overlay over the template's base image, first to boot; the VM's
+            # writes go to the overlay (deleted with the VM), the base is never changed. The overlay is thin:
+            # no quota is charged for it, as none is for the template's base.
+            overlay_name = f"{name}-vda.qcow2"
+            if not storage.NAME.match(overlay_name):  # a VM name near its 63 characters: too long for a volume
+                overlay_name = f"{vm_uuid}-vda.qcow2"
+            overlay = storage.new_overlay(session, base, overlay_name)
+            vm.disks.append(VmDisk(volume=overlay, target_dev="vda", bus=DiskBus.VIRTIO, boot_order=1))
+    disk_bytes = _disks(session, vm, body.get("disks", []), principal, first=len(vm.disks))
     _nics(session, vm, body.get("nics", []))
     quotas.check_create(session, vm.owner_id, pool.id, disk_bytes)
     session.add(vm)
@@ -189,7 +206,7 @@ def _template(session: Session, key: object, principal: str) -> Template | None:
     return template
 
 
-def _disks(session: Session, vm: Vm, disks: object, first: int = 0) -> int:
+def _disks(session: Session, vm: Vm, disks: object, principal: str, first: int = 0) -> int:
     if not isinstance(disks, list):
         raise UsageError("disks: must be a list of {volume, target?, bus?, boot_order?}")
     total = 0
@@ -201,6 +218,10 @@ def _disks(session: Session, vm: Vm, disks: object, first: int = 0) -> int:
         volume = session.get(StorageVolume, d["volume"])
         if volume is None:
             raise NotFound(f"{at}: storage volume {d['volume']} does not exist")
+        # Any volume may hold anyone's data: attaching one needs modify where it is stored, not just the
+        # right to create VMs.
+        permissions.require(session, principal, Privilege.MODIFY, volume.storage_pool.hardware_pool_id,
+                            f"attach volume {volume.name} to a VM")  # fmt: skip
         target = d.get("target", f"vd{chr(ord('a') + n)}")
         if not isinstance(target, str) or not re.match(r"^[a-z]{2,3}[a-z]{1,2}$", target):
             raise UsageError(f"{at}.target: {target!r} is not a device name such as vda")
@@ -236,6 +257,8 @@ def act(session: Session, vm: Vm, verb: str, principal: str, args: dict[str, Any
     if verb not in ACTIONS:
         raise UsageError(f"unknown VM action {verb!r}", f"one of: {', '.join(ACTIONS)}")
     task_type, privilege = ACTIONS[verb]
+    if verb == "delete" and vm.owner is not None and vm.owner.principal == principal:
+        privilege = Privilege.VM_CREATE  # one's own VM: who may make it may remove it
     permissions.require(session, principal, privilege, vm.hardware_pool_id, f"{verb} VM {vm.name}")
     task_args: dict[str, Any] = {}
     if verb == "migrate" and args.get("host") is not None:
@@ -268,6 +291,8 @@ def summary(vm: Vm) -> dict[str, Any]:
         "host_id": vm.host_id,
         "pool": vm.pool.name,
         "placement_policy": str(vm.placement_policy),
+        "ha": vm.is_ha,
+        "ha_priority": vm.ha_priority,
         "owner": vm.owner.principal if vm.owner is not None else None,
     }
 
@@ -290,12 +315,18 @@ def detail(vm: Vm) -> dict[str, Any]:
     }  # fmt: skip
 
 
-def visible(session: Session, principal: str) -> list[Vm]:
+def visible_query(session: Session, principal: str) -> Select[tuple[Vm]]:
+    """The VMs `principal` may see, by name (the API pages through it)."""
     pools = permissions.visible_pools(session, principal)
-    query = select(Vm).order_by(Vm.name, Vm.id)
+    query = select(Vm).options(selectinload(Vm.host), selectinload(Vm.pool), selectinload(Vm.owner))
+    query = query.order_by(Vm.name, Vm.id)
     if pools is not None:
         query = query.where(Vm.hardware_pool_id.in_(sorted(pools)))
-    return list(session.scalars(query))
+    return query
+
+
+def visible(session: Session, principal: str) -> list[Vm]:
+    return list(session.scalars(visible_query(session, principal)))
 
 
 def balance(session: Session, principal: str, *, dry_run: bool, cluster_id: int | None = None,
@@ -303,7 +334,8 @@ def balance(session: Session, principal: str, *, dry_run: bool, cluster_id: int 
     """Moves that reduce the spread of memory+CPU load; queued as migrations unless `dry_run`."""
     pool_id = None
     if cluster_id is not None:
-        cluster = session.get(Cluster, cluster_id)
+        # An id past what the database holds would overflow in the query: it names no cluster.
+        cluster = session.get(Cluster, cluster_id) if 0 < cluster_id <= MAX_ID else None
         if cluster is None:
             raise NotFound(f"cluster {cluster_id} does not exist")
         pool_id = cluster.hardware_pool_id

@@ -69,6 +69,26 @@ def project(current: VmState, pending: Iterable[TaskType]) -> VmState:
     return state
 
 
+def stranded(current: VmState, queued: list[tuple[int, TaskType]]) -> list[tuple[int, TaskType, VmState]]:
+    """The queued tasks (oldest first) that can no longer run once the VM is in `current` — each with the
+    state it would find — after an earlier task failed; the ones that still fit move the projection on."""
+    state = current
+    out: list[tuple[int, TaskType, VmState]] = []
+    for task_id, task_type in queued:
+        entry = TABLE.get(task_type)
+        if entry is None:
+            continue
+        if state in entry.sources:
+            state = entry.after(state)
+        else:
+            out.append((task_id, task_type, state))
+    return out
+
+
+def action_name(task_type: TaskType) -> str:
+    return task_type.value.removeprefix("vm_").replace("_", " ")
+
+
 def check(task_type: TaskType, vm_name: str, current: VmState, pending: list[tuple[int, TaskType]]) -> VmState:
     """Raise Conflict (409) unless `task_type` may follow the tasks already queued; the projected state if so."""
     entry = transition(task_type)
@@ -78,7 +98,7 @@ def check(task_type: TaskType, vm_name: str, current: VmState, pending: list[tup
     projected = project(current, [t for _, t in pending])
     if projected in entry.sources:
         return projected
-    action = task_type.value.removeprefix("vm_").replace("_", " ")
+    action = action_name(task_type)
     allowed = ", ".join(sorted(entry.sources))
     if pending:
         last_id, last_type = pending[-1]

@@ -18,7 +18,9 @@ from typing import Any
 from bench import table
 
 RESULTS = Path(__file__).resolve().parent / "results"
-SECTIONS: tuple[str, ...] = ("api", "image", "enrolment", "pxe", "taskengine", "storage", "monitor", "ui", "load")
+SECTIONS: tuple[str, ...] = (
+    "api", "image", "enrolment", "pxe", "taskengine", "storage", "monitor", "ui", "fuzz", "load",
+)
 
 
 def main(argv: list[str]) -> int:

@@ -16,7 +16,7 @@ from typing import Any, cast
 from sqlalchemy import CursorResult, Engine, select, update
 from sqlalchemy.orm import Session
 
-from appliance import hosts
+from appliance import hosts, storage
 from appliance.db.base import utcnow
 from appliance.db.engine import session_scope
 from appliance.db.models import Event, Host, HostState, Severity, Vm, VmState
@@ -155,8 +155,11 @@ def _host_up(view: _View, host: Host, change: HostUp) -> None:
             _vm_state(session, vm, VmState.STOPPED, f"not on {host.hostname} any more")
     host.libvirt_connected = True
     # Maintenance is the admin's to end (`drover host activate`); the connection is still recorded.
-    if host.state is not HostState.MAINTENANCE:
-        hosts.set_state(session, host, HostState.AVAILABLE, f"libvirt connected, {len(seen)} domains")
+    up = host.state is not HostState.MAINTENANCE
+    if up and hosts.set_state(session, host, HostState.AVAILABLE, f"libvirt connected, {len(seen)} domains"):
+        # A (stateless) node that just came up has no storage pools defined: the task engine gives it the
+        # cluster's, without waiting for someone's `storage pool refresh`.
+        storage.give_pools(session, host)
 
 
 def _host_down(session: Session, host: Host, change: HostDown) -> None:
@@ -165,10 +168,11 @@ def _host_down(session: Session, host: Host, change: HostDown) -> None:
         hosts.set_state(session, host, HostState.UNAVAILABLE, change.reason)
     elif host.state is HostState.UNAVAILABLE:
         host.state_reason = change.reason  # why the latest attempt failed, for `drover host show`
-    # The real state of its guests is unknown now; they are not stopped, nor running for all we know.
+    # The real state of its guests is unknown now; they are not stopped, nor running for all we know. What each
+    # was is kept (SET reads the old row): fencing restarts an HA VM only if it was live, never a stopped one.
     marked = session.execute(
         update(Vm).where(Vm.host_id == host.id, Vm.state != VmState.UNREACHABLE)
-        .values(state=VmState.UNREACHABLE, state_changed_at=utcnow())
+        .values(state=VmState.UNREACHABLE, state_changed_at=utcnow(), lost_state=Vm.state)
     )  # fmt: skip
     lost = cast("CursorResult[Any]", marked).rowcount
     # Only when something changed: a host that stays down is retried every few seconds, and an event

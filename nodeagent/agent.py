@@ -256,6 +256,13 @@ class Agent:
                 self._apply(resp.credentials)
                 approved = dataclasses.replace(kept.answer, status=resp.status, credentials=resp.credentials)
                 session.save(self.session_file, dataclasses.replace(kept, answer=approved))
+            if resp.restart_libvirtd and self.creds is not None:
+                # The appliance cannot reach our libvirtd although we beat: oVirt's soft fencing, before
+                # it powers this machine off through its BMC.
+                log.warning("the appliance asks for a libvirtd restart (it cannot reach it)")
+                with self.lock:
+                    self._restart()
+                self._set(soft_restarts=self.status.get("soft_restarts", 0) + 1)
             state = State.RUNNING if self.creds is not None else State.PENDING
             self._set(
                 state=state,

@@ -72,11 +72,21 @@ def fold_hostname(value: str) -> str:
     return value.lower().rstrip(".")
 
 
+# Counts the appliance keeps in 32-bit columns (PostgreSQL INTEGER): CPUs, cores, sockets, link speed.
+MAX_COUNT = 2**31 - 1
+
+
+def _at_most_count(value: int) -> int:
+    if value > MAX_COUNT:
+        raise WireError(f"more than {MAX_COUNT}")
+    return value
+
+
 @dataclass(frozen=True)
 class Nic:
     name: str
     mac: str = field(metadata={"check": normalize_mac})
-    speed_mbps: int = 0  # 0: unknown or link down
+    speed_mbps: int = field(default=0, metadata={"check": _at_most_count})  # 0: unknown or link down
     addresses: tuple[str, ...] = ()
     boot: bool = False  # the NIC the node PXE-booted from (BOOTIF)
 
@@ -93,9 +103,9 @@ class Disk:
 @dataclass(frozen=True)
 class Cpu:
     model: str
-    count: int  # logical CPUs
-    cores: int  # physical cores over all sockets
-    sockets: int
+    count: int = field(metadata={"check": _at_most_count})  # logical CPUs
+    cores: int = field(metadata={"check": _at_most_count})  # physical cores over all sockets
+    sockets: int = field(metadata={"check": _at_most_count})
     flags: tuple[str, ...] = ()
 
     @property
@@ -177,6 +187,8 @@ class HeartbeatResponse:
     status: IdentifyStatus
     heartbeat_seconds: int
     credentials: Credentials | None = None  # set once, when a pending host has just been approved
+    # The appliance lost this node's libvirtd while the node still beats: restart it (fencing's soft step).
+    restart_libvirtd: bool = False
 
 
 M = TypeVar("M")

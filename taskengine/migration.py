@@ -103,6 +103,10 @@ def _plan(ctx: TaskContext) -> tuple[str, Host, Host]:
         task = s.get(Task, ctx.task.id)
         if task is not None:
             task.args = {**task.args, "source_host_id": source.id, "dest_host_id": dest.id}
+            # When the transfer really began (a deferred task was queued long before): what shows that
+            # migrations of one host ran one after the other.
+            tasking.task_event(s, task, "task.migrating", f"{vm.name}: {source.hostname} -> {dest.hostname}, "
+                               f"{busy + 1} of at most {limit} migrations on these hosts")  # fmt: skip
         s.expunge(source)
         s.expunge(dest)
         return vm.uuid, source, dest
@@ -185,8 +189,12 @@ def migrate(ctx: TaskContext) -> dict[str, Any]:
         if step is Step.RAISE:
             _try(dom.migrateSetMaxDowntime, policy.downtime_ms)
             log.info("task %s: migration stalled, allowed downtime now %d ms", ctx.task.id, policy.downtime_ms)
+            _event(ctx, "task.downtime", f"stalled at {remaining >> 20} MiB left: allowed downtime raised to "
+                   f"{policy.downtime_ms} ms")  # fmt: skip
         elif step is Step.ABORT:
-            aborting = f"did not converge with {policy.downtime_ms} ms of downtime allowed"
+            aborting = (f"did not converge: still {remaining >> 20} MiB left after {policy.stall_s:g}s at the "
+                        f"maximum downtime of {policy.downtime_ms} ms")  # fmt: skip
+            _event(ctx, "task.downtime", f"stalled at the maximum downtime ({policy.downtime_ms} ms): aborting")
             _try(dom.abortJob)
     error = outcome.get("error")
     if aborting or error is not None:
@@ -213,6 +221,13 @@ def migrate(ctx: TaskContext) -> dict[str, Any]:
         vm.host_id = dest.id
     return {"from": source.hostname, "to": dest.hostname, "host_id": dest.id, "total_ms": round(total_ms),
             "downtime_ms": downtime_ms, "max_downtime_ms": policy.downtime_ms, "mode": mode["used"]}  # fmt: skip
+
+
+def _event(ctx: TaskContext, kind: str, message: str) -> None:
+    with ctx.session() as s:
+        task = s.get(Task, ctx.task.id)
+        if task is not None:
+            tasking.task_event(s, task, kind, message)
 
 
 def _port(ctx: TaskContext, conn: libvirt.virConnect) -> int:

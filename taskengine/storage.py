@@ -126,14 +126,17 @@ def remove_pool(conn: libvirt.virConnect, name: str) -> bool:
     return True
 
 
-def create_volume(conn: libvirt.virConnect, pool: StoragePool, volume: StorageVolume) -> VolumeFacts:
-    """Create the volume (or find it, made by an earlier run of the same task) and describe it."""
+def create_volume(
+    conn: libvirt.virConnect, pool: StoragePool, volume: StorageVolume, backing: StorageVolume | None = None
+) -> VolumeFacts:
+    """Create the volume (or find it, made by an earlier run of the same task) and describe it; with `backing`,
+    as a copy-on-write overlay over that volume."""
     lv_pool = ensure_pool(conn, pool)
     existing = find_volume(lv_pool, volume.name)
     if existing is not None:
         return storagexml.parse_volume(existing.XMLDesc(0))
     try:
-        made = lv_pool.createXML(storagexml.volume_xml(volume, pool.type), 0)
+        made = lv_pool.createXML(storagexml.volume_xml(volume, pool.type, backing), 0)
         return storagexml.parse_volume(made.XMLDesc(0))
     except libvirt.libvirtError as exc:
         raise _libvirt_error(f"creating volume {volume.name} in {pool.name}", exc) from None

@@ -63,7 +63,8 @@ def pool_xml(pool: StoragePool) -> str:
     return ET.tostring(root, encoding="unicode")
 
 
-def volume_xml(volume: StorageVolume, pool_type: StorageType) -> str:
+def volume_xml(volume: StorageVolume, pool_type: StorageType, backing: StorageVolume | None = None) -> str:
+    """A volume to create; with `backing`, a copy-on-write overlay reading what it has not written from it."""
     root = ET.Element("volume")
     ET.SubElement(root, "name").text = volume.name
     ET.SubElement(root, "capacity", unit="bytes").text = str(volume.capacity_bytes)
@@ -73,6 +74,14 @@ def volume_xml(volume: StorageVolume, pool_type: StorageType) -> str:
     if pool_type is not StorageType.LOGICAL:
         target = ET.SubElement(root, "target")
         ET.SubElement(target, "format", type=str(volume.format))
+    base = backing
+    if base is not None:
+        # A copy-on-write overlay: libvirt has qemu-img write the base's path and format into the qcow2 header.
+        if not base.path:
+            raise ValueError(f"volume {volume.name}: its base {base.name} has no path yet")
+        store = ET.SubElement(root, "backingStore")
+        ET.SubElement(store, "path").text = base.path
+        ET.SubElement(store, "format", type=str(base.format))
     return ET.tostring(root, encoding="unicode")
 
 

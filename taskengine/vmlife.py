@@ -14,12 +14,23 @@ import time
 from typing import Any
 
 import libvirt
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from appliance import placement
-from appliance.db.models import Host, HostState, PlacementPolicy, TaskType, Vm, VmState
+from appliance.db.models import (
+    Host,
+    HostState,
+    PlacementPolicy,
+    StorageState,
+    StorageVolume,
+    TaskType,
+    Vm,
+    VmDisk,
+    VmState,
+)
 from appliance.errors import Conflict, DroverError, NotFound
-from taskengine import domainxml
+from taskengine import domainxml, storage, storagetasks
 from taskengine.actions import Reconciled, TaskContext, Verdict, action, reconciler
 
 log = logging.getLogger(__name__)
@@ -107,13 +118,32 @@ def _placed(ctx: TaskContext, s: Session, vm: Vm) -> Host:
     return placement.choose(s, vm)
 
 
+def overlays(vm: Vm) -> list[StorageVolume]:
+    """The VM's own copy-on-write overlays (made for it over a template's base image)."""
+    return [d.volume for d in vm.disks if d.volume.backing_volume_id is not None]
+
+
+def _make_overlays(ctx: TaskContext, s: Session, vm: Vm) -> list[str]:
+    """Create the VM's overlays not yet made, on a host of their pool (idempotent: one already there is read)."""
+    made = []
+    for vol in overlays(vm):
+        if vol.state is StorageState.AVAILABLE:
+            continue
+        host = storagetasks.pool_hosts(s, vol.storage_pool)[0]
+        facts = storage.create_volume(ctx.connect(host), vol.storage_pool, vol, vol.backing)
+        storagetasks.apply_facts(vol, facts)
+        made.append(vol.name)
+    return made
+
+
 @action(TaskType.VM_CREATE)
 def create(ctx: TaskContext) -> dict[str, Any]:
     with ctx.session() as s:
         vm = vm_of(s, ctx)
         host = _placed(ctx, s, vm)
+        made = _make_overlays(ctx, s, vm)
         define(ctx, s, vm, host)
-        return {"host": host.hostname, "host_id": host.id}
+        return {"host": host.hostname, "host_id": host.id, **({"overlays": made} if made else {})}
 
 
 @reconciler(TaskType.VM_CREATE)
@@ -283,8 +313,19 @@ def delete(ctx: TaskContext) -> dict[str, Any]:
                     | libvirt.VIR_DOMAIN_UNDEFINE_NVRAM
                     | libvirt.VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA
                 )
+        # Its overlays go with it (never the template's base they sit on): from the storage, then the rows.
+        gone = []
+        for vol in overlays(vm):
+            if s.scalars(select(VmDisk.id).where(VmDisk.storage_volume_id == vol.id, VmDisk.vm_id != vm.id)).first():
+                continue  # attached to another VM as well: not this VM's alone
+            host = storagetasks.pool_hosts(s, vol.storage_pool)[0]
+            storage.delete_volume(ctx.connect(host), vol.storage_pool, vol.name)
+            gone.append(vol)
         s.delete(vm)
-    return {"deleted": name}
+        s.flush()
+        for vol in gone:
+            s.delete(vol)
+    return {"deleted": name, **({"overlays_deleted": [v.name for v in gone]} if gone else {})}
 
 
 @reconciler(TaskType.VM_DELETE)

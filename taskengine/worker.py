@@ -284,6 +284,7 @@ class Worker:
                     back = entry.failure or before
                     set_vm_state(s, vm, back, f"task {task.id} {task.type} failed: {error}", task.id)
                     vm.state_reason = f"{task.type} failed: {error}"
+                    tasking.cancel_stranded(s, vm, task)
             self._end(s, task, TaskState.FAILED, None, error)
         log.warning("task %s (%s) failed: %s", claim.task_id, claim.type, error)
 

@@ -10,6 +10,7 @@ pytest_plugins: list[str] = [
     "tests.lab.nodeagent_peer",
     "tests.lab.agent_node",
     "tests.lab.taskrack",
+    "tests.lab.fencerack",
     "tests.lab.nfs",
     "tests.lab.iscsi",
     "tests.lab.taskworker",

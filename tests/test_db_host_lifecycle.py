@@ -29,6 +29,9 @@ from appliance.db.models import (
     HostNic,
     HostState,
     Severity,
+    StoragePool,
+    StorageState,
+    StorageType,
     TargetKind,
     Task,
     TaskState,
@@ -429,3 +432,35 @@ def test_a_batch_of_domain_changes_reads_each_vm_once_and_keeps_every_transition
     assert len(transitions) == 120  # stopped -> running -> paused -> running, for each of the 40
     assert transitions[:2] == ["stopped -> running on n1.example.test"] * 2
     assert events(db_engine, "vm.discovered") == ["on n2.example.test: running"]
+
+
+def test_a_host_that_becomes_available_is_given_the_storage_pools(db_engine: Engine) -> None:
+    """Through the host browser's connect and through `host activate`: a refresh of every available storage
+    pool of its hardware pool is queued (by the appliance); a pool not available, or busy, is left alone."""
+    with session_scope(db_engine) as s:
+        hw = hosts.default_pool(s).id
+        for name, state in (("shared", StorageState.AVAILABLE), ("broken", StorageState.FAILED),
+                            ("busy", StorageState.AVAILABLE)):  # fmt: skip
+            s.add(StoragePool(name=name, type=StorageType.DIR, path=f"/srv/{name}", hardware_pool_id=hw, state=state))
+        s.flush()
+        busy = s.scalars(select(StoragePool).where(StoragePool.name == "busy")).one()
+        s.add(Task(type=TaskType.STORAGE_POOL_DELETE, target_kind=TargetKind.STORAGE_POOL, target_id=busy.id,
+                   args={}, state=TaskState.QUEUED))  # fmt: skip
+
+    def refreshes() -> list[tuple[str, str | None, str]]:
+        with session_scope(db_engine) as s:
+            names = dict(s.execute(select(StoragePool.id, StoragePool.name)).tuples().all())
+            rows = s.scalars(select(Task).where(Task.type == TaskType.STORAGE_POOL_REFRESH).order_by(Task.id)).all()
+            return [(names[t.target_id], t.created_by, t.args["reason"]) for t in rows]
+
+    up = add_host(db_engine, "up.example.test", state=HostState.UNAVAILABLE, connected=False)
+    apply(db_engine, sync.HostUp(up, ()))
+    assert refreshes() == [("shared", None, "host up.example.test became available")]
+    apply(db_engine, sync.HostUp(up, ()))  # already available: nothing more
+    assert len(refreshes()) == 1
+    with session_scope(db_engine) as s:  # that refresh ran (one still queued would cover the host: none added)
+        for task in s.scalars(select(Task).where(Task.type == TaskType.STORAGE_POOL_REFRESH)):
+            task.state = TaskState.FINISHED
+    maintenance(db_engine, "up")
+    activate(db_engine, "up")
+    assert refreshes()[1:] == [("shared", None, "host up.example.test became available")]

@@ -170,3 +170,19 @@ def test_pending_node_keeps_heartbeating_until_credentials_arrive(tmp_path: Path
     assert [b.has_credentials for b in beats[:3]] == [False, False, False] and beats[3].has_credentials
     assert base64.b64encode(keytab.read_bytes()).decode() == peer.credentials().keytab_b64
     assert len(peer.paths("/node/v1/identify")) == 1
+
+
+def test_a_heartbeat_answer_asking_for_it_restarts_libvirtd_once(tmp_path: Path, peer: Peer) -> None:
+    """Fencing's soft step on the node's side: the appliance lost our libvirtd while we still beat."""
+    args, _conf, state, log = _tree(tmp_path, peer, "sha256:" + peer.pki.sha256)
+    peer.restart_libvirtd_on = {3}
+    restarts = tmp_path / "restarts.log"
+    agent = start_agent(*args, log=log)
+    try:
+        wait_for(lambda: len(peer.paths("/node/v1/heartbeat")) >= 6, 30, "six heartbeats", log)
+        # One restart when the credentials were installed, one for the third heartbeat's answer, no more.
+        assert len(restarts.read_text().splitlines()) == 2
+        assert read_state(state).get("soft_restarts") == 1
+        assert "asks for a libvirtd restart" in log.read_text()
+    finally:
+        stop(agent)

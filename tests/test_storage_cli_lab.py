@@ -270,15 +270,20 @@ def test_storage_rights_are_per_hardware_pool(task_rack: TaskRack, tmp_path: Pat
 
 
 def test_a_vm_boots_from_a_template_iso(task_rack: TaskRack, tmp_path: Path) -> None:
-    """`drover vm create --template T`: the template's base image (the lab guest as a hybrid ISO, imported as a
-    raw volume) is the VM's read-only boot disk; the guest boots from it through grub to its serial console."""
+    """`drover vm create --template T`: the VM gets its own copy-on-write overlay (qcow2, made through libvirt in
+    the template's pool) over the template's base image (the lab guest as a hybrid ISO, imported as a raw
+    volume); the guest boots from it through grub to its serial console, its writes never reach the base.
+    A template with VMs on it cannot be deleted; deleting the VM deletes its overlay, never the template."""
     rack = task_rack
     rack.ensure_worker()
     pool = rack.unique("isopool")
-    ok(rack, "storage", "pool", "create", pool, "--type", "dir", "--path", str(tmp_path / "p"), "--wait")
+    where = tmp_path / "p"
+    ok(rack, "storage", "pool", "create", pool, "--type", "dir", "--path", str(where), "--wait")
     tpl, vm = rack.unique("guestiso"), rack.unique("isovm")
     ok(rack, "template", "import", str(build_iso(tmp_path / "iso")), "--pool", pool, "--name", tpl,
        "--memory", "112", "--wait")  # fmt: skip
+    base = where / f"{tpl}.img"
+    base_bytes = base.read_bytes()
     before = counts(rack)
     assert "template nope does not exist" in refused(rack, 4, "vm", "create", vm, "--template", "nope")
     assert "is taken" in api_call(rack, "POST", "/api/v1/vms", {"name": vm, "template": tpl,
@@ -287,15 +292,36 @@ def test_a_vm_boots_from_a_template_iso(task_rack: TaskRack, tmp_path: Path) -> 
     ok(rack, "vm", "create", vm, "--template", tpl, "--host", rack.nodes[0].fqdn, "--wait")
     shown = js(rack, "vm", "show", vm)
     assert (shown["template"], shown["memory_mib"], shown["vcpus"]) == (tpl, 112, 1)
-    assert [(d["target"], d["volume"], d["read_only"]) for d in shown["disks"]] == [("vda", f"{tpl}.img", True)]
-    assert "(virtio, read-only)" in ok(rack, "vm", "show", vm)
+    overlay = where / f"{vm}-vda.qcow2"
+    assert [(d["target"], d["volume"], d["read_only"], d["path"]) for d in shown["disks"]] == [
+        ("vda", f"{vm}-vda.qcow2", False, str(overlay))]  # fmt: skip
+    info = json.loads(run(["qemu-img", "info", "--output=json", str(overlay)]).stdout)
+    assert (info["format"], info["backing-filename"], info["backing-filename-format"]) == ("qcow2", str(base), "raw")
+    vols = {v["name"]: v for v in js(rack, "storage", "volume", "list", pool)}
+    assert vols[f"{vm}-vda.qcow2"]["format"] == "qcow2" and vols[f"{vm}-vda.qcow2"]["state"] == "available"
+    # A second VM of the same template, its name too long to make a volume name of: its overlay is named by
+    # its UUID. The template cannot go while either is on it (409 naming them).
+    long_name = rack.unique("x" * 56)
+    ok(rack, "vm", "create", long_name, "--template", tpl, "--host", rack.nodes[0].fqdn, "--wait")
+    long_vm = js(rack, "vm", "show", long_name)
+    assert [d["volume"] for d in long_vm["disks"]] == [f"{long_vm['uuid']}-vda.qcow2"]
+    refusal = api_call(rack, "DELETE", f"/api/v1/templates/{tpl}", None)
+    assert refusal["class"] == "Conflict" and ", ".join(sorted([vm, long_name])) in refusal["error"], refusal
+    ok(rack, "vm", "delete", long_name, "--wait")
+    assert not (where / f"{long_vm['uuid']}-vda.qcow2").exists()
     try:
         ok(rack, "vm", "start", vm, "--wait")
         log = wait_for_text(rack.serial_log(rack.vm(vm).host_id, vm), BOOT_MARKER, 180)
-        assert "BOOT_IMAGE=/boot/vmlinuz" in log  # grub, from the disk, loaded the kernel
+        assert "BOOT_IMAGE=/boot/vmlinuz" in log  # grub, from the overlay (reading the base), loaded the kernel
+        refusal = api_call(rack, "DELETE", f"/api/v1/templates/{tpl}", None)
+        assert refusal["class"] == "Conflict" and f"used by VM {vm}" in refusal["error"], refusal
         assert f"used by VM {vm}" in refused(rack, 5, "template", "delete", tpl)
+        assert "in use by overlay" in refused(rack, 5, "storage", "volume", "delete", pool, f"{tpl}.img")
     finally:
         rack.drover("vm", "poweroff", vm, "--wait")
-        rack.drover("vm", "delete", vm, "--wait")
+        out = rack.drover("vm", "delete", vm, "--wait")
+    assert out.returncode == 0 and f"{vm}-vda.qcow2" in out.stdout, out.stdout + out.stderr
+    assert not overlay.exists() and base.read_bytes() == base_bytes  # the overlay went, the base never changed
+    assert set(v["name"] for v in js(rack, "storage", "volume", "list", pool)) == {f"{tpl}.img"}
     ok(rack, "template", "delete", tpl, "--wait")
     ok(rack, "storage", "pool", "delete", pool, "--wait")

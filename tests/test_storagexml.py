@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import xml.etree.ElementTree as ET
 
+import pytest
+
 from appliance.db.models import StoragePool, StorageType, StorageVolume, VolumeFormat
 from taskengine import storagexml
 
@@ -60,6 +62,20 @@ def test_volumes() -> None:
     assert root.find("target/format").get("type") == "qcow2"  # type: ignore[union-attr]
     lv = ET.fromstring(storagexml.volume_xml(StorageVolume(name="lv", capacity_bytes=1 << 30), StorageType.LOGICAL))
     assert lv.findtext("allocation") == str(1 << 30) and lv.find("target") is None  # an LV is allocated whole
+    assert root.find("backingStore") is None
+
+
+def test_overlay_names_its_base_and_the_base_format() -> None:
+    base = StorageVolume(name="tpl.img", capacity_bytes=12 << 20, format=VolumeFormat.RAW, path="/srv/p/tpl.img")
+    overlay = StorageVolume(name="vm-vda.qcow2", capacity_bytes=12 << 20, format=VolumeFormat.QCOW2)
+    root = ET.fromstring(storagexml.volume_xml(overlay, StorageType.NFS, base))
+    assert root.find("target/format").get("type") == "qcow2"  # type: ignore[union-attr]
+    assert root.findtext("backingStore/path") == "/srv/p/tpl.img"
+    assert root.find("backingStore/format").get("type") == "raw"  # type: ignore[union-attr]
+    # A base not yet uploaded has no path: no overlay can point at it.
+    base.path = None
+    with pytest.raises(ValueError, match=r"its base tpl\.img has no path"):
+        storagexml.volume_xml(overlay, StorageType.DIR, base)
 
 
 def test_volume_facts_and_luns() -> None:

@@ -92,3 +92,15 @@ def test_cancel_queued_then_not_again(db_engine: Engine) -> None:
     # A canceled start no longer counts: the VM is stopped again as far as the queue is concerned.
     with session_scope(db_engine) as s:
         tasking.enqueue(s, TaskType.VM_START, vm_id, {}, created_by=None)
+
+
+def test_stranded_tasks_follow_the_table_from_the_real_state() -> None:
+    queued = [(2, TaskType.VM_SUSPEND), (3, TaskType.VM_RESUME), (4, TaskType.VM_SHUTDOWN), (5, TaskType.VM_START),
+              (6, TaskType.VM_UPDATE_STATE), (7, TaskType.VM_DELETE)]  # fmt: skip
+    # After a failed start the VM is stopped: suspend, resume and shutdown cannot run; start (from stopped)
+    # can, and once it has, the VM will be running, so delete (from stopped) cannot follow it.
+    assert vmstate.stranded(VmState.STOPPED, queued) == [
+        (2, TaskType.VM_SUSPEND, VmState.STOPPED), (3, TaskType.VM_RESUME, VmState.STOPPED),
+        (4, TaskType.VM_SHUTDOWN, VmState.STOPPED), (7, TaskType.VM_DELETE, VmState.RUNNING)]  # fmt: skip
+    # Had the VM been running, the whole queue fits but the delete (the start leaves it running).
+    assert [t for t, _, _ in vmstate.stranded(VmState.RUNNING, queued)] == [7]

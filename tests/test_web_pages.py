@@ -390,3 +390,20 @@ def test_graph_data_says_the_tsdb_is_down_and_keeps_the_permission_check(rig: Ri
     # The VM page draws graphs for whoever may see the VM; a plain user's dashboard has no fleet graphs.
     assert f'data-src="/ui/graphs/vms/{ids["mine"]}"' in rig.get(USER, f"/ui/vms/{ids['mine']}").text
     assert 'id="graphs"' not in rig.get(USER, "/ui/").text and 'id="graphs"' in rig.get(BOSS, "/ui/").text
+
+
+@pytest.mark.parametrize("bad", ["²", "٣", "9" * 30, "-1", "1e3"])
+def test_ui_ids_and_numbers_that_are_not_plain_digits_are_refused_not_500(rig: Rig, bad: str) -> None:
+    """Ids in UI paths and whole numbers in UI forms and queries: a 4xx naming nothing found, never a 500."""
+    for path in ("/ui/hosts/{}", "/ui/vms/{}", "/ui/graphs/hosts/{}", "/ui/graphs/vms/{}", "/ui/vms/{}/console/vnc"):
+        answer = rig.get(BOSS, path.format(bad))
+        assert answer.status_code in (400, 404), (path, answer.status_code, answer.text[:200])
+    for path in ("/ui/templates/{}/delete", "/ui/pools/{}/take", "/ui/storage/pools/{}/refresh",
+                 "/ui/users/grants/{}/revoke", "/ui/tasks/{}/cancel"):  # fmt: skip
+        answer = rig.post(BOSS, path.format(bad))
+        assert answer.status_code in (400, 404), (path, answer.status_code, answer.text[:200])
+    assert rig.get(BOSS, "/ui/vms", page=bad).status_code == 200  # a page out of reach is the first page
+    assert rig.post(BOSS, "/ui/vms/bulk", verb="start", vm=bad).status_code == 400
+    assert rig.post(BOSS, "/ui/vms", name="n-bad", vcpus=bad, memory_mib="64").status_code == 400
+    assert rig.post(BOSS, "/ui/enrolment/windows", minutes=bad, count="1").status_code == 400
+    assert rig.post(BOSS, "/ui/users/quota", principal=USER, pool="pa", max_vms=bad).status_code == 400

@@ -13,11 +13,12 @@ from starlette.routing import Mount, Route
 
 from appliance.api import v1
 from appliance.api.auth import NegotiateMiddleware
-from appliance.api.edge import HANDLERS, BodyLimit
+from appliance.api.edge import HANDLERS, BodyLimit, Hsts
 from appliance.api.negotiate import Acceptor
 from appliance.api.state import ApiState, Browser, MonitorStats, database
 from appliance.config import Config
 from appliance.kerberos.realm import Realm
+from appliance.tls import HSTS
 from appliance.web.access import PREFIX
 from appliance.web.app import create_web_app
 
@@ -52,6 +53,7 @@ def create_app(
         routes=[*v1.routes, Mount(PREFIX, app=web), Route("/", _to_ui)],
         # Outermost first: the size of a body is refused before a ticket is even looked at.
         middleware=[
+            Middleware(Hsts, value=HSTS),
             Middleware(BodyLimit, limit=cfg.api.max_body_bytes, streamed=v1.STREAMED),
             # The web UI signs its users in itself (a session cookie) and checks them in its own middleware.
             Middleware(NegotiateMiddleware, acceptor=acceptor, public=[*v1.PUBLIC, "/"], own_auth=(PREFIX,)),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from starlette.datastructures import MutableHeaders
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -20,7 +21,11 @@ log = logging.getLogger(__name__)
 def error_response(exc: DroverError) -> JSONResponse:
     """The one shape of every error the API returns; a 401 always carries the Negotiate challenge."""
     headers = {"WWW-Authenticate": SCHEME} if isinstance(exc, AuthError) else None
-    return JSONResponse({"error": exc.message, "hint": exc.hint}, status_code=exc.http_status, headers=headers)
+    body = {"error": exc.message, "hint": exc.hint}
+    field = getattr(exc, "field", "")
+    if field:
+        body["field"] = field  # a request that did not fit its declared type (appliance.api.schema)
+    return JSONResponse(body, status_code=exc.http_status, headers=headers)
 
 
 async def read_json(request: Request) -> dict[str, Any]:
@@ -70,6 +75,27 @@ class BodyLimit:
 
     def _refusal(self) -> PayloadTooLarge:
         return PayloadTooLarge(f"request body larger than {self.limit} bytes", "send less")
+
+
+class Hsts:
+    """Strict-Transport-Security on every answer given over HTTPS: a browser that once reached the appliance
+    securely never falls back to plain HTTP for it (and never lets a user click through a bad certificate)."""
+
+    def __init__(self, app: ASGIApp, value: str) -> None:
+        self.app = app
+        self.value = value
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope.get("scheme") != "https":
+            await self.app(scope, receive, send)
+            return
+
+        async def with_hsts(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                MutableHeaders(scope=message).append("Strict-Transport-Security", self.value)
+            await send(message)
+
+        await self.app(scope, receive, with_hsts)
 
 
 def _drover_error(request: Request, exc: Exception) -> Response:

@@ -3,23 +3,23 @@
 from __future__ import annotations
 
 from datetime import timedelta
-from typing import Any
 
+from pydantic import Field
 from sqlalchemy import select
-from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
 from appliance import admission, enrolment, hosts, lifecycle, permissions, tasking
 from appliance.api.access import require_role as _require
 from appliance.api.auth import caller
-from appliance.api.edge import read_json
+from appliance.api.schema import Body, Empty, Id, Query, accepts
 from appliance.api.state import session, state
 from appliance.db import tokens
 from appliance.db.models import Host, TaskType
 from appliance.db.models.users import Role
 from appliance.errors import UsageError
 from appliance.kerberos.realm import Realm
+from appliance.paging import Page
 from appliance.permissions import Privilege
 from appliance.pki import Pki
 from nodeagent import wire
@@ -30,9 +30,10 @@ MAX_TTL = timedelta(days=30)
 def list_hosts(request: Request) -> JSONResponse:
     _require(request, Role.MONITOR, "list hosts")
     port = state(request).cfg.nodes.libvirt_port
+    page = Page.from_query(request.query_params)
     with session(request) as s:
-        rows = s.scalars(select(Host).order_by(Host.hostname, Host.id)).all()
-        return JSONResponse({"hosts": [hosts.summary(h, port) for h in rows]})
+        rows, total = page.rows(s, select(Host).order_by(Host.hostname, Host.id))
+        return JSONResponse(page.answer("hosts", [hosts.summary(h, port) for h in rows], total))
 
 
 def show_host(request: Request) -> JSONResponse:
@@ -43,16 +44,14 @@ def show_host(request: Request) -> JSONResponse:
         return JSONResponse(hosts.detail(host, port))
 
 
-async def approve_host(request: Request) -> JSONResponse:
+class ApproveRequest(Body):
+    claim: Id | None = Field(None, description="which machine, when several claim the host (`host show`)")
+
+
+@accepts(body=ApproveRequest, optional_body=True)
+def approve_host(request: Request, body: ApproveRequest) -> JSONResponse:
     """POST /hosts/{key}/approve {"claim"?}: which machine, when several claim the host (`host show`)."""
-    body = await _optional_body(request, frozenset({"claim"}))
-    claim = body.get("claim")
-    if claim is not None and (not isinstance(claim, int) or isinstance(claim, bool) or claim < 1):
-        raise UsageError("claim: must be a claim id (a positive integer)", "`drover host show HOST` lists claims")
-    return await run_in_threadpool(_approve, request, claim)
-
-
-def _approve(request: Request, claim: int | None) -> JSONResponse:
+    claim = body.claim
     _require(request, Role.ADMIN, "approve hosts")
     cfg = state(request).cfg
     with session(request) as s:
@@ -61,43 +60,43 @@ def _approve(request: Request, claim: int | None) -> JSONResponse:
         return JSONResponse(hosts.summary(host, cfg.nodes.libvirt_port))
 
 
-async def open_window(request: Request) -> JSONResponse:
+_WINDOW_SECONDS = int(admission.MAX_WINDOW.total_seconds())
+
+
+class WindowRequest(Body):
+    """The bounds shown here are checked by admission.open_window, whose wording the CLI shares."""
+
+    seconds: int = Field(description="how long it stays open", json_schema_extra={"minimum": 1,
+                                                                                  "maximum": _WINDOW_SECONDS})
+    count: int = Field(1, description="how many hosts may enrol through it",
+                       json_schema_extra={"minimum": 1, "maximum": admission.MAX_HOSTS})
+    macs: list[str] = Field(default_factory=list, max_length=admission.MAX_HOSTS)
+    note: str = ""
+
+
+@accepts(body=WindowRequest)
+def open_window(request: Request, body: WindowRequest) -> JSONResponse:
     """POST /enrolment/windows {"seconds", "count"?, "macs"?, "note"?}: PXE boots get tokens for a while."""
-    body = await read_json(request)
-    unknown = sorted(set(body) - {"seconds", "count", "macs", "note"})
-    if unknown:
-        raise UsageError(f"{unknown[0]}: unknown field", "fields: seconds, count, macs, note")
-    seconds, count = body.get("seconds"), body.get("count", 1)
-    for name, value in (("seconds", seconds), ("count", count)):
-        if not isinstance(value, int) or isinstance(value, bool):
-            raise UsageError(f"{name}: must be an integer")
-    macs = body.get("macs", [])
-    if not isinstance(macs, list) or not all(isinstance(m, str) for m in macs) or len(macs) > admission.MAX_HOSTS:
-        raise UsageError(f"macs: must be a list of at most {admission.MAX_HOSTS} MAC addresses")
-    note = body.get("note", "")
-    if not isinstance(note, str):
-        raise UsageError("note: must be a string")
-    assert isinstance(seconds, int) and isinstance(count, int)
-    return await run_in_threadpool(_open_window, request, timedelta(seconds=seconds), count, macs, note)
-
-
-def _open_window(request: Request, duration: timedelta, count: int, macs: list[str], note: str) -> JSONResponse:
     _require(request, Role.ADMIN, "open enrolment windows")
     with session(request) as s:
-        window = admission.open_window(
-            s, by=caller(request).principal, duration=duration, max_hosts=count, macs=macs, note=note
-        )
+        # Past the longest window by one second at most: timedelta overflows on 10^20 seconds, while the domain
+        # refuses anything over MAX_WINDOW with its own reason.
+        duration = timedelta(seconds=max(min(body.seconds, _WINDOW_SECONDS + 1), -1))
+        window = admission.open_window(s, by=caller(request).principal, duration=duration,
+                                       max_hosts=body.count, macs=body.macs, note=body.note)  # fmt: skip
         return JSONResponse(admission.window_view(window), status_code=201)
 
 
-def list_windows(request: Request) -> JSONResponse:
+class WindowQuery(Query):
+    all: bool = Field(False, description="closed and expired windows too")
+
+
+@accepts(query=WindowQuery)
+def list_windows(request: Request, query: WindowQuery) -> JSONResponse:
     """GET /enrolment/windows[?all=true]: open windows (all=true: closed and expired ones too)."""
     _require(request, Role.MONITOR, "see enrolment windows")
-    every = _BOOLEAN.get(request.query_params.get("all", "false").lower())
-    if every is None:
-        raise UsageError("all: must be true or false")
     with session(request) as s:
-        rows = admission.windows(s, include_closed=every)
+        rows = admission.windows(s, include_closed=query.all)
         return JSONResponse({"windows": [admission.window_view(w) for w in rows]})
 
 
@@ -110,27 +109,14 @@ def close_windows(request: Request) -> JSONResponse:
         return JSONResponse({"closed": [admission.window_view(w) for w in closed]})
 
 
-async def _optional_body(request: Request, fields: frozenset[str]) -> dict[str, Any]:
-    """The body as a JSON object with no fields but `fields`; no body at all is {}."""
-    if not (await request.body()).strip():
-        return {}
-    body = await read_json(request)
-    unknown = sorted(set(body) - fields)
-    if unknown:
-        raise UsageError(
-            f"{unknown[0]}: unknown field", f"fields: {', '.join(sorted(fields))}" if fields else "send no body"
-        )
-    return body
+class MaintenanceRequest(Body):
+    reason: str = Field("", max_length=lifecycle.MAX_REASON)
 
 
-async def maintenance_host(request: Request) -> JSONResponse:
+@accepts(body=MaintenanceRequest, optional_body=True)
+def maintenance_host(request: Request, body: MaintenanceRequest) -> JSONResponse:
     """POST /hosts/{key}/maintenance {"reason"?}: no new VMs; the host browser keeps following it."""
-    body = await _optional_body(request, frozenset({"reason"}))
-    reason = lifecycle.check_reason(body.get("reason", ""))
-    return await run_in_threadpool(_maintenance, request, reason)
-
-
-def _maintenance(request: Request, reason: str) -> JSONResponse:
+    reason = lifecycle.check_reason(body.reason)
     _require(request, Role.ADMIN, "put hosts into maintenance")
     port = state(request).cfg.nodes.libvirt_port
     with session(request) as s:
@@ -138,13 +124,9 @@ def _maintenance(request: Request, reason: str) -> JSONResponse:
         return JSONResponse(hosts.summary(host, port))
 
 
-async def activate_host(request: Request) -> JSONResponse:
+@accepts(body=Empty, optional_body=True)
+def activate_host(request: Request, body: Empty) -> JSONResponse:
     """POST /hosts/{key}/activate (no body): out of maintenance, available or unavailable as libvirt is."""
-    await _optional_body(request, frozenset())
-    return await run_in_threadpool(_activate, request)
-
-
-def _activate(request: Request) -> JSONResponse:
     _require(request, Role.ADMIN, "activate hosts")
     port = state(request).cfg.nodes.libvirt_port
     with session(request) as s:
@@ -152,13 +134,9 @@ def _activate(request: Request) -> JSONResponse:
         return JSONResponse(hosts.summary(host, port))
 
 
-async def clear_host(request: Request) -> JSONResponse:
+@accepts(body=Empty, optional_body=True)
+def clear_host(request: Request, body: Empty) -> JSONResponse:
     """POST /hosts/{key}/clear (no body): queue a clear host task (migrate every running VM off it)."""
-    await _optional_body(request, frozenset())
-    return await run_in_threadpool(_clear, request)
-
-
-def _clear(request: Request) -> JSONResponse:
     with session(request) as s:
         host = hosts.find(s, request.path_params["key"])
         permissions.require(s, caller(request).principal, Privilege.MODIFY, host.hardware_pool_id,
@@ -167,22 +145,14 @@ def _clear(request: Request) -> JSONResponse:
         return JSONResponse(tasking.summary(task), status_code=202)
 
 
-_BOOLEAN = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
+class RemoveQuery(Query):
+    force: bool = Field(False, description="remove it even while VMs run there")
 
 
-async def remove_host(request: Request) -> JSONResponse:
+@accepts(body=Empty, optional_body=True, query=RemoveQuery)
+def remove_host(request: Request, body: Empty, query: RemoveQuery) -> JSONResponse:
     """DELETE /hosts/{key}[?force=true]: the row, its principal, its tokens; refused while VMs run unless force."""
-    await _optional_body(request, frozenset())
-    unknown = sorted(set(request.query_params) - {"force"})
-    if unknown:
-        raise UsageError(f"{unknown[0]}: unknown query parameter", "the only one is force=true|false")
-    force = _BOOLEAN.get(request.query_params.get("force", "false").lower())
-    if force is None:
-        raise UsageError(f"force: {request.query_params['force']!r} is not true or false")
-    return await run_in_threadpool(_remove, request, force)
-
-
-def _remove(request: Request, force: bool) -> JSONResponse:
+    force = query.force
     _require(request, Role.ADMIN, "remove hosts")
     st = state(request)
     with session(request) as s:
@@ -193,27 +163,22 @@ def _remove(request: Request, force: bool) -> JSONResponse:
     return JSONResponse(removed.as_dict())
 
 
-async def mint_token(request: Request) -> JSONResponse:
+class TokenRequest(Body):
+    ttl_seconds: int = Field(int(tokens.DEFAULT_TTL.total_seconds()), ge=1, le=int(MAX_TTL.total_seconds()))
+    mac: str | None = Field(None, max_length=64, description="bind the token to this MAC")
+    uuid: str | None = Field(None, max_length=64, description="bind the token to this DMI UUID")
+    note: str = Field("", max_length=255)
+
+
+@accepts(body=TokenRequest)
+def mint_token(request: Request, body: TokenRequest) -> JSONResponse:
     """POST /hosts/tokens {"ttl_seconds"?, "mac"?, "uuid"?, "note"?}: the token is in this answer only."""
-    body = await read_json(request)
-    unknown = sorted(set(body) - {"ttl_seconds", "mac", "uuid", "note"})
-    if unknown:
-        raise UsageError(f"{unknown[0]}: unknown field", "fields: ttl_seconds, mac, uuid, note")
-    ttl = body.get("ttl_seconds", int(tokens.DEFAULT_TTL.total_seconds()))
-    if not isinstance(ttl, int) or isinstance(ttl, bool) or not 0 < ttl <= MAX_TTL.total_seconds():
-        raise UsageError(f"ttl_seconds: must be an integer from 1 to {int(MAX_TTL.total_seconds())}")
     try:
-        mac = wire.normalize_mac(body["mac"]) if body.get("mac") else None
-        uuid = wire.normalize_uuid(body["uuid"]) if body.get("uuid") else None
-    except (wire.WireError, AttributeError) as exc:
+        mac = wire.normalize_mac(body.mac) if body.mac else None
+        uuid = wire.normalize_uuid(body.uuid) if body.uuid else None
+    except wire.WireError as exc:
         raise UsageError(f"mac/uuid: {exc}") from None
-    note = body.get("note", "")
-    if not isinstance(note, str) or len(note) > 255:
-        raise UsageError("note: must be a string of at most 255 characters")
-    return await run_in_threadpool(_mint, request, timedelta(seconds=ttl), mac, uuid, note)
-
-
-def _mint(request: Request, ttl: timedelta, mac: str | None, uuid: str | None, note: str) -> JSONResponse:
+    ttl, note = timedelta(seconds=body.ttl_seconds), body.note
     _require(request, Role.ADMIN, "mint enrolment tokens")
     cfg = state(request).cfg
     with session(request) as s:

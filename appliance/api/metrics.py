@@ -16,6 +16,7 @@ import re
 import time
 from typing import Any
 
+from pydantic import Field
 from sqlalchemy import or_, select
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
@@ -24,10 +25,12 @@ from starlette.responses import JSONResponse, PlainTextResponse
 from appliance import hosts, monitoring
 from appliance.api.access import caller_roles
 from appliance.api.auth import caller
+from appliance.api.schema import Query, accepts
 from appliance.api.state import session, state
 from appliance.db.models import Vm
 from appliance.db.models.users import Role
 from appliance.errors import Forbidden, NotFound, UsageError
+from appliance.text import as_id
 from appliance.timeseries import query
 
 _SERIES = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]{0,199}$")
@@ -125,7 +128,17 @@ def _metrics(request: Request, selector: str, extra: dict[str, Any]) -> dict[str
     return {**extra, "series_name": name, "start": start, "end": end, "step": step, "series": series}
 
 
-async def host_metrics(request: Request) -> JSONResponse:
+class MetricsQuery(Query):
+    """No series: the latest value of every series (at `end`); with one: its points over [start, end]."""
+
+    series: str | None = Field(None, max_length=200, description="e.g. load_load_shortterm")
+    start: str | None = Field(None, max_length=40, description="unix seconds, `now` or -<n>s|m|h|d (default -1h)")
+    end: str | None = Field(None, max_length=40, description="unix seconds, `now` or -<n>s|m|h|d (default now)")
+    step: str | None = Field(None, max_length=40, description="seconds between points (default: about 240 points)")
+
+
+@accepts(query=MetricsQuery)
+async def host_metrics(request: Request, query: MetricsQuery) -> JSONResponse:
     _require(request, "see host metrics")
     with session(request) as s:
         host = hosts.find(s, request.path_params["key"])
@@ -135,11 +148,13 @@ async def host_metrics(request: Request) -> JSONResponse:
     return JSONResponse(body)
 
 
-async def vm_metrics(request: Request) -> JSONResponse:
+@accepts(query=MetricsQuery)
+async def vm_metrics(request: Request, query: MetricsQuery) -> JSONResponse:
     _require(request, "see VM metrics")
     key = request.path_params["key"]
     with session(request) as s:
-        clauses = [Vm.uuid == key.lower(), Vm.name == key] + ([Vm.id == int(key)] if key.isdigit() else [])
+        row_id = as_id(key)
+        clauses = [Vm.uuid == key.lower(), Vm.name == key] + ([Vm.id == row_id] if row_id is not None else [])
         found = s.scalars(select(Vm).where(or_(*clauses))).all()
         if len(found) != 1:
             raise NotFound(f"no VM {key!r}" if not found else f"{key!r} names {len(found)} VMs", "use its id or UUID")

@@ -4,6 +4,7 @@ privilege on the object's hardware pool before anything is read or queued.
 POST answers 202 with the row as recorded (pending) and the task that will do the work:
   GET/POST /storage/pools, GET/DELETE /storage/pools/{pool}, POST /storage/pools/{pool}/refresh,
   GET/POST /storage/pools/{pool}/volumes, DELETE /storage/pools/{pool}/volumes/{volume},
+  POST /storage/pools/{pool}/volumes/{volume}/refresh,
   GET /templates, POST /templates?name=&pool=[&vcpus=&memory_mib=&description=] (body: the image's bytes),
   DELETE /templates/{template},
   GET/POST /vms/{vm}/snapshots, POST /vms/{vm}/snapshots/{snapshot}/revert, DELETE /vms/{vm}/snapshots/{snapshot},
@@ -17,8 +18,8 @@ import logging
 import os
 import uuid
 from pathlib import Path
-from typing import Any
 
+from pydantic import Field
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
@@ -28,23 +29,16 @@ from starlette.routing import Route
 
 from appliance import imagefile, snapshots, storage, tasking, vms
 from appliance.api.auth import caller
-from appliance.api.edge import read_json
+from appliance.api.schema import Body, Id, Query, accepts
 from appliance.api.state import session, state
-from appliance.db.models import Snapshot, StoragePool, Template, Vm, VolumeFormat
-from appliance.errors import Conflict, UsageError
+from appliance.db.models import Snapshot, StoragePool, StorageType, Template, Vm, VolumeFormat
+from appliance.errors import Conflict
 from appliance.permissions import Privilege, allowed, require
 
 log = logging.getLogger(__name__)
 
 # Uploads are written here (under the state dir) before the task streams them into the storage pool.
 UPLOAD_DIR = "uploads"
-
-
-def _fields(body: dict[str, Any], fields: frozenset[str]) -> dict[str, Any]:
-    unknown = sorted(set(body) - fields)
-    if unknown:
-        raise UsageError(f"{unknown[0]}: unknown field", f"fields: {', '.join(sorted(fields))}")
-    return body
 
 
 def _who(request: Request) -> str:
@@ -62,9 +56,25 @@ def list_pools(request: Request) -> JSONResponse:
         return JSONResponse({"pools": [storage.pool_summary(p, counts.get(p.id, 0)) for p in shown]})
 
 
-async def create_pool(request: Request) -> JSONResponse:
-    body = await read_json(request)
-    spec = storage.PoolSpec.from_request(body)
+class PoolRequest(Body):
+    """A storage pool: which fields a type needs is checked by storage.PoolSpec (dir: path; nfs: server, export;
+    iscsi: server, target; logical: vg_name)."""
+
+    name: str = Field(max_length=64)
+    type: StorageType
+    hardware_pool: str | Id | None = None
+    path: str | None = Field(None, max_length=4096)
+    server: str | None = Field(None, max_length=255)
+    export: str | None = Field(None, max_length=4096)
+    target: str | None = Field(None, max_length=223)
+    port: int | None = Field(None, ge=1, le=65535)
+    initiator_iqn: str | None = Field(None, max_length=223)
+    vg_name: str | None = Field(None, max_length=127)
+
+
+@accepts(body=PoolRequest)
+async def create_pool(request: Request, body: PoolRequest) -> JSONResponse:
+    spec = storage.PoolSpec.from_request(body.given())
     return await run_in_threadpool(_create_pool, request, spec)
 
 
@@ -113,20 +123,26 @@ def list_volumes(request: Request) -> JSONResponse:
         )
 
 
-async def create_volume(request: Request) -> JSONResponse:
-    body = _fields(await read_json(request), frozenset({"name", "capacity_bytes", "format"}))
-    try:
-        fmt = VolumeFormat(str(body.get("format", "raw")))
-    except ValueError:
-        raise UsageError(f"format: {body.get('format')!r} is not raw or qcow2") from None
-    return await run_in_threadpool(_create_volume, request, body.get("name"), body.get("capacity_bytes"), fmt)
+class VolumeRequest(Body):
+    name: str = Field(max_length=64)
+    capacity_bytes: int = Field(ge=1, le=storage.MAX_CAPACITY)
+    format: VolumeFormat = VolumeFormat.RAW
 
 
-def _create_volume(request: Request, name: Any, capacity: Any, fmt: VolumeFormat) -> JSONResponse:
+@accepts(body=VolumeRequest)
+def create_volume(request: Request, body: VolumeRequest) -> JSONResponse:
     with session(request) as s:
         pool = _pool(request, s, Privilege.MODIFY, "create volumes in")
-        vol, task = storage.create_volume(s, pool, storage.check_name("volume", name), capacity, fmt, _who(request))
+        name = storage.check_name("volume", body.name)
+        vol, task = storage.create_volume(s, pool, name, body.capacity_bytes, body.format, _who(request))
         return JSONResponse({"volume": storage.volume_summary(vol), "task": tasking.summary(task)}, status_code=202)
+
+
+def refresh_volume(request: Request) -> JSONResponse:
+    with session(request) as s:
+        pool = _pool(request, s, Privilege.MODIFY, "refresh volumes in")
+        vol = storage.find_volume(s, pool, request.path_params["volume"])
+        return JSONResponse(tasking.summary(storage.refresh_volume(s, vol, _who(request))), status_code=202)
 
 
 def delete_volume(request: Request) -> JSONResponse:
@@ -148,32 +164,21 @@ def list_templates(request: Request) -> JSONResponse:
         return JSONResponse({"templates": [storage.template_summary(t) for t in shown]})
 
 
-_TEMPLATE_PARAMS = frozenset({"name", "pool", "vcpus", "memory_mib", "description"})
+class TemplateQuery(Query):
+    name: str = Field(max_length=64)
+    pool: str = Field(min_length=1, max_length=255, description="the storage pool to import into")
+    vcpus: int = Field(1, ge=1, le=512)
+    memory_mib: int = Field(16, ge=1, le=1 << 24)  # the same bounds as a VM's
+    description: str = Field("", max_length=snapshots.MAX_DESCRIPTION)
 
 
-def _int_param(request: Request, key: str, default: int, top: int) -> int:
-    raw = request.query_params.get(key)
-    if raw is None:
-        return default
-    if not raw.isdigit() or not 1 <= int(raw) <= top:
-        raise UsageError(f"{key}: {raw!r} must be a number from 1 to {top}")
-    return int(raw)
-
-
-async def import_template(request: Request) -> JSONResponse:
+@accepts(query=TemplateQuery, raw_body="application/octet-stream")
+async def import_template(request: Request, query: TemplateQuery) -> JSONResponse:
     """The image's bytes are the body (application/octet-stream): written under the state dir, checked to be a
     qcow2, raw or ISO image, then queued for upload into the pool. A refused file is removed at once."""
-    params = request.query_params
-    unknown = sorted(set(params) - _TEMPLATE_PARAMS)
-    if unknown:
-        raise UsageError(f"{unknown[0]}: unknown query parameter", f"parameters: {', '.join(sorted(_TEMPLATE_PARAMS))}")
-    name = storage.check_name("template", params.get("name"))
-    pool_key = params.get("pool")
-    if not pool_key:
-        raise UsageError("pool: the storage pool to import into is missing")
-    vcpus = _int_param(request, "vcpus", 1, 512)
-    memory = _int_param(request, "memory_mib", 16, 1 << 24)  # the same bounds as a VM's
-    description = params.get("description", "")
+    name = storage.check_name("template", query.name)
+    pool_key = query.pool
+    vcpus, memory, description = query.vcpus, query.memory_mib, query.description
     # Permission and name checks before the body is read: a refused caller uploads nothing.
     await run_in_threadpool(_check_template, request, name, pool_key)
     upload_dir = state(request).cfg.state_dir / UPLOAD_DIR
@@ -247,15 +252,17 @@ def list_snapshots(request: Request) -> JSONResponse:
         return JSONResponse({"snapshots": [snapshots.snapshot_summary(x) for x in rows]})
 
 
-async def create_snapshot(request: Request) -> JSONResponse:
-    body = _fields(await read_json(request), frozenset({"name", "description"}))
-    return await run_in_threadpool(_create_snapshot, request, body.get("name"), body.get("description", ""))
+class SnapshotRequest(Body):
+    name: str = Field(max_length=64)
+    description: str = Field("", max_length=snapshots.MAX_DESCRIPTION)
 
 
-def _create_snapshot(request: Request, name: Any, description: Any) -> JSONResponse:
+@accepts(body=SnapshotRequest)
+def create_snapshot(request: Request, body: SnapshotRequest) -> JSONResponse:
     with session(request) as s:
         vm = _vm(request, s, Privilege.VM_CONTROL, "snapshot")
-        snap, task = snapshots.create_snapshot(s, vm, storage.check_name("snapshot", name), description, _who(request))
+        name = storage.check_name("snapshot", body.name)
+        snap, task = snapshots.create_snapshot(s, vm, name, body.description, _who(request))
         return JSONResponse({"snapshot": snapshots.snapshot_summary(snap), "task": tasking.summary(task)},
                             status_code=202)  # fmt: skip
 
@@ -274,15 +281,15 @@ def delete_snapshot(request: Request) -> JSONResponse:
         return JSONResponse(tasking.summary(snapshots.delete_snapshot(s, snap, _who(request))), status_code=202)
 
 
-async def clone_vm(request: Request) -> JSONResponse:
-    body = _fields(await read_json(request), frozenset({"name"}))
-    return await run_in_threadpool(_clone, request, body.get("name"))
+class CloneRequest(Body):
+    name: str = Field(max_length=63)
 
 
-def _clone(request: Request, name: Any) -> JSONResponse:
+@accepts(body=CloneRequest)
+def clone_vm(request: Request, body: CloneRequest) -> JSONResponse:
     with session(request) as s:
         vm = _vm(request, s, Privilege.MODIFY, "clone")
-        clone, task = snapshots.clone_vm(s, vm, name, _who(request))
+        clone, task = snapshots.clone_vm(s, vm, body.name, _who(request))
         return JSONResponse({"vm": {"id": clone.id, "name": clone.name, "uuid": clone.uuid, "state": str(clone.state)},
                              "task": tasking.summary(task)}, status_code=202)  # fmt: skip
 
@@ -297,6 +304,7 @@ def routes(prefix: str) -> list[Route]:
         Route(f"{prefix}/storage/pools/{{pool}}/volumes", list_volumes, methods=["GET"]),
         Route(f"{prefix}/storage/pools/{{pool}}/volumes", create_volume, methods=["POST"]),
         Route(f"{prefix}/storage/pools/{{pool}}/volumes/{{volume}}", delete_volume, methods=["DELETE"]),
+        Route(f"{prefix}/storage/pools/{{pool}}/volumes/{{volume}}/refresh", refresh_volume, methods=["POST"]),
         Route(f"{prefix}/templates", list_templates, methods=["GET"]),
         Route(f"{prefix}/templates", import_template, methods=["POST"]),
         Route(f"{prefix}/templates/{{template}}", delete_template, methods=["DELETE"]),

@@ -3,17 +3,18 @@
 from __future__ import annotations
 
 import re
+from typing import Any
 
+from pydantic import Field
 from sqlalchemy import select
 from sqlalchemy.orm import Session
-from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
 from appliance import permissions, quotas
 from appliance.api.access import caller_roles, require_to_grant
 from appliance.api.auth import caller
-from appliance.api.edge import read_json
+from appliance.api.schema import Body, Id, accepts
 from appliance.api.state import session
 from appliance.db import access
 from appliance.db.models import HardwarePool, Permission, User
@@ -32,30 +33,22 @@ def whoami(request: Request) -> JSONResponse:
     return JSONResponse({"principal": caller(request).principal, "roles": [str(r) for r in roles]})
 
 
-def _grant_request(body: dict[str, object]) -> tuple[str, Role, str | None]:
-    unknown = sorted(set(body) - {"principal", "role", "pool"})
-    if unknown:
-        raise UsageError(f"{unknown[0]}: unknown field", "fields: principal, role, pool")
-    principal, role, pool = body.get("principal"), body.get("role"), body.get("pool")
-    if not isinstance(principal, str) or not _PRINCIPAL.fullmatch(principal):
-        raise UsageError(f"'principal' must be a Kerberos principal, not {principal!r}", "e.g. alice@DROVER.TEST")
-    if not isinstance(role, str) or role not in set(Role):
-        raise UsageError(f"'role' must be one of {', '.join(Role)}, not {role!r}")
-    if pool is not None and (not isinstance(pool, str | int) or isinstance(pool, bool) or pool == ""):
-        raise UsageError("'pool' must be a hardware pool name or id (leave it out for a global role)")
-    return principal, Role(role), None if pool is None else str(pool)
+class GrantRequest(Body):
+    principal: str = Field(max_length=255, description="a fully qualified Kerberos principal, e.g. alice@DROVER.TEST")
+    role: Role
+    pool: str | Id | None = Field(None, description="hardware pool name or id; left out: a global role")
 
 
-async def grant(request: Request) -> JSONResponse:
+@accepts(body=GrantRequest)
+def grant(request: Request, body: GrantRequest) -> JSONResponse:
     """POST /users {"principal", "role", "pool"?}: add the user if new and grant the role globally or in one
     hardware pool and its sub-pools (201); 409 if held."""
-    principal, role, pool = _grant_request(await read_json(request))
-    # Body parsed and checked before any database work, so a bad request changes nothing; the
-    # blocking DB part runs in a worker thread, off the event loop.
-    return await run_in_threadpool(_grant, request, principal, role, pool)
-
-
-def _grant(request: Request, principal: str, role: Role, pool: str | None) -> JSONResponse:
+    principal, role = body.principal, body.role
+    if not _PRINCIPAL.fullmatch(principal):
+        raise UsageError(f"'principal' must be a Kerberos principal, not {principal!r}", "e.g. alice@DROVER.TEST")
+    if body.pool == "":
+        raise UsageError("'pool' must be a hardware pool name or id (leave it out for a global role)")
+    pool = None if body.pool is None else str(body.pool)
     by = caller(request).principal
     with session(request) as s:
         if pool is None:
@@ -93,16 +86,27 @@ def revoke(request: Request) -> JSONResponse:
         return JSONResponse(_roles(s, principal))
 
 
-async def set_quota(request: Request) -> JSONResponse:
+def _limit(key: str) -> Any:
+    # The range is documented here and enforced by quotas.set_quota, whose wording the CLI shares.
+    return Field(None, json_schema_extra={"minimum": 0, "maximum": quotas.LIMIT_MAX[key]})
+
+
+class QuotaRequest(Body):
+    """Limits left out or null are unlimited; their range is checked by quotas.set_quota (the CLI's too)."""
+
+    pool: str | Id = Field("default", description="hardware pool name or id")
+    max_vms: int | None = _limit("max_vms")
+    max_vcpus: int | None = _limit("max_vcpus")
+    max_memory_mib: int | None = _limit("max_memory_mib")
+    max_disk_bytes: int | None = _limit("max_disk_bytes")
+
+
+@accepts(body=QuotaRequest)
+def set_quota(request: Request, body: QuotaRequest) -> JSONResponse:
     """PUT /users/{principal}/quota {"pool", "max_vms"?, "max_vcpus"?, "max_memory_mib"?, "max_disk_bytes"?}."""
-    body = await read_json(request)
-    pool = body.pop("pool", "default")
-    if not isinstance(pool, str | int) or isinstance(pool, bool):
-        raise UsageError("pool: a hardware pool name or id")
-    return await run_in_threadpool(_set_quota, request, pool, body)
-
-
-def _set_quota(request: Request, pool: str | int, limits: dict[str, int | None]) -> JSONResponse:
+    limits = body.given()
+    limits.pop("pool", None)
+    pool = body.pool
     principal = request.path_params["principal"]
     with session(request) as s:
         row = s.scalars(select(HardwarePool).where(

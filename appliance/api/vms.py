@@ -1,53 +1,90 @@
 """VMs, tasks and cluster balance over the API; every route checks the caller's privilege on the object.
 
+GET /vms[?limit=&offset=] -> {vms, total, offset, limit};
 POST /vms {name, vcpus, memory_mib, ...} -> 202 {vm, task}; POST /vms/{key}/{verb} -> 202 task;
 GET /tasks[?state=&limit=], GET /tasks/{id}, POST /tasks/{id}/cancel; POST /cluster/balance {dry_run?}.
 """
 
 from __future__ import annotations
 
+import enum
 from typing import Any
 
+from pydantic import Field
 from sqlalchemy import select
-from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
 from appliance import permissions, tasking, vms
 from appliance.api.auth import caller
-from appliance.api.edge import read_json
+from appliance.api.schema import Body, Empty, Id, Query, accepts
 from appliance.api.state import session
-from appliance.db.models import TargetKind, Task, TaskState, Vm
+from appliance.db.models import (
+    BootDevice,
+    DiskBus,
+    Firmware,
+    NicModel,
+    PlacementPolicy,
+    TargetKind,
+    Task,
+    TaskState,
+    Vm,
+)
 from appliance.errors import NotFound, UsageError
+from appliance.paging import Page
 from appliance.permissions import Privilege
+from appliance.text import as_id, shown
 
 
-async def _body(request: Request, fields: frozenset[str]) -> dict[str, Any]:
-    if not (await request.body()).strip():
-        return {}
-    body = await read_json(request)
-    unknown = sorted(set(body) - fields)
-    if unknown:
-        raise UsageError(f"{unknown[0]}: unknown field", f"fields: {', '.join(sorted(fields))}" if fields else "")
-    return body
+class DiskSpec(Body):
+    volume: Id = Field(description="a storage volume id")
+    target: str | None = Field(None, max_length=5, description="vda, sdb, ...")
+    bus: DiskBus = DiskBus.VIRTIO
+    boot_order: int | None = Field(None, ge=1, le=64)
+    read_only: bool = False
 
 
-async def create_vm(request: Request) -> JSONResponse:
-    body = await read_json(request)
-    return await run_in_threadpool(_create, request, body)
+class NicSpec(Body):
+    network: Id | str | None = Field(None, description="a logical network id or name")
+    mac: str | None = Field(None, max_length=17)
+    model: NicModel = NicModel.VIRTIO
 
 
-def _create(request: Request, body: dict[str, Any]) -> JSONResponse:
+class VmRequest(Body):
+    """A new VM; the name must be unique, the rest fits the caller's quota in the pool (vms.create checks)."""
+
+    name: str = Field(max_length=63)
+    vcpus: int | None = Field(None, ge=1, le=vms.MAX_VCPUS)
+    memory_mib: int | None = Field(None, ge=16, le=vms.MAX_MEMORY_MIB)
+    pool: Id | str | None = Field(None, description="hardware pool id or name (default: the root pool)")
+    host: Id | str | None = Field(None, description="pin or place on this host")
+    placement_policy: PlacementPolicy | None = None
+    firmware: Firmware | None = None
+    description: str | None = Field(None, max_length=1000)
+    kernel: str | None = Field(None, max_length=255)
+    initrd: str | None = Field(None, max_length=255)
+    cmdline: str | None = Field(None, max_length=2000)
+    disks: list[DiskSpec] = Field(default_factory=list, max_length=64)
+    nics: list[NicSpec] = Field(default_factory=list, max_length=32)
+    boot_device: BootDevice | None = None
+    uuid: str | None = Field(None, max_length=36)
+    template: Id | str | None = Field(None, description="template id or name")
+
+
+@accepts(body=VmRequest)
+def create_vm(request: Request, body: VmRequest) -> JSONResponse:
     with session(request) as s:
-        created = vms.create(s, body, caller(request).principal)
+        created = vms.create(s, body.given(), caller(request).principal)
         s.flush()
         return JSONResponse({"vm": vms.summary(created.vm), "task": tasking.summary(created.task)}, status_code=202)
 
 
 def list_vms(request: Request) -> JSONResponse:
+    """GET /vms[?limit=&offset=]: {vms, total, offset, limit}; by name, only those the caller may see."""
+    page = Page.from_query(request.query_params)
     with session(request) as s:
-        rows = vms.visible(s, caller(request).principal)
-        return JSONResponse({"vms": [vms.summary(v) for v in rows]})
+        rows, total = page.rows(s, vms.visible_query(s, caller(request).principal))
+        return JSONResponse(page.answer("vms", [vms.summary(v) for v in rows], total))
 
 
 def show_vm(request: Request) -> JSONResponse:
@@ -59,15 +96,30 @@ def show_vm(request: Request) -> JSONResponse:
         return JSONResponse(out)
 
 
-async def vm_action(request: Request) -> JSONResponse:
-    body = await _body(request, frozenset({"host", "timeout", "bandwidth_mib"}))
-    return await run_in_threadpool(_act, request, body)
+# The verbs of POST /vms/{key}/{verb}, from the domain's table (the document shows them as a closed set).
+VmVerb = enum.StrEnum("VmVerb", {verb.replace("-", "_"): verb for verb in vms.ACTIONS})  # type: ignore[misc]
 
 
-def _act(request: Request, body: dict[str, Any]) -> JSONResponse:
+class ActionPath(Query):
+    key: str
+    verb: VmVerb
+
+
+class ActionRequest(Body):
+    """Arguments of the actions that take any: migrate (host, bandwidth_mib) and shutdown (timeout)."""
+
+    host: Id | str | None = Field(None, description="migrate: the destination (default: placement picks)")
+    timeout: int | None = Field(None, ge=1, le=3600, description="shutdown: seconds before the task fails")
+    bandwidth_mib: int | None = Field(None, ge=1, le=100_000, description="migrate: MiB/s at most")
+
+
+@accepts(body=ActionRequest, optional_body=True, path=ActionPath)
+def vm_action(request: Request, body: ActionRequest) -> JSONResponse:
+    """POST /vms/{key}/{verb}: verb is one of start, shutdown, poweroff, suspend, resume, save, restore,
+    update-state, migrate, delete."""
     with session(request) as s:
         vm = vms.find(s, request.path_params["key"])
-        task = vms.act(s, vm, request.path_params["verb"], caller(request).principal, body)
+        task = vms.act(s, vm, request.path_params["verb"], caller(request).principal, body.given())
         return JSONResponse(tasking.summary(task), status_code=202)
 
 
@@ -82,36 +134,32 @@ def _may_see(s: Any, principal: str, task: Task) -> bool:
     return task.created_by == principal or permissions.allowed(s, principal, Privilege.VIEW, _task_pool(s, task))
 
 
-_STATES = {state.value for state in TaskState}
+class TaskQuery(Query):
+    state: TaskState | None = None
+    limit: int = Field(100, ge=1, le=10000)
+    vm: str | None = Field(None, max_length=255, description="only this VM's tasks (id, UUID or name)")
 
 
-def list_tasks(request: Request) -> JSONResponse:
-    unknown = sorted(set(request.query_params) - {"state", "limit", "vm"})
-    if unknown:
-        raise UsageError(f"{unknown[0]}: unknown query parameter", "state, limit, vm")
-    state = request.query_params.get("state")
-    if state is not None and state not in _STATES:
-        raise UsageError(f"state: {state!r} is not one of {', '.join(sorted(_STATES))}")
-    limit_text = request.query_params.get("limit", "100")
-    if not limit_text.isdigit() or not 1 <= int(limit_text) <= 10000:
-        raise UsageError("limit: must be an integer from 1 to 10000")
+@accepts(query=TaskQuery)
+def list_tasks(request: Request, query: TaskQuery) -> JSONResponse:
     principal = caller(request).principal
     with session(request) as s:
-        query = select(Task).order_by(Task.id.desc()).limit(int(limit_text))
-        if state is not None:
-            query = query.where(Task.state == TaskState(state))
-        if request.query_params.get("vm"):
-            vm = vms.find(s, request.query_params["vm"])
-            query = query.where(Task.target_kind == TargetKind.VM, Task.target_id == vm.id)
-        rows = [t for t in s.scalars(query) if _may_see(s, principal, t)]
+        rows_query = select(Task).order_by(Task.id.desc()).limit(query.limit)
+        if query.state is not None:
+            rows_query = rows_query.where(Task.state == query.state)
+        if query.vm:
+            vm = vms.find(s, query.vm)
+            rows_query = rows_query.where(Task.target_kind == TargetKind.VM, Task.target_id == vm.id)
+        rows = [t for t in s.scalars(rows_query) if _may_see(s, principal, t)]
         return JSONResponse({"tasks": [tasking.summary(t) for t in rows]})
 
 
 def _task_id(request: Request) -> int:
     text = request.path_params["id"]
-    if not text.isdigit():
-        raise UsageError(f"task id {text!r} is not a number")
-    return int(text)
+    task_id = as_id(text)
+    if task_id is None:
+        raise UsageError(f"{shown(text, 40)} is not a task id (a number)")
+    return task_id
 
 
 def show_task(request: Request) -> JSONResponse:
@@ -123,12 +171,8 @@ def show_task(request: Request) -> JSONResponse:
         return JSONResponse(tasking.summary(task))
 
 
-async def cancel_task(request: Request) -> JSONResponse:
-    await _body(request, frozenset())
-    return await run_in_threadpool(_cancel, request)
-
-
-def _cancel(request: Request) -> JSONResponse:
+@accepts(body=Empty, optional_body=True)
+def cancel_task(request: Request, body: Empty) -> JSONResponse:
     principal = caller(request).principal
     with session(request) as s:
         task = tasking.get(s, _task_id(request))
@@ -137,25 +181,16 @@ def _cancel(request: Request) -> JSONResponse:
         return JSONResponse(tasking.summary(tasking.cancel(s, task.id, principal)))
 
 
-async def balance(request: Request) -> JSONResponse:
-    body = await _body(request, frozenset({"dry_run", "cluster", "threshold", "max_moves"}))
-    dry_run = body.get("dry_run", False)
-    if not isinstance(dry_run, bool):
-        raise UsageError("dry_run: must be true or false")
-    threshold = body.get("threshold", 0.05)
-    if not isinstance(threshold, int | float) or isinstance(threshold, bool) or not 0 < threshold < 2:
-        raise UsageError("threshold: must be a number between 0 and 2")
-    max_moves = body.get("max_moves", 20)
-    if not isinstance(max_moves, int) or isinstance(max_moves, bool) or not 1 <= max_moves <= 1000:
-        raise UsageError("max_moves: must be an integer from 1 to 1000")
-    cluster = body.get("cluster")
-    if cluster is not None and (not isinstance(cluster, int) or isinstance(cluster, bool)):
-        raise UsageError("cluster: must be a cluster id")
-    return await run_in_threadpool(_balance, request, dry_run, cluster, float(threshold), max_moves)
+class BalanceRequest(Body):
+    dry_run: bool = False
+    cluster: Id | None = Field(None, description="only this cluster's hosts")
+    threshold: float = Field(0.05, gt=0, lt=2, description="least gain in load spread worth a move")
+    max_moves: int = Field(20, ge=1, le=1000)
 
 
-def _balance(request: Request, dry_run: bool, cluster: int | None, threshold: float, max_moves: int) -> JSONResponse:
+@accepts(body=BalanceRequest, optional_body=True)
+def balance(request: Request, body: BalanceRequest) -> JSONResponse:
     with session(request) as s:
-        moves = vms.balance(s, caller(request).principal, dry_run=dry_run, cluster_id=cluster, threshold=threshold,
-                            max_moves=max_moves)  # fmt: skip
-        return JSONResponse({"dry_run": dry_run, "moves": moves}, status_code=200 if dry_run else 202)
+        moves = vms.balance(s, caller(request).principal, dry_run=body.dry_run, cluster_id=body.cluster,
+                            threshold=body.threshold, max_moves=body.max_moves)  # fmt: skip
+        return JSONResponse({"dry_run": body.dry_run, "moves": moves}, status_code=200 if body.dry_run else 202)

@@ -17,6 +17,7 @@ log = logging.getLogger("drover")
 # `drover config show` does not pay for uvicorn, SQLAlchemy and Alembic.
 NOUNS: tuple[tuple[str, str], ...] = (
     ("config", "appliance.cli.config_cmd"),
+    ("ca", "appliance.cli.ca_cmd"),
     ("realm", "appliance.cli.realm_cmd"),
     ("db", "appliance.cli.db_cmd"),
     ("user", "appliance.cli.user_cmd"),
@@ -39,7 +40,7 @@ def _invoked_noun(argv: Sequence[str]) -> str | None:
     """The noun on the command line, skipping global options (and --config's value)."""
     args = iter(argv)
     for arg in args:
-        if arg == "--config":
+        if arg in ("--config", "--ca"):
             next(args, None)
         elif not arg.startswith("-"):
             return arg
@@ -53,6 +54,7 @@ def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
     )
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv: debug)")
     parser.add_argument("--config", metavar="FILE", help="TOML config file (default: $DROVER_CONFIG, /etc/drover)")
+    parser.add_argument("--ca", metavar="FILE", help="CA the API's HTTPS certificate must chain to ([api] ca_file)")
     sub = parser.add_subparsers(dest="noun", metavar="COMMAND", required=True)
     wanted = _invoked_noun(argv)
     known = {noun for noun, _ in NOUNS}

@@ -9,7 +9,8 @@ from typing import Any
 from urllib.parse import quote
 
 from appliance.cli.api_cmd import client_for
-from appliance.cli.context import load_config
+from appliance.cli.context import load_config, paging
+from appliance.cli.power_cmd import add_host_verbs as add_power_verbs
 from appliance.errors import UsageError
 from appliance.text import shown
 from nodeagent import wire
@@ -22,6 +23,7 @@ def register(sub: Any) -> None:
     verbs = p.add_subparsers(dest="verb", metavar="VERB", required=True)
     ls = verbs.add_parser("list", help="every host with its state")
     ls.add_argument("--json", action="store_true")
+    paging(ls)
     ls.set_defaults(func=list_hosts)
     show = verbs.add_parser("show", help="one host's facts, NICs, disks and VMs")
     show.add_argument("host", help=_HOST_HELP)
@@ -75,6 +77,7 @@ def register(sub: Any) -> None:
     token.add_argument("--uuid", help="only the machine with this DMI UUID may use it")
     token.add_argument("--note", default="", help="free text kept with the token")
     token.set_defaults(func=mint_token)
+    add_power_verbs(verbs)  # power on|off|cycle|status|show|set|remove, confirm-rebooted
 
 
 _SHOW = (
@@ -159,7 +162,7 @@ def _mac(value: str | None) -> str | None:
 
 def list_hosts(args: argparse.Namespace) -> int:
     with client_for(load_config(args)) as api:
-        rows = api.get("/api/v1/hosts")["hosts"]
+        rows = api.pages("/api/v1/hosts", "hosts", limit=args.limit, offset=args.offset)
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0

@@ -7,7 +7,7 @@ import logging
 import os
 from typing import Any
 
-from appliance import statedir
+from appliance import statedir, tls
 from appliance.api import create_app
 from appliance.api.boot import create_boot_app
 from appliance.api.nodes import create_node_app
@@ -18,7 +18,7 @@ from appliance.db import migrate
 from appliance.errors import KerberosError
 from appliance.kerberos import health
 from appliance.kerberos.realm import FIRST_ADMIN, Realm
-from appliance.launcher import start_hostbrowser, start_monitor, start_taskengine
+from appliance.launcher import start_fencer, start_hostbrowser, start_monitor, start_taskengine
 from appliance.pki import ensure as ensure_pki
 from appliance.serving import Group, bind, listener
 from appliance.web import stream
@@ -89,6 +89,7 @@ def serve(args: argparse.Namespace) -> int:
     revs = migrate.upgrade(cfg.database_url)
     log.info("database %s at schema %s", revs.url, revs.after)
     pki = ensure_pki(cfg)
+    served_cert = tls.server_cert(cfg, pki)  # a bad provided certificate or key stops the start here
     # Every port is bound before any server starts: a taken one fails the whole command at once.
     sockets = [bind(cfg.api.listen, cfg.api.port, "[api] port (DROVER_API_PORT)")]
     try:
@@ -107,10 +108,13 @@ def serve(args: argparse.Namespace) -> int:
     # Before the apps: the API wakes it (a removed host's session is dropped at once), heartbeats nudge it.
     browser = start_hostbrowser(cfg, realm) if cfg.hostbrowser.enabled else None
     engine = start_taskengine(cfg, realm) if cfg.taskengine.enabled else None
+    fencer = start_fencer(cfg) if cfg.fencing.enabled else None
     try:
         group = Group(
             [
-                listener("api", create_app(cfg, browser=browser, monitor=monitor), sockets[0]),
+                listener("api", create_app(cfg, browser=browser, monitor=monitor), sockets[0],
+                         certfile=str(served_cert.cert) if served_cert else "",
+                         keyfile=str(served_cert.key) if served_cert else ""),
                 listener("nodes", create_node_app(cfg, realm=realm, browser=browser), sockets[1],
                          certfile=str(pki.server_cert), keyfile=str(pki.server_key)),
                 listener("boot", create_boot_app(cfg, pki, sockets[1].getsockname()[1]), sockets[2]),
@@ -118,11 +122,11 @@ def serve(args: argparse.Namespace) -> int:
             on_stop=[stream.STOPPING.set],
         )  # fmt: skip
         log.info(
-            "drover API listening on http://%s:%s (clients: %s, service %s)",
-            cfg.api.listen,
-            cfg.api.port,
+            "drover API and web UI listening on %s (clients: %s, service %s); %s",
+            group.listeners[0].url,
             cfg.api_url,
             realm.http_principal,
+            tls.describe(cfg),
         )
         log.info(
             "node service on %s, boot service on %s (iPXE: chain %s/boot/boot.ipxe, image %s); drover.ca=%s",
@@ -134,6 +138,9 @@ def serve(args: argparse.Namespace) -> int:
         )
         group.run()
     finally:
+        if fencer is not None:
+            fencer.stop()
+            fencer.engine.dispose()
         if engine is not None:
             engine.stop()
         if browser is not None:

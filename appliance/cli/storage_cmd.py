@@ -1,4 +1,4 @@
-"""`drover storage pool create|list|show|refresh|delete` and `drover storage volume create|list|delete`."""
+"""`drover storage pool create|list|show|refresh|delete` and `drover storage volume create|list|refresh|delete`."""
 
 from __future__ import annotations
 
@@ -106,6 +106,11 @@ def register(sub: Any) -> None:
     ls.add_argument("pool", help="storage pool name or id")
     ls.add_argument("--json", action="store_true")
     ls.set_defaults(func=list_volumes)
+    refresh = verbs.add_parser("refresh", help="re-read one volume from libvirt (size, allocation, path)")
+    refresh.add_argument("pool", help="storage pool name or id")
+    refresh.add_argument("volume", help="name or id")
+    waits(refresh)
+    refresh.set_defaults(func=refresh_volume)
     delete = verbs.add_parser("delete", help="queue deleting a volume and its data")
     delete.add_argument("pool", help="storage pool name or id")
     delete.add_argument("volume", help="name or id")
@@ -196,6 +201,12 @@ def list_volumes(args: argparse.Namespace) -> int:
                     v["state"], v["path"] or "-"))  # fmt: skip
     table(out)
     return 0
+
+
+def refresh_volume(args: argparse.Namespace) -> int:
+    with client_for(load_config(args)) as api:
+        task = api.post(f"/api/v1/storage/pools/{seg(args.pool)}/volumes/{seg(args.volume)}/refresh")
+        return queued(api, task, f"refresh of volume {args.volume}", args.wait)
 
 
 def delete_volume(args: argparse.Namespace) -> int:

@@ -13,7 +13,8 @@ from urllib.parse import quote
 
 from appliance.cli import console_cmd
 from appliance.cli.api_cmd import client_for
-from appliance.cli.context import load_config
+from appliance.cli.context import load_config, paging
+from appliance.cli.power_cmd import add_vm_verbs as add_ha_verbs
 from appliance.cli.snapshot_cmd import register_vm_verbs
 from appliance.cli.task_cmd import follow, table
 
@@ -37,8 +38,8 @@ def register(sub: Any) -> None:
     verbs = p.add_subparsers(dest="verb", metavar="VERB", required=True)
     create = verbs.add_parser("create", help="add a VM and queue its create task (defines it on a host)")
     create.add_argument("name")
-    create.add_argument("--template", help="boot from this template's base image (read-only vda); its vCPUs and "
-                        "memory are the defaults")  # fmt: skip
+    create.add_argument("--template", help="boot from a copy-on-write overlay (vda) of this template's base image; "
+                        "its vCPUs and memory are the defaults")  # fmt: skip
     create.add_argument("--vcpus", type=int, help="default: the template's, else 1")
     create.add_argument("--memory", type=int, metavar="MIB", help="memory in MiB (default: the template's, else 512)")
     create.add_argument("--pool", help="hardware pool id or name (default: the default pool)")
@@ -50,10 +51,13 @@ def register(sub: Any) -> None:
     create.add_argument("--kernel", help="direct kernel boot: kernel path on the host")
     create.add_argument("--initrd", help="direct kernel boot: initrd path on the host")
     create.add_argument("--cmdline", help="direct kernel boot: kernel command line")
+    create.add_argument("--ha", action="store_true", help="highly available: restarted elsewhere if its host is fenced")
+    create.add_argument("--ha-priority", type=int, default=0, metavar="N", help="0-1000, higher restarts first")
     create.add_argument("--wait", action="store_true", help="follow the create task to its end")
     create.set_defaults(func=create_vm)
     ls = verbs.add_parser("list", help="every VM you may see, with its state and host")
     ls.add_argument("--json", action="store_true")
+    paging(ls)
     ls.set_defaults(func=list_vms)
     show = verbs.add_parser("show", help="one VM: state, host, disks, NICs, tasks not yet ended")
     show.add_argument("vm", help=_VM_HELP)
@@ -71,6 +75,7 @@ def register(sub: Any) -> None:
         v.set_defaults(func=vm_action, action=verb)
     register_vm_verbs(verbs)  # snapshot create|list|revert|delete, clone
     console_cmd.register(verbs)
+    add_ha_verbs(verbs)  # ha --on|--off [--priority N]
 
 
 def _path(vm: str, verb: str = "") -> str:
@@ -97,6 +102,8 @@ def create_vm(args: argparse.Namespace) -> int:
         body["disks"] = [{"volume": v} for v in args.disk]
     if args.network:
         body["nics"] = [{"network": int(n) if n.isdigit() else n} for n in args.network]
+    if args.ha:
+        body["ha"], body["ha_priority"] = True, args.ha_priority
     for key in ("kernel", "initrd", "cmdline"):
         if getattr(args, key):
             body[key] = getattr(args, key)
@@ -111,7 +118,7 @@ def create_vm(args: argparse.Namespace) -> int:
 
 def list_vms(args: argparse.Namespace) -> int:
     with client_for(load_config(args)) as api:
-        rows = api.get("/api/v1/vms")["vms"]
+        rows = api.pages("/api/v1/vms", "vms", limit=args.limit, offset=args.offset)
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0

@@ -8,6 +8,7 @@ from sqlalchemy.orm import Session
 from appliance.db.models.pools import HardwarePool
 from appliance.db.models.users import Permission, Role, User
 from appliance.errors import Conflict, NotFound
+from appliance.text import as_id
 
 
 def roles_of(session: Session, principal: str) -> list[Role]:
@@ -45,7 +46,8 @@ def grant(session: Session, principal: str, role: Role, granted_by: str | None =
 
 def find_pool(session: Session, pool_key: str) -> HardwarePool:
     pool = session.scalars(select(HardwarePool).where(
-        HardwarePool.id == int(pool_key) if pool_key.isdigit() else HardwarePool.name == pool_key)).first()  # fmt: skip
+        HardwarePool.id == row_id if (row_id := as_id(pool_key)) is not None
+        else HardwarePool.name == pool_key)).first()  # fmt: skip
     if pool is None:
         raise NotFound(f"hardware pool {pool_key!r} does not exist")
     return pool

@@ -83,5 +83,5 @@ def create_web_app(api: ApiState, acceptor: Acceptor) -> Starlette:
                     exception_handlers={DroverError: _error})  # fmt: skip
     app.state.drover = api
     app.state.hub = stream.Hub(api.engine)
-    app.state.web = WebState(acceptor, signer, secure_cookie=not is_loopback(api.cfg.api.listen))
+    app.state.web = WebState(acceptor, signer, secure_cookie=api.cfg.api_tls or not is_loopback(api.cfg.api.listen))
     return app

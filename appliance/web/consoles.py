@@ -20,6 +20,7 @@ from appliance.api.state import session, state
 from appliance.console import proxy, tickets
 from appliance.db.models import Vm
 from appliance.errors import NotFound
+from appliance.text import as_id
 from appliance.web.access import PREFIX, ui_session, web_state
 from appliance.web.forms import form_fields
 from appliance.web.pages import TEMPLATES
@@ -31,7 +32,7 @@ def console_page(request: Request) -> Response:
     principal = caller(request).principal
     with session(request) as s:
         text = str(request.path_params["id"])
-        vm = s.get(Vm, int(text)) if text.isdigit() else None
+        vm = s.get(Vm, key) if (key := as_id(text)) is not None else None
         if vm is None:
             raise NotFound(f"VM {text!r} does not exist")
         # The page itself needs the right a ticket needs: a user who may not open the console sees why here.
@@ -52,7 +53,7 @@ def _issue(request: Request, kind_text: str | None) -> Response:
     api = state(request)
     with session(request) as s:
         text = str(request.path_params["id"])
-        vm = s.get(Vm, int(text)) if text.isdigit() else None
+        vm = s.get(Vm, key) if (key := as_id(text)) is not None else None
         if vm is None:
             raise NotFound(f"VM {text!r} does not exist")
         issued = tickets.issue(s, vm, caller(request).principal, kind, api.cfg.console.ticket_seconds,

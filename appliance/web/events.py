@@ -17,6 +17,7 @@ from appliance.db.base import utcnow
 from appliance.db.models import Event, Host, Severity, Vm
 from appliance.errors import NotFound, UsageError
 from appliance.permissions import Privilege
+from appliance.text import as_id
 from appliance.web.pages import PAGE_SIZE, _pager, render
 
 SINCE = {"1h": timedelta(hours=1), "6h": timedelta(hours=6), "1d": timedelta(days=1), "7d": timedelta(days=7)}
@@ -25,7 +26,7 @@ SINCE = {"1h": timedelta(hours=1), "6h": timedelta(hours=6), "1d": timedelta(day
 def _object(s: Session, model: type[Host] | type[Vm], text: str) -> int:
     """A host's or VM's id from its id or name; NotFound names what was asked for."""
     name_col = Host.hostname if model is Host else Vm.name
-    clauses = [name_col == text] + ([model.id == int(text)] if text.isdigit() else [])
+    clauses = [name_col == text] + ([model.id == key] if (key := as_id(text)) is not None else [])
     found = s.scalars(select(model.id).where(or_(*clauses))).all()
     what = "host" if model is Host else "VM"
     if not found:

@@ -20,14 +20,15 @@ from appliance.api.state import session
 from appliance.db.models import HardwarePool, StoragePool, Template, Vm
 from appliance.errors import NotFound
 from appliance.permissions import Privilege
+from appliance.text import as_id, shown
 from appliance.web.forms import form_fields
 from appliance.web.pages import Allowed, flash, render
 
 
 def _int_id(request: Request) -> str:
     text = str(request.path_params["id"])
-    if not text.isdigit():
-        raise NotFound(f"{text!r} does not exist")
+    if as_id(text) is None:
+        raise NotFound(f"{shown(text)!r} does not exist")
     return text
 
 

@@ -23,7 +23,19 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response
 
-from appliance import admission, enrolment, hosts, lifecycle, permissions, quotas, tasking, vmpools, vms
+from appliance import (
+    admission,
+    enrolment,
+    fencing,
+    hosts,
+    lifecycle,
+    permissions,
+    power,
+    quotas,
+    tasking,
+    vmpools,
+    vms,
+)
 from appliance.api.auth import caller
 from appliance.api.state import session, state
 from appliance.api.vms import _may_see as may_see_task
@@ -43,8 +55,11 @@ from appliance.db.models import (
     VmState,
 )
 from appliance.errors import DroverError, NotFound, UsageError
+from appliance.ipmi import IpmiClient, PowerAction
 from appliance.kerberos.realm import Realm
 from appliance.permissions import Privilege
+from appliance.secretbox import SecretBox
+from appliance.text import as_id, shown, whole
 from appliance.web.access import PREFIX, ui_session
 from appliance.web.forms import form_fields, form_pairs
 
@@ -102,9 +117,10 @@ def _require_global(s: Session, request: Request, privilege: Privilege, what: st
 
 def _int_param(request: Request, name: str) -> int:
     text = request.path_params[name]
-    if not str(text).isdigit():
-        raise NotFound(f"{name} {text!r} does not exist")
-    return int(text)
+    value = as_id(str(text))
+    if value is None:
+        raise NotFound(f"{name} {shown(text)!r} does not exist")
+    return value
 
 
 # Pages -------------------------------------------------------------------------------------------------
@@ -165,7 +181,7 @@ class Pager:
 def _pager(request: Request, total: int) -> Pager:
     text = request.query_params.get("page", "1")
     pages = max(1, -(-total // PAGE_SIZE))
-    page = int(text) if text.isdigit() and int(text) >= 1 else 1
+    page = whole(text) or 1
     return Pager(min(page, pages), pages, total)
 
 
@@ -190,7 +206,7 @@ def vm_list(request: Request) -> Response:
                               .order_by(Vm.name, Vm.id).offset(pager.offset).limit(PAGE_SIZE)))  # fmt: skip
         allowed = Allowed(s, principal)
         pools = [p for p in s.scalars(select(HardwarePool).order_by(HardwarePool.name))
-                 if allowed(Privilege.MODIFY, p.id)]  # fmt: skip
+                 if allowed(Privilege.VM_CREATE, p.id)]  # fmt: skip
         return render(request, "vms.html", vms=rows, pools=pools, actions=_actions(allowed, rows), pager=pager,
                       above="vms_filter.html", below="vms_form.html", search=search, state_wanted=state_wanted,
                       states=[str(v) for v in VmState], quotas=_quotas(s, principal),
@@ -349,6 +365,8 @@ def _host_action(request: Request, form: dict[str, str]) -> Response:
     verb = request.path_params["verb"]
     st = state(request)
     principal = caller(request).principal
+    if verb in _POWER:
+        return _power_action(request, _POWER[verb])
     with session(request) as s:
         host = s.get(Host, _int_param(request, "id"))
         if host is None:
@@ -357,9 +375,10 @@ def _host_action(request: Request, form: dict[str, str]) -> Response:
         if verb == "approve":
             _require_global(s, request, Privilege.MODIFY, "approve hosts")
             claim = form.get("claim") or None
-            if claim is not None and not claim.isdigit():
+            claim_id = as_id(claim) if claim is not None else None
+            if claim is not None and claim_id is None:
                 raise UsageError("claim: must be a claim id")
-            enrolment.approve(s, host, principal, st.cfg.nodes.heartbeat_seconds, int(claim) if claim else None)
+            enrolment.approve(s, host, principal, st.cfg.nodes.heartbeat_seconds, claim_id)
         elif verb == "maintenance":
             _require_global(s, request, Privilege.MODIFY, "put hosts into maintenance")
             lifecycle.maintenance(s, host, principal, lifecycle.check_reason(form.get("reason", "")))
@@ -369,11 +388,33 @@ def _host_action(request: Request, form: dict[str, str]) -> Response:
         elif verb == "remove":
             _require_global(s, request, Privilege.MODIFY, "remove hosts")
             lifecycle.remove(s, host, principal, Realm.from_config(st.cfg), force=form.get("force") == "true")
+        elif verb == "confirm-rebooted":
+            _require_global(s, request, Privilege.MODIFY, "confirm hosts were rebooted")
+            queued = fencing.confirm_rebooted(s, host, principal)
+            return flash(f"{name}: fenced on your word; HA restarts queued: {len(queued)}")
         else:
-            raise NotFound(f"no host action {verb!r}", "approve, maintenance, activate or remove")
+            raise NotFound(f"no host action {verb!r}", "approve, maintenance, activate, remove, confirm-rebooted, "
+                           "power-on, power-off, power-cycle or power-status")  # fmt: skip
     if verb == "remove" and st.browser is not None:
         st.browser.wake()
     return flash(f"{name}: {verb} done")
+
+
+_POWER = {f"power-{a.value}": a for a in PowerAction}
+
+
+def _power_action(request: Request, action: PowerAction) -> Response:
+    """A BMC call from the host page: permission checked in one transaction, ipmitool outside any."""
+    st = state(request)
+    with session(request) as s:
+        if action is PowerAction.STATUS:
+            _require_global(s, request, Privilege.VIEW, "read hosts' power state")
+        else:
+            _require_global(s, request, Privilege.MODIFY, f"power hosts {action}")
+    outcome = power.act(lambda: session(request), request.path_params["id"], action, IpmiClient(st.cfg.power),
+                        SecretBox.under(st.cfg.state_dir), caller(request).principal)  # fmt: skip
+    done = "" if action is PowerAction.STATUS else f"power {action} done, "
+    return flash(f"{outcome.hostname}: {done}the BMC reports power {outcome.state}")
 
 
 async def open_window(request: Request) -> Response:
@@ -382,14 +423,14 @@ async def open_window(request: Request) -> Response:
 
 
 def _open_window(request: Request, form: dict[str, str]) -> Response:
-    minutes, count = form.get("minutes", ""), form.get("count", "1")
-    if not minutes.isdigit() or not count.isdigit():
+    minutes, count = whole(form.get("minutes", "")), whole(form.get("count", "1"))
+    if minutes is None or count is None:
         raise UsageError("minutes and hosts must be whole numbers")
     macs = [m for m in form.get("macs", "").replace(",", " ").split() if m]
     with session(request) as s:
         _require_global(s, request, Privilege.MODIFY, "open enrolment windows")
-        window = admission.open_window(s, by=caller(request).principal, duration=timedelta(minutes=int(minutes)),
-                                       max_hosts=int(count), macs=macs, note=form.get("note", "")[:200])  # fmt: skip
+        window = admission.open_window(s, by=caller(request).principal, duration=timedelta(minutes=minutes),
+                                       max_hosts=count, macs=macs, note=form.get("note", "")[:200])  # fmt: skip
         s.flush()
         return flash(f"enrolment window {window.id} open until {window.expires_at:%H:%M:%S} UTC")
 
@@ -432,9 +473,10 @@ async def vm_bulk(request: Request) -> Response:
     ids = [v for k, v in pairs if k == "vm"]
     if len(verbs) != 1 or verbs[0] not in BULK_VERBS:
         raise UsageError(f"verb: one of {', '.join(BULK_VERBS)}")
-    if not ids or not all(i.isdigit() for i in ids) or len(ids) > BULK_MAX:
+    parsed = [as_id(i) for i in ids]
+    if not parsed or len(parsed) > BULK_MAX or any(i is None for i in parsed):
         raise UsageError(f"vm: select 1 to {BULK_MAX} VMs")
-    return await run_in_threadpool(_vm_bulk, request, verbs[0], [int(i) for i in dict.fromkeys(ids)])
+    return await run_in_threadpool(_vm_bulk, request, verbs[0], [i for i in dict.fromkeys(parsed) if i is not None])
 
 
 def _vm_bulk(request: Request, verb: str, ids: list[int]) -> Response:
@@ -469,9 +511,10 @@ def _vm_create(request: Request, form: dict[str, str]) -> Response:
     for key in ("vcpus", "memory_mib", "pool"):
         value = form.get(key, "").strip()
         if value:
-            if not value.isdigit():
+            number = whole(value)
+            if number is None:
                 raise UsageError(f"{key}: must be a whole number")
-            body[key] = int(value)
+            body[key] = number
     with session(request) as s:
         created = vms.create(s, body, caller(request).principal)
         s.flush()

@@ -22,6 +22,7 @@ from appliance.cli.storage_cmd import parse_size
 from appliance.db.models import HardwarePool, StoragePool, StorageType, StorageVolume, TargetKind, VolumeFormat
 from appliance.errors import NotFound, UsageError
 from appliance.permissions import Privilege
+from appliance.text import as_id, whole
 from appliance.web.forms import form_fields
 from appliance.web.pages import Allowed, flash, render
 
@@ -59,7 +60,7 @@ def _busy(s: Session, pool_ids: list[int]) -> dict[int, str]:
 
 def _pool(request: Request, s: Session, privilege: Privilege, what: str) -> StoragePool:
     text = str(request.path_params["id"])
-    pool = s.get(StoragePool, int(text)) if text.isdigit() else None
+    pool = s.get(StoragePool, key) if (key := as_id(text)) is not None else None
     if pool is None:
         raise NotFound(f"storage pool {text} does not exist")
     permissions.require(s, caller(request).principal, privilege, pool.hardware_pool_id,
@@ -80,9 +81,10 @@ def _pool_create(request: Request, form: dict[str, str]) -> Response:
         value = form.get(key, "").strip()
         if value:
             if key == "port":
-                if not value.isdigit():
+                port = whole(value, 65535)
+                if port is None:
                     raise UsageError("port: must be a number from 1 to 65535")
-                body[key] = int(value)
+                body[key] = port
             else:
                 body[key] = value
     spec = storage.PoolSpec.from_request(body)

@@ -32,6 +32,7 @@ from appliance.db.engine import session_scope
 from appliance.db.models import Event, TargetKind, Task, Vm
 from appliance.db.models.events import NOTIFY_CHANNEL
 from appliance.permissions import Privilege
+from appliance.text import whole
 
 log = logging.getLogger(__name__)
 
@@ -215,7 +216,7 @@ async def _events(hub: Hub, viewer: Viewer, after: int | None) -> AsyncIterator[
 
 def _after(request: Request) -> int | None:
     text = request.headers.get("last-event-id") or request.query_params.get("after") or ""
-    return int(text) if text.isdigit() else None
+    return whole(text, 2**63 - 1)
 
 
 async def stream(request: Request) -> StreamingResponse:

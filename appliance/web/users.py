@@ -22,6 +22,7 @@ from appliance.db.models import HardwarePool, Permission, User
 from appliance.db.models.users import Role
 from appliance.errors import NotFound, UsageError
 from appliance.permissions import Privilege
+from appliance.text import as_id, whole
 from appliance.web.forms import form_fields
 from appliance.web.pages import flash, render
 
@@ -85,7 +86,7 @@ def revoke(request: Request) -> Response:
     text = str(request.path_params["id"])
     by = caller(request).principal
     with session(request) as s:
-        grant_row = s.get(Permission, int(text)) if text.isdigit() else None
+        grant_row = s.get(Permission, key) if (key := as_id(text)) is not None else None
         if grant_row is None:
             raise NotFound(f"grant {text} does not exist")
         principal, role, pool_id = grant_row.user.principal, grant_row.role, grant_row.hardware_pool_id
@@ -106,9 +107,10 @@ def _set_quota(request: Request, form: dict[str, str]) -> Response:
     limits: dict[str, int | None] = {}
     for key in quotas.LIMITS:
         value = form.get(key, "").strip()
-        if value and not value.isdigit():
+        number = whole(value, 2**63 - 1) if value else None
+        if value and number is None:
             raise UsageError(f"{key}: a whole number >= 0, or empty for unlimited")
-        limits[key] = int(value) if value else None
+        limits[key] = number
     with session(request) as s:
         pool = access.find_pool(s, form.get("pool", "").strip() or "default")
         # The API's check (PUT /api/v1/users/{p}/quota): modify in that pool.

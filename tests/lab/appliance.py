@@ -9,6 +9,7 @@ service principal HTTP/appliance.example.test match exactly as they would on a r
 from __future__ import annotations
 
 import os
+import ssl
 import subprocess
 import sys
 import time
@@ -49,14 +50,26 @@ class LabAppliance:
     env: dict[str, str] = field(default_factory=dict)
 
     @property
+    def scheme(self) -> str:
+        """https when the test asked for TLS on loopback (DROVER_API_TLS=on), else the loopback default http."""
+        return "https" if self.settings.get("DROVER_API_TLS") == "on" else "http"
+
+    @property
+    def ca_file(self) -> Path:
+        """The CA clients verify the API against: DROVER_API_CA_FILE when the test gave the server a certificate
+        of its own, else the appliance's CA (made by `drover serve` under the state dir, the lab KDC's root)."""
+        given = self.settings.get("DROVER_API_CA_FILE")
+        return Path(given) if given else self.kdc.root / "pki" / "ca.pem"
+
+    @property
     def url(self) -> str:
         """The URL clients use: the appliance's name, as in the HTTP/ service principal."""
-        return f"http://{APPLIANCE_HOST}:{self.port}"
+        return f"{self.scheme}://{APPLIANCE_HOST}:{self.port}"
 
     @property
     def local_url(self) -> str:
         """The same server by address, for clients in this process (no nss_wrapper here)."""
-        return f"http://127.0.0.1:{self.port}"
+        return f"{self.scheme}://127.0.0.1:{self.port}"
 
     @property
     def config_env(self) -> dict[str, str]:
@@ -122,7 +135,11 @@ class LabAppliance:
             if self.process.poll() is not None:
                 raise RuntimeError(f"drover serve exited with {self.process.returncode}:\n{self.log_text()[-4000:]}")
             try:
-                if httpx.get(f"{self.local_url}/api/v1/health", timeout=1).status_code == 200:
+                # The CA is made by the server's first start: until then there is nothing to verify against.
+                verify: ssl.SSLContext | bool = (
+                    ssl.create_default_context(cafile=str(self.ca_file)) if self.ca_file.is_file() else True
+                )
+                if httpx.get(f"{self.local_url}/api/v1/health", timeout=1, verify=verify).status_code == 200:
                     return
             except httpx.TransportError:
                 pass

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -33,9 +33,14 @@ def _krb5_conf(base: Path, profile: Path) -> Path:
 
 @contextmanager
 def browser(
-    profile: Path, krb5_conf: Path, ccache_env: dict[str, str], appliance_host: str = APPLIANCE_HOST
+    profile: Path,
+    krb5_conf: Path,
+    ccache_env: dict[str, str],
+    extra_args: Sequence[str] = (),
+    appliance_host: str = APPLIANCE_HOST,
 ) -> Iterator[BrowserContext]:
-    """A Chromium context; `ccache_env` holds KRB5CCNAME (a ticket, or a missing file for no ticket).
+    """A Chromium context; `ccache_env` holds KRB5CCNAME (a ticket, or a missing file for no ticket);
+    `extra_args` go on Chromium's command line (e.g. the key of a certificate it is to trust).
 
     `appliance_host` is the name the appliance's HTTP/ principal carries: Negotiate is allowed for it only,
     and a lab name is mapped to loopback (`localhost`, the demo's, needs no mapping)."""
@@ -47,7 +52,7 @@ def browser(
     env["KRB5_CONFIG"] = str(_krb5_conf(krb5_conf, profile))
     args = [
         "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
-        "--disable-component-update", "--disable-sync", f"--auth-server-allowlist={appliance_host}",
+        "--disable-component-update", "--disable-sync", f"--auth-server-allowlist={appliance_host}", *extra_args,
     ]  # fmt: skip
     if appliance_host != "localhost":
         args.append(f"--host-resolver-rules=MAP {appliance_host} 127.0.0.1")

@@ -298,7 +298,7 @@ def run_vm(demo: Demo, admin_env: dict[str, str], appliance_env: dict[str, str],
             say("its node rebooted (stateless): re-read its real state from libvirt")
             typed(demo, admin_env, "vm", "update-state", VM, "--wait")
     else:
-        say(f"VM {VM}: 1 vCPU, {VM_MEMORY_MIB} MiB, booting from template {TEMPLATE} (read-only disk), on {node.name}")
+        say(f"VM {VM}: 1 vCPU, {VM_MEMORY_MIB} MiB, booting from template {TEMPLATE} (its own overlay), on {node.name}")
         typed(demo, admin_env, "vm", "create", VM, "--template", TEMPLATE, "--host", node.fqdn, "--wait")
     vm = looked_up(demo, admin_env, "vm", "show", VM) or {}
     if vm.get("state") != "running":
@@ -323,21 +323,35 @@ def run_vm(demo: Demo, admin_env: dict[str, str], appliance_env: dict[str, str],
     return host
 
 
+# A chart that has drawn points (graphs.js counts them into data-points); a console page that has connected and
+# shows the guest's counter (serial) or drew its screen (graphics).
+GRAPHS_DRAWN = "#graphs figure[data-chart='cpu']:not([data-points='0'])[data-points]"
+SERIAL_SHOWS = f".xterm-rows:has-text('{TICK}')"
+VNC_DRAWN = "body[data-state='connected'] #screen canvas"
+
+
 def screenshots(demo: Demo, cfg: Config, realm: Realm, admin_env: dict[str, str], vm_host: str | None) -> None:
-    """PNGs of the web UI as the admin sees it, for users without a desktop: dashboard, host, VM."""
+    """PNGs of the web UI as the admin sees it, for users without a desktop: dashboard, a host with its graphs,
+    the VM, its serial and graphical consoles."""
     shots = [Shot("dashboard", "/ui/", "#live", "the dashboard")]
     if demo.nodes:
         host = looked_up(demo, admin_env, "host", "show", (vm_host or demo.nodes[0].fqdn))
         if host is not None:
-            shots.append(Shot("host", f"/ui/hosts/{host['id']}", "#host-state", f"host {host['hostname']}"))
+            shots.append(Shot("host", f"/ui/hosts/{host['id']}", GRAPHS_DRAWN,
+                              f"host {host['hostname']} with its graphs"))  # fmt: skip
     vm = looked_up(demo, admin_env, "vm", "show", VM) if vm_host else None
     if vm is not None:
-        shots.append(Shot("vm", f"/ui/vms/{vm['id']}", "#vm-state", f"VM {VM}"))
+        shots += [
+            Shot("vm", f"/ui/vms/{vm['id']}", "#vm-state", f"VM {VM}"),
+            Shot("console-serial", f"/ui/vms/{vm['id']}/console/serial", SERIAL_SHOWS, f"{VM}'s serial console"),
+            Shot("console-vnc", f"/ui/vms/{vm['id']}/console/vnc", VNC_DRAWN, f"{VM}'s graphical console"),
+        ]
     out = demo.dir / "screenshots"
     say(f"screenshots of the web UI (headless Chromium, signed in with the admin's ticket) into {os.path.relpath(out)}")
     base = f"http://{cfg.hostname}:{cfg.api.port}"
     try:
-        taken = take(base, shots, out, realm.files.krb5_conf, admin_env, cfg.hostname)
+        # Graphs need the monitor's first samples (collectd sends every 10 s): a minute or two after enrolment.
+        taken = take(base, shots, out, realm.files.krb5_conf, admin_env, cfg.hostname, timeout_s=180)
     except (PlaywrightError, OSError) as exc:  # no browser must not end the demo: the fleet is up
         say(f"no screenshots: {str(exc).splitlines()[0]}")
         return
@@ -401,8 +415,9 @@ def console_lines(vm_host: str | None) -> str:
     if vm_host is None:
         return ""
     uri = f"qemu+tcp://{vm_host}/system"
-    return f"""  virsh -c {uri} console {VM}      # its serial console (Ctrl-] leaves)
-  virsh -c {uri} domdisplay {VM}   # its VNC display, on the node: the demo forwards only libvirtd's port
+    return f"""  drover vm console {VM}          # its serial console through the appliance (Ctrl-] leaves)
+  drover vm console {VM} --vnc    # the address of its graphical console (noVNC) in the web UI
+  virsh -c {uri} console {VM}      # the same serial console straight from the node's libvirt
 """
 
 

@@ -26,6 +26,9 @@ BOOT_MARKER = "DROVER-GUEST-UP"
 TICK = "DROVER-TICK"
 ECHO = "DROVER-ECHO"  # a line typed into the serial console, answered
 POWEROFF = "DROVER-POWEROFF"  # printed when the guest powers off on the ACPI power button
+# With `drover.dirty=N` on its command line the guest keeps rewriting N MiB of random bytes in RAM (a busy
+# guest whose memory a migration has to send again and again), and prints this once it has started.
+DIRTY = "DROVER-DIRTY"
 # Kernel modules (relative to /lib/modules/<version>/kernel) the guest loads for the ACPI power button.
 _MODULES = ("drivers/acpi/button.ko", "drivers/input/evdev.ko")
 
@@ -49,6 +52,15 @@ for ev in /sys/class/input/event*; do
 done
 # The serial console's input: each line typed into it comes back as "DROVER-ECHO <line>" (console tests type).
 (while read -r line; do echo "{ECHO} $line" > /dev/ttyS0; done < /dev/ttyS0) &
+# A memory-dirtying guest: N MiB of random bytes in the initramfs (RAM), rewritten in place for ever.
+for w in $(/bin/busybox cat /proc/cmdline); do
+    case "$w" in drover.dirty=*) dirty="${{w#drover.dirty=}}";; esac
+done
+if [ -n "$dirty" ]; then
+    /bin/busybox dd if=/dev/urandom of=/dirty bs=1048576 count="$dirty" 2>/dev/null
+    (while true; do /bin/busybox dd if=/dirty of=/dirty bs=1048576 conv=notrunc 2>/dev/null; done) &
+    echo "{DIRTY} $dirty" > /dev/ttyS0
+fi
 n=0
 while true; do
     n=$((n + 1))

@@ -69,6 +69,9 @@ class NodeSettings:
     host_uuid: str = field(default_factory=lambda: str(uuid.uuid4()))
     # libvirt log levels: 1 debug, 2 info, 3 warning, 4 error.
     log_level: int = 3
+    # A network namespace (`ip netns` name) to run in, reached over a veth the test made (tests/lab/fencerack.py):
+    # then its link can be cut. Empty: the machine's own namespace, on a loopback alias.
+    netns: str = ""
 
     @property
     def service_principal(self) -> str:
@@ -345,9 +348,11 @@ def _spawn_libvirtd(
     if files.krb5_conf is not None:
         env["KRB5_CONFIG"] = str(files.krb5_conf)
     script = _namespace_script(settings, root, files.libvirtd_conf)
-    # unshare without --fork execs in place: the pid we hold is libvirtd's, so terminate() reaches it.
+    # unshare without --fork execs in place: the pid we hold is libvirtd's, so terminate() reaches it
+    # (nsenter without --fork execs in place too).
+    netns = ["nsenter", f"--net=/run/netns/{settings.netns}"] if settings.netns else []
     return spawn(
-        ["unshare", "-m", "-u", "--propagation", "private", "sh", "-c", script],
+        [*netns, "unshare", "-m", "-u", "--propagation", "private", "sh", "-c", script],
         env=env,
         log_file=root / "libvirtd.stdout",
     )

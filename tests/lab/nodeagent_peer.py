@@ -100,6 +100,7 @@ class Peer:
     status: wire.IdentifyStatus = wire.IdentifyStatus.ACCEPTED
     approve_after: int = 0  # pending: credentials ride on this many-th heartbeat
     fail_heartbeats: set[int] = field(default_factory=set)  # 1-based heartbeat numbers answered 503
+    restart_libvirtd_on: set[int] = field(default_factory=set)  # heartbeats whose answer asks for a libvirtd restart
     interval: int = 1
     requests: list[tuple[str, float, Any]] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -141,7 +142,8 @@ class Peer:
             if status is wire.IdentifyStatus.PENDING and self.approve_after and n >= self.approve_after:
                 status = wire.IdentifyStatus.ACCEPTED
                 creds = None if beat.has_credentials else self.credentials()
-            return 200, wire.encode(wire.HeartbeatResponse(status, self.interval, creds))
+            restart = n in self.restart_libvirtd_on
+            return 200, wire.encode(wire.HeartbeatResponse(status, self.interval, creds, restart_libvirtd=restart))
         return 404, b'{"error":"not found"}'
 
 

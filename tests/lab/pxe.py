@@ -25,6 +25,9 @@ from tests.lab.appliance import LabAppliance
 from tests.lab.qemu import HOST_FROM_GUEST, Guest, UserNet, start_guest
 
 LIBVIRT_PORT = 16509
+# What the appliance reaches on a node, forwarded to the node's own loopback address: libvirtd, and the first
+# VNC displays (qemu's autoport starts at 5900) for the appliance's console proxy.
+NODE_PORTS = (LIBVIRT_PORT, 5900, 5901, 5902, 5903)
 _UUIDS = uuid.UUID("5f0c2b1e-8d3a-4c57-9e21-6b7a0f4d3c10")  # namespace: the same node gets the same DMI UUID
 
 
@@ -83,7 +86,7 @@ def boot(
         accel=accel,
         memory_mb=memory_mb,
         tftp_dir=tftp,
-        net=UserNet(node.name, node.domain, ((node.address, LIBVIRT_PORT, LIBVIRT_PORT),)),
+        net=UserNet(node.name, node.domain, tuple((node.address, port, port) for port in NODE_PORTS)),
         mac=node.mac,
         uuid=node.uuid,
         uefi=uefi,

@@ -48,7 +48,7 @@ def take(
     """Sign in once with the ticket in `ccache_env`, then open each page and save it full-length."""
     out_dir.mkdir(parents=True, exist_ok=True)
     taken: list[Taken] = []
-    with browser(out_dir / ".chromium", krb5_conf, ccache_env, appliance_host) as context:
+    with browser(out_dir / ".chromium", krb5_conf, ccache_env, appliance_host=appliance_host) as context:
         page = context.pages[0] if context.pages else context.new_page()
         for shot in shots:
             file = out_dir / f"{shot.name}.png"

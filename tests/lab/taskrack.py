@@ -11,6 +11,7 @@ Nodes accept the appliance's principal and each other's libvirt/<fqdn> principal
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -65,24 +66,26 @@ class TaskRack:
     ) -> subprocess.CompletedProcess[str]:
         return self.served.drover(*argv, principal=principal, timeout=timeout)
 
-    def worker_env(self, database_url: str | None = None) -> dict[str, str]:
+    def worker_env(self, database_url: str | None = None, extra: dict[str, str] | None = None) -> dict[str, str]:
         env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(self.workdir), "PYTHONPATH": str(ROOT),
                "PYTHONFAULTHANDLER": "1", **self.served.config_env, **self.lab.hosts.env,
                "DROVER_NODES_LIBVIRT_PORT": str(self.lab.libvirt_port),
                "DROVER_TASKENGINE_LEASE_SECONDS": "6", "DROVER_TASKENGINE_POLL_MS": "100"}  # fmt: skip
         if database_url is not None:
             env["DROVER_DATABASE_URL"] = database_url
+        env.update(extra or {})
         return env
 
     def start_worker(
-        self, workers: int = 2, database_url: str | None = None, log_name: str = ""
+        self, workers: int = 2, database_url: str | None = None, log_name: str = "", env: dict[str, str] | None = None
     ) -> subprocess.Popen[bytes]:
-        """A `drover taskengine run` process resolving lab names as the server does; stopped at session end."""
-        argv, env = own_resolver([*DROVER, "-v", "taskengine", "run", "--workers", str(workers)],
-                                 self.worker_env(database_url))  # fmt: skip
+        """A `drover taskengine run` process resolving lab names as the server does; stopped at session end.
+        `env`: extra settings for this worker (DROVER_TASKENGINE_...)."""
+        argv, full_env = own_resolver([*DROVER, "-v", "taskengine", "run", "--workers", str(workers)],
+                                      self.worker_env(database_url, env))  # fmt: skip
         log = self.workdir / (log_name or f"worker-{len(self.workers)}.log")
         with open(log, "ab") as out:
-            proc = subprocess.Popen(argv, env=env, cwd=ROOT, stdin=subprocess.DEVNULL, stdout=out,
+            proc = subprocess.Popen(argv, env=full_env, cwd=ROOT, stdin=subprocess.DEVNULL, stdout=out,
                                     stderr=subprocess.STDOUT)  # fmt: skip
         self.workers.append(proc)
         return proc
@@ -97,6 +100,27 @@ class TaskRack:
             if proc.poll() is None:
                 terminate(proc, 15)
         self.workers.clear()
+
+    @contextlib.contextmanager
+    def workers_with(self, env: dict[str, str], workers: int = 2) -> Iterator[subprocess.Popen[bytes]]:
+        """For the block, the rack's task engine is one process with these extra settings (a test of a
+        worker setting); afterwards a default one again. Nothing may be running when the block starts."""
+        self.stop_workers()
+        proc = self.start_worker(workers, env=env, log_name="worker-settings.log")
+        try:
+            yield proc
+        finally:
+            self.stop_workers()
+            self.start_worker(log_name="worker-main.log")
+
+    @contextlib.contextmanager
+    def paused(self) -> Iterator[None]:
+        """No task engine during the block (what is queued meanwhile waits); the default one again after."""
+        self.stop_workers()
+        try:
+            yield
+        finally:
+            self.start_worker(log_name="worker-main.log")
 
     def ensure_worker(self) -> None:
         """At least one live worker process (a test may have killed them all)."""

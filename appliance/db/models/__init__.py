@@ -4,7 +4,7 @@ from appliance.db.base import Base
 from appliance.db.models.consoles import ConsoleKind, ConsoleTicket
 from appliance.db.models.enrolment import EnrolmentToken, EnrolmentWindow, HostClaim
 from appliance.db.models.events import Event, Severity
-from appliance.db.models.hosts import Arch, Host, HostDisk, HostNic, HostState, HypervisorType
+from appliance.db.models.hosts import Arch, FenceState, Host, HostDisk, HostNic, HostState, HypervisorType
 from appliance.db.models.networks import BootProtocol, IpRange, Network
 from appliance.db.models.pools import Cluster, HardwarePool
 from appliance.db.models.snapshots import Snapshot, SnapshotState
@@ -26,6 +26,7 @@ __all__ = [
     "EnrolmentToken",
     "EnrolmentWindow",
     "Event",
+    "FenceState",
     "Firmware",
     "HardwarePool",
     "Host",

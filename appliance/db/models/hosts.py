@@ -28,6 +28,18 @@ class HostState(enum.StrEnum):
         return self is HostState.AVAILABLE
 
 
+class FenceState(enum.StrEnum):
+    """Where the fencer is with an unavailable host (appliance.fencer), in oVirt's order."""
+
+    NONE = "none"  # nothing under way
+    SOFT = "soft"  # its agent was asked (in a heartbeat answer) to restart libvirtd; waiting for it to come back
+    FENCING = "fencing"  # powering it off through its BMC; failures are retried, never taken for success
+    FENCED = "fenced"  # its BMC confirmed power off, or an admin confirmed a reboot: its VMs were released
+
+    def is_fenced(self) -> bool:
+        return self is FenceState.FENCED
+
+
 class HypervisorType(enum.StrEnum):
     KVM = "kvm"
     QEMU = "qemu"  # TCG: no hardware virtualisation on the node
@@ -99,6 +111,22 @@ class Host(IdMixin, CreatedMixin, Base):
     memory_used_mib: Mapped[int | None] = mapped_column(BigInteger)
     vm_count: Mapped[int | None]
     load_updated_at: Mapped[datetime | None]
+    # Power management (IPMI over LAN): where its BMC answers and as whom. The password is stored encrypted
+    # with the appliance's own key (appliance.secretbox) and never leaves the appliance.
+    power_address: Mapped[str | None]
+    power_port: Mapped[int | None]
+    power_user: Mapped[str | None] = mapped_column(String(64))
+    power_secret: Mapped[str | None] = mapped_column(Text)
+    # Fencing (appliance.fencer): the step reached, failed power-off attempts, since when, and the latest
+    # outcome; who confirmed the fence ("bmc", or the admin who said the host was rebooted).
+    fence_state: Mapped[FenceState] = mapped_column(enum_column(FenceState, "fence_state"), default=FenceState.NONE)
+    fence_attempts: Mapped[int] = mapped_column(default=0)
+    fence_changed_at: Mapped[datetime | None]
+    fence_note: Mapped[str] = mapped_column(Text, default="")
+    fenced_by: Mapped[str | None]
+    # The soft step: set when the fencer wants the node agent to restart libvirtd; the next heartbeat's
+    # answer says so once and clears it.
+    libvirtd_restart_asked_at: Mapped[datetime | None]
     hardware_pool_id: Mapped[int] = mapped_column(ForeignKey("hardware_pools.id", ondelete="RESTRICT"), index=True)
     cluster_id: Mapped[int | None] = mapped_column(ForeignKey("clusters.id", ondelete="SET NULL"), index=True)
 

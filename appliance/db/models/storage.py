@@ -91,5 +91,11 @@ class StorageVolume(IdMixin, CreatedMixin, Base):
     format: Mapped[VolumeFormat] = mapped_column(enum_column(VolumeFormat, "volume_format"), default=VolumeFormat.RAW)
     path: Mapped[str | None]  # as libvirt reports it once the volume exists
     lun: Mapped[int | None]  # iSCSI LUN number
+    # A copy-on-write overlay (qcow2) reads what it has not written from this volume, its backing file: a
+    # VM made from a template gets one over the template's base image. RESTRICT: the base outlives overlays.
+    backing_volume_id: Mapped[int | None] = mapped_column(
+        ForeignKey("storage_volumes.id", ondelete="RESTRICT"), index=True
+    )
 
     storage_pool: Mapped[StoragePool] = relationship(back_populates="volumes")
+    backing: Mapped[StorageVolume | None] = relationship(remote_side="StorageVolume.id")

@@ -104,6 +104,10 @@ class Vm(IdMixin, CreatedMixin, Base):
     )
     # High availability: restart elsewhere when the host is lost.
     is_ha: Mapped[bool] = mapped_column(default=False)
+    # Among HA VMs of a fenced host, higher restarts first (it is also the restart task's priority).
+    ha_priority: Mapped[int] = mapped_column(default=0)
+    # The state it had when its host stopped answering (set with `unreachable`): a fence restarts only live ones.
+    lost_state: Mapped[VmState | None] = mapped_column(enum_column(VmState, "vm_lost_state"))
     boot_device: Mapped[BootDevice] = mapped_column(enum_column(BootDevice, "boot_device"), default=BootDevice.HD)
     # SET NULL: losing a host record must not delete the VMs that were on it.
     host_id: Mapped[int | None] = mapped_column(ForeignKey("hosts.id", ondelete="SET NULL"), index=True)
