@@ -37,7 +37,12 @@ class BootImage:
         parts = name.split("/")
         if name not in self.manifest.artifacts or name == MANIFEST or any(p in ("", ".", "..") for p in parts):
             raise NotFound(f"no artifact {name!r} in the served image", f"one of: {', '.join(self.names())}")
-        path = self.directory.joinpath(*parts)
+        # Resolved, and served by that name: a symlink put into the image directory (by whoever can write
+        # there) must not hand out a file from elsewhere, whatever its name in the manifest.
+        path = self.directory.joinpath(*parts).resolve()
+        if not path.is_relative_to(self.directory):
+            log.warning("boot image %s: %s leads outside the image (to %s); not served", self.directory, name, path)
+            raise NotFound(f"no artifact {name!r} in the served image", "its file is a link out of the image directory")
         try:
             st = path.stat()
         except OSError:

@@ -6,7 +6,9 @@ scan or retry, on the port announced (stored as the host's libvirt_port when it 
 creates hosts: an announcement matching no approved host is logged once per name and changes nothing.
 
 mDNS is unauthenticated. An announcement is only a hint to try now: it must name an approved host's FQDN
-and DMI UUID, and the connection it triggers is Kerberos-authenticated both ways as any other.
+and DMI UUID, and the connection it triggers is Kerberos-authenticated both ways as any other. Its address
+is never used (the host's FQDN is resolved as always), and its port is taken only while the host is not
+connected: a connected host's session is never moved by a packet anyone on the segment can send.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from sqlalchemy import Engine, select
 from appliance import hosts
 from appliance.config import Config
 from appliance.db.engine import session_scope
-from appliance.db.models import Host
+from appliance.db.models import Host, HostState
 from appliance.errors import DroverError
 
 log = logging.getLogger(__name__)
@@ -60,6 +62,7 @@ class Match:
     host_id: int | None
     why: str  # for the log: what was found or stored
     port_changed: bool = False
+    ignored: bool = False  # a connected host's announcement of another port: nothing to do
 
 
 def match(engine: Engine, found: Announcement, default_port: int) -> Match:
@@ -78,9 +81,22 @@ def match(engine: Engine, found: Announcement, default_port: int) -> Match:
         if found.port == (host.libvirt_port or default_port):
             return Match(host.id, f"port {found.port}")
         old = host.libvirt_port or default_port
+        if host.state in (HostState.AVAILABLE, HostState.MAINTENANCE):
+            # Its session is up on the stored port, Kerberos-authenticated: an unauthenticated multicast
+            # packet must not move it elsewhere (that would cut a healthy host off, and make it a fencing
+            # candidate). A libvirtd that really moved drops the session first, and is then followed.
+            log.warning("%s is connected on port %s: announced port %s ignored", found.fqdn, old, found.port)
+            return Match(host.id, f"connected on port {old}, announced port {found.port} ignored", ignored=True)
         host.libvirt_port = found.port
         hosts.event(s, host, "host.libvirt_port", f"libvirtd announced on port {found.port} (was {old})")
         return Match(host.id, f"port {old} -> {found.port}", port_changed=True)
+
+
+def zeroconf_interfaces(chosen: list[str] | None) -> Any:
+    """Zeroconf's `interfaces` argument: a list, or InterfaceChoice.All (it raises TypeError for a string)."""
+    from zeroconf import InterfaceChoice  # noqa: PLC0415 - only drover serve needs it
+
+    return chosen or InterfaceChoice.All
 
 
 def interfaces(cfg: Config) -> list[str] | None:
@@ -121,7 +137,7 @@ class ZeroconfWatcher:
         from zeroconf import IPVersion, ServiceBrowser, Zeroconf  # noqa: PLC0415 - only drover serve needs it
 
         chosen = interfaces(self.cfg)
-        self._zc = Zeroconf(interfaces=chosen or "all", ip_version=IPVersion.V4Only)
+        self._zc = Zeroconf(interfaces=zeroconf_interfaces(chosen), ip_version=IPVersion.V4Only)
         self._thread.start()
         self._browser = ServiceBrowser(self._zc, self.service_type, handlers=[self._changed])
         log.info("browsing %s on %s", self.service_type, ", ".join(chosen) if chosen else "all interfaces")
@@ -171,6 +187,8 @@ class ZeroconfWatcher:
                 log.info("ignoring announcements of %s (%s): %s", found.fqdn, name, got.why)
             return
         self._unknown.discard(found.fqdn)
+        if got.ignored:
+            return  # match() logged it; the session is up, there is nothing to connect
         log.info("%s announced its libvirtd (%s): connecting now", found.fqdn, got.why)
         if got.port_changed:
             self.wake()  # a new URI: the browser's next scan starts the host's session over on it

@@ -166,6 +166,15 @@ def find_srv(domains: Sequence[str], servers: Sequence[tuple[str, int]], timeout
 # --- mDNS ------------------------------------------------------------------------------------
 
 
+def zeroconf_interfaces(interfaces: Sequence[str]) -> Any:
+    """Zeroconf's `interfaces` argument: the addresses given, or every interface. Not the string "all":
+    zeroconf takes a list or an InterfaceChoice and raises TypeError for anything else (which ended the agent
+    on a node whose kernel line and DNS named no appliance)."""
+    from zeroconf import InterfaceChoice  # noqa: PLC0415 - distro package, as in find_mdns
+
+    return list(interfaces) or InterfaceChoice.All
+
+
 def find_mdns(service_type: str = MDNS_TYPE, timeout: float = 3.0, interfaces: Sequence[str] = ()) -> str:
     """Browse for service_type with zeroconf for up to timeout seconds; `http://addr:port[path]` or ''."""
     from zeroconf import IPVersion, ServiceBrowser, ServiceStateChange, Zeroconf  # noqa: PLC0415 - distro package, imported on use: the venv tests import this module without it
@@ -178,7 +187,7 @@ def find_mdns(service_type: str = MDNS_TYPE, timeout: float = 3.0, interfaces: S
             found.append(name)
             seen.set()
 
-    zc = Zeroconf(interfaces=list(interfaces) or "all", ip_version=IPVersion.V4Only)
+    zc = Zeroconf(interfaces=zeroconf_interfaces(interfaces), ip_version=IPVersion.V4Only)
     try:
         browser = ServiceBrowser(zc, service_type, handlers=[on_change])
         try:

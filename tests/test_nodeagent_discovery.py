@@ -99,3 +99,22 @@ def test_discovery_order_cmdline_then_srv_then_mdns(dnsmasq: int, tmp_path: Path
         assert _discover("", dnsmasq, "nowhere.test", mdns_type) == "mdns http://127.0.0.1:8081"
     finally:
         announcer.communicate("", timeout=10)
+
+
+def test_mdns_on_every_interface_finds_nothing_without_crashing() -> None:
+    """A node whose kernel line and DNS name no appliance browses on all its interfaces. The string "all" made
+    the node's zeroconf raise TypeError, which ended the agent (seen on a UEFI node.iso boot). Run in a network
+    namespace of its own with only loopback up: "every interface" sends nothing anywhere else."""
+    code = "import sys; from nodeagent import discovery as d\nprint(repr(d.find_mdns(sys.argv[1], 1.0, ())))"
+    script = f'ip link set lo up && exec {SYSTEM_PYTHON} -c "$0" "$1"'
+    proc = subprocess.run(
+        ["unshare", "--net", "sh", "-c", script, code, f"_d{secrets.token_hex(4)}._tcp.local."],
+        env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "PYTHONDONTWRITEBYTECODE": "1"},
+        cwd=Path(discovery.__file__).resolve().parent.parent,  # the repo: nodeagent as the node runs it
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "''", proc.stdout + proc.stderr

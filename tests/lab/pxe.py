@@ -63,8 +63,20 @@ def vouch_for(served: LabAppliance, node: PxeNode, admin: str = "pxe-vouch") -> 
     assert opened.returncode == 0, opened.stdout + opened.stderr
 
 
-def boot(node: PxeNode, workdir: Path, boot_port: int, accel: Accel, *, tag: str = "", memory_mb: int = 1024) -> Guest:
-    """Power the node on: firmware PXE -> iPXE -> the appliance's boot service."""
+def boot(
+    node: PxeNode,
+    workdir: Path,
+    boot_port: int,
+    accel: Accel,
+    *,
+    tag: str = "",
+    memory_mb: int = 1024,
+    uefi: bool = False,
+) -> Guest:
+    """Power the node on: firmware PXE -> iPXE -> the appliance's boot service.
+
+    uefi: OVMF instead of SeaBIOS. qemu then loads the NIC's EFI iPXE ROM (ipxe-qemu's efi-virtio.rom), whose
+    network boot runs the same TFTP script as the BIOS ROM does."""
     tftp = workdir / f"{node.name}.tftp"
     tftp.mkdir(parents=True, exist_ok=True)
     (tftp / "boot.ipxe").write_text(f"#!ipxe\ndhcp\nchain http://{HOST_FROM_GUEST}:{boot_port}/boot/boot.ipxe\n")
@@ -77,6 +89,7 @@ def boot(node: PxeNode, workdir: Path, boot_port: int, accel: Accel, *, tag: str
         net=UserNet(node.name, node.domain, tuple((node.address, port, port) for port in NODE_PORTS)),
         mac=node.mac,
         uuid=node.uuid,
+        uefi=uefi,
     )
 
 
