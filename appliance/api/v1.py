@@ -6,7 +6,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from appliance.api import hosts, metrics, realm, storage, users, vms
+from appliance.api import hosts, metrics, networks, realm, storage, users, vms
 
 PREFIX = "/api/v1"
 # Reachable without a ticket: load balancers and `drover serve`'s own readiness check use it.
@@ -40,6 +40,7 @@ routes = [
     Route(f"{PREFIX}/hosts/{{key}}/clear", hosts.clear_host, methods=["POST"]),
     # Before /vms/{key}/{verb}, which would otherwise take POST /vms/X/snapshots and /vms/X/clone.
     *storage.routes(PREFIX),
+    *networks.routes(PREFIX),
     Route(f"{PREFIX}/vms", vms.list_vms, methods=["GET"]),
     Route(f"{PREFIX}/vms", vms.create_vm, methods=["POST"]),
     Route(f"{PREFIX}/vms/{{key}}", vms.show_vm, methods=["GET"]),

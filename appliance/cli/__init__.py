@@ -31,6 +31,7 @@ NOUNS: tuple[tuple[str, str], ...] = (
     ("taskengine", "appliance.cli.taskengine_cmd"),
     ("storage", "appliance.cli.storage_cmd"),
     ("template", "appliance.cli.template_cmd"),
+    ("network", "appliance.cli.network_cmd"),
 )
 
 

@@ -4,7 +4,16 @@ from appliance.db.base import Base
 from appliance.db.models.enrolment import EnrolmentToken, EnrolmentWindow, HostClaim
 from appliance.db.models.events import Event, Severity
 from appliance.db.models.hosts import Arch, Host, HostDisk, HostNic, HostState, HypervisorType
-from appliance.db.models.networks import BootProtocol, IpRange, Network
+from appliance.db.models.networks import (
+    BondMode,
+    BootProtocol,
+    HostNetwork,
+    IpRange,
+    Network,
+    NetworkRole,
+    NetworkRule,
+    RuleMatch,
+)
 from appliance.db.models.pools import Cluster, HardwarePool
 from appliance.db.models.snapshots import Snapshot, SnapshotState
 from appliance.db.models.storage import StoragePool, StorageState, StorageType, StorageVolume, VolumeFormat
@@ -16,6 +25,7 @@ from appliance.db.models.vms import BootDevice, DiskBus, Firmware, NicModel, Pla
 __all__ = [
     "Arch",
     "Base",
+    "BondMode",
     "BootDevice",
     "BootProtocol",
     "Cluster",
@@ -28,16 +38,20 @@ __all__ = [
     "Host",
     "HostClaim",
     "HostDisk",
+    "HostNetwork",
     "HostNic",
     "HostState",
     "HypervisorType",
     "IpRange",
     "Network",
+    "NetworkRole",
+    "NetworkRule",
     "NicModel",
     "Permission",
     "PlacementPolicy",
     "Quota",
     "Role",
+    "RuleMatch",
     "Severity",
     "Snapshot",
     "SnapshotState",
