@@ -80,6 +80,9 @@ class NodesConfig:
     kdc_address: str = ""
     libvirt_port: int = 16509  # where nodes' libvirtd listens for qemu+tcp, unless a host row says otherwise
     heartbeat_seconds: int = 10
+    # After applying a network change, a node that reaches the appliance within this long keeps it; one
+    # that does not puts its previous set-up back (nodeagent/netsetup.py).
+    network_rollback_seconds: int = 60
     max_body_bytes: int = 256 * 1024
     # Identify requests a minute from one source address (0: no limit); past it: 429.
     identify_per_minute: int = 60
