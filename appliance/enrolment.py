@@ -144,6 +144,10 @@ def identify(
     host.last_heartbeat_at = utcnow()
     session.flush()
     log.info("identify %s (%s) from %s: %s, NICs %s", host.hostname, host.uuid, source, status, nics.describe())
+    if credentials is not None:
+        # A booted node has forgotten its links: what it reported before this boot is no longer true.
+        host.network_generation = host.network_state = None
+        host.network_message, host.network_observed = "", {}
     response = wire.IdentifyResponse(
         status=status,
         host_id=host.id,
