@@ -12,6 +12,7 @@ import hashlib
 import ipaddress
 import json
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -313,7 +314,7 @@ def _conflicts(carried: list[Carried], new: Carried) -> str | None:
     return None
 
 
-def carried(session: Session, host: Host) -> list[Carried]:
+def carried(session: Session, host: Host, ruled: Sequence[Network] | None = None) -> list[Carried]:
     """What the host carries: the admin's assignments, then rules for in-scope networks without one.
 
     A rule that would clash with what is already there (a second untagged network on a NIC) is skipped;
@@ -326,7 +327,7 @@ def carried(session: Session, host: Host) -> list[Carried]:
     assigned = {a.network_id for a in host.networks}
     names = {n.name for n in host.nics}
     by_mac = {n.mac: n.name for n in host.nics}
-    nets = session.scalars(select(Network).where(Network.rules.any()).order_by(Network.name)).all()
+    nets = ruled if ruled is not None else _ruled(session)
     for net in nets:
         if net.id in assigned or not in_scope(net, host) or net.boot_protocol is BootProtocol.STATIC:
             continue  # a static address is per host: a rule cannot give one
@@ -397,8 +398,38 @@ def unassign(session: Session, host: Host, net: Network) -> None:
     session.flush()
 
 
-def network_ids(session: Session, host: Host) -> frozenset[int]:
-    return frozenset(c.network.id for c in carried(session, host))
+def _ruled(session: Session) -> Sequence[Network]:
+    return session.scalars(select(Network).where(Network.rules.any()).order_by(Network.name)).all()
+
+
+def carried_ids(session: Session, hosts: Sequence[Host]) -> dict[int, frozenset[int]]:
+    """Host id -> the networks it carries, for placement over many hosts: two queries, not two per host."""
+    assigned: dict[int, set[int]] = {}
+    for host_id, net_id in session.execute(select(HostNetwork.host_id, HostNetwork.network_id)).tuples():
+        assigned.setdefault(host_id, set()).add(net_id)
+    ruled = _ruled(session)
+    if not ruled:
+        return {h.id: frozenset(assigned.get(h.id, ())) for h in hosts}
+    return {h.id: frozenset(c.network.id for c in carried(session, h, ruled)) for h in hosts}
+
+
+def migration_uri(session: Session, dest: Host) -> str | None:
+    """tcp://<dest's address on the migration network> for the memory stream, or None (no such network, or
+    the host has no address there yet): then migration goes where libvirt's connection goes."""
+    net = session.scalars(select(Network).where(Network.role == NetworkRole.MIGRATION)).first()
+    if net is None:
+        return None
+    mine = next((c for c in carried(session, dest) if c.network.id == net.id), None)
+    if mine is None:
+        return None
+    address = mine.address
+    if address is None:  # DHCP: what the node reported on the bridge
+        link = (dest.network_observed or {}).get("links", {}).get(net.bridge or "", {})
+        address = next(iter(link.get("addresses", [])), None)
+    if not address:
+        return None
+    ip = ipaddress.ip_interface(address).ip
+    return f"tcp://[{ip}]" if ip.version == 6 else f"tcp://{ip}"
 
 
 # -- what the node is asked for, and what it reached ----------------------------------------------------
