@@ -15,7 +15,7 @@ from starlette.staticfiles import StaticFiles
 from appliance.api.negotiate import Acceptor
 from appliance.api.state import ApiState
 from appliance.errors import DroverError
-from appliance.web import login, pages, stream
+from appliance.web import login, networkpages, pages, stream
 from appliance.web.access import SessionMiddleware, WebState, is_loopback
 from appliance.web.session import Signer, load_key
 
@@ -42,6 +42,9 @@ routes = [
     Route("/tasks/{id}/cancel", pages.task_cancel, methods=["POST"]),
     Route("/events", pages.event_list),
     Route("/inventory", pages.inventory),
+    Route("/networks", networkpages.network_list),
+    Route("/networks", networkpages.network_create, methods=["POST"]),
+    Route("/networks/assign", networkpages.network_assign, methods=["POST"]),
     Route("/users", pages.user_list),
     Route("/users", pages.user_grant, methods=["POST"]),
     Route("/stream", stream.stream),
