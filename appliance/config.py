@@ -117,6 +117,9 @@ class HostBrowserConfig:
     # time; one still hanging after connect_timeout_seconds is abandoned and its host reported unavailable.
     connect_workers: int = 4
     connect_timeout_seconds: int = 10
+    # How often each connected host is asked for its running VMs' IP addresses (the qemu guest agent when the
+    # guest runs one, else the host's neighbour table for the VM's MACs); 0: never.
+    addresses_seconds: int = 15
     # Browse _libvirt._tcp (mDNS) on the interface of [nodes] listen (all when 0.0.0.0): an approved host's
     # announcement has it connected now, on the port it announces.
     zeroconf: bool = True

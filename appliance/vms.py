@@ -287,6 +287,8 @@ def detail(vm: Vm) -> dict[str, Any]:
                   for d in sorted(vm.disks, key=lambda d: d.target_dev)],
         "nics": [{"mac": n.mac, "network": n.network.name if n.network else None, "model": str(n.model)}
                  for n in sorted(vm.nics, key=lambda n: n.mac)],
+        "addresses": list(vm.addresses or []),
+        "addresses_source": vm.addresses_source or None,
     }  # fmt: skip
 
 

@@ -134,6 +134,8 @@ def show_vm(args: argparse.Namespace) -> int:
         print(f"disk:             {d['target']} {d['volume']} ({d['bus']}{ro}) {d['path'] or ''}".rstrip())
     for n in v["nics"]:
         print(f"nic:              {n['mac']} {n['network'] or '(user networking)'} {n['model']}")
+    if v.get("addresses"):
+        print(f"addresses:        {' '.join(v['addresses'])} (from the {v['addresses_source']})")
     for t in v["tasks"]:
         print(f"task:             {t['id']} {t['type']} {t['state']} {t['message']}".rstrip())
     return 0

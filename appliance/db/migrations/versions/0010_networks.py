@@ -1,5 +1,6 @@
 """Logical networks: role, MTU, subnet and gateway, a unique bridge; the clusters a network is attached to, the
-rules that pick a NIC on every host, each host's NIC assignment; the network set-up a host reports.
+rules that pick a NIC on every host, each host's NIC assignment; the network set-up a host reports; VMs' IP
+addresses as the host browser sees them.
 
 Revision ID: 0010_networks
 Revises: 0007
@@ -104,9 +105,18 @@ def upgrade() -> None:
     with op.batch_alter_table("hosts") as batch:
         batch.alter_column("network_message", server_default=None)
         batch.alter_column("network_observed", server_default=None)
+    with op.batch_alter_table("vms") as batch:
+        batch.add_column(sa.Column("addresses", sa.JSON(), nullable=False, server_default="[]"))
+        batch.add_column(sa.Column("addresses_source", sa.String(length=16), nullable=False, server_default=""))
+    with op.batch_alter_table("vms") as batch:
+        batch.alter_column("addresses", server_default=None)
+        batch.alter_column("addresses_source", server_default=None)
 
 
 def downgrade() -> None:
+    with op.batch_alter_table("vms") as batch:
+        batch.drop_column("addresses_source")
+        batch.drop_column("addresses")
     with op.batch_alter_table("hosts") as batch:
         for name in ("network_reported_at", "network_observed", "network_message", "network_state",
                      "network_generation"):  # fmt: skip
