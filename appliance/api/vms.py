@@ -16,7 +16,8 @@ from starlette.responses import JSONResponse
 from appliance import permissions, tasking, vms
 from appliance.api.auth import caller
 from appliance.api.edge import read_json
-from appliance.api.state import session
+from appliance.api.state import session, state
+from appliance.api.storage import UPLOAD_DIR
 from appliance.db.models import TargetKind, Task, TaskState, Vm
 from appliance.errors import NotFound, UsageError
 from appliance.permissions import Privilege
@@ -39,7 +40,8 @@ async def create_vm(request: Request) -> JSONResponse:
 
 def _create(request: Request, body: dict[str, Any]) -> JSONResponse:
     with session(request) as s:
-        created = vms.create(s, body, caller(request).principal)
+        seeds = state(request).cfg.state_dir / UPLOAD_DIR
+        created = vms.create(s, body, caller(request).principal, seeds)
         s.flush()
         return JSONResponse({"vm": vms.summary(created.vm), "task": tasking.summary(created.task)}, status_code=202)
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
@@ -14,6 +15,7 @@ from appliance.cli.api_cmd import client_for
 from appliance.cli.context import load_config
 from appliance.cli.snapshot_cmd import register_vm_verbs
 from appliance.cli.task_cmd import follow, table
+from appliance.errors import UsageError
 
 _VM_HELP = "id, UUID or name"
 _ACTIONS = {
@@ -45,6 +47,9 @@ def register(sub: Any) -> None:
     create.add_argument("--uefi", action="store_true", help="UEFI firmware instead of BIOS")
     create.add_argument("--disk", type=int, action="append", default=[], metavar="VOLUME_ID", help="attach a volume")
     create.add_argument("--network", action="append", default=[], metavar="NETWORK", help="a NIC on this network")
+    create.add_argument("--user-data", metavar="FILE", help="cloud-init user data for the first boot (NoCloud seed)")
+    create.add_argument("--ssh-key", action="append", default=[], metavar="KEY_OR_FILE",
+                        help="an OpenSSH public key (or a .pub file) for cloud-init (repeatable)")  # fmt: skip
     create.add_argument("--kernel", help="direct kernel boot: kernel path on the host")
     create.add_argument("--initrd", help="direct kernel boot: initrd path on the host")
     create.add_argument("--cmdline", help="direct kernel boot: kernel command line")
@@ -94,6 +99,8 @@ def create_vm(args: argparse.Namespace) -> int:
         body["disks"] = [{"volume": v} for v in args.disk]
     if args.network:
         body["nics"] = [{"network": int(n) if n.isdigit() else n} for n in args.network]
+    if args.user_data or args.ssh_key:
+        body["cloud_init"] = _cloud_init(args.user_data, args.ssh_key)
     for key in ("kernel", "initrd", "cmdline"):
         if getattr(args, key):
             body[key] = getattr(args, key)
@@ -118,6 +125,17 @@ def list_vms(args: argparse.Namespace) -> int:
                     f"{v['memory_mib']} MiB", v["pool"]))  # fmt: skip
     table(out)
     return 0
+
+
+def _cloud_init(user_data: str | None, keys: list[str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    try:
+        if user_data:
+            out["user_data"] = Path(user_data).read_text()
+        out["ssh_keys"] = [Path(k).read_text().strip() if Path(k).is_file() else k for k in keys]
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UsageError(f"cloud-init: cannot read {exc}") from None
+    return out
 
 
 def show_vm(args: argparse.Namespace) -> int:
