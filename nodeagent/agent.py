@@ -254,7 +254,7 @@ class Agent:
                 self._network(first_setup, confirm)
                 first_setup = None
             try:
-                resp = send(self.network.report if self.network is not None else None)
+                resp = send(self.network.refresh() if self.network is not None else None)
             except ApplianceError as exc:
                 self._set(errors=self.status["errors"] + 1, last_error=str(exc))
                 if exc.unknown_host:

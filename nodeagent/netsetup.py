@@ -31,8 +31,13 @@ from nodeagent.proc import CommandFailed, run
 log = logging.getLogger(__name__)
 
 UNIT_DIR = Path("run/systemd/network")  # under the config root
+# Links made from now on answer ARP only for addresses on themselves: without it Linux answers for any of
+# its addresses on any interface, and a VM bridge with no address would tell the guests the host's storage
+# or migration addresses.
+ARP_IGNORE = Path("proc/sys/net/ipv4/conf/default/arp_ignore")
 PREFIX = "10-drover-"
 MAX_IFNAME = 15
+RELOAD_SECONDS = 180
 
 
 class SetupError(RuntimeError):
@@ -201,10 +206,19 @@ class Links:
 class Applier:
     """Writes our units and makes networkd apply them; knows which files and devices are ours."""
 
-    def __init__(self, config_root: Path, links: Links, runner: Callable[[list[str]], str] = run) -> None:
+    def __init__(self, config_root: Path, links: Links, runner: Callable[..., str] = run) -> None:
+        self.root = config_root
         self.dir = config_root / UNIT_DIR
         self.links = links
         self.run = runner
+
+    def _arp_ignore(self) -> None:
+        path = self.root / ARP_IGNORE
+        try:
+            if path.read_text().strip() != "1":
+                path.write_text("1\n")
+        except OSError as exc:
+            log.warning("%s: %s", path, exc)
 
     def current(self) -> dict[str, str]:
         if not self.dir.is_dir():
@@ -213,6 +227,7 @@ class Applier:
 
     def switch(self, old: Mapping[str, str], new: Mapping[str, str]) -> None:
         """From `old` (what is on disk) to `new`: write, reload, delete the devices only `old` had."""
+        self._arp_ignore()
         for name in set(old) - set(new):
             (self.dir / name).unlink(missing_ok=True)
         for name, text in new.items():
@@ -221,7 +236,8 @@ class Applier:
         gone = _netdevs(old) - _netdevs(new)
         for dev in sorted(gone, key=lambda d: ("." not in d and not d.startswith("vl"), d)):
             self.links.delete(dev)  # VLANs before the bonds under them; networkd never deletes a netdev
-        self.run(["networkctl", "reload"])
+        # networkd answers once it has read every file; on a loaded node still booting that can take a while.
+        self.run(["networkctl", "reload"], timeout=RELOAD_SECONDS)
         # NICs that left a bond or a bridge fall back to the image's DHCP file; nudge them in case reload
         # saw no file of theirs change (a bond's NIC whose bond was deleted above).
         freed = sorted((_matched(old) - _matched(new)) - gone)
@@ -268,6 +284,20 @@ class Keeper:
         self.settle_seconds = settle_seconds
         self.target = ""  # the last generation handled (applied, rolled back or failed): not retried
         self.report: wire.NetworkReport | None = None
+        self.applied: wire.NetworkSetup | None = None  # the set-up in place, whose links each report shows
+
+    def refresh(self) -> wire.NetworkReport | None:
+        """The report with the links as they are now: links still coming up after the confirmation (or
+        changed behind our back since) show in the next heartbeat, not never."""
+        if self.report is not None and self.applied is not None and self.report.generation == self.applied.generation:
+            try:
+                links = self.applier.links.observe(wanted_links(self.applied))
+            except (CommandFailed, ValueError) as exc:
+                log.warning("observing links: %s", exc)
+                return self.report
+            if links != self.report.links:
+                self.report = wire.NetworkReport(self.report.generation, self.report.state, self.report.message, links)
+        return self.report
 
     def handle(self, setup: wire.NetworkSetup, confirm: Callable[[wire.NetworkReport], bool]) -> None:
         if setup.generation == self.target:
@@ -283,6 +313,7 @@ class Keeper:
         if files == checkpoint:
             links = self.applier.links.observe(wanted_links(setup))
             self.report = wire.NetworkReport(setup.generation, wire.NetworkApply.APPLIED, "", links)
+            self.applied = setup
             return
         log.info("applying network set-up %s (%s units; checkpoint of %s)", setup.generation, len(files),
                  len(checkpoint))  # fmt: skip
@@ -303,7 +334,7 @@ class Keeper:
                 continue
             report = wire.NetworkReport(setup.generation, wire.NetworkApply.APPLIED, "", links)
             if confirm(report):
-                self.report = report
+                self.report, self.applied = report, setup
                 log.info("network set-up %s applied and confirmed in %.1fs", setup.generation,
                          time.monotonic() - started)  # fmt: skip
                 return

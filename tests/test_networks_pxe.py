@@ -36,6 +36,7 @@ pytestmark = pytest.mark.lab
 TIMEOUT = 2700
 ADMIN = "pxe-vouch"  # vouch_for makes this admin
 ROLLBACK_SECONDS = 25
+PEER = "10.43.0.1"  # the segment's end of the storage VLAN: the ARP probes' sender
 
 
 def _boot(node: PxeNode, seg: Segment, workdir: Path, boot_port: int, accel: Accel, tag: str) -> Guest:
@@ -155,14 +156,14 @@ def test_pxe_node_applies_bond_vlan_bridge_rolls_back_and_gets_it_back_after_reb
         vlan = next(n for n, link in links.items() if link["kind"] == "vlan")
         assert links[vlan]["vlan"] == 43 and links[vlan]["master"] == "br-store"
         # Seen from the segment: the node answers for 10.43.0.11 on VLAN 43, not on VLAN 44.
-        assert seg.arp("10.43.0.11", 43, timeout=10), "no ARP answer on VLAN 43"
-        assert not seg.arp("10.43.0.11", 44), "answered on VLAN 44"
+        assert seg.arp("10.43.0.11", 43, timeout=10, sender=PEER), "no ARP answer on VLAN 43"
+        assert not seg.arp("10.43.0.11", 44, sender=PEER), "answered on VLAN 44"
 
         # 2. An admin's change is followed.
         _cli(served, "host", "network", node.fqdn, "--set", "store", "--nic", a, "--nic", b, "--address",
              "10.43.0.12")  # fmt: skip
         changed = _wait("the new address in sync", lambda: bool(_status(served, node.fqdn)["in_sync"]), 180, guest)
-        assert seg.arp("10.43.0.12", 43, timeout=10) and not seg.arp("10.43.0.11", 43)
+        assert seg.arp("10.43.0.12", 43, timeout=10, sender=PEER) and not seg.arp("10.43.0.11", 43, sender=PEER)
         print(f"address change followed in {changed:.1f}s")
         good = _status(served, node.fqdn)["generation"]
 
@@ -187,7 +188,7 @@ def test_pxe_node_applies_bond_vlan_bridge_rolls_back_and_gets_it_back_after_reb
         _cli(served, "host", "network", node.fqdn, "--remove", "cut")
         _wait("in sync again", lambda: bool(_status(served, node.fqdn)["in_sync"]), 120, guest)
         assert _status(served, node.fqdn)["generation"] == good
-        assert seg.arp("10.43.0.12", 43, timeout=10)
+        assert seg.arp("10.43.0.12", 43, timeout=30, sender=PEER), "the storage VLAN did not survive the rollback"
 
         # 4. Reboot: the node forgets everything and gets its set-up back from the appliance.
         guest.kill()
@@ -204,7 +205,7 @@ def test_pxe_node_applies_bond_vlan_bridge_rolls_back_and_gets_it_back_after_reb
             return bool(_status(served, node.fqdn)["in_sync"])
 
         rebooted = _wait("the set-up back after the reboot", back_in_sync, 900, again)
-        assert seg.arp("10.43.0.12", 43, timeout=10)
+        assert seg.arp("10.43.0.12", 43, timeout=30, sender=PEER)
         print(f"rebooted: set-up back and in sync {rebooted:.0f}s after power-on")
     finally:
         for g in guests:

@@ -4,6 +4,16 @@
 qemu opens its tap by name in this (the root) namespace; the tap is then moved into the segment's namespace
 and made a bridge port, which qemu's open file descriptor survives. Nothing in the root namespace is left
 configured: the taps leave it, and deleting the namespace deletes them, the bridge and its VLANs.
+
+For `make demo` (tests/lab/demo.py, issue 13's live migration between its two PXE nodes): boot each node as
+tests/test_networks_pxe.py's `_boot` does (qemu's user network stays the management link; one or two taps on
+one Segment give the nodes a shared L2), then as the admin: `drover network create mig --role migration
+--vlan 50 --subnet 10.50.0.0/24`, `drover host network node1 --set mig --nic enp0s2 --address 10.50.0.1`
+(node2: .2), `drover network create demo-net` + `--set demo-net --nic enp0s2` on both and `vm create
+--network demo-net`; wait for `drover host network NODE` to say "in sync", then `drover vm migrate demo-vm
+--host node2`: the task engine sends the memory stream to tcp://10.50.0.2 over the segment (the libvirt
+connections stay the appliance's, through each node's forwarded port: a managed migration). The nodes
+reach each other only on the segment; nothing on this machine's own network changes.
 """
 
 from __future__ import annotations
@@ -17,16 +27,17 @@ from appliance.runner import run
 
 BRIDGE = "seg0"
 
-# argv: bridge, target IPv4, VLAN id (0: untagged), timeout. Prints the answering MAC; exit 1 when none.
+# argv: bridge, target IPv4, VLAN id (0: untagged), timeout, sender IPv4. Prints the answering MAC; exit 1
+# when none. The sender should be on the target's subnet: Linux checks the sender's reverse path first.
 # The kernel hands received frames over untagged, the tag in PACKET_AUXDATA: checked there.
 ARP_PROBE = """
 import socket, struct, sys, time
 dev, target, vid, timeout = sys.argv[1], sys.argv[2], int(sys.argv[3]), float(sys.argv[4])
+sender = socket.inet_aton(sys.argv[5])
 s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x0003))
 s.setsockopt(263, 8, 1)  # SOL_PACKET, PACKET_AUXDATA
 s.bind((dev, 0))
 mac = s.getsockname()[4]
-sender = bytes([169, 254, 77, 1])
 tip = socket.inet_aton(target)
 arp = struct.pack("!HHBBH6s4s6s4s", 1, 0x0800, 6, 4, 1, mac, sender, bytes(6), tip)
 tag = struct.pack("!HH", 0x8100, vid) if vid else b""
@@ -95,7 +106,7 @@ class Segment:
         self.ip("link", "set", tap, "master", BRIDGE)
         self.ip("link", "set", tap, "up")
 
-    def arp(self, address: str, vid: int = 0, timeout: float = 3.0) -> str:
+    def arp(self, address: str, vid: int = 0, timeout: float = 3.0, sender: str = "169.254.77.1") -> str:
         """Ask "who has `address`?" on the segment, tagged with VLAN `vid` (0: untagged); the MAC that
         answered on that VLAN, or "".
 
@@ -103,7 +114,7 @@ class Segment:
         network is a raw packet socket speaking tagged ARP (ARP_PROBE below) inside the namespace.
         """
         done = run(["ip", "netns", "exec", self.name, sys.executable, "-c", ARP_PROBE, BRIDGE, address, str(vid),
-                    str(timeout)], check=False)  # fmt: skip
+                    str(timeout), sender], check=False)  # fmt: skip
         return done.stdout.strip() if done.returncode == 0 else ""
 
     def close(self) -> None:
