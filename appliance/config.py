@@ -105,6 +105,9 @@ class NodesConfig:
     kdc_address: str = ""
     libvirt_port: int = 16509  # where nodes' libvirtd listens for qemu+tcp, unless a host row says otherwise
     heartbeat_seconds: int = 10
+    # After applying a network change, a node that reaches the appliance within this long keeps it; one
+    # that does not puts its previous set-up back (nodeagent/netsetup.py).
+    network_rollback_seconds: int = 60
     max_body_bytes: int = 256 * 1024
     # Identify requests a minute from one source address (0: no limit); past it: 429.
     identify_per_minute: int = 60
@@ -139,6 +142,9 @@ class HostBrowserConfig:
     # time; one still hanging after connect_timeout_seconds is abandoned and its host reported unavailable.
     connect_workers: int = 4
     connect_timeout_seconds: int = 10
+    # How often each connected host is asked for its running VMs' IP addresses (the qemu guest agent when the
+    # guest runs one, else the host's neighbour table for the VM's MACs); 0: never.
+    addresses_seconds: int = 15
     # Browse _libvirt._tcp (mDNS) on the interface of [nodes] listen (all when 0.0.0.0): an approved host's
     # announcement has it connected now, on the port it announces.
     zeroconf: bool = True

@@ -30,7 +30,7 @@ from datetime import timedelta
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
-from appliance import hosts, monitoring
+from appliance import hosts, monitoring, networks
 from appliance.db import tokens
 from appliance.db.base import utcnow
 from appliance.db.models import Event, Host, HostClaim, HostNic, HostState, Severity
@@ -76,6 +76,7 @@ def identify(
     heartbeat_seconds: int,
     source: str = "",
     collectd: CollectdTarget | None = None,
+    rollback_seconds: int = networks.ROLLBACK_SECONDS,
 ) -> Identified:
     facts = request.facts
     existing = hosts.by_uuid(session, facts.uuid)
@@ -143,6 +144,10 @@ def identify(
     host.last_heartbeat_at = utcnow()
     session.flush()
     log.info("identify %s (%s) from %s: %s, NICs %s", host.hostname, host.uuid, source, status, nics.describe())
+    if credentials is not None:
+        # A booted node has forgotten its links: what it reported before this boot is no longer true.
+        host.network_generation = host.network_state = None
+        host.network_message, host.network_observed = "", {}
     response = wire.IdentifyResponse(
         status=status,
         host_id=host.id,
@@ -150,6 +155,8 @@ def identify(
         credentials=credentials,
         message=message,
         agent_token=agent_token,
+        # A stateless node forgot its links at boot: an enrolled one gets them back with its credentials.
+        network=networks.desired(session, host, rollback_seconds) if credentials is not None else None,
     )
     return Identified(response, created)
 
@@ -236,6 +243,7 @@ def heartbeat(
     issue: Issuer,
     heartbeat_seconds: int,
     collectd: CollectdTarget | None = None,
+    rollback_seconds: int = networks.ROLLBACK_SECONDS,
 ) -> wire.HeartbeatResponse:
     host = hosts.by_uuid(session, beat.uuid)
     expected = host.agent_token_hash if host is not None else None
@@ -265,8 +273,14 @@ def heartbeat(
         host.libvirtd_restart_asked_at = None
         hosts.event(session, host, "fence.soft", "asked its node agent to restart libvirtd (in a heartbeat answer)",
                     Severity.WARNING)  # fmt: skip
+    if beat.network is not None and networks.record_report(host, beat.network):
+        severity = Severity.INFO if beat.network.state is wire.NetworkApply.APPLIED else Severity.WARNING
+        hosts.event(session, host, "host.network_state",
+                    f"network set-up {beat.network.generation} {beat.network.state}"
+                    + (f": {beat.network.message}" if beat.network.message else ""), severity)  # fmt: skip
+    setup = networks.desired(session, host, rollback_seconds) if approved else None
     return wire.HeartbeatResponse(status=status, heartbeat_seconds=heartbeat_seconds, credentials=credentials,
-                                  restart_libvirtd=restart)  # fmt: skip
+                                  restart_libvirtd=restart, network=setup)  # fmt: skip
 
 
 def approve(session: Session, host: Host, by: str, heartbeat_seconds: int, claim_id: int | None = None) -> None:

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field, replace
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from appliance import networks
 from appliance.db.models import HardwarePool, Host, HostState, PlacementPolicy, Vm, VmState
 from appliance.errors import Conflict
 
@@ -153,13 +154,14 @@ def loads(session: Session, hosts: Sequence[Host] | None = None) -> list[HostLoa
     ).tuples():
         m, c = used.get(host_id or 0, (0, 0))
         used[host_id or 0] = (m + mem, c + cpus)
+    carried = networks.carried_ids(session, rows)
     out = []
     for h in rows:
         m, c = used.get(h.id, (0, 0))
         # The monitor writes each host's CPU busy % every [monitor] load_seconds (None until it reports).
         load = h.cpu_busy_percent / 100 if h.cpu_busy_percent is not None else None
         out.append(HostLoad(h.id, h.hostname, h.memory_mib, h.cpu_count, m, c,
-                            frozenset(n.network_id for n in h.nics if n.network_id is not None),
+                            carried[h.id],
                             pools.get(h.hardware_pool_id, frozenset({h.hardware_pool_id})),
                             h.state is HostState.AVAILABLE, float(load) if load is not None else None))  # fmt: skip
     return out

@@ -9,12 +9,13 @@ from __future__ import annotations
 import re
 import uuid as uuidlib
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Select, select
 from sqlalchemy.orm import Session, selectinload
 
-from appliance import hosts, permissions, placement, quotas, storage, tasking
+from appliance import cloudinit, hosts, permissions, placement, quotas, storage, tasking
 from appliance.db.models import (
     Cluster,
     DiskBus,
@@ -114,7 +115,7 @@ def _enum(body: dict[str, Any], key: str, cls: Any, default: Any) -> Any:
 
 CREATE_FIELDS = frozenset({
     "name", "vcpus", "memory_mib", "pool", "host", "placement_policy", "firmware", "description", "kernel",
-    "initrd", "cmdline", "disks", "nics", "boot_device", "uuid", "template", "ha", "ha_priority",
+    "initrd", "cmdline", "disks", "nics", "boot_device", "uuid", "template", "ha", "ha_priority", "cloud_init",
 })  # fmt: skip
 
 
@@ -124,8 +125,11 @@ class Created:
     task: Task
 
 
-def create(session: Session, body: dict[str, Any], principal: str) -> Created:
-    """Validate a create request, check privilege and quota, add the VM (pending) and queue its create task."""
+def create(session: Session, body: dict[str, Any], principal: str, seed_dir: Path | None = None) -> Created:
+    """Validate a create request, check privilege and quota, add the VM (pending) and queue its create task.
+
+    `cloud_init` (a NoCloud seed made here, appliance/cloudinit.py) needs `seed_dir`, where the seed waits
+    for its upload task."""
     unknown = sorted(set(body) - CREATE_FIELDS)
     if unknown:
         raise UsageError(f"{unknown[0]}: unknown field", f"fields: {', '.join(sorted(CREATE_FIELDS))}")
@@ -185,6 +189,10 @@ def create(session: Session, body: dict[str, Any], principal: str) -> Created:
     quotas.check_create(session, vm.owner_id, pool.id, disk_bytes)
     session.add(vm)
     session.flush()
+    if body.get("cloud_init") is not None:
+        if seed_dir is None:
+            raise UsageError("cloud_init: not available here")
+        cloudinit.attach_seed(session, vm, body["cloud_init"], seed_dir, principal)
     args = {"host_id": host_id} if host_id is not None else {}
     task = tasking.enqueue(session, TaskType.VM_CREATE, vm.id, args, created_by=principal)
     return Created(vm, task)
@@ -312,6 +320,8 @@ def detail(vm: Vm) -> dict[str, Any]:
                   for d in sorted(vm.disks, key=lambda d: d.target_dev)],
         "nics": [{"mac": n.mac, "network": n.network.name if n.network else None, "model": str(n.model)}
                  for n in sorted(vm.nics, key=lambda n: n.mac)],
+        "addresses": list(vm.addresses or []),
+        "addresses_source": vm.addresses_source or None,
     }  # fmt: skip
 
 

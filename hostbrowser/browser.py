@@ -65,6 +65,7 @@ class HostBrowser:
         self._scan_asked = threading.Event()
         self._nudged: set[int] = set()
         self._nudge_lock = threading.Lock()
+        self._addresses_at = 0.0
         self._thread = threading.Thread(target=self._run, name="hostbrowser", daemon=True)
 
     def start(self) -> None:
@@ -126,6 +127,9 @@ class HostBrowser:
                 if session is not None and session.down_since is not None and not self.pool.busy(host_id):
                     session.nudged = True
             self.tend(now, hb.reconnect_seconds)
+            if hb.addresses_seconds and now - self._addresses_at >= hb.addresses_seconds:
+                self._addresses_at = now
+                self.poll_addresses()
             self._wake.wait(0.2)
 
     def scan(self) -> None:
@@ -160,6 +164,12 @@ class HostBrowser:
             session.reap()
             if (session.nudged or now - down >= retry_after) and not self._stop.is_set():
                 self._submit(session)
+
+    def poll_addresses(self) -> None:
+        """Each connected host's running VMs' addresses, asked in the connect pool (never in this thread)."""
+        for session in list(self.sessions.values()):
+            if session.connected and not self.pool.busy(session.target.host_id):
+                self.pool.submit(session.target.host_id, session.poll_addresses, lambda: None)
 
     def _submit(self, session: HostSession) -> bool:
         timeout = self.cfg.hostbrowser.connect_timeout_seconds

@@ -18,7 +18,8 @@ from typing import Any
 import libvirt
 
 from appliance.db.models import VmState
-from hostbrowser.sync import Domain, DomainChanged, HostDown, HostUp, Writer
+from hostbrowser import addresses
+from hostbrowser.sync import Addresses, Domain, DomainChanged, HostDown, HostUp, Writer
 
 log = logging.getLogger(__name__)
 
@@ -117,6 +118,20 @@ class HostSession:
             self.writer.put(HostUp(self.target.host_id, domains))
         log.info("connected to %s (%d domains)", self.target.uri, len(domains))
         return True
+
+    def poll_addresses(self) -> None:
+        """Ask the host for its running VMs' addresses (in a connect worker: libvirt may take a moment)."""
+        conn = self.conn
+        if conn is None:
+            return
+        try:
+            found = addresses.of_host(conn)
+        except libvirt.libvirtError as exc:
+            log.info("addresses of %s's VMs: %s", self.target.hostname, exc)
+            return
+        self.writer.put(
+            Addresses(self.target.host_id, tuple((uuid, tuple(a), src) for uuid, (a, src) in sorted(found.items())))
+        )
 
     def abandon(self, seconds: float) -> None:
         """The browser gave up waiting for a connect that is still inside libvirt (see hostbrowser.connecting)."""

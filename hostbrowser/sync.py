@@ -59,7 +59,15 @@ class HostDown:
     reason: str
 
 
-Change = DomainChanged | HostUp | HostDown
+@dataclass(frozen=True)
+class Addresses:
+    """The IP addresses seen on the host's running domains: UUID -> (CIDRs, source)."""
+
+    host_id: int
+    found: tuple[tuple[str, tuple[str, ...], str], ...]
+
+
+Change = DomainChanged | HostUp | HostDown | Addresses
 
 
 def apply(session: Session, change: Change) -> None:
@@ -78,6 +86,8 @@ def apply_all(session: Session, changes: list[Change]) -> None:
             _domain(view, host, change.domain)
         elif isinstance(change, HostUp):
             _host_up(view, host, change)
+        elif isinstance(change, Addresses):
+            _addresses(session, host, change)
         else:
             _host_down(session, host, change)
 
@@ -132,6 +142,14 @@ def _domain(view: _View, host: Host, dom: Domain) -> None:
         vm.host_id = host.id
     vm.name, vm.vcpus, vm.memory_mib = dom.name, max(dom.vcpus, 1), max(dom.memory_mib, 1)
     _vm_state(session, vm, dom.state, f"on {host.hostname}")
+
+
+def _addresses(session: Session, host: Host, change: Addresses) -> None:
+    found = {uuid: (list(addrs), source) for uuid, addrs, source in change.found}
+    for vm in session.scalars(select(Vm).where(Vm.host_id == host.id)):
+        addrs, source = found.get(vm.uuid, ([], ""))
+        if (vm.addresses, vm.addresses_source) != (addrs, source):  # written only when it changed
+            vm.addresses, vm.addresses_source = addrs, source
 
 
 def _vm_state(session: Session, vm: Vm, state: VmState, why: str) -> None:

@@ -18,13 +18,25 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from nodeagent import cmdline, collectd, credentials, discovery, facts, heartbeat, libvirtd, session, tls, wire
+from nodeagent import (
+    cmdline,
+    collectd,
+    credentials,
+    discovery,
+    facts,
+    heartbeat,
+    libvirtd,
+    netsetup,
+    session,
+    tls,
+    wire,
+)
 from nodeagent.announce import Announcer, ipv4_addresses
 from nodeagent.files import write_atomic
 from nodeagent.identify import ApplianceError, NodeApiClient
@@ -65,6 +77,9 @@ class Options:
     request_timeout: float = 10.0
     ready_deadline: float = 45.0  # READY=1 to systemd at the latest this long after start (see notify.py)
     network_wait: float = 60.0  # for a routable address before gathering facts (see _wait_for_network)
+    # Apply the appliance's network set-up (bridges, VLANs, bonds) with systemd-networkd. Only on a real
+    # node: an agent under a test's --config-root must never reconfigure the machine running the test.
+    manage_network: bool = True
 
 
 class Agent:
@@ -94,6 +109,10 @@ class Agent:
         self.started = time.monotonic()
         self.readiness = Readiness(opts.ready_deadline)
         self.prepared = False  # libvirtd set up from the kernel command line before enrolment (see _prepare)
+        self.network: netsetup.Keeper | None = None
+        if opts.manage_network and opts.config_root == Path("/"):
+            links = netsetup.Links()
+            self.network = netsetup.Keeper(netsetup.Applier(opts.config_root, links), self.stop)
 
     # --- state file ---------------------------------------------------------------------------
 
@@ -229,21 +248,41 @@ class Agent:
         else:
             self.readiness.ready(f"host {answer.host_id} {answer.status.value}, waiting for approval")
 
+        def send(report: wire.NetworkReport | None) -> wire.HeartbeatResponse:
+            return client.heartbeat(
+                wire.Heartbeat(
+                    node.uuid,
+                    self._libvirt_ready(),
+                    self.creds is not None,
+                    self._uptime(),
+                    agent_token=answer.agent_token,  # per-boot secret: the UUID alone gets no keytab
+                    network=report,
+                )
+            )
+
+        def confirm(report: wire.NetworkReport) -> bool:
+            """A heartbeat carrying the new set-up's report: reaching the appliance is what keeps it."""
+            try:
+                send(report)
+            except ApplianceError as exc:
+                log.info("not confirmed yet: %s", exc)
+                return False
+            return True
+
+        first_setup = answer.network
+
         def beat() -> float:
+            nonlocal first_setup
             if self.restart_failed and self.creds is not None:
                 with self.lock:
                     log.info("retrying the libvirtd restart that failed")
                     self._restart()
+            if first_setup is not None:
+                # At boot the set-up came with identify: applied now, confirmed by this session's heartbeats.
+                self._network(first_setup, confirm)
+                first_setup = None
             try:
-                resp = client.heartbeat(
-                    wire.Heartbeat(
-                        node.uuid,
-                        self._libvirt_ready(),
-                        self.creds is not None,
-                        self._uptime(),
-                        agent_token=answer.agent_token,  # per-boot secret: the UUID alone gets no keytab
-                    )
-                )
+                resp = send(self.network.refresh() if self.network is not None else None)
             except ApplianceError as exc:
                 self._set(errors=self.status["errors"] + 1, last_error=str(exc))
                 if exc.unknown_host:
@@ -263,6 +302,8 @@ class Agent:
                 with self.lock:
                     self._restart()
                 self._set(soft_restarts=self.status.get("soft_restarts", 0) + 1)
+            if resp.network is not None:
+                self._network(resp.network, confirm)
             state = State.RUNNING if self.creds is not None else State.PENDING
             self._set(
                 state=state,
@@ -282,6 +323,18 @@ class Agent:
         while not self.session_end.is_set():
             if self.stop.wait(0.5):
                 self.session_end.set()
+
+    def _network(self, setup: wire.NetworkSetup, confirm: Callable[[wire.NetworkReport], bool]) -> None:
+        if self.network is None:
+            return
+        try:
+            self.network.handle(setup, confirm)
+        except Exception:  # a daemon logs and carries on: the heartbeat must go on whatever `ip` said
+            log.exception("network set-up %s: unexpected failure", setup.generation)
+        report = self.network.report
+        if report is not None:
+            self._set(network_generation=report.generation, network_state=report.state.value,
+                      network_message=report.message)  # fmt: skip
 
     # --- credentials and libvirtd -------------------------------------------------------------
 
@@ -413,6 +466,7 @@ def parse_args(argv: Sequence[str] | None = None) -> Options:
     p.add_argument("--error-backoff-max", type=float, default=30.0)
     p.add_argument("--refused-pause", type=float, default=30.0)
     p.add_argument("--ready-deadline", type=float, default=45.0, help="tell systemd READY after this long at most")
+    p.add_argument("--no-network", action="store_true", help="leave the node's links alone (no bridges/VLANs/bonds)")
     p.add_argument("--verbose", "-v", action="store_true")
     a = p.parse_args(argv)
     if a.restart == "command" and not a.restart_command:
@@ -444,6 +498,7 @@ def parse_args(argv: Sequence[str] | None = None) -> Options:
         schedule=heartbeat.Schedule(error_base=a.error_backoff, error_max=a.error_backoff_max),
         refused_pause=a.refused_pause,
         ready_deadline=a.ready_deadline,
+        manage_network=not a.no_network,
     )
 
 

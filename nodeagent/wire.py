@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import ipaddress
 import json
 import re
 import typing
@@ -160,6 +161,114 @@ class Credentials:
     collectd: Collectd | None = None  # None: the appliance runs no monitor
 
 
+class NetworkApply(enum.StrEnum):
+    """Where the node's last network set-up ended (nodeagent/netsetup.py)."""
+
+    APPLIED = "applied"  # written, applied, and a heartbeat reached the appliance afterwards
+    ROLLED_BACK = "rolled_back"  # the appliance was lost after applying: the previous set-up is back
+    FAILED = "failed"  # could not be written or applied (the text says why); the previous set-up is back
+
+
+_IFNAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,14}")
+
+
+def check_ifname(value: str) -> str:
+    """A Linux interface name: 1-15 bytes, no '/', no spaces (what `ip link` and networkd accept)."""
+    if not _IFNAME.fullmatch(value):
+        raise WireError(f"not an interface name: {value!r}")
+    return value
+
+
+def check_ifnames(values: tuple[str, ...]) -> tuple[str, ...]:
+    if not values:
+        raise WireError("needs at least one interface")
+    return tuple(check_ifname(v) for v in values)
+
+
+def check_vlan(value: int) -> int:
+    if not 0 <= value <= 4094:
+        raise WireError(f"VLAN {value} is not 0 (untagged) or 1-4094")
+    return value
+
+
+def check_mtu(value: int) -> int:
+    if value and not 68 <= value <= 65535:
+        raise WireError(f"MTU {value} is not 68-65535")
+    return value
+
+
+def check_cidr(value: str) -> str:
+    try:
+        ipaddress.ip_interface(value)
+    except ValueError:
+        raise WireError(f"not an address with a prefix length: {value!r}") from None
+    if "/" not in value:
+        raise WireError(f"{value!r} has no prefix length")
+    return value
+
+
+def check_ip(value: str) -> str:
+    try:
+        ipaddress.ip_address(value)
+    except ValueError:
+        raise WireError(f"not an IP address: {value!r}") from None
+    return value
+
+
+def check_boot_protocol(value: str) -> str:
+    if value not in ("dhcp", "static", "none"):
+        raise WireError(f"{value!r} is not dhcp, static or none")
+    return value
+
+
+@dataclass(frozen=True)
+class NetworkPort:
+    """One logical network on one host: the bridge it ends in and the NICs (one, or a bond) carrying it."""
+
+    name: str
+    bridge: str = field(metadata={"check": check_ifname, "required": True})
+    nics: tuple[str, ...] = field(metadata={"check": check_ifnames})  # kernel names; two or more: a bond
+    vlan: int = field(default=0, metadata={"check": check_vlan})  # 0: untagged
+    mtu: int = field(default=0, metadata={"check": check_mtu})  # 0: the default
+    bond: str = field(default="", metadata={"check": check_ifname})  # the bond's device name when it is one
+    bond_mode: str = ""
+    # dhcp | static | none: the host's own address on the bridge
+    boot_protocol: str = field(default="none", metadata={"check": check_boot_protocol})
+    address: str = field(default="", metadata={"check": check_cidr})  # with static
+    gateway: str = field(default="", metadata={"check": check_ip})
+    role: str = "vm"
+
+
+@dataclass(frozen=True)
+class NetworkSetup:
+    """The host's whole network set-up as the appliance wants it; `generation` names this exact content."""
+
+    generation: str
+    networks: tuple[NetworkPort, ...] = ()
+    rollback_seconds: int = 60  # how long the node may go without reaching the appliance after applying
+
+
+@dataclass(frozen=True)
+class NetworkLink:
+    """A link as the node saw it after applying: what the appliance compares with what it asked for."""
+
+    name: str
+    kind: str = ""  # bridge, vlan, bond, "" for a NIC
+    master: str = ""
+    up: bool = False
+    mtu: int = 0
+    vlan: int = 0
+    addresses: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class NetworkReport:
+    generation: str
+    state: NetworkApply
+    message: str = ""
+    links: tuple[NetworkLink, ...] = ()
+
+
 @dataclass(frozen=True)
 class IdentifyResponse:
     status: IdentifyStatus
@@ -170,6 +279,7 @@ class IdentifyResponse:
     # Per-boot secret the agent sends back in every heartbeat: a DMI UUID is not a secret, so it alone
     # must never be enough to collect a host's keytab after an admin approves it.
     agent_token: str = ""
+    network: NetworkSetup | None = None  # None: the appliance asks nothing of the node's links
 
 
 @dataclass(frozen=True)
@@ -180,6 +290,7 @@ class Heartbeat:
     uptime_seconds: int = 0
     version: int = WIRE_VERSION
     agent_token: str = ""  # from the IdentifyResponse of this boot
+    network: NetworkReport | None = None  # the last network set-up the node reached (None: none asked yet)
 
 
 @dataclass(frozen=True)
@@ -189,6 +300,7 @@ class HeartbeatResponse:
     credentials: Credentials | None = None  # set once, when a pending host has just been approved
     # The appliance lost this node's libvirtd while the node still beats: restart it (fencing's soft step).
     restart_libvirtd: bool = False
+    network: NetworkSetup | None = None
 
 
 M = TypeVar("M")

@@ -110,6 +110,11 @@ def build(vm: Vm, caps: HostCaps) -> str:
             el = _sub(devices, "interface", type="user")
         _sub(el, "mac", address=nic.mac)
         _sub(el, "model", type=str(nic.model))
+        if network is not None and network.mtu:
+            _sub(el, "mtu", size=str(network.mtu))
+    # The qemu guest agent's channel: a guest running it tells its IP addresses (vm show), others ignore it.
+    channel = _sub(devices, "channel", type="unix")
+    _sub(channel, "target", type="virtio", name="org.qemu.guest_agent.0")
     serial = _sub(devices, "serial", type="pty")
     _sub(serial, "log", file=serial_log(vm.name), append="on")
     _sub(serial, "target", port="0")

@@ -24,7 +24,7 @@ import libvirt
 from sqlalchemy import select
 
 from appliance import hosts as host_rows
-from appliance import placement, tasking
+from appliance import networks, placement, tasking
 from appliance.db.models import Host, PlacementPolicy, Task, TaskState, TaskType, Vm, VmState
 from appliance.errors import Conflict, DroverError, NotFound
 from taskengine.actions import Deferred, Reconciled, TaskAborted, TaskContext, Verdict, action, reconciler
@@ -72,7 +72,7 @@ def _running_migrations(s: Any, host_ids: set[int], me: int) -> int:
     return sum(1 for t in rows if {t.args.get("source_host_id"), t.args.get("dest_host_id")} & host_ids)
 
 
-def _plan(ctx: TaskContext) -> tuple[str, Host, Host]:
+def _plan(ctx: TaskContext) -> tuple[str, Host, Host, str | None]:
     """Pick (or check) the destination, take a migration slot on both hosts, and record both on the task."""
     limit = ctx.settings.migrations_per_host if ctx.settings else 2
     with ctx.session() as s:
@@ -91,6 +91,10 @@ def _plan(ctx: TaskContext) -> tuple[str, Host, Host]:
                 raise Conflict(f"VM {vm.name} is already on {dest.hostname}")
             if not dest.state.accepts_vms():
                 raise Conflict(f"host {dest.hostname} is {dest.state} and takes no VMs")
+            lacking = sorted(n.network.name for n in vm.nics if n.network is not None
+                             and n.network.id not in networks.carried_ids(s, [dest])[dest.id])  # fmt: skip
+            if lacking:
+                raise Conflict(f"host {dest.hostname} does not carry network {lacking[0]}", "assign it there first")
         else:
             dest = placement.choose(s, vm, exclude=[source.id])
         # Both host rows locked (in id order, as everyone locks them): the slot count cannot race.
@@ -100,21 +104,25 @@ def _plan(ctx: TaskContext) -> tuple[str, Host, Host]:
         if busy >= limit:
             raise Deferred(f"{busy} migrations already run on {source.hostname} or {dest.hostname} "
                            f"(at most {limit} per host)", seconds=1.0)  # fmt: skip
+        # With a migration network, the memory stream goes to the destination's address there; libvirt's own
+        # connection still goes to its management name.
+        data_uri = networks.migration_uri(s, dest)
         task = s.get(Task, ctx.task.id)
         if task is not None:
-            task.args = {**task.args, "source_host_id": source.id, "dest_host_id": dest.id}
+            task.args = {**task.args, "source_host_id": source.id, "dest_host_id": dest.id,
+                         **({"migration_uri": data_uri} if data_uri else {})}  # fmt: skip
             # When the transfer really began (a deferred task was queued long before): what shows that
             # migrations of one host ran one after the other.
             tasking.task_event(s, task, "task.migrating", f"{vm.name}: {source.hostname} -> {dest.hostname}, "
                                f"{busy + 1} of at most {limit} migrations on these hosts")  # fmt: skip
         s.expunge(source)
         s.expunge(dest)
-        return vm.uuid, source, dest
+        return vm.uuid, source, dest, data_uri
 
 
 @action(TaskType.VM_MIGRATE)
 def migrate(ctx: TaskContext) -> dict[str, Any]:
-    uuid, source, dest = _plan(ctx)
+    uuid, source, dest, data_uri = _plan(ctx)
     settings = ctx.settings
     sconn = ctx.connect(source)
     dom = lookup(sconn, uuid)
@@ -126,6 +134,10 @@ def migrate(ctx: TaskContext) -> dict[str, Any]:
     params: dict[str, Any] = {}
     if ctx.task.args.get("bandwidth_mib"):
         params[libvirt.VIR_MIGRATE_PARAM_BANDWIDTH] = int(ctx.task.args["bandwidth_mib"])
+    if data_uri:
+        # The destination's qemu listens there too, not on its qemu.conf migration_address.
+        params[libvirt.VIR_MIGRATE_PARAM_URI] = data_uri
+        params[libvirt.VIR_MIGRATE_PARAM_LISTEN_ADDRESS] = data_uri.split("://", 1)[1].strip("[]")
     outcome: dict[str, BaseException | None] = {}
     mode = {"used": "p2p" if p2p else "managed"}
 

@@ -79,7 +79,13 @@ class NodeService:
         try:
             with session_scope(self.engine) as s:
                 return enrolment.identify(
-                    s, message, self.issuer(reached_as), beat, source, monitoring.target(self.cfg, reached_as)
+                    s,
+                    message,
+                    self.issuer(reached_as),
+                    beat,
+                    source,
+                    monitoring.target(self.cfg, reached_as),
+                    self.cfg.nodes.network_rollback_seconds,
                 )
         except IdentityConflict as exc:
             # The refusal rolled everything back; the warning for the admin is committed on its own.
@@ -100,6 +106,7 @@ class NodeService:
                 self.issuer(reached_as),
                 self.cfg.nodes.heartbeat_seconds,
                 monitoring.target(self.cfg, reached_as),
+                self.cfg.nodes.network_rollback_seconds,
             )
             host = hosts.by_uuid(s, message.uuid) if answer.status is wire.IdentifyStatus.ACCEPTED else None
             host_id = host.id if host is not None else None

@@ -11,7 +11,20 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse
 from starlette.routing import Route, WebSocketRoute
 
-from appliance.api import consoles, graphs, hosts, metrics, openapi, power, realm, storage, users, vmpools, vms
+from appliance.api import (
+    consoles,
+    graphs,
+    hosts,
+    metrics,
+    networks,
+    openapi,
+    power,
+    realm,
+    storage,
+    users,
+    vmpools,
+    vms,
+)
 
 PREFIX = "/api/v1"
 # Reachable without a ticket: load balancers and `drover serve`'s own readiness check use it.
@@ -71,6 +84,7 @@ routes = [
     # Before /vms/{key}/{verb}, which would otherwise take POST /vms/X/snapshots and /vms/X/clone.
     *storage.routes(PREFIX),
     *vmpools.routes(PREFIX),
+    *networks.routes(PREFIX),
     Route(f"{PREFIX}/vms", vms.list_vms, methods=["GET"]),
     Route(f"{PREFIX}/vms", vms.create_vm, methods=["POST"]),
     Route(f"{PREFIX}/vms/{{key}}", vms.show_vm, methods=["GET"]),

@@ -15,10 +15,11 @@ from sqlalchemy import select
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
-from appliance import permissions, tasking, vms
+from appliance import cloudinit, permissions, tasking, vms
 from appliance.api.auth import caller
 from appliance.api.schema import Body, Empty, Id, Query, accepts
-from appliance.api.state import session
+from appliance.api.state import session, state
+from appliance.api.storage import UPLOAD_DIR
 from appliance.db.models import (
     BootDevice,
     DiskBus,
@@ -50,6 +51,13 @@ class NicSpec(Body):
     model: NicModel = NicModel.VIRTIO
 
 
+class CloudInit(Body):
+    """First-boot configuration (appliance/cloudinit.py checks the keys' form)."""
+
+    user_data: str | None = Field(None, max_length=cloudinit.MAX_USER_DATA, description="cloud-init user data")
+    ssh_keys: list[str] | None = Field(None, max_length=32, description="OpenSSH public key lines")
+
+
 class VmRequest(Body):
     """A new VM; the name must be unique, the rest fits the caller's quota in the pool (vms.create checks)."""
 
@@ -69,12 +77,16 @@ class VmRequest(Body):
     boot_device: BootDevice | None = None
     uuid: str | None = Field(None, max_length=36)
     template: Id | str | None = Field(None, description="template id or name")
+    ha: bool | None = Field(None, description="restarted elsewhere once its host is fenced")
+    ha_priority: int | None = Field(None, ge=0, le=1000, description="higher restarts first")
+    cloud_init: CloudInit | None = Field(None, description="a NoCloud seed attached read-only at first boot")
 
 
 @accepts(body=VmRequest)
 def create_vm(request: Request, body: VmRequest) -> JSONResponse:
     with session(request) as s:
-        created = vms.create(s, body.given(), caller(request).principal)
+        seeds = state(request).cfg.state_dir / UPLOAD_DIR
+        created = vms.create(s, body.given(), caller(request).principal, seeds)
         s.flush()
         return JSONResponse({"vm": vms.summary(created.vm), "task": tasking.summary(created.task)}, status_code=202)
 

@@ -33,6 +33,7 @@ NOUNS: tuple[tuple[str, str], ...] = (
     ("storage", "appliance.cli.storage_cmd"),
     ("template", "appliance.cli.template_cmd"),
     ("vmpool", "appliance.cli.vmpool_cmd"),
+    ("network", "appliance.cli.network_cmd"),
 )
 
 

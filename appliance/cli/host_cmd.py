@@ -8,6 +8,7 @@ import re
 from typing import Any
 from urllib.parse import quote
 
+from appliance.cli import network_cmd
 from appliance.cli.api_cmd import client_for
 from appliance.cli.context import load_config, paging
 from appliance.cli.power_cmd import add_host_verbs as add_power_verbs
@@ -52,6 +53,7 @@ def register(sub: Any) -> None:
     activate = verbs.add_parser("activate", help="end maintenance: available, or unavailable until libvirt answers")
     activate.add_argument("host", help=_HOST_HELP)
     activate.set_defaults(func=activate_host)
+    network_cmd.register_host_verb(verbs)
     clear = verbs.add_parser("clear", help="migrate every running VM off the host (a clear host task)")
     clear.add_argument("host", help=_HOST_HELP)
     clear.add_argument("--wait", action="store_true", help="follow the task to its end")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
@@ -17,6 +18,7 @@ from appliance.cli.context import load_config, paging
 from appliance.cli.power_cmd import add_vm_verbs as add_ha_verbs
 from appliance.cli.snapshot_cmd import register_vm_verbs
 from appliance.cli.task_cmd import follow, table
+from appliance.errors import UsageError
 
 _VM_HELP = "id, UUID or name"
 _ACTIONS = {
@@ -48,6 +50,9 @@ def register(sub: Any) -> None:
     create.add_argument("--uefi", action="store_true", help="UEFI firmware instead of BIOS")
     create.add_argument("--disk", type=int, action="append", default=[], metavar="VOLUME_ID", help="attach a volume")
     create.add_argument("--network", action="append", default=[], metavar="NETWORK", help="a NIC on this network")
+    create.add_argument("--user-data", metavar="FILE", help="cloud-init user data for the first boot (NoCloud seed)")
+    create.add_argument("--ssh-key", action="append", default=[], metavar="KEY_OR_FILE",
+                        help="an OpenSSH public key (or a .pub file) for cloud-init (repeatable)")  # fmt: skip
     create.add_argument("--kernel", help="direct kernel boot: kernel path on the host")
     create.add_argument("--initrd", help="direct kernel boot: initrd path on the host")
     create.add_argument("--cmdline", help="direct kernel boot: kernel command line")
@@ -104,6 +109,8 @@ def create_vm(args: argparse.Namespace) -> int:
         body["nics"] = [{"network": int(n) if n.isdigit() else n} for n in args.network]
     if args.ha:
         body["ha"], body["ha_priority"] = True, args.ha_priority
+    if args.user_data or args.ssh_key:
+        body["cloud_init"] = _cloud_init(args.user_data, args.ssh_key)
     for key in ("kernel", "initrd", "cmdline"):
         if getattr(args, key):
             body[key] = getattr(args, key)
@@ -130,6 +137,17 @@ def list_vms(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cloud_init(user_data: str | None, keys: list[str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    try:
+        if user_data:
+            out["user_data"] = Path(user_data).read_text()
+        out["ssh_keys"] = [Path(k).read_text().strip() if Path(k).is_file() else k for k in keys]
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UsageError(f"cloud-init: cannot read {exc}") from None
+    return out
+
+
 def show_vm(args: argparse.Namespace) -> int:
     with client_for(load_config(args)) as api:
         v = api.get(_path(args.vm))
@@ -144,6 +162,8 @@ def show_vm(args: argparse.Namespace) -> int:
         print(f"disk:             {d['target']} {d['volume']} ({d['bus']}{ro}) {d['path'] or ''}".rstrip())
     for n in v["nics"]:
         print(f"nic:              {n['mac']} {n['network'] or '(user networking)'} {n['model']}")
+    if v.get("addresses"):
+        print(f"addresses:        {' '.join(v['addresses'])} (from the {v['addresses_source']})")
     for t in v["tasks"]:
         print(f"task:             {t['id']} {t['type']} {t['state']} {t['message']}".rstrip())
     return 0

@@ -15,7 +15,7 @@ from starlette.staticfiles import StaticFiles
 from appliance.api.negotiate import Acceptor
 from appliance.api.state import ApiState
 from appliance.errors import DroverError
-from appliance.web import consoles, events, graphs, library, login, pages, storage, stream, users
+from appliance.web import consoles, events, graphs, library, login, networkpages, pages, storage, stream, users
 from appliance.web.access import SessionMiddleware, WebState, is_loopback
 from appliance.web.session import Signer, load_key
 
@@ -66,6 +66,9 @@ routes = [
     Route("/graphs/hosts/{id}", graphs.host),
     Route("/graphs/vms/{id}", graphs.vm),
     Route("/graphs/fleet", graphs.fleet),
+    Route("/networks", networkpages.network_list),
+    Route("/networks", networkpages.network_create, methods=["POST"]),
+    Route("/networks/assign", networkpages.network_assign, methods=["POST"]),
     Route("/stream", stream.stream),
     Mount("/static", app=StaticFiles(directory=STATIC), name="static"),
 ]

@@ -5,7 +5,16 @@ from appliance.db.models.consoles import ConsoleKind, ConsoleTicket
 from appliance.db.models.enrolment import EnrolmentToken, EnrolmentWindow, HostClaim
 from appliance.db.models.events import Event, Severity
 from appliance.db.models.hosts import Arch, FenceState, Host, HostDisk, HostNic, HostState, HypervisorType
-from appliance.db.models.networks import BootProtocol, IpRange, Network
+from appliance.db.models.networks import (
+    BondMode,
+    BootProtocol,
+    HostNetwork,
+    IpRange,
+    Network,
+    NetworkRole,
+    NetworkRule,
+    RuleMatch,
+)
 from appliance.db.models.pools import Cluster, HardwarePool
 from appliance.db.models.snapshots import Snapshot, SnapshotState
 from appliance.db.models.storage import StoragePool, StorageState, StorageType, StorageVolume, VolumeFormat
@@ -17,6 +26,7 @@ from appliance.db.models.vms import BootDevice, DiskBus, Firmware, NicModel, Pla
 __all__ = [
     "Arch",
     "Base",
+    "BondMode",
     "BootDevice",
     "BootProtocol",
     "Cluster",
@@ -32,16 +42,20 @@ __all__ = [
     "Host",
     "HostClaim",
     "HostDisk",
+    "HostNetwork",
     "HostNic",
     "HostState",
     "HypervisorType",
     "IpRange",
     "Network",
+    "NetworkRole",
+    "NetworkRule",
     "NicModel",
     "Permission",
     "PlacementPolicy",
     "Quota",
     "Role",
+    "RuleMatch",
     "Severity",
     "Snapshot",
     "SnapshotState",

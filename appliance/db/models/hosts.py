@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import enum
 from datetime import datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import BigInteger, ForeignKey, Index, String, Text, UniqueConstraint, text
 from sqlalchemy.orm import Mapped, mapped_column, relationship
@@ -13,7 +13,7 @@ from appliance.db.base import Base, CreatedMixin, IdMixin, enum_column, utcnow
 
 if TYPE_CHECKING:
     from appliance.db.models.enrolment import HostClaim
-    from appliance.db.models.networks import Network
+    from appliance.db.models.networks import HostNetwork, Network
     from appliance.db.models.pools import Cluster, HardwarePool
     from appliance.db.models.vms import Vm
 
@@ -127,6 +127,13 @@ class Host(IdMixin, CreatedMixin, Base):
     # The soft step: set when the fencer wants the node agent to restart libvirtd; the next heartbeat's
     # answer says so once and clears it.
     libvirtd_restart_asked_at: Mapped[datetime | None]
+    # The network set-up the node last reported (nodeagent/netsetup.py): the generation it reached, applied
+    # or rolled_back or failed, why, and what it saw on its links; the appliance compares it with its own.
+    network_generation: Mapped[str | None] = mapped_column(String(64))
+    network_state: Mapped[str | None] = mapped_column(String(32))
+    network_message: Mapped[str] = mapped_column(Text, default="")
+    network_observed: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    network_reported_at: Mapped[datetime | None]
     hardware_pool_id: Mapped[int] = mapped_column(ForeignKey("hardware_pools.id", ondelete="RESTRICT"), index=True)
     cluster_id: Mapped[int | None] = mapped_column(ForeignKey("clusters.id", ondelete="SET NULL"), index=True)
 
@@ -135,6 +142,7 @@ class Host(IdMixin, CreatedMixin, Base):
     nics: Mapped[list[HostNic]] = relationship(back_populates="host", cascade="all, delete-orphan")
     disks: Mapped[list[HostDisk]] = relationship(back_populates="host", cascade="all, delete-orphan")
     vms: Mapped[list[Vm]] = relationship(back_populates="host")
+    networks: Mapped[list[HostNetwork]] = relationship(back_populates="host", cascade="all, delete-orphan")
     # Pending hosts only: the machines that identified as this host without a token (enrolment.py).
     claims: Mapped[list[HostClaim]] = relationship(
         cascade="all, delete-orphan", passive_deletes=True, order_by="HostClaim.id"

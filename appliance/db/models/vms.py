@@ -6,7 +6,7 @@ import enum
 from datetime import datetime
 from typing import TYPE_CHECKING
 
-from sqlalchemy import BigInteger, CheckConstraint, ForeignKey, Text, UniqueConstraint
+from sqlalchemy import BigInteger, CheckConstraint, ForeignKey, String, Text, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from appliance.db.base import Base, CreatedMixin, IdMixin, enum_column, utcnow
@@ -109,6 +109,10 @@ class Vm(IdMixin, CreatedMixin, Base):
     # The state it had when its host stopped answering (set with `unreachable`): a fence restarts only live ones.
     lost_state: Mapped[VmState | None] = mapped_column(enum_column(VmState, "vm_lost_state"))
     boot_device: Mapped[BootDevice] = mapped_column(enum_column(BootDevice, "boot_device"), default=BootDevice.HD)
+    # IP addresses (CIDR) as the host browser last saw them on the running guest's NICs: from the qemu guest
+    # agent, else from the host's neighbour table (the bridge's ARP entries for the VM's MACs).
+    addresses: Mapped[list[str]] = mapped_column(default=list)
+    addresses_source: Mapped[str] = mapped_column(String(16), default="")
     # SET NULL: losing a host record must not delete the VMs that were on it.
     host_id: Mapped[int | None] = mapped_column(ForeignKey("hosts.id", ondelete="SET NULL"), index=True)
     hardware_pool_id: Mapped[int] = mapped_column(ForeignKey("hardware_pools.id", ondelete="RESTRICT"), index=True)
