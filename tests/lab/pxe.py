@@ -60,18 +60,28 @@ def vouch_for(served: LabAppliance, node: PxeNode, admin: str = "pxe-vouch") -> 
     assert opened.returncode == 0, opened.stdout + opened.stderr
 
 
-def boot(node: PxeNode, workdir: Path, boot_port: int, accel: Accel, *, tag: str = "", memory_mb: int = 1024) -> Guest:
-    """Power the node on: firmware PXE -> iPXE -> the appliance's boot service."""
+def tftp_root(node: PxeNode, workdir: Path, boot_port: int) -> Path:
+    """The node's TFTP root: one line of iPXE chaining to the appliance's boot service."""
     tftp = workdir / f"{node.name}.tftp"
     tftp.mkdir(parents=True, exist_ok=True)
     (tftp / "boot.ipxe").write_text(f"#!ipxe\ndhcp\nchain http://{HOST_FROM_GUEST}:{boot_port}/boot/boot.ipxe\n")
+    return tftp
+
+
+def user_net(node: PxeNode) -> UserNet:
+    """Its DHCP lease names it; its libvirtd port is forwarded to its own loopback address."""
+    return UserNet(node.name, node.domain, ((node.address, LIBVIRT_PORT, LIBVIRT_PORT),))
+
+
+def boot(node: PxeNode, workdir: Path, boot_port: int, accel: Accel, *, tag: str = "", memory_mb: int = 1024) -> Guest:
+    """Power the node on: firmware PXE -> iPXE -> the appliance's boot service."""
     return start_guest(
         node.name + tag,
         workdir,
         accel=accel,
         memory_mb=memory_mb,
-        tftp_dir=tftp,
-        net=UserNet(node.name, node.domain, ((node.address, LIBVIRT_PORT, LIBVIRT_PORT),)),
+        tftp_dir=tftp_root(node, workdir, boot_port),
+        net=user_net(node),
         mac=node.mac,
         uuid=node.uuid,
     )
