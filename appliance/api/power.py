@@ -12,6 +12,7 @@ PUT    /vms/{key}/ha                      {ha, priority?}                       
 
 from __future__ import annotations
 
+import enum
 from typing import Any
 
 from pydantic import Field
@@ -118,12 +119,17 @@ def _act(request: Request, action: PowerAction) -> JSONResponse:
     return JSONResponse(outcome.as_dict())
 
 
-_WINDOW_ACTIONS = (PowerAction.ON, PowerAction.OFF, PowerAction.STATUS)
+class WindowAction(enum.StrEnum):
+    """A host's power actions but cycle: the machine of a window is either still off or booting into it."""
+
+    ON = "on"
+    OFF = "off"
+    STATUS = "status"
 
 
 class WindowPowerPath(Query):
     id: int
-    action: PowerAction
+    action: WindowAction
 
 
 @accepts(body=Empty, optional_body=True, path=WindowPowerPath)
@@ -131,9 +137,10 @@ def window_power_action(request: Request, body: Empty) -> JSONResponse:
     """POST /enrolment/windows/{id}/power/{action} (no body): on | off | status of the machine a window is for,
     through the BMC given when it was opened: provisioning from cold, before any host record exists."""
     raw = request.path_params["action"]
-    action = next((a for a in _WINDOW_ACTIONS if a.value == raw), None)
-    if action is None:  # a cycle too: the machine is either still off or booting into its window
-        raise UsageError(f"power action {raw!r} on an enrolment window: one of on, off, status")
+    try:
+        action = PowerAction(WindowAction(raw))
+    except ValueError:
+        raise UsageError(f"power action {raw!r} on an enrolment window: one of {', '.join(WindowAction)}") from None
     require_role(request, Role.MONITOR if action is PowerAction.STATUS else Role.ADMIN,
                  "power machines of enrolment windows")  # fmt: skip
     client = IpmiClient(state(request).cfg.power)
