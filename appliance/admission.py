@@ -119,6 +119,10 @@ def window_view(window: EnrolmentWindow, now: datetime | None = None) -> dict[st
         "hosts_served": window.tokens_minted,
         "macs": window.macs,
         "note": window.note,
+        # The BMC of the machine it is for (appliance.power.configure_window); never the password.
+        "power": {"address": window.power_address, "port": window.power_port, "user": window.power_user}
+        if window.power_address is not None
+        else None,
     }
 
 

@@ -30,10 +30,10 @@ from datetime import timedelta
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
-from appliance import hosts, monitoring, networks
+from appliance import hosts, monitoring, networks, power
 from appliance.db import tokens
 from appliance.db.base import utcnow
-from appliance.db.models import Event, Host, HostClaim, HostNic, HostState, Severity
+from appliance.db.models import EnrolmentWindow, Event, Host, HostClaim, HostNic, HostState, Severity
 from appliance.errors import AuthError, Conflict, IdentityConflict, NotFound
 from appliance.monitoring import CollectdTarget
 from appliance.text import shown
@@ -108,6 +108,9 @@ def identify(
         session.execute(delete(HostClaim).where(HostClaim.host_id == host.id))
         hosts.event(session, host, "host.identified",
                     f"accepted with token {token.selector} from {source or '?'}; NICs {nics.describe()}")  # fmt: skip
+        window = session.get(EnrolmentWindow, token.window_id) if token.window_id is not None else None
+        if window is not None:
+            power.inherit(session, host, window)  # provisioned from cold: the BMC it was powered on through
         status, message = wire.IdentifyStatus.ACCEPTED, "enrolled"
     else:
         if existing is not None and enrolled:

@@ -7,6 +7,7 @@ transaction (ipmitool may take seconds), and its outcome is recorded as an event
 from __future__ import annotations
 
 import ipaddress
+import logging
 import re
 from collections.abc import Callable
 from contextlib import AbstractContextManager
@@ -16,14 +17,18 @@ from typing import Any
 from sqlalchemy.orm import Session
 
 from appliance import fencing, hosts
-from appliance.db.models import FenceState, Host, Severity
-from appliance.errors import Conflict, UsageError
+from appliance.db.base import utcnow
+from appliance.db.models import EnrolmentWindow, FenceState, Host, Severity
+from appliance.errors import Conflict, NotFound, UsageError
 from appliance.ipmi import DEFAULT_PORT, Bmc, BmcError, IpmiClient, PowerAction, PowerState
 from appliance.secretbox import SecretBox
+from appliance.text import MAX_ID
 
 MAX_PASSWORD = 128  # IPMI 2.0 passwords are at most 20 bytes; some BMCs take more through vendor extensions
 _NAME = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9.-]{0,252})")
 _USER = re.compile(r"[\x21-\x7e]{1,64}")  # printable, no spaces: what ipmitool -U passes through unharmed
+
+log = logging.getLogger(__name__)
 
 Sessions = Callable[[], AbstractContextManager[Session]]
 
@@ -140,6 +145,62 @@ def act(sessions: Sessions, key: str, action: PowerAction, client: IpmiClient, b
             if locked is not None and locked.fence_state is not FenceState.FENCED:
                 fencing.release(s, locked, by, f"power {action} by {by} through its BMC, which confirmed power off")
     return Outcome(host_id, hostname, action, state)
+
+
+# Provisioning from cold. A machine that has never booted has no host row to hold its BMC settings, so the
+# enrolment window an admin opens for its one MAC holds them: the admin powers the machine on through them, it
+# PXE-boots into that window, and the host it enrols as inherits them (appliance.enrolment calls inherit()).
+
+
+def configure_window(window: EnrolmentWindow, settings: PowerSettings, box: SecretBox) -> None:
+    """Attach a BMC to a window; only a window for exactly one MAC: a BMC powers one machine."""
+    if len(window.macs) != 1 or window.max_hosts != 1:
+        raise UsageError("power: an enrolment window with BMC settings is for one machine: give exactly one MAC",
+                         "e.g. drover host enrol --window 30m --mac MAC --bmc-address A --bmc-user U ...")  # fmt: skip
+    window.power_address, window.power_port, window.power_user = settings.address, settings.port, settings.user
+    window.power_secret = box.seal(settings.password)
+
+
+def window_power(window: EnrolmentWindow) -> dict[str, object] | None:
+    """What the API shows of a window's BMC: never the password."""
+    if window.power_address is None:
+        return None
+    return {"address": window.power_address, "port": window.power_port, "user": window.power_user}
+
+
+def inherit(session: Session, host: Host, window: EnrolmentWindow) -> bool:
+    """A host enrolled through `window` takes its BMC settings, unless it has its own already (an admin's)."""
+    if window.power_secret is None or configured(host):
+        return False
+    host.power_address, host.power_port, host.power_user = window.power_address, window.power_port, window.power_user
+    host.power_secret = window.power_secret  # sealed with the same key: copied as it is, never opened here
+    hosts.event(session, host, "host.power", f"power management {window.power_address}:{window.power_port} as "
+                f"{window.power_user} from enrolment window {window.id}")  # fmt: skip
+    return True
+
+
+def act_window(
+    sessions: Sessions, window_id: int, action: PowerAction, client: IpmiClient, box: SecretBox, by: str
+) -> dict[str, object]:
+    """Power the machine an open window is for on, off, or ask its status; BmcError (502) when its BMC fails."""
+    with sessions() as s:
+        window = s.get(EnrolmentWindow, window_id) if 0 < window_id <= MAX_ID else None
+        if window is None:
+            raise NotFound(f"no enrolment window {window_id}", "see `drover host enrol --list`")
+        if window.power_address is None or window.power_user is None or window.power_secret is None:
+            raise Conflict(f"enrolment window {window_id} has no BMC settings",
+                           "open one with --bmc-address, --bmc-user and --bmc-password-file")  # fmt: skip
+        if action is PowerAction.ON and (window.closed_at is not None or window.expires_at <= utcnow()):
+            # Powered on outside its window the machine would PXE-boot into nothing and wait as pending.
+            raise Conflict(f"enrolment window {window_id} is no longer open", "open a new one")
+        bmc = Bmc(window.power_address, window.power_port or DEFAULT_PORT, window.power_user,
+                  box.open(window.power_secret))  # fmt: skip
+        mac = window.macs[0]
+    state = client.act(bmc, action)
+    if action is not PowerAction.STATUS:
+        log.info("power %s of the machine %s (enrolment window %s) by %s: the BMC reports power %s", action, mac,
+                 window_id, by, state)  # fmt: skip
+    return {"window": window_id, "mac": mac, "action": str(action), "power": str(state)}
 
 
 def _record(sessions: Sessions, host_id: int, message: str, severity: Severity) -> None:

@@ -126,7 +126,13 @@ def test_every_route_refuses_each_caller_without_the_right(site: Site, who: str)
             continue
         answer = site.call(who, operation, values)
         what = f"{operation} {values} as {who}: {answer.status_code} {answer.text[:300]}"
-        if operation.method in CHANGES:
+        if who == WATCHER and str(operation).endswith("/power/{action}") and values.get("action") == "status":
+            # Asking a BMC for its power state is a monitor's read, sent as a POST (it talks to the BMC); the
+            # lab hosts have no BMC, so the monitor is let through to "no power management" (409).
+            if answer.status_code not in (403, 404, 409):
+                wrong.append(what)
+            reads += 1
+        elif operation.method in CHANGES:
             changes += 1
             if answer.status_code not in (403, 404):
                 wrong.append(what)

@@ -9,9 +9,10 @@ from sqlalchemy import select
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
-from appliance import admission, enrolment, hosts, lifecycle, permissions, tasking
+from appliance import admission, enrolment, hosts, lifecycle, permissions, power, tasking
 from appliance.api.access import require_role as _require
 from appliance.api.auth import caller
+from appliance.api.power import PowerRequest
 from appliance.api.schema import Body, Empty, Id, Query, accepts
 from appliance.api.state import session, state
 from appliance.db import tokens
@@ -22,6 +23,7 @@ from appliance.kerberos.realm import Realm
 from appliance.paging import Page
 from appliance.permissions import Privilege
 from appliance.pki import Pki
+from appliance.secretbox import SecretBox
 from nodeagent import wire
 
 MAX_TTL = timedelta(days=30)
@@ -72,11 +74,15 @@ class WindowRequest(Body):
                        json_schema_extra={"minimum": 1, "maximum": admission.MAX_HOSTS})
     macs: list[str] = Field(default_factory=list, max_length=admission.MAX_HOSTS)
     note: str = ""
+    power: PowerRequest | None = Field(
+        None, description="the BMC of the one machine (exactly one MAC) it is for: power it on from cold; the host "
+        "it enrols as inherits these settings")
 
 
 @accepts(body=WindowRequest)
 def open_window(request: Request, body: WindowRequest) -> JSONResponse:
-    """POST /enrolment/windows {"seconds", "count"?, "macs"?, "note"?}: PXE boots get tokens for a while."""
+    """POST /enrolment/windows {"seconds", "count"?, "macs"?, "note"?, "power"?}: PXE boots get tokens for a while."""
+    settings = power.check_settings(body.power.given()) if body.power is not None else None
     _require(request, Role.ADMIN, "open enrolment windows")
     with session(request) as s:
         # Past the longest window by one second at most: timedelta overflows on 10^20 seconds, while the domain
@@ -84,6 +90,8 @@ def open_window(request: Request, body: WindowRequest) -> JSONResponse:
         duration = timedelta(seconds=max(min(body.seconds, _WINDOW_SECONDS + 1), -1))
         window = admission.open_window(s, by=caller(request).principal, duration=duration,
                                        max_hosts=body.count, macs=body.macs, note=body.note)  # fmt: skip
+        if settings is not None:  # refused (a window for several machines): rolled back with the window
+            power.configure_window(window, settings, SecretBox.under(state(request).cfg.state_dir))
         return JSONResponse(admission.window_view(window), status_code=201)
 
 

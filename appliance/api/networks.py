@@ -11,20 +11,18 @@ host's hardware pool; seeing them needs any role anywhere.
 
 from __future__ import annotations
 
-from typing import Any
-
+from pydantic import Field
 from sqlalchemy import select
 from sqlalchemy.orm import Session
-from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from appliance import hosts, networks
 from appliance.api.auth import caller
-from appliance.api.edge import read_json
+from appliance.api.schema import Body, Id, accepts
 from appliance.api.state import session
-from appliance.db.models import Host, Network
+from appliance.db.models import BondMode, BootProtocol, Host, Network, NetworkRole, RuleMatch
 from appliance.errors import Forbidden, UsageError
 from appliance.permissions import Privilege, require, visible_pools
 
@@ -33,11 +31,36 @@ def _who(request: Request) -> str:
     return caller(request).principal
 
 
-def _fields(body: dict[str, Any], fields: frozenset[str]) -> dict[str, Any]:
-    unknown = sorted(set(body) - fields)
-    if unknown:
-        raise UsageError(f"{unknown[0]}: unknown field", f"fields: {', '.join(sorted(fields))}")
-    return body
+class NetworkRequest(Body):
+    """A logical network; names, the subnet and the gateway are checked by networks.NetworkSpec (the UI's too)."""
+
+    name: str = Field(max_length=64)
+    description: str | None = Field(None, max_length=1000)
+    # Ranges documented here and enforced by NetworkSpec, whose wording the CLI and the UI share.
+    vlan: int | None = Field(None, description="802.1Q id; left out: untagged",
+                             json_schema_extra={"minimum": 1, "maximum": 4094})  # fmt: skip
+    mtu: int | None = Field(None, json_schema_extra={"minimum": 68, "maximum": 65535})
+    role: NetworkRole | None = None
+    boot_protocol: BootProtocol | None = Field(None, description="how hosts get their address on it")
+    bridge: str | None = Field(None, max_length=255, description="the bridge's name on every host (at most 15)")
+    subnet: str | None = Field(None, max_length=64, description="CIDR")
+    gateway: str | None = Field(None, max_length=64)
+
+
+class AttachRequest(Body):
+    cluster: Id | str = Field(description="cluster name or id")
+    detach: bool = False
+
+
+class RuleRequest(Body):
+    match: RuleMatch
+    value: str = Field(max_length=64, description="a NIC name, or a MAC")
+
+
+class AssignRequest(Body):
+    nics: list[str] = Field(max_length=16, description="NIC names or MACs; two or more make a bond")
+    bond_mode: BondMode | None = None
+    address: str | None = Field(None, max_length=64, description="the host's address on the network (CIDR)")
 
 
 def _may_see(request: Request, s: Session) -> None:
@@ -59,12 +82,9 @@ def show_network(request: Request) -> JSONResponse:
         return JSONResponse(networks.detail(networks.find_network(s, request.path_params["net"])))
 
 
-async def create_network(request: Request) -> JSONResponse:
-    spec = networks.NetworkSpec.from_request(await read_json(request))
-    return await run_in_threadpool(_create, request, spec)
-
-
-def _create(request: Request, spec: networks.NetworkSpec) -> JSONResponse:
+@accepts(body=NetworkRequest)
+def create_network(request: Request, body: NetworkRequest) -> JSONResponse:
+    spec = networks.NetworkSpec.from_request(body.given())
     with session(request) as s:
         require(s, _who(request), Privilege.MODIFY, None, "create networks")
         return JSONResponse(networks.summary(networks.create_network(s, spec)), status_code=201)
@@ -77,12 +97,9 @@ def delete_network(request: Request) -> Response:
         return Response(status_code=204)
 
 
-async def attach_network(request: Request) -> JSONResponse:
-    body = _fields(await read_json(request), frozenset({"cluster", "detach"}))
-    cluster, detach = body.get("cluster"), body.get("detach", False)
-    if not isinstance(cluster, str | int) or isinstance(cluster, bool) or not isinstance(detach, bool):
-        raise UsageError("cluster: give a cluster's name or id; detach: true or false")
-    return await run_in_threadpool(_attach, request, str(cluster), detach)
+@accepts(body=AttachRequest)
+def attach_network(request: Request, body: AttachRequest) -> JSONResponse:
+    return _attach(request, str(body.cluster), body.detach)
 
 
 def _attach(request: Request, cluster: str, detach: bool) -> JSONResponse:
@@ -93,12 +110,9 @@ def _attach(request: Request, cluster: str, detach: bool) -> JSONResponse:
         return JSONResponse(networks.summary(net))
 
 
-async def add_rule(request: Request) -> JSONResponse:
-    body = _fields(await read_json(request), frozenset({"match", "value"}))
-    match, value = body.get("match"), body.get("value")
-    if not isinstance(match, str) or not isinstance(value, str):
-        raise UsageError("match (name or mac) and value (a NIC name or MAC) are needed")
-    return await run_in_threadpool(_rule, request, match, value)
+@accepts(body=RuleRequest)
+def add_rule(request: Request, body: RuleRequest) -> JSONResponse:
+    return _rule(request, str(body.match), body.value)
 
 
 def _rule(request: Request, match: str, value: str) -> JSONResponse:
@@ -134,14 +148,11 @@ def host_networks(request: Request) -> JSONResponse:
         return JSONResponse({"host": host.hostname, **networks.sync(s, host)})
 
 
-async def assign(request: Request) -> JSONResponse:
-    body = _fields(await read_json(request), frozenset({"nics", "bond_mode", "address"}))
-    nics, mode, address = body.get("nics"), body.get("bond_mode"), body.get("address")
-    if not isinstance(nics, list) or not all(isinstance(n, str) for n in nics):
-        raise UsageError("nics: a list of NIC names or MACs (two or more make a bond)")
-    if (mode is not None and not isinstance(mode, str)) or (address is not None and not isinstance(address, str)):
-        raise UsageError("bond_mode and address: strings")
-    return await run_in_threadpool(_assign, request, nics, mode, address)
+@accepts(body=AssignRequest)
+def assign(request: Request, body: AssignRequest) -> JSONResponse:
+    if any(len(n) > 64 for n in body.nics):
+        raise UsageError("nics: NIC names or MACs of at most 64 characters")
+    return _assign(request, body.nics, None if body.bond_mode is None else str(body.bond_mode), body.address)
 
 
 def _assign(request: Request, nics: list[str], mode: str | None, address: str | None) -> JSONResponse:

@@ -5,12 +5,14 @@ GET    /hosts/{key}/power                 settings (never the password) and fenc
 PUT    /hosts/{key}/power                 {address, port?, user, password}                      admin
 DELETE /hosts/{key}/power                 forget the settings                                   admin
 POST   /hosts/{key}/power/{action}        on | off | cycle | status (the BMC's answer)          admin (status: monitor)
+POST   /enrolment/windows/{id}/power/{action}  on | off | status of the one machine a window is for  admin
 POST   /hosts/{key}/confirm-rebooted      the admin vouches the host was rebooted: its VMs are released
 PUT    /vms/{key}/ha                      {ha, priority?}                                       modify on the VM's pool
 """
 
 from __future__ import annotations
 
+import enum
 from typing import Any
 
 from pydantic import Field
@@ -39,6 +41,7 @@ def routes(prefix: str) -> list[Route]:
         Route(f"{prefix}/hosts/{{key}}/power", remove_power, methods=["DELETE"]),
         Route(f"{prefix}/hosts/{{key}}/power/{{action}}", power_action, methods=["POST"]),
         Route(f"{prefix}/hosts/{{key}}/confirm-rebooted", confirm_rebooted, methods=["POST"]),
+        Route(f"{prefix}/enrolment/windows/{{id:int}}/power/{{action}}", window_power_action, methods=["POST"]),
         Route(f"{prefix}/vms/{{key}}/ha", set_ha, methods=["PUT"]),
     ]
 
@@ -114,6 +117,36 @@ def _act(request: Request, action: PowerAction) -> JSONResponse:
     outcome = power.act(lambda: session(request), request.path_params["key"], action, client, _box(request),
                         caller(request).principal)  # fmt: skip
     return JSONResponse(outcome.as_dict())
+
+
+class WindowAction(enum.StrEnum):
+    """A host's power actions but cycle: the machine of a window is either still off or booting into it."""
+
+    ON = "on"
+    OFF = "off"
+    STATUS = "status"
+
+
+class WindowPowerPath(Query):
+    id: int
+    action: WindowAction
+
+
+@accepts(body=Empty, optional_body=True, path=WindowPowerPath)
+def window_power_action(request: Request, body: Empty) -> JSONResponse:
+    """POST /enrolment/windows/{id}/power/{action} (no body): on | off | status of the machine a window is for,
+    through the BMC given when it was opened: provisioning from cold, before any host record exists."""
+    raw = request.path_params["action"]
+    try:
+        action = PowerAction(WindowAction(raw))
+    except ValueError:
+        raise UsageError(f"power action {raw!r} on an enrolment window: one of {', '.join(WindowAction)}") from None
+    require_role(request, Role.MONITOR if action is PowerAction.STATUS else Role.ADMIN,
+                 "power machines of enrolment windows")  # fmt: skip
+    client = IpmiClient(state(request).cfg.power)
+    out = power.act_window(lambda: session(request), request.path_params["id"], action, client, _box(request),
+                           caller(request).principal)  # fmt: skip
+    return JSONResponse(out)
 
 
 @accepts(body=Empty, optional_body=True)

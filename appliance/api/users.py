@@ -14,7 +14,7 @@ from starlette.responses import JSONResponse
 from appliance import permissions, quotas
 from appliance.api.access import caller_roles, require_to_grant
 from appliance.api.auth import caller
-from appliance.api.schema import Body, Id, accepts
+from appliance.api.schema import Body, Id, Query, accepts
 from appliance.api.state import session
 from appliance.db import access
 from appliance.db.models import HardwarePool, Permission, User
@@ -70,17 +70,24 @@ def _roles(s: Session, principal: str) -> dict[str, object]:
                                  key=lambda g: (g["pool"], g["role"]))}  # fmt: skip
 
 
-def revoke(request: Request) -> JSONResponse:
+class RevokePath(Query):
+    principal: str
+    role: Role
+
+
+class RevokeQuery(Query):
+    pool: str | None = Field(None, max_length=255, description="hardware pool name or id; left out: a global role")
+
+
+@accepts(query=RevokeQuery, path=RevokePath)
+def revoke(request: Request, query: RevokeQuery) -> JSONResponse:
     """DELETE /users/{principal}/roles/{role}[?pool=P]: take a global role, or one held in hardware pool P."""
     role_text = request.path_params["role"]
     if role_text not in set(Role):
         raise UsageError(f"role: one of {', '.join(Role)}, not {role_text!r}")
-    unknown = sorted(set(request.query_params) - {"pool"})
-    if unknown:
-        raise UsageError(f"{unknown[0]}: unknown parameter", "parameters: pool")
     principal, role = request.path_params["principal"], Role(role_text)
     with session(request) as s:
-        pool_id = access.find_pool(s, request.query_params["pool"]).id if "pool" in request.query_params else None
+        pool_id = access.find_pool(s, query.pool).id if query.pool is not None else None
         require_to_grant(request, s, role, pool_id)
         access.revoke(s, principal, role, pool_id)
         return JSONResponse(_roles(s, principal))

@@ -8,14 +8,14 @@
 
 from __future__ import annotations
 
-from starlette.concurrency import run_in_threadpool
+from pydantic import Field
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from appliance import vmpools, vms
 from appliance.api.auth import caller
-from appliance.api.edge import read_json
+from appliance.api.schema import Body, Empty, Id, accepts
 from appliance.api.state import session
 
 
@@ -27,12 +27,20 @@ def list_pools(request: Request) -> JSONResponse:
         return JSONResponse({"vmpools": rows})
 
 
-async def create_pool(request: Request) -> JSONResponse:
-    spec = vmpools.PoolSpec.from_request(await read_json(request))
-    return await run_in_threadpool(_create, request, spec)
+class VmPoolRequest(Body):
+    """A VM pool; its name's form, the template and the hardware pool are checked by vmpools (the UI's too)."""
+
+    name: str = Field(max_length=40)
+    template: Id | str = Field(description="template name or id")
+    pool: Id | str | None = Field(None, description="hardware pool name or id (default: the template's)")
+    size: int = Field(ge=1, le=vmpools.MAX_SIZE, description="VMs in the pool")
+    prestarted: int | None = Field(None, ge=0, le=vmpools.MAX_SIZE, description="free VMs kept running")
+    description: str | None = Field(None, max_length=1000)
 
 
-def _create(request: Request, spec: vmpools.PoolSpec) -> JSONResponse:
+@accepts(body=VmPoolRequest)
+def create_pool(request: Request, body: VmPoolRequest) -> JSONResponse:
+    spec = vmpools.PoolSpec.from_request(body.given())
     with session(request) as s:
         pool, tasks = vmpools.create(s, spec, caller(request).principal)
         return JSONResponse({"vmpool": vmpools.summary(s, pool), "tasks": tasks}, status_code=202)
@@ -46,7 +54,8 @@ def delete_pool(request: Request) -> JSONResponse:
         return JSONResponse({"deleted": name, "tasks": tasks}, status_code=202)
 
 
-def take(request: Request) -> JSONResponse:
+@accepts(body=Empty, optional_body=True)
+def take(request: Request, body: Empty) -> JSONResponse:
     with session(request) as s:
         pool = vmpools.find(s, request.path_params["pool"])
         vm, tasks = vmpools.take(s, pool, caller(request).principal)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import re
+from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
@@ -12,6 +13,7 @@ from appliance.cli import network_cmd
 from appliance.cli.api_cmd import client_for
 from appliance.cli.context import load_config, paging
 from appliance.cli.power_cmd import add_host_verbs as add_power_verbs
+from appliance.cli.power_cmd import read_password
 from appliance.errors import UsageError
 from appliance.text import shown
 from nodeagent import wire
@@ -41,10 +43,20 @@ def register(sub: Any) -> None:
     what.add_argument("--window", type=_duration, metavar="DURATION", help="open one for this long: 90s, 30m, 2h")
     what.add_argument("--list", action="store_true", help="the open windows (with --all: every window)")
     what.add_argument("--close", nargs="?", const=0, type=int, metavar="ID", help="close one window, or all")
+    what.add_argument("--power", nargs=2, metavar=("ACTION", "ID"),
+                      help="on, off or status of the machine window ID is for, through its BMC")  # fmt: skip
     enrol.add_argument("--count", type=int, default=1, metavar="N", help="how many machines (default 1)")
     enrol.add_argument("--mac", action="append", default=[], metavar="MAC", help="only this MAC (repeatable)")
     enrol.add_argument("--note", default="", help="free text kept with the window")
     enrol.add_argument("--all", action="store_true", help="with --list: closed and expired windows too")
+    cold = enrol.add_argument_group("provisioning from cold: the BMC of the one machine (one --mac) the window is for")
+    cold.add_argument("--bmc-address", metavar="ADDRESS", help="its BMC's IP address or name (IPMI over LAN)")
+    cold.add_argument("--bmc-port", type=int, default=623, metavar="PORT", help="IPMI's UDP port (default 623)")
+    cold.add_argument("--bmc-user", metavar="USER")
+    cold.add_argument("--bmc-password-file", type=Path, metavar="FILE",
+                      help="a file holding the password ('-': standard input); never on the command line")  # fmt: skip
+    cold.add_argument("--power-on", action="store_true",
+                      help="power the machine on through its BMC once the window is open")  # fmt: skip
     enrol.set_defaults(func=enrol_cmd)
     maint = verbs.add_parser("maintenance", help="no new VMs on an approved host; libvirt and its VMs stay followed")
     maint.add_argument("host", help=_HOST_HELP)
@@ -272,6 +284,9 @@ def mint_token(args: argparse.Namespace) -> int:
 
 def _print_window(w: dict[str, Any]) -> None:
     macs = ", ".join(w["macs"]) or "any MAC"
+    bmc = w.get("power")
+    if bmc:
+        macs += f" (BMC {shown(bmc['address'])}:{bmc['port']} as {shown(bmc['user'])})"
     print(f"window {w['id']} {w['state']}: {w['hosts_served']}/{w['max_hosts']} host(s), {macs}, "
           f"until {w['expires_at']} (opened by {w['opened_by']}){' — ' + w['note'] if w['note'] else ''}")  # fmt: skip
 
@@ -285,13 +300,43 @@ def enrol_cmd(args: argparse.Namespace) -> int:
             if not rows:
                 print("no enrolment window is open: machines that PXE-boot now wait as pending for approval")
             return 0
+        if args.power is not None:
+            action, window = args.power
+            if not window.isdigit():
+                raise UsageError(f"--power {action} {window}: the window's id is a number (`drover host enrol --list`)")
+            out = api.post(f"/api/v1/enrolment/windows/{window}/power/{quote(action, safe='')}")
+            print(f"enrolment window {out['window']}: {'' if action == 'status' else f'power {action} done; '}"
+                  f"the BMC of {shown(out['mac'])} reports power {out['power']}")  # fmt: skip
+            return 0
         if args.close is not None:
             path = "/api/v1/enrolment/windows" + (f"/{args.close}" if args.close else "")
             closed = api.request("DELETE", path)["closed"]
             print(f"closed {len(closed)} enrolment window(s)" + "".join(f"; {w['id']}" for w in closed))
             return 0
-        body = {"seconds": args.window, "count": args.count, "macs": [_mac(m) for m in args.mac], "note": args.note}
+        body: dict[str, Any] = {"seconds": args.window, "count": args.count, "macs": [_mac(m) for m in args.mac],
+                                "note": args.note}  # fmt: skip
+        bmc = _bmc(args)
+        if bmc is not None:
+            body["power"] = bmc
         w = api.post("/api/v1/enrolment/windows", body)
-    _print_window(w)
-    print("machines that PXE-boot from the boot service now get a one-time token and enrol without approval")
+        _print_window(w)
+        print("machines that PXE-boot from the boot service now get a one-time token and enrol without approval")
+        if args.power_on:
+            # The window is open whatever the BMC says next: a failure here leaves it for a retry by hand.
+            on = api.post(f"/api/v1/enrolment/windows/{w['id']}/power/on")
+            print(f"powered {shown(on['mac'])} on through its BMC (it reports power {on['power']}): "
+                  "it PXE-boots into the window and enrols; its host inherits the BMC settings")  # fmt: skip
     return 0
+
+
+def _bmc(args: argparse.Namespace) -> dict[str, Any] | None:
+    """The --bmc-* options as the API's power settings; None when none is given."""
+    given = [args.bmc_address, args.bmc_user, args.bmc_password_file]
+    if not any(given):
+        if args.power_on:
+            raise UsageError("--power-on: needs the machine's BMC (--bmc-address, --bmc-user, --bmc-password-file)")
+        return None
+    if not all(given):
+        raise UsageError("--bmc-address, --bmc-user and --bmc-password-file go together")
+    return {"address": args.bmc_address, "port": args.bmc_port, "user": args.bmc_user,
+            "password": read_password(args.bmc_password_file)}  # fmt: skip

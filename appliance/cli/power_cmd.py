@@ -86,7 +86,7 @@ def power_show(args: argparse.Namespace) -> int:
     return 0
 
 
-def _password(path: Path) -> str:
+def read_password(path: Path) -> str:
     try:
         text = sys.stdin.read() if str(path) == "-" else path.read_text()
     except OSError as exc:
@@ -98,7 +98,8 @@ def _password(path: Path) -> str:
 
 
 def power_set(args: argparse.Namespace) -> int:
-    body = {"address": args.address, "port": args.port, "user": args.user, "password": _password(args.password_file)}
+    password = read_password(args.password_file)
+    body = {"address": args.address, "port": args.port, "user": args.user, "password": password}
     with client_for(load_config(args)) as api:
         out = api.request("PUT", _host(args.host, "power"), body=body)
     print(f"host {shown(out['host'])}: power management set to {shown(out['address'])}:{out['port']} "

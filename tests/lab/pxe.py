@@ -63,6 +63,19 @@ def vouch_for(served: LabAppliance, node: PxeNode, admin: str = "pxe-vouch") -> 
     assert opened.returncode == 0, opened.stdout + opened.stderr
 
 
+def tftp_root(node: PxeNode, workdir: Path, boot_port: int) -> Path:
+    """The node's TFTP root: one line of iPXE chaining to the appliance's boot service."""
+    tftp = workdir / f"{node.name}.tftp"
+    tftp.mkdir(parents=True, exist_ok=True)
+    (tftp / "boot.ipxe").write_text(f"#!ipxe\ndhcp\nchain http://{HOST_FROM_GUEST}:{boot_port}/boot/boot.ipxe\n")
+    return tftp
+
+
+def user_net(node: PxeNode) -> UserNet:
+    """Its DHCP lease names it; libvirtd's port and the first VNC displays are forwarded to its own address."""
+    return UserNet(node.name, node.domain, tuple((node.address, port, port) for port in NODE_PORTS))
+
+
 def boot(
     node: PxeNode,
     workdir: Path,
@@ -77,16 +90,13 @@ def boot(
 
     uefi: OVMF instead of SeaBIOS. qemu then loads the NIC's EFI iPXE ROM (ipxe-qemu's efi-virtio.rom), whose
     network boot runs the same TFTP script as the BIOS ROM does."""
-    tftp = workdir / f"{node.name}.tftp"
-    tftp.mkdir(parents=True, exist_ok=True)
-    (tftp / "boot.ipxe").write_text(f"#!ipxe\ndhcp\nchain http://{HOST_FROM_GUEST}:{boot_port}/boot/boot.ipxe\n")
     return start_guest(
         node.name + tag,
         workdir,
         accel=accel,
         memory_mb=memory_mb,
-        tftp_dir=tftp,
-        net=UserNet(node.name, node.domain, tuple((node.address, port, port) for port in NODE_PORTS)),
+        tftp_dir=tftp_root(node, workdir, boot_port),
+        net=user_net(node),
         mac=node.mac,
         uuid=node.uuid,
         uefi=uefi,

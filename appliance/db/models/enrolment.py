@@ -6,7 +6,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, ForeignKey, String
+from sqlalchemy import JSON, ForeignKey, String, Text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from appliance.db.base import Base, CreatedMixin, IdMixin
@@ -27,6 +27,12 @@ class EnrolmentWindow(IdMixin, CreatedMixin, Base):
     macs: Mapped[list[str]] = mapped_column(JSON, default=list)  # only these MACs; empty: any
     tokens_minted: Mapped[int] = mapped_column(default=0)  # distinct MACs served so far
     note: Mapped[str] = mapped_column(default="")
+    # The BMC of the one machine a single-MAC window is for (appliance.power): it can be powered on from cold,
+    # and the host it enrols as inherits these settings. The password sealed as on hosts.
+    power_address: Mapped[str | None]
+    power_port: Mapped[int | None]
+    power_user: Mapped[str | None] = mapped_column(String(64))
+    power_secret: Mapped[str | None] = mapped_column(Text)
 
 
 class EnrolmentToken(IdMixin, CreatedMixin, Base):
