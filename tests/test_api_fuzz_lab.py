@@ -21,12 +21,13 @@ import httpx
 import pytest
 from sqlalchemy import Engine, func, select, text
 
+from appliance.db import migrate
 from appliance.db.engine import make_engine, session_scope
 from appliance.db.models import Vm
 from nodeagent import wire
 from tests import test_enrolment
 from tests.lab.appliance import LabAppliance, start_appliance
-from tests.lab.fuzz import fuzz_api, fuzz_authorization, fuzz_node
+from tests.lab.fuzz import NOT_FUZZED, fuzz_api, fuzz_authorization, fuzz_node
 from tests.lab.kdc import APPLIANCE_HOST, LabKdc
 from tests.lab.tenants import Tenants, seed
 
@@ -87,7 +88,7 @@ def assert_whole(target: Target) -> None:
             assert raw.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
             assert raw.execute("PRAGMA foreign_key_check").fetchall() == []
     with session_scope(target.db) as s:
-        assert list(s.scalars(text("SELECT version_num FROM alembic_version"))) == ["0007"]
+        assert list(s.scalars(text("SELECT version_num FROM alembic_version"))) == [migrate.head()]
         assert s.scalar(select(func.count()).select_from(Vm).where(Vm.name == "sec-vm-bob")) == 1
 
 
@@ -96,8 +97,8 @@ def test_every_rest_operation_fuzzed_answers_without_a_server_error(target: Targ
                       target.tenants.objects)  # fmt: skip
     print("rest fuzz:", report.summary())
     assert report.server_errors == 0, "\n".join(report.failures)
-    operations = sum(len(ops) for ops in target.doc["paths"].values())
-    assert len(report.per_operation) == operations  # every operation got cases
+    operations = sum(len(ops) for ops in target.doc["paths"].values()) - len(NOT_FUZZED)
+    assert len(report.per_operation) == operations  # every operation got cases (but those never fuzzed)
     assert report.cases >= operations * min(API_CASES, 3)  # an operation without inputs has one case
     # The cases went deep: refusals of every kind and accepted requests, not one 404 over and over.
     assert {400, 404}.issubset(report.statuses) and any(200 <= s < 300 for s in report.statuses)
