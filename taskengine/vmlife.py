@@ -159,7 +159,12 @@ def _create_done(ctx: TaskContext) -> Reconciled:
 def start(ctx: TaskContext) -> dict[str, Any]:
     with ctx.session() as s:
         vm = vm_of(s, ctx)
-        host = _placed(ctx, s, vm)
+        # The placement is committed before anything runs there: a worker killed after create() leaves a task
+        # whose re-run and reconciliation look on this host, and never start a second copy on another.
+        vm.host_id = _placed(ctx, s, vm).id
+    with ctx.session() as s:
+        vm = vm_of(s, ctx)
+        host = host_of(vm)
         conn = ctx.connect(host)
         dom = lookup(conn, vm.uuid)
         if dom is not None and dom.isActive():

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import re
 import ssl
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -489,7 +490,23 @@ def test_two_machines_claiming_a_pending_host_need_the_admin_to_choose(
             show = shown(lab, fqdn)
             claims = re.findall(r"^claim: +(\d+) from (\S+): (\S+)", show, re.M)
             assert [c[2] for c in claims] == [fqdn, "evil.example.test"], show
-            refused = lab.served.drover("host", "approve", fqdn, principal=ADMIN)
+            # The forger keeps beating, as a live second machine would (a claim unheard of for 3 heartbeat
+            # intervals counts as gone, and a CLI call can take longer than that on a loaded machine).
+            beating = threading.Event()
+
+            def keep_beating() -> None:
+                with node_client(lab) as own:
+                    while not beating.wait(0.5):
+                        own.post("/node/v1/heartbeat",
+                                 content=wire.encode(wire.Heartbeat(dmi_uuid, agent_token=forged.agent_token)))
+
+            forger = threading.Thread(target=keep_beating, daemon=True)
+            forger.start()
+            try:
+                refused = lab.served.drover("host", "approve", fqdn, principal=ADMIN)
+            finally:
+                beating.set()
+                forger.join(10)
             assert refused.returncode == 5 and "2 machines claim host" in refused.stderr, refused.stderr
             assert not node.keytab.exists()
             approved = lab.served.drover("host", "approve", fqdn, "--claim", claims[0][0], principal=ADMIN)

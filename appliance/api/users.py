@@ -21,9 +21,19 @@ from appliance.db.models import HardwarePool, Permission, User
 from appliance.db.models.users import Role
 from appliance.errors import NotFound, UsageError
 from appliance.permissions import Privilege
+from appliance.text import shown
 
 # name, optional /instance, then @REALM: the API takes only fully qualified principals (no default realm).
 _PRINCIPAL = re.compile(r"[^\s@/]+(/[^\s@/]+)?@[^\s@/]+")
+
+
+def _principal_in_path(request: Request) -> str:
+    """The {principal} of a path; one that no principal can be (control characters, no realm) names no user,
+    so the lookup is never even tried (PostgreSQL refuses a NUL in a string: that was a 500)."""
+    principal = str(request.path_params["principal"])
+    if not _PRINCIPAL.fullmatch(principal) or any(ord(c) < 0x20 or ord(c) == 0x7F for c in principal):
+        raise NotFound(f"no user {shown(principal)}")
+    return principal
 
 
 def whoami(request: Request) -> JSONResponse:
@@ -85,7 +95,7 @@ def revoke(request: Request, query: RevokeQuery) -> JSONResponse:
     role_text = request.path_params["role"]
     if role_text not in set(Role):
         raise UsageError(f"role: one of {', '.join(Role)}, not {role_text!r}")
-    principal, role = request.path_params["principal"], Role(role_text)
+    principal, role = _principal_in_path(request), Role(role_text)
     with session(request) as s:
         pool_id = access.find_pool(s, query.pool).id if query.pool is not None else None
         require_to_grant(request, s, role, pool_id)
@@ -114,7 +124,7 @@ def set_quota(request: Request, body: QuotaRequest) -> JSONResponse:
     limits = body.given()
     limits.pop("pool", None)
     pool = body.pool
-    principal = request.path_params["principal"]
+    principal = _principal_in_path(request)
     with session(request) as s:
         row = s.scalars(select(HardwarePool).where(
             HardwarePool.id == pool if isinstance(pool, int) else HardwarePool.name == pool)).first()  # fmt: skip
