@@ -187,7 +187,9 @@ def test_demo_enrols_a_node_shows_the_ui_stops_on_ctrl_c_and_runs_again(node_ima
         head = png.read_bytes()[:24]
         assert head[:8] == b"\x89PNG\r\n\x1a\n", png
         width, height = int.from_bytes(head[16:20], "big"), int.from_bytes(head[20:24], "big")
-        assert width >= 1000 and height >= 600 and png.stat().st_size > 20_000, (png, width, height)
+        # A page's size; more bytes than a blank page of that size compresses to (~4 KB; a dark terminal
+        # with a few lines is ~13 KB): the readiness each shot waited for is the real check.
+        assert width >= 1000 and height >= 600 and png.stat().st_size > 8_000, (png, width, height)
 
     try:
         # The printed commands, typed into a shell as a user would.
