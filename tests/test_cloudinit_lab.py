@@ -84,5 +84,6 @@ def test_vm_from_a_template_gets_a_nocloud_seed(task_rack: TaskRack, tmp_path: P
     assert set(disks) == {"vda", "vdz"}
     assert disks["vdz"].find("readonly") is not None
     shown = json.loads(_ok(rack, "vm", "show", name, "--json"))
-    assert [d["volume"] for d in shown["disks"]] == [f"{tpl}.qcow2", f"{name}-seed.iso"]
+    # vda is the VM's own copy-on-write overlay over the template's image; vdz the seed.
+    assert [d["volume"] for d in shown["disks"]] == [f"{name}-vda.qcow2", f"{name}-seed.iso"]
     _ok(rack, "vm", "delete", name, "--wait")
