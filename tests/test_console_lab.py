@@ -17,7 +17,7 @@ import struct
 import subprocess
 import time
 import xml.etree.ElementTree as ET
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -42,8 +42,8 @@ from appliance.errors import Conflict, Forbidden, UsageError
 from tests.lab.appliance import ADMIN, DROVER, ROOT
 from tests.lab.browser import browser, screenshot
 from tests.lab.guest import BOOT_MARKER, ECHO, TICK, wait_for_text
-from tests.lab.kdc import APPLIANCE_HOST, LabKdc
-from tests.lab.taskrack import TaskRack, wait_until
+from tests.lab.kdc import LabKdc
+from tests.lab.taskrack import AsUser, TaskRack, wait_until
 
 pytestmark = pytest.mark.lab
 
@@ -83,23 +83,6 @@ def guest(task_rack: TaskRack) -> Iterator[Guest]:
         rack.drover("vm", "delete", gone, "--wait", timeout=120)
 
 
-AsUser = Callable[[str], Client]
-
-
-@pytest.fixture
-def client_as(task_rack: TaskRack, kdc: LabKdc, monkeypatch: pytest.MonkeyPatch) -> Iterator[AsUser]:
-    monkeypatch.setenv("KRB5_CONFIG", str(kdc.krb5_conf))
-    clients: list[Client] = []
-
-    def make(name: str) -> Client:
-        ccache = kdc.ticket(name)["KRB5CCNAME"]
-        client = Client(task_rack.served.local_url, service_host=APPLIANCE_HOST, ccache=ccache)
-        clients.append(client)
-        return client
-
-    yield make
-    for c in clients:
-        c.close()
 
 
 def ask(api: Client, vm: int | str, kind: str) -> dict[str, Any]:

@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from collections.abc import Callable, Iterator
 
 import pytest
 from sqlalchemy import delete, func, select
@@ -34,29 +33,12 @@ from appliance.db.models import (
 )
 from appliance.errors import Conflict, Forbidden, UsageError
 from appliance.hosts import default_pool
-from tests.lab.kdc import APPLIANCE_HOST, LabKdc
+from tests.lab.kdc import LabKdc
 from tests.lab.libvirtd import NodeFactory
-from tests.lab.taskrack import TaskRack, wait_until
+from tests.lab.taskrack import AsUser, TaskRack, wait_until
 
 pytestmark = pytest.mark.lab
 
-AsUser = Callable[[str], Client]
-
-
-@pytest.fixture
-def client_as(task_rack: TaskRack, kdc: LabKdc, monkeypatch: pytest.MonkeyPatch) -> Iterator[AsUser]:
-    monkeypatch.setenv("KRB5_CONFIG", str(kdc.krb5_conf))
-    clients: list[Client] = []
-
-    def make(name: str) -> Client:
-        ccache = kdc.ticket(name)["KRB5CCNAME"]
-        client = Client(task_rack.served.local_url, service_host=APPLIANCE_HOST, ccache=ccache)
-        clients.append(client)
-        return client
-
-    yield make
-    for c in clients:
-        c.close()
 
 
 def _counts(rack: TaskRack) -> tuple[int, int]:

@@ -25,6 +25,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import Engine, select
 
+from appliance.client import Client
 from appliance.db.base import utcnow
 from appliance.db.engine import session_scope
 from appliance.db.models import Host, HostState, HypervisorType, Task, TaskState, Vm
@@ -33,7 +34,7 @@ from appliance.kerberos.realm import APPLIANCE_CLIENT
 from tests.lab.accel import Accel
 from tests.lab.appliance import ADMIN, DROVER, ROOT, LabAppliance, own_resolver
 from tests.lab.guest import GuestImage, cmdline
-from tests.lab.kdc import LabKdc
+from tests.lab.kdc import APPLIANCE_HOST, LabKdc
 from tests.lab.libvirtd import LabHosts, LabNode, NodeFactory
 from tests.lab.proc import terminate
 from tests.lab.rack import Lab, rack
@@ -232,3 +233,23 @@ def task_rack(
 def pending_tasks(db: Engine) -> int:
     with session_scope(db) as s:
         return len(s.scalars(select(Task.id).where(Task.state.in_((TaskState.QUEUED, TaskState.RUNNING)))).all())
+
+
+AsUser = Callable[[str], Client]
+
+
+@pytest.fixture
+def client_as(task_rack: TaskRack, kdc: LabKdc, monkeypatch: pytest.MonkeyPatch) -> Iterator[AsUser]:
+    """API clients of the shared rack's appliance, each signed in (Kerberos) as the user named."""
+    monkeypatch.setenv("KRB5_CONFIG", str(kdc.krb5_conf))
+    clients: list[Client] = []
+
+    def make(name: str) -> Client:
+        ccache = kdc.ticket(name)["KRB5CCNAME"]
+        client = Client(task_rack.served.local_url, service_host=APPLIANCE_HOST, ccache=ccache)
+        clients.append(client)
+        return client
+
+    yield make
+    for c in clients:
+        c.close()
