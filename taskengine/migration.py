@@ -120,6 +120,25 @@ def _plan(ctx: TaskContext) -> tuple[str, Host, Host, str | None]:
         return vm.uuid, source, dest, data_uri
 
 
+# What libvirt says when the source's peer-to-peer connection to the destination never opened.
+_P2P_OPEN_FAILED = (libvirt.VIR_ERR_AUTH_FAILED, libvirt.VIR_ERR_AUTH_CANCELLED, libvirt.VIR_ERR_NO_CONNECT)
+
+
+def _p2p_unreachable(exc: libvirt.libvirtError) -> bool:
+    if exc.get_error_code() in _P2P_OPEN_FAILED:
+        return True
+    # Name resolution and connect() failures of the RPC client ("Unable to resolve address", "unable to connect").
+    return bool(exc.get_error_domain() == libvirt.VIR_FROM_RPC and exc.get_error_code() == libvirt.VIR_ERR_SYSTEM_ERROR)
+
+
+def _only_on(dom: libvirt.virDomain, dconn: libvirt.virConnect, uuid: str) -> bool:
+    """The VM runs on the source and the destination has no domain of it: a failed attempt left nothing."""
+    try:
+        return bool(dom.isActive()) and lookup(dconn, uuid) is None
+    except libvirt.libvirtError:
+        return False
+
+
 @action(TaskType.VM_MIGRATE)
 def migrate(ctx: TaskContext) -> dict[str, Any]:
     uuid, source, dest, data_uri = _plan(ctx)
@@ -147,10 +166,11 @@ def migrate(ctx: TaskContext) -> dict[str, Any]:
                 try:
                     dom.migrateToURI3(dest_uri, params, FLAGS | libvirt.VIR_MIGRATE_PEER2PEER)
                 except libvirt.libvirtError as exc:
-                    # The destination does not let the source's libvirt/<fqdn> principal in (a node whose
-                    # libvirtd allows only the appliance): the appliance drives it with its own two
-                    # connections instead. Nothing was transferred: the refusal comes before any data.
-                    if exc.get_error_code() not in (libvirt.VIR_ERR_AUTH_FAILED, libvirt.VIR_ERR_AUTH_CANCELLED):
+                    # The source's libvirtd could not open its own connection to the destination: it is not
+                    # let in (a node whose libvirtd allows only the appliance) or cannot reach it by that
+                    # name (nodes that do not resolve each other). The appliance drives the migration with its
+                    # own two connections instead, only while the VM provably still runs on the source alone.
+                    if not _p2p_unreachable(exc) or not _only_on(dom, dconn, uuid):
                         raise
                     log.warning("task %s: peer-to-peer refused (%s); managed migration instead", ctx.task.id,
                                 exc.get_error_message())  # fmt: skip

@@ -1,8 +1,11 @@
-"""`make demo`, run as a user runs it, in its reduced form (one node; a user's default is two): a PXE-booted
-qemu node enrols, a storage pool, a template and a VM are made through the task engine with the `drover` CLI
-and the VM boots on the node (its serial console says so), the web UI's screenshots show graphs with data and
-both consoles reached through the appliance, the printed commands work, Ctrl-C tears everything down, and a
-second run brings the same host back and reuses the pool, the template and the VM.
+"""`make demo`, run as a user runs it, with its default two nodes: PXE-booted qemu nodes enrol, the admin's
+logical networks (three VLANs on an L2 segment the demo builds) are applied by their agents, a storage pool, a
+template and three VMs are made through the task engine with the `drover` CLI and boot (their serial consoles
+say so), a VM reaches its neighbour on the other node over their network and not the VM on another VLAN, it is
+live-migrated to the other node over the migration network and still counts and reaches its neighbour there;
+the web UI's screenshots show graphs with data and both consoles reached through the appliance, the printed
+commands work, Ctrl-C tears everything down, and a second run brings the same hosts back, reuses the networks,
+the pool, the template and the VMs, and migrates again.
 
 The demo runs on free ports (its DROVER_* settings yield to the caller's) and its own loopback
 addresses, so a demo someone left running on this machine does not collide with this one.
@@ -124,6 +127,12 @@ def vm_phase(output: str) -> tuple[str, str]:
     return found.group(1), output[start : found.end()]
 
 
+def found_end(output: str) -> int:
+    found = VM_RUNNING.search(output)
+    assert found is not None
+    return found.end()
+
+
 def shell(script: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         ["bash", "-ec", script], cwd=ROOT, capture_output=True, text=True, timeout=timeout, check=False,
@@ -148,7 +157,7 @@ def test_demo_enrols_a_node_shows_the_ui_stops_on_ctrl_c_and_runs_again(node_ima
     }
     env.update({k: str(v) for k, v in ports.items()})
 
-    first = DemoRun(demo_dir, 1, env)
+    first = DemoRun(demo_dir, 2, env)
     try:
         first.wait_for(READY, 2400)
     finally:
@@ -157,21 +166,45 @@ def test_demo_enrols_a_node_shows_the_ui_stops_on_ctrl_c_and_runs_again(node_ima
     out = first.output
     print(out)
     # Progress, then the host list with both nodes available.
-    assert "PXE-booting 1 node(s) in qemu" in out
-    for name in ("node1",):
+    assert "PXE-booting 2 node(s) in qemu" in out
+    for name in ("node1", "node2"):
         assert re.search(rf"\] {name}: (kernel|initrd|systemd)", out), out
         assert re.search(rf"\] {name}: enrolled: host \d+ available", out), out
-    table = out[out.index("demo: drover host list") : out.index("demo: storage pool")]
+    table = out[out.index("demo: drover host list") : out.index("$ drover network create")]
     rows = {line.split()[1]: line.split() for line in table.splitlines()[2:] if line.strip()}
-    assert set(rows) == {"node1.drover.test"}, table
+    assert set(rows) == {"node1.drover.test", "node2.drover.test"}, table
+    # The networks, each a VLAN on the nodes' segment NIC, applied by both agents.
+    for typed in ("$ drover network create demo-net --vlan 60 --role vm",
+                  "$ drover network create demo-mig --vlan 50 --role migration --subnet 10.50.0.0/24",
+                  "$ drover host network node2.drover.test --set demo-mig --nic 52:54:00:5e:02:01 --address "
+                  "10.50.0.2/24"):  # fmt: skip
+        assert typed in out, out[-6000:]
+    for name in ("node1", "node2"):
+        assert re.search(rf"^demo: {name}: networks in sync \(\d+s\)", out, re.M), out[-6000:]
     # The VM through the task engine, each step a `drover` command shown as typed; the guest's console speaks.
     vm_host, steps = vm_phase(out)
     assert vm_host == "node1.drover.test", steps
     for typed in ("$ drover storage pool create demo-pool --type nfs", "$ drover template import ",
-                  "$ drover vm create demo-vm --template demo-guest --host node1.drover.test --wait",
-                  "$ drover vm start demo-vm --wait", "$ drover task list", "$ drover vm show demo-vm"):  # fmt: skip
+                  "$ drover vm create demo-vm --template demo-guest --host node1.drover.test --network demo-net "
+                  "--wait", "$ drover vm start demo-vm --wait",
+                  "$ drover vm create demo-peer --template demo-guest --host node2.drover.test --network demo-net",
+                  "$ drover vm create demo-other --template demo-guest --host node2.drover.test --network demo-lab",
+                  "$ drover task list", "$ drover vm show demo-vm"):  # fmt: skip
         assert typed in steps, steps
-    assert re.search(r"^demo: demo-vm console: DROVER-TICK \d+$", steps, re.M), steps
+    for name in ("demo-vm", "demo-peer", "demo-other"):
+        assert re.search(rf"^demo: {name} console: DROVER-TICK \d+$", steps, re.M), steps
+    # Across the nodes on one VLAN: answered; to the other VLAN: not. Then the live migration, and again.
+    after = out[found_end(out) :]
+    pings = re.findall(r"^demo: demo-vm \(on (\S+)\) pings (demo-\w+) \(on (\S+)\) at fe80::\S+%eth0: (.+)$", after,
+                       re.M)  # fmt: skip
+    assert pings == [
+        ("node1.drover.test", "demo-peer", "node2.drover.test", "answered"),
+        ("node1.drover.test", "demo-other", "node2.drover.test", "no answer"),
+        ("node2.drover.test", "demo-peer", "node2.drover.test", "answered"),
+    ], after
+    assert "$ drover vm migrate demo-vm --host node2.drover.test --wait" in after, after
+    assert re.search(r"^demo: demo-vm console on node2\.drover\.test: DROVER-TICK \d+$", after, re.M), after
+    assert "demo: VM demo-vm migrated to node2.drover.test, still counting and on its network" in after, after
     vm_shown = steps[steps.index("$ drover vm show demo-vm") :]
     # Its boot disk is its own copy-on-write overlay over the template's base image, on the NFS pool.
     assert re.search(r"^state: +running$", vm_shown, re.M), vm_shown
@@ -196,13 +229,14 @@ def test_demo_enrols_a_node_shows_the_ui_stops_on_ctrl_c_and_runs_again(node_ima
         cmds = printed_commands(out)
         source, admin, appliance, virsh = cmds["."], cmds["kinit"], cmds["kinit appliance"], cmds["virsh list"]
         listed = shell(f"{source}\n{admin}\ndrover host list\n")
-        assert listed.returncode == 0 and listed.stdout.count(" available ") == 1, listed.stdout + listed.stderr
+        assert listed.returncode == 0 and listed.stdout.count(" available ") == 2, listed.stdout + listed.stderr
         vms = shell(f"{source}\n{admin}\ndrover vm list\n")
-        assert re.search(r"demo-vm +running +node1\.drover\.test", vms.stdout), vms.stdout + vms.stderr
+        assert re.search(r"demo-vm +running +node2\.drover\.test", vms.stdout), vms.stdout + vms.stderr
         # The printed console's libvirt, with the appliance's ticket: the guest is still counting there.
         console = cmds["virsh console"]
-        assert console == "virsh -c qemu+tcp://node1.drover.test/system console demo-vm", console
-        read = shell(f"{source}\n{appliance}\npython -m tests.lab.vmconsole qemu+tcp://node1.drover.test/system "
+        assert console == "virsh -c qemu+tcp://node2.drover.test/system console demo-vm", console
+        assert cmds["drover vm migrate"] == "drover vm migrate demo-vm --host node1.drover.test --wait", cmds
+        read = shell(f"{source}\n{appliance}\npython -m tests.lab.vmconsole qemu+tcp://node2.drover.test/system "
                      "demo-vm DROVER-TICK 180\n", timeout=240)  # fmt: skip
         assert read.returncode == 0 and "DROVER-TICK" in read.stdout, read.stdout + read.stderr
         # The nodes' collectd reports through the demo's receiver: the printed `drover host metrics` shows it.
@@ -223,26 +257,28 @@ def test_demo_enrols_a_node_shows_the_ui_stops_on_ctrl_c_and_runs_again(node_ima
     assert processes_mentioning(str(demo_dir)) == []  # no qemu, no drover serve, no KDC left
     assert shell(f"exec 3<>/dev/tcp/127.0.0.1/{ports['DROVER_API_PORT']}").returncode != 0
 
-    # Again, with one node: everything is reused and node1 is the same host.
-    second = DemoRun(demo_dir, 1, env)
+    # Again: everything is reused and the nodes are the same hosts.
+    second = DemoRun(demo_dir, 2, env)
     try:
         second.wait_for(READY, 1500)
         again = second.output
         assert "realm DROVER.TEST already exists" in again, again
-        table = again[again.index("demo: drover host list") : again.index("demo: storage pool")]
+        table = again[again.index("demo: drover host list") : again.index("demo: network demo-net: reusing it")]
         rows = {line.split()[1]: line.split() for line in table.splitlines()[2:] if line.strip()}
-        assert rows["node1.drover.test"][0] == first_ids["node1.drover.test"], table
-        assert rows["node1.drover.test"][2] == "available", table
-        # Pool, template and VM are the first run's: nothing made again, the VM started again on node1.
+        for name in ("node1.drover.test", "node2.drover.test"):
+            assert rows[name][0] == first_ids[name] and rows[name][2] == "available", table
+        # Networks, pool, template and VMs are the first run's: nothing made again, the VMs started again.
+        assert "$ drover network create" not in again and "$ drover host network node1.drover.test --set" not in again
         vm_host, steps = vm_phase(again)
-        assert vm_host == "node1.drover.test", steps
         for reused in ("storage pool demo-pool: reusing it", "template demo-guest: reusing it",
-                       "VM demo-vm: reusing it"):  # fmt: skip
+                       "VM demo-vm: reusing it", "VM demo-peer: reusing it", "VM demo-other: reusing it"):  # fmt: skip
             assert f"demo: {reused}" in steps, steps
         for made in ("pool create", "template import", "vm create"):
             assert f"$ drover {made}" not in steps, steps
         assert "$ drover vm start demo-vm --wait" in steps, steps
         assert re.search(r"^demo: demo-vm console: DROVER-TICK \d+$", steps, re.M), steps
+        other = "node2.drover.test" if vm_host == "node1.drover.test" else "node1.drover.test"
+        assert f"demo: VM demo-vm migrated to {other}, still counting and on its network" in again, again[-4000:]
     finally:
         code = second.interrupt()
     assert code == 0 and second.lines[-1] == "demo: stopped", second.output[-3000:]

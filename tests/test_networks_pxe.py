@@ -28,8 +28,8 @@ from tests.lab.appliance import LabAppliance, start_appliance
 from tests.lab.image import NodeImage
 from tests.lab.kdc import LabKdc
 from tests.lab.libvirtd import LabHosts
-from tests.lab.pxe import LIBVIRT_PORT, PxeNode, vouch_for
-from tests.lab.qemu import HOST_FROM_GUEST, Guest, UserNet, start_guest
+from tests.lab.pxe import PxeNode, boot, vouch_for
+from tests.lab.qemu import HOST_FROM_GUEST, Guest
 from tests.lab.segment import Segment
 
 pytestmark = pytest.mark.lab
@@ -41,30 +41,8 @@ PEER = "10.43.0.1"  # the segment's end of the storage VLAN: the ARP probes' sen
 
 
 def _boot(node: PxeNode, seg: Segment, workdir: Path, boot_port: int, accel: Accel, tag: str) -> Guest:
-    """pxe.boot() with two more NICs: taps qemu makes, then plugged into the segment."""
-    tftp = workdir / f"{node.name}.tftp"
-    tftp.mkdir(parents=True, exist_ok=True)
-    (tftp / "boot.ipxe").write_text(f"#!ipxe\ndhcp\nchain http://{HOST_FROM_GUEST}:{boot_port}/boot/boot.ipxe\n")
-    taps = [seg.tap_name(), seg.tap_name()]
-    extra: list[str] = []
-    for i, tap in enumerate(taps):
-        mac = f"52:54:00:5e:{int(node.mac[-2:], 16):02x}:{i + 1:02x}"
-        extra += ["-netdev", f"tap,id=s{i},ifname={tap},script=no,downscript=no",
-                  "-device", f"virtio-net-pci,netdev=s{i},mac={mac}"]  # fmt: skip
-    guest = start_guest(
-        node.name + tag,
-        workdir,
-        accel=accel,
-        memory_mb=1024,
-        tftp_dir=tftp,
-        net=UserNet(node.name, node.domain, ((node.address, LIBVIRT_PORT, LIBVIRT_PORT),)),
-        mac=node.mac,
-        uuid=node.uuid,
-        extra_qemu=extra,
-    )
-    for tap in taps:
-        seg.plug(tap)
-    return guest
+    """pxe.boot() with two more NICs on the segment."""
+    return boot(node, workdir, boot_port, accel, tag=tag, segment=seg, segment_nics=2)
 
 
 def _wait(what: str, check: Callable[[], bool], timeout: float, guest: Guest | None) -> float:

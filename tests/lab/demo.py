@@ -45,7 +45,7 @@ from appliance.errors import DroverError
 from appliance.kerberos.realm import APPLIANCE_CLIENT, FIRST_ADMIN, Realm
 from tests.lab import accel
 from tests.lab.appliance import own_resolver
-from tests.lab.guest import TICK, build_iso
+from tests.lab.guest import PING, TICK, build_iso, iso_path, link_local
 from tests.lab.libvirtd import LabHosts
 from tests.lab.net import free_port
 from tests.lab.nfs import EXPORT_PATH, LabNfs, start_nfs
@@ -53,17 +53,25 @@ from tests.lab.proc import terminate
 from tests.lab.pxe import Phase, PxeNode, boot, phase
 from tests.lab.qemu import HOST_FROM_GUEST, Guest
 from tests.lab.screenshots import Shot, take
+from tests.lab.segment import Segment
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 VENV_BIN = Path(sys.executable).parent
 DOMAIN = "drover.test"
 BOOT_TIMEOUT = 900.0  # per node, TCG on a busy 2-core machine takes 1.5-3 minutes
 QUIET_REPORT = 20.0  # with nothing new, say what we are waiting for this often
-# The demo's storage pool, template and VM (names a rerun finds again).
+# The demo's storage pool, template and VMs (names a rerun finds again).
 POOL, TEMPLATE, VM = "demo-pool", "demo-guest", "demo-vm"
+PEER, OTHER = "demo-peer", "demo-other"  # with two nodes: demo-vm's neighbour on its network, and one on another
+# With two nodes: logical networks on the nodes' second NIC (an L2 segment of the demo's own): the VMs' network,
+# another VLAN, and a migration network with static addresses that carries demo-vm's live migration.
+VM_NET, OTHER_NET, MIG_NET = "demo-net", "demo-lab", "demo-mig"
+VLANS = {VM_NET: 60, OTHER_NET: 61, MIG_NET: 50}
+MIG_SUBNET = "10.50.0"
 VM_MEMORY_MIB = 96
 # A guest inside a TCG node is emulated twice over: grub and the kernel take minutes, not seconds.
 GUEST_BOOT_TIMEOUT = 900.0
+NETWORK_TIMEOUT = 300.0  # the agents apply an assignment at their next heartbeat
 
 
 class DemoError(RuntimeError):
@@ -267,10 +275,8 @@ def start_storage_server(demo: Demo) -> LabNfs:
         raise DemoError(f"the NFS server did not start ({exc}); its log: {os.path.relpath(root)}/ganesha.log") from exc
 
 
-def run_vm(demo: Demo, admin_env: dict[str, str], appliance_env: dict[str, str], nfs: LabNfs, node: PxeNode) -> str:
-    """Storage pool, template, VM through the task engine, each reused when a former run made it; returns the
-    console line that shows the guest running. The `drover` commands are the admin's, printed as typed."""
-    started = time.monotonic()
+def storage(demo: Demo, admin_env: dict[str, str], nfs: LabNfs) -> None:
+    """The storage pool and the template, each reused when a former run made it."""
     pool = looked_up(demo, admin_env, "storage", "pool", "show", POOL)
     if pool is not None:
         say(f"storage pool {POOL}: reusing it (state {pool['state']}); the nodes booted fresh: define it there again")
@@ -285,42 +291,134 @@ def run_vm(demo: Demo, admin_env: dict[str, str], appliance_env: dict[str, str],
         say(f"template {TEMPLATE}: reusing it (its base image is on the NFS export)")
     else:
         iso_dir = demo.dir / "guest"
-        cached = (iso_dir / "drover-guest.iso").is_file()
+        cached = iso_path(iso_dir).is_file()
         iso = build_iso(iso_dir)
         say(f"template {TEMPLATE}: {'reusing' if cached else 'built'} {os.path.relpath(iso)} "
             f"({iso.stat().st_size >> 20} MiB: grub, this machine's kernel, a busybox initramfs; boots as CD or disk)")
         typed(demo, admin_env, "template", "import", str(iso), "--pool", POOL, "--name", TEMPLATE,
               "--memory", str(VM_MEMORY_MIB), "--wait")  # fmt: skip
-    vm = looked_up(demo, admin_env, "vm", "show", VM)
+
+
+def vm_up(demo: Demo, admin_env: dict[str, str], name: str, node: PxeNode, network: str | None) -> str:
+    """A VM through the task engine, reused when a former run made it; returns its host."""
+    vm = looked_up(demo, admin_env, "vm", "show", name)
     if vm is not None:
-        say(f"VM {VM}: reusing it (state {vm['state']} on {vm['host'] or 'no host'})")
+        say(f"VM {name}: reusing it (state {vm['state']} on {vm['host'] or 'no host'})")
         if vm["state"] != "stopped":
             say("its node rebooted (stateless): re-read its real state from libvirt")
-            typed(demo, admin_env, "vm", "update-state", VM, "--wait")
+            typed(demo, admin_env, "vm", "update-state", name, "--wait")
     else:
-        say(f"VM {VM}: 1 vCPU, {VM_MEMORY_MIB} MiB, booting from template {TEMPLATE} (its own overlay), on {node.name}")
-        typed(demo, admin_env, "vm", "create", VM, "--template", TEMPLATE, "--host", node.fqdn, "--wait")
-    vm = looked_up(demo, admin_env, "vm", "show", VM) or {}
+        on = f", a NIC on network {network}" if network else ""
+        say(f"VM {name}: 1 vCPU, {VM_MEMORY_MIB} MiB, booting from template {TEMPLATE} (its own overlay){on}, "
+            f"on {node.name}")  # fmt: skip
+        nic = ("--network", network) if network else ()
+        typed(demo, admin_env, "vm", "create", name, "--template", TEMPLATE, "--host", node.fqdn, *nic, "--wait")
+    vm = looked_up(demo, admin_env, "vm", "show", name) or {}
     if vm.get("state") != "running":
-        typed(demo, admin_env, "vm", "start", VM, "--wait")
-    typed(demo, admin_env, "task", "list")
-    typed(demo, admin_env, "vm", "show", VM)
-    vm = looked_up(demo, admin_env, "vm", "show", VM) or {}
-    host = vm.get("host") or node.fqdn
-    say(f"waiting for {VM} to boot on {host}: a guest inside a TCG node is emulated twice over "
+        typed(demo, admin_env, "vm", "start", name, "--wait")
+    vm = looked_up(demo, admin_env, "vm", "show", name) or {}
+    return str(vm.get("host") or node.fqdn)
+
+
+def console(demo: Demo, appliance_env: dict[str, str], host: str, vm: str, text: str, timeout: float,
+            line: str | None = None) -> list[str]:  # fmt: skip
+    """The VM's serial console over its node's libvirt (as drover@, the nodes' only client) until `text` shows:
+    its DROVER- lines. `line`: typed into the console first."""
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(demo.dir), **appliance_env}
+    argv = [sys.executable, "-m", "tests.lab.vmconsole", f"qemu+tcp://{host}/system", vm, text, str(timeout)]
+    done = subprocess.run(argv + ([line] if line else []), env=env, cwd=ROOT, stdin=subprocess.DEVNULL,
+                          capture_output=True, text=True, check=False)  # fmt: skip
+    if done.returncode != 0:
+        raise DemoError(f"{vm} did not show {text} on its console: {done.stderr.strip()[-1500:]}")
+    return done.stdout.splitlines()
+
+
+def booted(demo: Demo, appliance_env: dict[str, str], host: str, vm: str) -> None:
+    say(f"waiting for {vm} to boot on {host}: a guest inside a TCG node is emulated twice over "
         f"(about 20 s on a loaded 2-core machine; its serial console, read over libvirt as {APPLIANCE_CLIENT}@, "
         f"up to {GUEST_BOOT_TIMEOUT:.0f}s)")  # fmt: skip
-    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(demo.dir), **appliance_env}
-    done = subprocess.run(
-        [sys.executable, "-m", "tests.lab.vmconsole", f"qemu+tcp://{host}/system", VM, TICK, str(GUEST_BOOT_TIMEOUT)],
-        env=env, cwd=ROOT, stdin=subprocess.DEVNULL, capture_output=True, text=True, check=False,
-    )  # fmt: skip
-    for line in done.stdout.splitlines():
-        say(f"{VM} console: {line}")
-    if done.returncode != 0:
-        raise DemoError(f"{VM} did not show {TICK} on its console: {done.stderr.strip()[-1500:]}")
-    say(f"VM {VM} is running on {host} ({time.monotonic() - started:.0f}s for pool, template, VM and boot)")
-    return host
+    for shown in console(demo, appliance_env, host, vm, TICK, GUEST_BOOT_TIMEOUT):
+        say(f"{vm} console: {shown}")
+
+
+def ping(demo: Demo, admin_env: dict[str, str], appliance_env: dict[str, str], hosts: dict[str, str], src: str,
+         dst: str) -> bool:  # fmt: skip
+    """Type `ping <dst's IPv6 link-local address>` into `src`'s serial console; what the guest answered."""
+    mac = (looked_up(demo, admin_env, "vm", "show", dst) or {})["nics"][0]["mac"]
+    address = f"{link_local(mac)}%eth0"
+    answer = f"{PING} {address}"
+    said = console(demo, appliance_env, hosts[src], src, answer, 60, f"ping {address}")
+    reached = any(line.strip() == f"{answer} ok" for line in said)
+    say(f"{src} (on {hosts[src]}) pings {dst} (on {hosts[dst]}) at {address}: "
+        f"{'answered' if reached else 'no answer'}")  # fmt: skip
+    return reached
+
+
+def networks(demo: Demo, admin_env: dict[str, str]) -> None:
+    """Three logical networks on every node's second NIC (on the demo's L2 segment), each a VLAN: the VMs' own,
+    another one, and a migration network with a static address per node. The node agents apply them."""
+    for name, role in ((VM_NET, "vm"), (OTHER_NET, "vm"), (MIG_NET, "migration")):
+        if looked_up(demo, admin_env, "network", "show", name) is not None:
+            say(f"network {name}: reusing it")
+            continue
+        subnet = ("--subnet", f"{MIG_SUBNET}.0/24") if role == "migration" else ()
+        typed(demo, admin_env, "network", "create", name, "--vlan", str(VLANS[name]), "--role", role, *subnet)
+    for n, node in enumerate(demo.nodes, 1):
+        status = looked_up(demo, admin_env, "host", "network", node.fqdn) or {}
+        have = {a["network"] for a in status.get("networks", [])}
+        for name in (VM_NET, OTHER_NET, MIG_NET):
+            if name in have:
+                continue
+            address = ("--address", f"{MIG_SUBNET}.{n}/24") if name == MIG_NET else ()
+            typed(demo, admin_env, "host", "network", node.fqdn, "--set", name, "--nic", node.segment_mac(1),
+                  *address)  # fmt: skip
+    started = time.monotonic()
+    for node in demo.nodes:
+        while not (looked_up(demo, admin_env, "host", "network", node.fqdn) or {}).get("in_sync"):
+            if time.monotonic() - started > NETWORK_TIMEOUT:
+                raise DemoError(f"{node.name} did not apply its networks within {NETWORK_TIMEOUT:.0f}s: "
+                                f"drover host network {node.fqdn}")  # fmt: skip
+            time.sleep(2)
+        say(f"{node.name}: networks in sync ({time.monotonic() - started:.0f}s): bridges on VLANs "
+            f"{', '.join(str(v) for v in VLANS.values())} of its NIC {node.segment_mac(1)}, written by its agent")
+    typed(demo, admin_env, "host", "network", demo.nodes[0].fqdn)
+
+
+def run_vms(demo: Demo, admin_env: dict[str, str], appliance_env: dict[str, str]) -> str:
+    """demo-vm on node1; with two nodes also demo-peer (same network) and demo-other (another VLAN) on node2,
+    pings across the nodes, and demo-vm's live migration to the other node. Returns demo-vm's host."""
+    started = time.monotonic()
+    two = len(demo.nodes) >= 2
+    hosts = {VM: vm_up(demo, admin_env, VM, demo.nodes[0], VM_NET if two else None)}
+    if two:
+        hosts[PEER] = vm_up(demo, admin_env, PEER, demo.nodes[1], VM_NET)
+        hosts[OTHER] = vm_up(demo, admin_env, OTHER, demo.nodes[1], OTHER_NET)
+    typed(demo, admin_env, "task", "list")
+    typed(demo, admin_env, "vm", "show", VM)
+    for name, host in hosts.items():
+        booted(demo, appliance_env, host, name)
+    say(f"VM {VM} is running on {hosts[VM]} ({time.monotonic() - started:.0f}s for pool, template, VM and boot)")
+    if not two:
+        return hosts[VM]
+    say(f"{VM} and {PEER} share network {VM_NET} (VLAN {VLANS[VM_NET]}); {OTHER} is on {OTHER_NET} "
+        f"(VLAN {VLANS[OTHER_NET]}): from {VM}'s console, ping each at its IPv6 link-local address")  # fmt: skip
+    if not ping(demo, admin_env, appliance_env, hosts, VM, PEER):
+        raise DemoError(f"{VM} does not reach {PEER} on {VM_NET}")
+    if ping(demo, admin_env, appliance_env, hosts, VM, OTHER):
+        raise DemoError(f"{VM} reaches {OTHER} across VLANs: the networks are not isolated")
+    target = next(node.fqdn for node in demo.nodes if node.fqdn != hosts[VM])
+    say(f"live migration of {VM} from {hosts[VM]} to {target}: its memory crosses network {MIG_NET} "
+        f"(VLAN {VLANS[MIG_NET]}, {MIG_SUBNET}.0/24), the guest keeps counting")  # fmt: skip
+    typed(demo, admin_env, "vm", "migrate", VM, "--host", target, "--wait")
+    hosts[VM] = str((looked_up(demo, admin_env, "vm", "show", VM) or {}).get("host"))
+    if hosts[VM] != target:
+        raise DemoError(f"{VM} is on {hosts[VM]} after its migration to {target}")
+    for shown in console(demo, appliance_env, hosts[VM], VM, TICK, 60):
+        say(f"{VM} console on {target}: {shown}")
+    if not ping(demo, admin_env, appliance_env, hosts, VM, PEER):
+        raise DemoError(f"{VM} does not reach {PEER} after its migration")
+    say(f"VM {VM} migrated to {hosts[VM]}, still counting and on its network")
+    return hosts[VM]
 
 
 # A chart that has drawn points (graphs.js counts them into data-points); a console page that has connected and
@@ -395,7 +493,7 @@ demo: ready. In another shell:
   Web UI: http://{cfg.hostname}:{cfg.api.port}/ui/   with the ticket above (README "Web UI"):
     chromium --auth-server-allowlist='{cfg.hostname}' http://{cfg.hostname}:{cfg.api.port}/ui/
     (no ticket: the page asks for a realm user's password instead)
-{vm_lines(vm_host)}{appliance_kinit}
+{vm_lines(vm_host, demo.nodes)}{appliance_kinit}
   virsh -c {node.uri} list --all
 {console_lines(vm_host)}{stops} (state stays in {os.path.relpath(demo.dir)}; rm -rf it to start over).
 """,
@@ -403,12 +501,18 @@ demo: ready. In another shell:
     )
 
 
-def vm_lines(vm_host: str | None) -> str:
+def vm_lines(vm_host: str | None, nodes: Sequence[PxeNode]) -> str:
     if vm_host is None:
         return ""
-    return f"""  drover vm list; drover vm show {VM}; drover task list
+    lines = f"""  drover vm list; drover vm show {VM}; drover task list
   drover vm shutdown {VM} --wait; drover vm start {VM} --wait      # through the task engine
 """
+    back = next((node.fqdn for node in nodes if node.fqdn != vm_host), None)
+    if back is not None:
+        lines += f"""  drover network list; drover host network {vm_host}      # VLANs the node agents applied
+  drover vm migrate {VM} --host {back} --wait      # live, over network {MIG_NET}
+"""
+    return lines
 
 
 def console_lines(vm_host: str | None) -> str:
@@ -439,6 +543,9 @@ def run_demo(demo: Demo, stop: threading.Event) -> int:
     db = make_engine(cfg.database_url)
     nfs: LabNfs | None = None
     vm_host: str | None = None
+    # Two nodes or more share an L2 segment of the demo's own (a network namespace with a bridge, the nodes'
+    # second NICs as taps): the logical networks' wire. Nothing on this machine's own network changes.
+    seg = Segment(name=f"drover-demo-{os.getpid()}") if len(demo.nodes) >= 2 else None
     try:
         appliance.wait_ready()
         say(f"appliance up: API http://localhost:{cfg.api.port}, boot service http://127.0.0.1:{cfg.nodes.boot_port}")
@@ -460,7 +567,7 @@ def run_demo(demo: Demo, stop: threading.Event) -> int:
             note = "" if chosen is accel.Accel.KVM else " (no KVM that boots guests here: expect 1.5-3 min per boot)"
             say(f"PXE-booting {len(demo.nodes)} node(s) in qemu, accelerator {chosen}{note}")
             for node in demo.nodes:
-                guests[node.name] = boot(node, demo.dir / "nodes", cfg.nodes.boot_port, chosen)
+                guests[node.name] = boot(node, demo.dir / "nodes", cfg.nodes.boot_port, chosen, segment=seg)
                 say(f"{node.name}: powered on (MAC {node.mac}, DMI UUID {node.uuid}, serial log "
                     f"{os.path.relpath(guests[node.name].serial_log)})")  # fmt: skip
             if not watch(demo, db, guests, appliance, stop):
@@ -476,8 +583,11 @@ def run_demo(demo: Demo, stop: threading.Event) -> int:
                 env={**appliance_env, "PATH": os.environ.get("PATH", "/usr/bin:/bin")},
                 check=True,
             )
+            if seg is not None:
+                networks(demo, admin_env)
             nfs = start_storage_server(demo)
-            vm_host = run_vm(demo, admin_env, appliance_env, nfs, demo.nodes[0])
+            storage(demo, admin_env, nfs)
+            vm_host = run_vms(demo, admin_env, appliance_env)
         if not stop.is_set():
             screenshots(demo, cfg, realm, admin_env, vm_host)
         instructions(demo, cfg, realm, write_env(demo, cfg, lab_hosts), vm_host)
@@ -498,6 +608,8 @@ def run_demo(demo: Demo, stop: threading.Event) -> int:
         appliance.stop()
         if nfs is not None:
             nfs.stop()
+        if seg is not None:
+            seg.close()
         db.dispose()
         try:
             if realm.pid() is not None:

@@ -9,6 +9,7 @@ writes to a plain file the test reads.
 from __future__ import annotations
 
 import glob
+import hashlib
 import os
 import stat
 import time
@@ -29,8 +30,16 @@ POWEROFF = "DROVER-POWEROFF"  # printed when the guest powers off on the ACPI po
 # With `drover.dirty=N` on its command line the guest keeps rewriting N MiB of random bytes in RAM (a busy
 # guest whose memory a migration has to send again and again), and prints this once it has started.
 DIRTY = "DROVER-DIRTY"
-# Kernel modules (relative to /lib/modules/<version>/kernel) the guest loads for the ACPI power button.
-_MODULES = ("drivers/acpi/button.ko", "drivers/input/evdev.ko")
+PING = "DROVER-PING"  # the answer to a "ping ADDRESS" line typed into the serial console: "DROVER-PING ADDRESS ok|fail"
+NET = "DROVER-NET"  # printed once per NIC after boot: "DROVER-NET eth0 MAC"
+# Kernel modules (relative to /lib/modules/<version>/kernel) the guest loads, in this order (each after the
+# ones it needs): the ACPI power button, then virtio-pci and virtio-net for the NICs a VM may have.
+_MODULES = (
+    "drivers/acpi/button.ko", "drivers/input/evdev.ko",
+    "drivers/virtio/virtio_ring.ko", "drivers/virtio/virtio.ko", "drivers/virtio/virtio_pci_modern_dev.ko",
+    "drivers/virtio/virtio_pci_legacy_dev.ko", "drivers/virtio/virtio_pci.ko",
+    "net/core/failover.ko", "drivers/net/net_failover.ko", "drivers/net/virtio_net.ko",
+)  # fmt: skip
 
 _INIT = f"""#!/bin/busybox sh
 /bin/busybox mkdir -p /proc /sys /dev
@@ -44,14 +53,30 @@ fi
 # input device powers the guest off, when the kernel's button and evdev modules came with the initramfs.
 /bin/busybox mount -t sysfs sys /sys
 for m in /lib/modules/*.ko; do [ -f "$m" ] && /bin/busybox insmod "$m" 2>/dev/null; done
+# NICs: up, with the IPv6 link-local address the kernel derives from the MAC (fe80::/64, EUI-64) and nothing
+# else: no DHCP server or configuration needed for two guests on one L2 network to reach each other.
+for n in /sys/class/net/eth*; do
+    [ -e "$n" ] || continue
+    /bin/busybox ip link set "${{n##*/}}" up
+    echo "{NET} ${{n##*/}} $(/bin/busybox cat "$n/address")" > /dev/ttyS0
+done
 for ev in /sys/class/input/event*; do
     /bin/busybox grep -q "Power Button" "$ev/device/name" 2>/dev/null || continue
     # evdev hands out whole events (24 bytes on 64-bit) or nothing.
     (/bin/busybox dd if="/dev/input/${{ev##*/}}" of=/dev/null bs=24 count=1 2>/dev/null &&
      echo "{POWEROFF}" > /dev/ttyS0 && /bin/busybox poweroff -f) &
 done
-# The serial console's input: each line typed into it comes back as "DROVER-ECHO <line>" (console tests type).
-(while read -r line; do echo "{ECHO} $line" > /dev/ttyS0; done < /dev/ttyS0) &
+# The serial console's input: each line typed into it comes back as "DROVER-ECHO <line>" (console tests type);
+# "ping ADDRESS" pings it (3 tries, 2 s each) and answers "DROVER-PING ADDRESS ok" or "... fail".
+(while read -r line; do
+    case "$line" in
+        "ping "*)
+            to="${{line#ping }}"
+            if /bin/busybox ping -c 3 -W 2 "$to" >/dev/null 2>&1; then r=ok; else r=fail; fi
+            echo "{PING} $to $r" > /dev/ttyS0;;
+        *) echo "{ECHO} $line" > /dev/ttyS0;;
+    esac
+done < /dev/ttyS0) &
 # A memory-dirtying guest: N MiB of random bytes in the initramfs (RAM), rewritten in place for ever.
 for w in $(/bin/busybox cat /proc/cmdline); do
     case "$w" in drover.dirty=*) dirty="${{w#drover.dirty=}}";; esac
@@ -91,15 +116,15 @@ def _cpio_entry(name: str, mode: int, data: bytes = b"", ino: int = 0) -> bytes:
 
 
 def _modules(kernel: Path | None) -> list[tuple[str, bytes]]:
-    """The power-button modules of `kernel`'s version, as /lib/modules/<name>.ko; none if not installed."""
+    """The modules of `kernel`'s version (power button, virtio NIC) as /lib/modules/NN-<name>.ko; none if absent."""
     if kernel is None:
         return []
     version = kernel.name.removeprefix("vmlinuz-")
     found = []
-    for rel in _MODULES:
+    for n, rel in enumerate(_MODULES):
         path = Path("/lib/modules") / version / "kernel" / rel
-        if path.is_file():
-            found.append((f"lib/modules/{path.name}", path.read_bytes()))
+        if path.is_file():  # numbered: /init loads them in glob order, which must be this order
+            found.append((f"lib/modules/{n:02d}-{path.name}", path.read_bytes()))
     return found
 
 
@@ -207,11 +232,25 @@ menuentry "drover guest" {{
 """
 
 
+def iso_path(directory: Path) -> Path:
+    """Where build_iso() puts the ISO: named after what goes into it, so a changed /init is a new file."""
+    recipe = "\n".join([_INIT, _GRUB_CFG, cmdline(), *_MODULES, host_kernel().name])
+    return directory / f"drover-guest-{hashlib.sha256(recipe.encode()).hexdigest()[:12]}.iso"
+
+
+def link_local(mac: str) -> str:
+    """The IPv6 link-local address (modified EUI-64) the guest's kernel gives the NIC with this MAC."""
+    b = [int(x, 16) for x in mac.split(":")]
+    b[0] ^= 0x02
+    words = [b[0] << 8 | b[1], b[2] << 8 | 0xFF, 0xFE << 8 | b[3], b[4] << 8 | b[5]]
+    return "fe80::" + ":".join(f"{w:x}" for w in words)
+
+
 def build_iso(directory: Path) -> Path:
     """A ~15 MB hybrid ISO (BIOS only) of the lab guest: grub on the serial port, the host's kernel and the
     busybox initramfs. Hybrid, so it boots as a CD and as a plain disk: a template volume attached to a VM
     as its read-only boot disk. Built once into `directory` and reused (the file is the cache)."""
-    iso = directory / "drover-guest.iso"
+    iso = iso_path(directory)
     if iso.is_file():
         return iso
     tree = directory / "iso-tree"
@@ -220,7 +259,7 @@ def build_iso(directory: Path) -> Path:
     (tree / "boot/vmlinuz").write_bytes(kernel.read_bytes())
     build_initramfs(tree / "boot/initrd.cpio", kernel)
     (tree / "boot/grub/grub.cfg").write_text(_GRUB_CFG.format(cmdline=cmdline()))
-    partial = directory / "drover-guest.iso.partial"
+    partial = iso.with_suffix(".partial")
     # i386-pc only: no EFI partition (and no mtools) for a guest that boots with SeaBIOS.
     run(["grub-mkrescue", "-d", "/usr/lib/grub/i386-pc", f"--output={partial}", "--locales=", "--fonts=",
          "--themes=", "--compress=xz", str(tree)], timeout=300)  # fmt: skip

@@ -23,6 +23,7 @@ from pathlib import Path
 from tests.lab.accel import Accel
 from tests.lab.appliance import LabAppliance
 from tests.lab.qemu import HOST_FROM_GUEST, Guest, UserNet, start_guest
+from tests.lab.segment import Segment
 
 LIBVIRT_PORT = 16509
 # What the appliance reaches on a node, forwarded to the node's own loopback address: libvirtd, and the first
@@ -46,6 +47,10 @@ class PxeNode:
     @property
     def uri(self) -> str:
         return f"qemu+tcp://{self.fqdn}/system"
+
+    def segment_mac(self, index: int) -> str:
+        """The MAC of its extra NIC number `index` (from 1) on a Segment: fixed per node, so reboots match."""
+        return f"52:54:00:5e:{int(self.mac[-2:], 16):02x}:{index:02x}"
 
     @classmethod
     def numbered(cls, n: int, domain: str, address: str, prefix: str = "node") -> PxeNode:
@@ -85,12 +90,21 @@ def boot(
     tag: str = "",
     memory_mb: int = 1024,
     uefi: bool = False,
+    segment: Segment | None = None,
+    segment_nics: int = 1,
 ) -> Guest:
     """Power the node on: firmware PXE -> iPXE -> the appliance's boot service.
 
     uefi: OVMF instead of SeaBIOS. qemu then loads the NIC's EFI iPXE ROM (ipxe-qemu's efi-virtio.rom), whose
-    network boot runs the same TFTP script as the BIOS ROM does."""
-    return start_guest(
+    network boot runs the same TFTP script as the BIOS ROM does.
+    segment: `segment_nics` more NICs (MACs node.segment_mac(1..)), taps plugged into that L2 segment; the boot
+    NIC stays qemu's user network, the node's management link."""
+    taps = [segment.tap_name() for _ in range(segment_nics)] if segment is not None else []
+    extra: list[str] = []
+    for i, tap in enumerate(taps):
+        extra += ["-netdev", f"tap,id=s{i},ifname={tap},script=no,downscript=no",
+                  "-device", f"virtio-net-pci,netdev=s{i},mac={node.segment_mac(i + 1)}"]  # fmt: skip
+    guest = start_guest(
         node.name + tag,
         workdir,
         accel=accel,
@@ -100,7 +114,12 @@ def boot(
         mac=node.mac,
         uuid=node.uuid,
         uefi=uefi,
+        extra_qemu=extra,
     )
+    for tap in taps:
+        assert segment is not None
+        segment.plug(tap)
+    return guest
 
 
 class Phase(enum.IntEnum):

@@ -1,7 +1,8 @@
 """Read a VM's serial console over its node's libvirt, as `virsh console` does, until a text shows up.
 
-`python -m tests.lab.vmconsole URI VM TEXT TIMEOUT` prints each console line that contains "DROVER-" (the lab
-guest's own lines, not grub's escape sequences) and exits 0 once one contains TEXT, 1 on timeout. It runs with
+`python -m tests.lab.vmconsole URI VM TEXT TIMEOUT [LINE]` prints each console line that contains "DROVER-" (the
+lab guest's own lines, not grub's escape sequences) and exits 0 once one contains TEXT, 1 on timeout. With LINE,
+it types that line into the console first (the lab guest answers "ping ADDRESS" with "DROVER-PING ADDRESS ok|fail"). It runs with
 whatever ticket and name resolution its environment gives (the demo's `.demo/env` plus the appliance's ticket:
 a node's libvirtd lets only drover@REALM in). virsh console itself needs a terminal; this needs none.
 """
@@ -17,6 +18,7 @@ import libvirt
 
 def main(argv: list[str]) -> int:
     uri, vm, text, timeout = argv[0], argv[1], argv[2], float(argv[3])
+    typed = argv[4] if len(argv) > 4 else None
     conn = libvirt.open(uri)
     dom = conn.lookupByName(vm)
     stream = conn.newStream(0)
@@ -31,6 +33,8 @@ def main(argv: list[str]) -> int:
                 return
             chunks.append(data)
 
+    if typed is not None:  # before the reader blocks in recv(): the answer waits in the stream until read
+        stream.send(typed.encode() + b"\n")
     threading.Thread(target=read, daemon=True).start()
     deadline = time.monotonic() + timeout
     shown = 0
