@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 import ipaddress
+import math
 import os
 import socket
 import tomllib
@@ -214,6 +215,9 @@ class TaskEngineConfig:
     stall_seconds: int = 5
     # Peer to peer: the source libvirtd connects to the destination itself (with its own host principal).
     migration_p2p: bool = True
+    # Placement lets the vCPUs of a host's VMs add up to this many times its CPUs (memory is never
+    # overcommitted). 1.0: one vCPU per CPU; the default 4.0 is what most sites run (idle VMs share cores).
+    cpu_overcommit: float = 4.0
 
 
 @dataclass(frozen=True)
@@ -337,6 +341,13 @@ def _coerce(value: Any, typ: Any, where: str) -> Any:
             if isinstance(value, bool):
                 raise ValueError(value)
             return int(value)
+        if typ is float:  # ratios: finite and above zero
+            if isinstance(value, bool):
+                raise ValueError(value)
+            number = float(value)
+            if not math.isfinite(number) or number <= 0:
+                raise ValueError(value)
+            return number
         if typ is str:
             if not isinstance(value, str | int | float):
                 raise ValueError(value)
@@ -422,7 +433,7 @@ def load(path: Path | None = None, env: Mapping[str, str] | None = None) -> Conf
 def _toml_value(value: Any) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
-    if isinstance(value, int):
+    if isinstance(value, int | float):
         return str(value)
     text = str(value)
     return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'

@@ -96,7 +96,8 @@ def _plan(ctx: TaskContext) -> tuple[str, Host, Host, str | None]:
             if lacking:
                 raise Conflict(f"host {dest.hostname} does not carry network {lacking[0]}", "assign it there first")
         else:
-            dest = placement.choose(s, vm, exclude=[source.id])
+            dest = placement.choose(s, vm, exclude=[source.id],
+                                    cpu_overcommit=ctx.settings.cpu_overcommit if ctx.settings else 1.0)
         # Both host rows locked (in id order, as everyone locks them): the slot count cannot race.
         for host_id in sorted({source.id, dest.id}):
             host_rows.lock(s, host_id)

@@ -115,7 +115,7 @@ def _placed(ctx: TaskContext, s: Session, vm: Vm) -> Host:
         return vm.host
     if vm.placement_policy is PlacementPolicy.PINNED:
         raise Conflict(f"VM {vm.name} is pinned but has no host", "create it with a host")
-    return placement.choose(s, vm)
+    return placement.choose(s, vm, cpu_overcommit=ctx.settings.cpu_overcommit if ctx.settings else 1.0)
 
 
 def overlays(vm: Vm) -> list[StorageVolume]:

@@ -59,6 +59,9 @@ def test_state_dir_from_environment_finds_its_toml(tmp_path: Path) -> None:
         ("api = 3\n", {}, "[api] must be a table"),
         ("", {"DROVER_API_PORT": "eighty"}, "DROVER_API_PORT: 'eighty'"),
         ("", {"DROVER_DATABSE_URL": "x"}, "unknown environment setting DROVER_DATABSE_URL"),
+        ("[taskengine]\ncpu_overcommit = 0\n", {}, "0 is not a valid float"),
+        ("", {"DROVER_TASKENGINE_CPU_OVERCOMMIT": "nan"}, "'nan' is not a valid float"),
+        ("", {"DROVER_TASKENGINE_CPU_OVERCOMMIT": "-2"}, "'-2' is not a valid float"),
     ],
 )
 def test_bad_config_is_one_clear_error(tmp_path: Path, toml: str, env: dict[str, str], message: str) -> None:
@@ -76,6 +79,8 @@ def test_render_round_trips_through_toml(tmp_path: Path) -> None:
     path.write_text(text)
     assert config.load(path, env={}) == cfg
     assert tomllib.loads(text)["api"]["port"] == 8123
+    assert tomllib.loads(text)["taskengine"]["cpu_overcommit"] == 4.0
+    assert config.load(env={"DROVER_TASKENGINE_CPU_OVERCOMMIT": "1.5"}).taskengine.cpu_overcommit == 1.5
 
 
 def test_every_setting_has_an_environment_name() -> None:

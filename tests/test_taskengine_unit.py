@@ -60,6 +60,16 @@ def test_placement_filters_then_spreads() -> None:
     assert placement.best(want, [busy, idle]).id == 6  # type: ignore[union-attr]
 
 
+def test_vcpus_overcommit_only_as_far_as_the_ratio() -> None:
+    one_cpu = [_host(1, cpus=1, used=1)]  # a 1-CPU node already running a 1-vCPU VM
+    want = placement.Want(96, 1, pool_id=1)
+    assert placement.best(want, one_cpu, 1.0) is None
+    assert placement.rejections(want, one_cpu, 1.0)["h1"] == "0 vCPUs free, 1 needed"
+    assert placement.best(want, one_cpu, 4.0).id == 1  # type: ignore[union-attr]
+    assert placement.best(placement.Want(96, 4, pool_id=1), one_cpu, 4.0) is None  # 5 > 4 x 1
+    assert placement.best(placement.Want(8192, 1, pool_id=1), one_cpu, 4.0) is None  # memory never overcommits
+
+
 def test_place_all_counts_what_it_placed() -> None:
     hosts = [_host(1, mem=1024), _host(2, mem=1024)]
     placed = placement.place_all([placement.Want(512, 1, 1)] * 5, hosts)
