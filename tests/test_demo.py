@@ -170,7 +170,7 @@ def test_demo_enrols_a_node_shows_the_ui_stops_on_ctrl_c_and_runs_again(node_ima
     for name in ("node1", "node2"):
         assert re.search(rf"\] {name}: (kernel|initrd|systemd)", out), out
         assert re.search(rf"\] {name}: enrolled: host \d+ available", out), out
-    table = out[out.index("demo: drover host list") : out.index("$ drover network create")]
+    table = out[out.index("demo: drover host list") : out.index("demo: $ drover network create")]
     rows = {line.split()[1]: line.split() for line in table.splitlines()[2:] if line.strip()}
     assert set(rows) == {"node1.drover.test", "node2.drover.test"}, table
     # The networks, each a VLAN on the nodes' segment NIC, applied by both agents.
@@ -214,7 +214,7 @@ def test_demo_enrols_a_node_shows_the_ui_stops_on_ctrl_c_and_runs_again(node_ima
     # Screenshots of the UI for a user without a desktop, each taken once its page showed its data: the host's
     # graphs drew points (the monitor has samples), the serial console shows the guest counting and the
     # graphical console drew the guest's screen (the console proxy reached the VM through the appliance).
-    for shot in ("dashboard", "host", "vm", "console-serial", "console-vnc"):
+    for shot in ("dashboard", "host", "networks", "vm", "console-serial", "console-vnc"):
         png = demo_dir / "screenshots" / f"{shot}.png"
         assert re.search(rf"^demo:   \S*screenshots/{shot}\.png: [^(]+$", out, re.M), out[-3000:]
         head = png.read_bytes()[:24]

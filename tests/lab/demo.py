@@ -426,6 +426,7 @@ def run_vms(demo: Demo, admin_env: dict[str, str], appliance_env: dict[str, str]
 GRAPHS_DRAWN = "#graphs figure[data-chart='cpu']:not([data-points='0'])[data-points]"
 SERIAL_SHOWS = f".xterm-rows:has-text('{TICK}')"
 VNC_DRAWN = "body[data-state='connected'] #screen canvas"
+NETWORKS_IN_SYNC = "#host-networks tbody:not(:has(.badge.warn)) tr:nth-child(2) .badge.sync"  # both nodes in sync
 
 
 def screenshots(demo: Demo, cfg: Config, realm: Realm, admin_env: dict[str, str], vm_host: str | None) -> None:
@@ -437,6 +438,8 @@ def screenshots(demo: Demo, cfg: Config, realm: Realm, admin_env: dict[str, str]
         if host is not None:
             shots.append(Shot("host", f"/ui/hosts/{host['id']}", GRAPHS_DRAWN,
                               f"host {host['hostname']} with its graphs"))  # fmt: skip
+    if len(demo.nodes) >= 2:
+        shots.append(Shot("networks", "/ui/networks", NETWORKS_IN_SYNC, "the logical networks, applied on the nodes"))
     vm = looked_up(demo, admin_env, "vm", "show", VM) if vm_host else None
     if vm is not None:
         shots += [

@@ -2,9 +2,10 @@
 
 `python -m tests.lab.vmconsole URI VM TEXT TIMEOUT [LINE]` prints each console line that contains "DROVER-" (the
 lab guest's own lines, not grub's escape sequences) and exits 0 once one contains TEXT, 1 on timeout. With LINE,
-it types that line into the console first (the lab guest answers "ping ADDRESS" with "DROVER-PING ADDRESS ok|fail"). It runs with
-whatever ticket and name resolution its environment gives (the demo's `.demo/env` plus the appliance's ticket:
-a node's libvirtd lets only drover@REALM in). virsh console itself needs a terminal; this needs none.
+it types that line into the console first (the lab guest answers "ping ADDRESS" with "DROVER-PING ADDRESS
+ok|fail"). It runs with whatever ticket and name resolution its environment gives (the demo's `.demo/env`
+plus the appliance's ticket: a node's libvirtd lets only drover@REALM in).
+virsh console itself needs a terminal; this needs none.
 """
 
 from __future__ import annotations
