@@ -286,6 +286,18 @@ def heartbeat(
                                   restart_libvirtd=restart, network=setup)  # fmt: skip
 
 
+def record_libvirt_port(session: Session, host: Host, port: int, default_port: int) -> bool:
+    """The port an authenticated heartbeat says the host's libvirtd listens on, stored when it differs (the
+    browser then connects there); True when it changed. 0: the agent did not say."""
+    old = host.libvirt_port or default_port
+    if not port or (port == old and host.libvirt_port is not None):
+        return False
+    host.libvirt_port = port
+    if port != old:
+        hosts.event(session, host, "host.libvirt_port", f"libvirtd on port {port} (was {old}), as its heartbeat says")
+    return port != old
+
+
 def approve(session: Session, host: Host, by: str, heartbeat_seconds: int, claim_id: int | None = None) -> None:
     """Approve a pending host, as one of its claims says it is: that machine's next heartbeat collects credentials.
 

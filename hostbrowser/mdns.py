@@ -2,13 +2,14 @@
 
 The node agent announces its libvirtd (nodeagent.announce: the port, TXT fqdn and uuid) each time it has
 (re)configured and restarted it: the host is up now. So the browser connects at once instead of at its next
-scan or retry, on the port announced (stored as the host's libvirt_port when it differs). Only identify
+scan or retry. Only identify
 creates hosts: an announcement matching no approved host is logged once per name and changes nothing.
 
 mDNS is unauthenticated. An announcement is only a hint to try now: it must name an approved host's FQDN
 and DMI UUID, and the connection it triggers is Kerberos-authenticated both ways as any other. Its address
-is never used (the host's FQDN is resolved as always), and its port is taken only while the host is not
-connected: a connected host's session is never moved by a packet anyone on the segment can send.
+is never used (the host's FQDN is resolved as always), and its port is taken only for a host whose port is
+not known yet: the node agent says its port in every heartbeat (HTTPS, its agent token), and that is what
+the browser connects to; a packet anyone on the segment can send never moves a host's connection.
 """
 
 from __future__ import annotations
@@ -84,9 +85,15 @@ def match(engine: Engine, found: Announcement, default_port: int) -> Match:
         if host.state in (HostState.AVAILABLE, HostState.MAINTENANCE):
             # Its session is up on the stored port, Kerberos-authenticated: an unauthenticated multicast
             # packet must not move it elsewhere (that would cut a healthy host off, and make it a fencing
-            # candidate). A libvirtd that really moved drops the session first, and is then followed.
+            # candidate).
             log.warning("%s is connected on port %s: announced port %s ignored", found.fqdn, old, found.port)
             return Match(host.id, f"connected on port {old}, announced port {found.port} ignored", ignored=True)
+        if host.libvirt_port is not None:
+            # Known already, from its agent's authenticated heartbeat (which also follows a libvirtd that
+            # really moved): a packet anyone can send does not send the reconnection elsewhere. Still a
+            # hint that the host is up: try now, on its own port.
+            log.warning("%s: announced port %s ignored, its heartbeat says port %s", found.fqdn, found.port, old)
+            return Match(host.id, f"announced port {found.port} ignored, trying port {old}")
         host.libvirt_port = found.port
         hosts.event(s, host, "host.libvirt_port", f"libvirtd announced on port {found.port} (was {old})")
         return Match(host.id, f"port {old} -> {found.port}", port_changed=True)

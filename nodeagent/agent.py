@@ -257,6 +257,7 @@ class Agent:
                     self._uptime(),
                     agent_token=answer.agent_token,  # per-boot secret: the UUID alone gets no keytab
                     network=report,
+                    libvirt_port=self.opts.libvirt_port,
                 )
             )
 

@@ -77,6 +77,12 @@ def fold_hostname(value: str) -> str:
 MAX_COUNT = 2**31 - 1
 
 
+def _port_or_zero(value: int) -> int:
+    if not 0 <= value <= 65535:
+        raise WireError("not a TCP port (1-65535, or 0: not said)")
+    return value
+
+
 def _at_most_count(value: int) -> int:
     if value > MAX_COUNT:
         raise WireError(f"more than {MAX_COUNT}")
@@ -291,6 +297,9 @@ class Heartbeat:
     version: int = WIRE_VERSION
     agent_token: str = ""  # from the IdentifyResponse of this boot
     network: NetworkReport | None = None  # the last network set-up the node reached (None: none asked yet)
+    # The port its libvirtd listens on, said over this authenticated channel: what the appliance connects to
+    # (an unauthenticated mDNS announcement cannot change it). 0: not said (an older agent).
+    libvirt_port: int = field(default=0, metadata={"check": _port_or_zero})
 
 
 @dataclass(frozen=True)

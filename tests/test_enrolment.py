@@ -194,6 +194,25 @@ def test_no_token_is_pending_then_approval_hands_credentials_out_once(node_api: 
     assert got.status is wire.IdentifyStatus.ACCEPTED and got.credentials is not None
     once = wire.decode(wire.HeartbeatResponse, beat(answer.agent_token).content)
     assert once.status is wire.IdentifyStatus.ACCEPTED and once.credentials is None
+    # The port its libvirtd listens on comes with the authenticated heartbeat: recorded, a change followed (with
+    # an event), an out-of-range one refused with nothing changed, 0 ("not said") leaves it.
+    def port_beat(port: int) -> Any:
+        body = wire.to_dict(wire.Heartbeat(UUID, agent_token=answer.agent_token))
+        return node_api.post("/node/v1/heartbeat", content=json.dumps({**body, "libvirt_port": port}).encode())
+
+    def port_now() -> int | None:
+        with session_scope(engine) as s:
+            return s.scalars(select(Host.libvirt_port).where(Host.uuid == UUID)).one()
+
+    assert port_beat(16509).status_code == 200 and port_now() == 16509
+    assert port_beat(16600).status_code == 200 and port_now() == 16600
+    for bad in (70000, -1):
+        refused = port_beat(bad)
+        assert refused.status_code == 400 and "libvirt_port: " in refused.json()["error"], refused.text
+    assert port_beat(0).status_code == 200 and port_now() == 16600
+    with session_scope(engine) as s:
+        moved = s.scalars(select(Event.message).where(Event.kind == "host.libvirt_port")).all()
+    assert moved == ["libvirtd on port 16600 (was 16509), as its heartbeat says"], moved
     # Enrolled now: identifying again without a token is refused and changes nothing.
     before = snapshot(engine)
     r = identify(node_api, "")

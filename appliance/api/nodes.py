@@ -110,9 +110,14 @@ class NodeService:
             )
             host = hosts.by_uuid(s, message.uuid) if answer.status is wire.IdentifyStatus.ACCEPTED else None
             host_id = host.id if host is not None else None
+            moved = host is not None and enrolment.record_libvirt_port(
+                s, host, message.libvirt_port, self.cfg.nodes.libvirt_port
+            )
         # Committed (credentials handed out are in the row): a node that beats is up, so if the browser lost
         # its libvirtd it reconnects now, not reconnect_seconds later; a just-approved one is connected now.
         if host_id is not None and self.browser is not None:
+            if moved:
+                self.browser.wake()  # a new URI: its next scan starts the host's session over on it
             self.browser.nudge(host_id)
         return answer
 
