@@ -27,6 +27,7 @@ from sqlalchemy import delete, func, select
 from appliance import cloudinit
 from appliance.db.engine import session_scope
 from appliance.db.models import HostNetwork, HostNic, StorageState, StorageVolume, Task, TaskState, TaskType, Vm
+from appliance.errors import UsageError
 from appliance.runner import run
 from image.manifest import GUEST_DISK
 from tests.lab.appliance import ADMIN
@@ -82,7 +83,9 @@ def lab_nic(task_rack: TaskRack) -> Iterator[str]:
             s.execute(delete(HostNic).where(HostNic.name == name))
 
 
-def test_bad_cloud_init_input_is_refused_and_creates_nothing(task_rack: TaskRack, tmp_path: Path) -> None:
+def test_bad_cloud_init_input_is_refused_and_creates_nothing(
+    task_rack: TaskRack, tmp_path: Path, client_as: AsUser
+) -> None:
     rack = task_rack
     pool, tpl = rack.unique("cibadp"), rack.unique("cibadt")
     _ok(rack, "storage", "pool", "create", pool, "--type", "dir", "--path", str(tmp_path / "pool"), "--wait")
@@ -113,6 +116,10 @@ def test_bad_cloud_init_input_is_refused_and_creates_nothing(task_rack: TaskRack
     assert bad.returncode == 2 and "is not an OpenSSH public key" in bad.stderr, bad.stderr
     bad = rack.drover("vm", "create", rack.unique("bad"), "--template", tpl, "--network", "x,colour=red")
     assert bad.returncode == 2 and "options are mac=MAC and model=MODEL" in bad.stderr, bad.stderr
+    # The API answers 400 with the same reason.
+    with pytest.raises(UsageError, match=r"cloud_init\.user_data: #cloud-config must be a YAML mapping"):
+        client_as(ADMIN).post("/api/v1/vms", {"name": rack.unique("bad"), "template": tpl,
+                                              "cloud_init": {"user_data": "#cloud-config\n[1, 2]\n"}})  # fmt: skip
     assert _counts(rack) == before  # no VM, no volume, no task
     assert sorted(uploads.glob("*.upload")) == seeds_before, "a refused request left a seed behind"
     _ok(rack, "template", "delete", tpl)
