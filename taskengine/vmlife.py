@@ -169,15 +169,20 @@ def _upload_seed(ctx: TaskContext) -> str | None:
 
 @action(TaskType.VM_CREATE)
 def create(ctx: TaskContext) -> dict[str, Any]:
-    seed = _upload_seed(ctx)
-    with ctx.session() as s:
-        vm = vm_of(s, ctx)
-        host = _placed(ctx, s, vm)
-        made = _make_overlays(ctx, s, vm)
-        define(ctx, s, vm, host)
-        result = {"host": host.hostname, "host_id": host.id, **({"overlays": made} if made else {}),
-                  **({"seed": seed} if seed else {})}  # fmt: skip
     source = ctx.task.args.get(cloudinit.SEED_ARG)
+    try:
+        seed = _upload_seed(ctx)
+        with ctx.session() as s:
+            vm = vm_of(s, ctx)
+            host = _placed(ctx, s, vm)
+            made = _make_overlays(ctx, s, vm)
+            define(ctx, s, vm, host)
+            result = {"host": host.hostname, "host_id": host.id, **({"overlays": made} if made else {}),
+                      **({"seed": seed} if seed else {})}  # fmt: skip
+    except Exception as exc:
+        if source and storagetasks.final_failure(ctx, exc):
+            Path(source).unlink(missing_ok=True)  # the VM failed for good: nothing will upload it any more
+        raise
     if source:
         Path(source).unlink(missing_ok=True)  # in its pool now, and recorded so
     return result

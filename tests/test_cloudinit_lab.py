@@ -68,8 +68,9 @@ def test_vm_from_a_template_gets_a_nocloud_seed(task_rack: TaskRack, tmp_path: P
         seed = s.scalars(select(StorageVolume).where(StorageVolume.name == f"{name}-seed.iso")).one()
         assert seed.state is StorageState.AVAILABLE
         # The VM's own create task uploaded it (no volume task of its own that a start could overtake).
-        create = s.scalars(select(Task).where(Task.type == TaskType.VM_CREATE, Task.target_id == vm.id)).one()
-        assert create.state is TaskState.FINISHED and create.result is not None
+        create = s.scalars(select(Task).where(Task.type == TaskType.VM_CREATE, Task.target_id == vm.id)
+                           .order_by(Task.id.desc())).first()  # fmt: skip
+        assert create is not None and create.state is TaskState.FINISHED and create.result is not None
         assert create.result["seed"] == f"{name}-seed.iso"
         assert s.scalars(select(Task).where(Task.type == TaskType.VOLUME_CREATE, Task.target_id == seed.id)).first() \
             is None
@@ -99,3 +100,26 @@ def test_vm_from_a_template_gets_a_nocloud_seed(task_rack: TaskRack, tmp_path: P
     assert not iso.exists()  # the seed is the VM's own, like its overlay
     with session_scope(rack.db) as s:
         assert s.scalars(select(StorageVolume).where(StorageVolume.name == f"{name}-seed.iso")).first() is None
+
+    # A create that fails for good (no host carries the VM's network) leaves no seed copy on the appliance,
+    # and deleting the failed VM deletes its seed from the pool and the database.
+    net, failed = rack.unique("cinone"), rack.unique("cifail")
+    _ok(rack, "network", "create", net, "--bridge", f"dvn{net[-6:]}")
+    try:
+        done = rack.drover("vm", "create", failed, "--template", tpl, "--user-data", str(user_data),
+                           "--network", net, "--memory", "64", "--wait", timeout=240)  # fmt: skip
+        assert done.returncode != 0 and "lacks one of the VM's networks" in done.stderr, done.stdout + done.stderr
+        vm = rack.vm(failed)
+        with session_scope(rack.db) as s:
+            # The newest: SQLite may give a new VM the id of one deleted before it.
+            failed_create = s.scalars(select(Task).where(Task.type == TaskType.VM_CREATE, Task.target_id == vm.id)
+                                      .order_by(Task.id.desc())).first()  # fmt: skip
+            assert failed_create is not None and failed_create.state is TaskState.FAILED
+            upload = Path(failed_create.args["seed_upload"])
+        assert not upload.exists(), "a failed create left its seed copy in the upload directory"
+        _ok(rack, "vm", "delete", failed, "--wait")
+        assert not (shared / f"{failed}-seed.iso").exists()
+        with session_scope(rack.db) as s:
+            assert s.scalars(select(StorageVolume).where(StorageVolume.name == f"{failed}-seed.iso")).first() is None
+    finally:
+        rack.drover("network", "delete", net)
