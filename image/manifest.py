@@ -109,7 +109,7 @@ def summary(m: Manifest) -> str:
         f"flavor:       {m.flavor}",
         f"profile:      {m.profile}",
         f"kernel:       {m.kernel_version}",
-        f"built:        {m.built_at} in {m.build_seconds:.0f}s ({m.compression})",
+        f"built:        {m.built_at} in {m.build_seconds:.0f}s ({m.compression if m.profile.is_node() else 'qcow2'})",
         f"packages:     {len(m.packages)}",
         (f"payload:      {m.payload_bytes / mb:.1f} MB (vmlinuz + initrd.img + rootfs.squashfs)" if m.profile.is_node()
          else f"disk:         {GUEST_DISK}: `drover template import` it"),
