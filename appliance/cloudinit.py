@@ -161,9 +161,7 @@ def attach_seed(session: Session, vm: Vm, spec: object, seed_dir: Path) -> dict[
     if any(d.target_dev == SEED_DISK for d in vm.disks):
         raise UsageError(f"disks: {SEED_DISK} is where the cloud-init seed goes")
     seed_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-    name = f"{vm.name}-seed.iso"
-    if not storage.NAME.match(name):  # a VM name near its 63 characters: too long for a volume
-        name = f"{vm.uuid}-seed.iso"
+    name = seed_name(vm)
     path = make_seed(seed_dir / f"{uuid.uuid4().hex}.upload", meta_data(vm, seed.ssh_keys), seed.user_data,
                      seed.network_config)  # fmt: skip
     vol = storage.new_volume(session, pool, name, path.stat().st_size, VolumeFormat.RAW)
@@ -172,9 +170,15 @@ def attach_seed(session: Session, vm: Vm, spec: object, seed_dir: Path) -> dict[
     return {SEED_ARG: str(path)}
 
 
+def seed_name(vm: Vm) -> str:
+    name = f"{vm.name}-seed.iso"
+    return name if storage.NAME.match(name) else f"{vm.uuid}-seed.iso"  # a VM name near 63 characters
+
+
 def seed_volume(vm: Vm) -> VmDisk | None:
-    """The VM's seed disk, if it was made with one."""
+    """The VM's seed disk, if it was made with one: the read-only vdz by the name attach_seed gave it (a
+    volume the user attached is never taken for it, so never deleted with the VM)."""
     for disk in vm.disks:
-        if disk.target_dev == SEED_DISK and disk.read_only and disk.volume.name.endswith("-seed.iso"):
+        if disk.target_dev == SEED_DISK and disk.read_only and disk.volume.name == seed_name(vm):
             return disk
     return None
