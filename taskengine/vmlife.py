@@ -193,6 +193,9 @@ def _create_done(ctx: TaskContext) -> Reconciled:
     with ctx.session() as s:
         vm = vm_of(s, ctx)
         if vm.host is not None and lookup(ctx.connect(vm.host), vm.uuid) is not None:
+            source = ctx.task.args.get(cloudinit.SEED_ARG)
+            if source:  # defined, so its seed was uploaded before: the worker died before removing the copy
+                Path(source).unlink(missing_ok=True)
             return Reconciled(Verdict.FINISHED, {"host": vm.host.hostname, "host_id": vm.host.id})
     return Reconciled(Verdict.RERUN)
 
