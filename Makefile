@@ -13,8 +13,8 @@ DEB_PACKAGES := \
 	pkg-config libnss-wrapper iproute2 \
 	qemu-system-x86 qemu-utils ipxe-qemu ovmf busybox-static linux-image-amd64 \
 	postgresql \
-	mmdebstrap squashfs-tools zstd xorriso grub-pc-bin grub-efi-amd64-bin grub-common mtools dosfstools \
-	syslinux-common isolinux pxelinux dnsmasq-base \
+	mmdebstrap squashfs-tools zstd xorriso openssh-client grub-pc-bin grub-efi-amd64-bin grub-common mtools dosfstools \
+	syslinux-common syslinux isolinux pxelinux dnsmasq-base \
 	collectd-core librrd8 victoria-metrics ipmitool \
 	nfs-ganesha nfs-ganesha-vfs tgt libnfs-utils libiscsi-bin \
 	chromium \

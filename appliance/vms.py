@@ -189,11 +189,12 @@ def create(session: Session, body: dict[str, Any], principal: str, seed_dir: Pat
     quotas.check_create(session, vm.owner_id, pool.id, disk_bytes)
     session.add(vm)
     session.flush()
+    args: dict[str, Any] = {"host_id": host_id} if host_id is not None else {}
     if body.get("cloud_init") is not None:
         if seed_dir is None:
             raise UsageError("cloud_init: not available here")
-        cloudinit.attach_seed(session, vm, body["cloud_init"], seed_dir, principal)
-    args = {"host_id": host_id} if host_id is not None else {}
+        # The create task uploads the seed before it defines the domain: a start can only follow it.
+        args |= cloudinit.attach_seed(session, vm, body["cloud_init"], seed_dir)
     task = tasking.enqueue(session, TaskType.VM_CREATE, vm.id, args, created_by=principal)
     return Created(vm, task)
 

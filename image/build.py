@@ -23,9 +23,9 @@ from pathlib import Path
 from typing import TextIO
 
 from appliance.errors import DroverError, UsageError
-from image import bootfiles, debian, fedora, iso, mirror, steps
+from image import bootfiles, debian, fedora, guest, iso, mirror, steps
 from image.cache import Cache, Entry, key
-from image.manifest import BOOT_FILES, BUILT, MANIFEST, Artifact, Manifest
+from image.manifest import BOOT_FILES, BUILT, GUEST_DISK, MANIFEST, Artifact, Manifest, boot_files, built
 from image.profile import FEDORA_RELEASE, Compression, Flavor, Profile, Recipe
 from image.progress import Progress
 
@@ -59,6 +59,9 @@ DEFAULT_PXELINUX_BASE = "http://drover/images/node"
 def _plan(req: BuildRequest, recipe: Recipe, work: Path) -> tuple[list[steps.Step], str]:
     """The backend's steps for `work` and the cache key of this request."""
     artifacts = work / "artifacts"
+    if req.profile is Profile.GUEST:
+        mirrors = mirror.resolve(req.mirrors)
+        return guest.steps(recipe, mirrors, work, artifacts), guest.key(recipe, mirrors)
     if req.flavor is Flavor.DEBIAN:
         mirrors = mirror.resolve(req.mirrors)
         return debian.steps(recipe, mirrors, work, artifacts), key(recipe, mirrors)
@@ -82,11 +85,12 @@ def build(req: BuildRequest, stream: TextIO | None = None) -> Outcome:
         if req.flavor is Flavor.FEDORA:
             lines.append(f"# kickstart rendered and valid for Fedora {FEDORA_RELEASE} (pykickstart)")
         lines += steps.describe(plan)
-        lines.append(f"# then: boot.ipxe, pxelinux.cfg/default, manifest.json into {req.out}")
+        then = "boot.ipxe, pxelinux.cfg/default" if req.profile.is_node() else GUEST_DISK
+        lines.append(f"# then: {then}, manifest.json into {req.out}")
         return Outcome(None, bool(hit), tuple(lines))
 
     started = time.monotonic()
-    if req.flavor is Flavor.FEDORA:
+    if req.flavor is Flavor.FEDORA and req.profile.is_node():
         fedora.check_lorax()
     # One build at a time per cache (its work dir is shared): a second `drover image build` (or test
     # process) waits here, then finds the first one's result in the cache.
@@ -130,23 +134,26 @@ def _build_into_cache(
     work = cache.workdir(cache_key)
     try:
         plan, _ = _plan(req, recipe, work)
-        if req.flavor is Flavor.FEDORA:
+        if req.flavor is Flavor.FEDORA and req.profile.is_node():
             fedora.prepare(recipe, req.mirrors, work)
         steps.execute(plan, progress)
         artifacts = work / "artifacts"
-        if req.flavor is Flavor.DEBIAN:
+        cmdline = " ".join(bootfiles.network_cmdline(bootfiles.IPXE_DEFAULT_BASE))
+        if req.profile is Profile.GUEST:
+            kver, packages, cmdline = guest.results(work)
+        elif req.flavor is Flavor.DEBIAN:
             kver, packages = debian.results(work)
         else:
             kver, packages = fedora.results(work, artifacts)
         with progress.stage("checksums"):
-            sums = {name: Artifact.of(artifacts / name) for name in BUILT}
+            sums = {name: Artifact.of(artifacts / name) for name in built(recipe.profile)}
         manifest = Manifest(
             flavor=recipe.flavor,
             profile=recipe.profile,
             compression=recipe.compression,
             kernel_version=kver,
-            kernel_cmdline=" ".join(bootfiles.network_cmdline(bootfiles.IPXE_DEFAULT_BASE)),
-            iso_cmdline=_iso_cmdline(work),
+            kernel_cmdline=cmdline,
+            iso_cmdline=_iso_cmdline(work) if req.profile.is_node() else "",
             packages=packages,
             artifacts=sums,
             cache_key=cache_key,
@@ -199,28 +206,29 @@ def publish(entry: Entry, out: Path, base_url: str | None = None) -> Manifest:
         stage = Path(tempfile.mkdtemp(prefix=".drover-staging-", dir=out))
     except OSError as exc:
         raise _disk_error(exc, out) from exc
+    profile = entry.manifest.profile
+    names, rendered = built(profile), boot_files(profile)
     try:
-        for name in BUILT:
+        for name in names:
             shutil.copyfile(entry.path / name, stage / name)
         boot = {
             "boot.ipxe": bootfiles.ipxe_script(base_url),
             "pxelinux.cfg/default": bootfiles.pxelinux_config(base_url or DEFAULT_PXELINUX_BASE),
         }
-        for name, text in boot.items():
+        for name in rendered:
             (stage / name).parent.mkdir(parents=True, exist_ok=True)
-            (stage / name).write_text(text)
+            (stage / name).write_text(boot[name])
         artifacts = dict(entry.manifest.artifacts)
-        for name in BUILT:
+        for name in names:
             if (stage / name).stat().st_size != artifacts[name].size:
                 raise DroverError(f"copy of {name} from {entry.path} is incomplete")
-        artifacts.update({name: Artifact.of(stage / name) for name in BOOT_FILES})
-        manifest = replace(
-            entry.manifest,
-            artifacts=artifacts,
-            kernel_cmdline=" ".join(bootfiles.network_cmdline(base_url or "${drover-base}")),
-        )
+        artifacts.update({name: Artifact.of(stage / name) for name in rendered})
+        manifest = entry.manifest
+        if profile.is_node():  # a guest's command line is its own, not the PXE one
+            cmdline = " ".join(bootfiles.network_cmdline(base_url or "${drover-base}"))
+            manifest = replace(manifest, artifacts=artifacts, kernel_cmdline=cmdline)
         (stage / MANIFEST).write_text(manifest.to_json())
-        for name in (*BUILT, *BOOT_FILES):
+        for name in (*names, *rendered):
             (out / name).parent.mkdir(parents=True, exist_ok=True)
             os.replace(stage / name, out / name)
         os.replace(stage / MANIFEST, out / MANIFEST)
@@ -236,7 +244,7 @@ def check_out(out: Path) -> None:
     if out.exists() and not out.is_dir():
         raise UsageError(f"--out {out} exists and is not a directory")
     if out.is_dir() and any(out.iterdir()):
-        ours = {MANIFEST, *BUILT, *(n.split("/")[0] for n in BOOT_FILES)}
+        ours = {MANIFEST, *BUILT, GUEST_DISK, *(n.split("/")[0] for n in BOOT_FILES)}
         stray = [p.name for p in out.iterdir() if p.name not in ours and not p.name.startswith(".drover-staging-")]
         if stray and (out / MANIFEST).exists() is False and len(stray) == len(list(out.iterdir())):
             raise UsageError(f"--out {out} holds other files ({', '.join(sorted(stray)[:3])})", "use an empty dir")

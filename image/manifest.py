@@ -20,6 +20,17 @@ BOOT_FILES = ("boot.ipxe", "pxelinux.cfg/default")
 ARTIFACTS = BUILT + BOOT_FILES
 # What the issue calls the payload: everything a PXE-booted node downloads.
 PAYLOAD = ("vmlinuz", "initrd.img", "rootfs.squashfs")
+# The guest profile builds one VM disk instead (image/guest.py), and has no boot files to render.
+GUEST_DISK = "guest.qcow2"
+
+
+def built(profile: Profile) -> tuple[str, ...]:
+    """The artifacts a build of `profile` makes (and the cache keeps)."""
+    return (GUEST_DISK,) if profile is Profile.GUEST else BUILT
+
+
+def boot_files(profile: Profile) -> tuple[str, ...]:
+    return BOOT_FILES if profile.is_node() else ()
 
 
 @dataclass(frozen=True)
@@ -98,13 +109,14 @@ def summary(m: Manifest) -> str:
         f"flavor:       {m.flavor}",
         f"profile:      {m.profile}",
         f"kernel:       {m.kernel_version}",
-        f"built:        {m.built_at} in {m.build_seconds:.0f}s ({m.compression})",
+        f"built:        {m.built_at} in {m.build_seconds:.0f}s ({m.compression if m.profile.is_node() else 'qcow2'})",
         f"packages:     {len(m.packages)}",
-        f"payload:      {m.payload_bytes / mb:.1f} MB (vmlinuz + initrd.img + rootfs.squashfs)",
+        (f"payload:      {m.payload_bytes / mb:.1f} MB (vmlinuz + initrd.img + rootfs.squashfs)" if m.profile.is_node()
+         else f"disk:         {GUEST_DISK}: `drover template import` it"),
         f"cmdline:      {m.kernel_cmdline}",
         "artifacts:",
     ]
-    for name in ARTIFACTS:
+    for name in (*ARTIFACTS, GUEST_DISK):
         if name in m.artifacts:
             a = m.artifacts[name]
             lines.append(f"  {name:<22} {a.size / mb:8.1f} MB  sha256:{a.sha256[:16]}")

@@ -20,9 +20,13 @@ class Flavor(enum.StrEnum):
 class Profile(enum.StrEnum):
     MINIMAL = "minimal"  # boots, networks and runs the node agent; no hypervisor
     HYPERVISOR = "hypervisor"  # the real node: libvirt + qemu, Kerberos, collectd
+    GUEST = "guest"  # not a node: a VM's disk image (cloud-init + qemu guest agent) for `drover template import`
 
     def runs_guests(self) -> bool:
         return self is Profile.HYPERVISOR
+
+    def is_node(self) -> bool:
+        return self is not Profile.GUEST
 
 
 class Compression(enum.StrEnum):
@@ -147,8 +151,27 @@ _FEDORA_HYPERVISOR = (
 )
 
 
+# The guest: a VM that configures itself from drover's NoCloud seed and tells its addresses through the
+# guest agent. systemd because cloud-init's Debian package is written for it (generator, four units);
+# openssh-server because the SSH key cloud-init installs is there to log in with.
+_DEBIAN_GUEST = (
+    "linux-image-amd64",
+    "systemd-sysv",
+    "udev",
+    "cloud-init",
+    "qemu-guest-agent",
+    "openssh-server",
+    "iproute2",  # cloud-init's networkd renderer and its own interface checks run `ip`
+    "netbase",
+)
+
+
 def packages(flavor: Flavor, profile: Profile) -> tuple[str, ...]:
     """The distro packages asked for (their dependencies come along, their recommendations do not)."""
+    if profile is Profile.GUEST:
+        if flavor is not Flavor.DEBIAN:
+            raise UsageError(f"the {profile} profile is built by the debian flavour only", "use --flavor debian")
+        return _DEBIAN_GUEST
     if flavor is Flavor.DEBIAN:
         return _DEBIAN_BOOT + _DEBIAN_AGENT + (_DEBIAN_HYPERVISOR if profile.runs_guests() else ())
     return _FEDORA_BASE + (_FEDORA_HYPERVISOR if profile.runs_guests() else ())
@@ -346,6 +369,66 @@ INITRD_DRIVERS: tuple[str, ...] = (
 )
 
 
+# The guest's kernel modules: what a KVM/TCG guest on virtio (or an emulated SATA/IDE CD-ROM) can meet, and
+# what cloud-init's network-config may ask for (VLANs, bonds, bridges). The rest of the 400 MB goes.
+GUEST_MODULES: tuple[str, ...] = (
+    "arch/x86/crypto",
+    "crypto",
+    "lib",
+    "block",
+    "fs/ext4",
+    "fs/jbd2",
+    "fs/mbcache.ko",
+    "fs/isofs",  # the NoCloud seed
+    "fs/fat",
+    "fs/nls",
+    "fs/autofs",
+    "net/packet",
+    "net/ipv4",
+    "net/ipv6",
+    "net/core",
+    "net/802",
+    "net/8021q",
+    "net/bridge",
+    "net/llc",
+    "net/sched",
+    "drivers/virtio",
+    "drivers/block/virtio_blk.ko",
+    "drivers/scsi/virtio_scsi.ko",
+    "drivers/scsi/sd_mod.ko",
+    "drivers/scsi/sr_mod.ko",
+    "drivers/scsi/scsi_mod.ko",
+    "drivers/scsi/scsi_common.ko",
+    "drivers/ata/libata.ko",
+    "drivers/ata/libahci.ko",
+    "drivers/ata/ahci.ko",
+    "drivers/ata/ata_piix.ko",
+    "drivers/ata/ata_generic.ko",
+    "drivers/cdrom",
+    "drivers/net/virtio_net.ko",
+    "drivers/net/net_failover.ko",
+    "drivers/net/bonding",
+    "drivers/net/ethernet/intel/e1000",
+    "drivers/char",  # virtio_console: the guest agent's channel
+    "drivers/input/evdev.ko",
+    "drivers/input/serio",
+    "drivers/input/keyboard/atkbd.ko",
+    "drivers/acpi",  # the power button: `drover vm shutdown`
+    "drivers/firmware",  # qemu_fw_cfg
+)
+# What the guest's initramfs loads to find its root: initramfs-tools with MODULES=list takes only these.
+GUEST_INITRD_MODULES: tuple[str, ...] = (
+    "virtio_pci",
+    "virtio_blk",
+    "virtio_scsi",
+    "sd_mod",
+    "ahci",
+    "ata_piix",
+    "ext4",
+    "crc32c_generic",
+)
+
+
 @dataclass(frozen=True)
 class Recipe:
     """Everything a build depends on besides files: the inputs the cache key is computed from."""
@@ -359,4 +442,6 @@ class Recipe:
 
     @classmethod
     def of(cls, flavor: Flavor, profile: Profile, compression: Compression = Compression.XZ) -> Recipe:
+        if profile is Profile.GUEST:
+            return cls(flavor, profile, compression, packages(flavor, profile), GUEST_MODULES, GUEST_INITRD_MODULES)
         return cls(flavor, profile, compression, packages(flavor, profile), KEPT_MODULES, INITRD_DRIVERS)

@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import logging
 import time
+from pathlib import Path
 from typing import Any
 
 import libvirt
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from appliance import placement
+from appliance import cloudinit, placement
 from appliance.db.models import (
     Host,
     HostState,
@@ -136,14 +137,55 @@ def _make_overlays(ctx: TaskContext, s: Session, vm: Vm) -> list[str]:
     return made
 
 
-@action(TaskType.VM_CREATE)
-def create(ctx: TaskContext) -> dict[str, Any]:
+def owned(vm: Vm) -> list[StorageVolume]:
+    """Volumes made for this VM alone and deleted with it: its overlays and its cloud-init seed."""
+    seed = cloudinit.seed_volume(vm)
+    return overlays(vm) + ([seed.volume] if seed is not None else [])
+
+
+def _upload_seed(ctx: TaskContext) -> str | None:
+    """Upload the VM's cloud-init seed if it is not in its pool yet (idempotent, like the overlays): done by
+    the create task before the domain is defined, so no start can ever run before its seed is in place."""
     with ctx.session() as s:
         vm = vm_of(s, ctx)
-        host = _placed(ctx, s, vm)
-        made = _make_overlays(ctx, s, vm)
-        define(ctx, s, vm, host)
-        return {"host": host.hostname, "host_id": host.id, **({"overlays": made} if made else {})}
+        disk = cloudinit.seed_volume(vm)
+        if disk is None or disk.volume.state is StorageState.AVAILABLE:
+            return None
+        source = ctx.task.args.get(cloudinit.SEED_ARG)
+        if not source or not Path(source).is_file():
+            raise DroverError(f"the cloud-init seed of VM {vm.name} is not in the appliance's upload directory",
+                              "delete the VM and create it again")  # fmt: skip
+        vol, pool = disk.volume, disk.volume.storage_pool
+        host = storagetasks.pool_hosts(s, pool)[0]
+        s.expunge_all()  # the stream is sent with no transaction open: the lease must be renewable meanwhile
+    facts = storage.upload_volume(ctx.connect(host), pool, vol, Path(source), ctx.progress)
+    with ctx.session() as s:
+        row = s.get(StorageVolume, vol.id)
+        if row is None:
+            raise NotFound(f"the cloud-init seed volume of VM {ctx.task.target_id} is gone")
+        storagetasks.apply_facts(row, facts)
+    return vol.name
+
+
+@action(TaskType.VM_CREATE)
+def create(ctx: TaskContext) -> dict[str, Any]:
+    source = ctx.task.args.get(cloudinit.SEED_ARG)
+    try:
+        seed = _upload_seed(ctx)
+        with ctx.session() as s:
+            vm = vm_of(s, ctx)
+            host = _placed(ctx, s, vm)
+            made = _make_overlays(ctx, s, vm)
+            define(ctx, s, vm, host)
+            result = {"host": host.hostname, "host_id": host.id, **({"overlays": made} if made else {}),
+                      **({"seed": seed} if seed else {})}  # fmt: skip
+    except Exception as exc:
+        if source and storagetasks.final_failure(ctx, exc):
+            Path(source).unlink(missing_ok=True)  # the VM failed for good: nothing will upload it any more
+        raise
+    if source:
+        Path(source).unlink(missing_ok=True)  # in its pool now, and recorded so
+    return result
 
 
 @reconciler(TaskType.VM_CREATE)
@@ -151,6 +193,9 @@ def _create_done(ctx: TaskContext) -> Reconciled:
     with ctx.session() as s:
         vm = vm_of(s, ctx)
         if vm.host is not None and lookup(ctx.connect(vm.host), vm.uuid) is not None:
+            source = ctx.task.args.get(cloudinit.SEED_ARG)
+            if source:  # defined, so its seed was uploaded before: the worker died before removing the copy
+                Path(source).unlink(missing_ok=True)
             return Reconciled(Verdict.FINISHED, {"host": vm.host.hostname, "host_id": vm.host.id})
     return Reconciled(Verdict.RERUN)
 
@@ -318,9 +363,9 @@ def delete(ctx: TaskContext) -> dict[str, Any]:
                     | libvirt.VIR_DOMAIN_UNDEFINE_NVRAM
                     | libvirt.VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA
                 )
-        # Its overlays go with it (never the template's base they sit on): from the storage, then the rows.
+        # Its overlays and seed go with it (never the template's base they sit on): from the storage, then the rows.
         gone = []
-        for vol in overlays(vm):
+        for vol in owned(vm):
             if s.scalars(select(VmDisk.id).where(VmDisk.storage_volume_id == vol.id, VmDisk.vm_id != vm.id)).first():
                 continue  # attached to another VM as well: not this VM's alone
             host = storagetasks.pool_hosts(s, vol.storage_pool)[0]

@@ -11,7 +11,7 @@ import pytest
 from appliance.cli import main
 from appliance.errors import DroverError, UsageError
 from appliance.runner import run
-from image import bootfiles, cache, fedora, hook, mirror, payload
+from image import bootfiles, cache, fedora, guest, hook, mirror, payload, profile
 from image.build import publish
 from image.cache import Entry
 from image.manifest import BOOT_FILES, BUILT, MANIFEST, Artifact, Manifest, load
@@ -93,6 +93,54 @@ def test_debian_dry_run_prints_every_command(tmp_path: Path, capsys: pytest.Capt
     assert not out.exists()  # a dry run writes nothing
 
 
+def test_guest_dry_run_makes_one_disk_without_mounting(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "out"
+    sources = tmp_path / "my.sources"
+    sources.write_text(DEBIAN_SOURCES)
+    argv = ["image", "build", "--profile", "guest", "--out", str(out), "--cache-dir", str(tmp_path / "c"),
+            "--mirror", str(sources), "--dry-run"]  # fmt: skip
+    assert main(argv) == 0
+    text = capsys.readouterr().out
+    commands = [shlex.split(line) for line in text.splitlines() if line and not line.startswith("#")]
+    assert [argv[0] for argv in commands] == ["unshare", "qemu-img"]
+    bootstrap = commands[0]
+    include = next(a for a in bootstrap if a.startswith("--include="))
+    assert {"cloud-init", "qemu-guest-agent", "linux-image-amd64"} <= set(include.split("=", 1)[1].split(","))
+    assert not any("libvirt" in a or "dracut" in a for a in bootstrap)  # a guest, not a node
+    assert commands[1][-1] == str(tmp_path / "c/work/DRY-RUN/artifacts/guest.qcow2")
+    assert "#   runs: syslinux --install" in text and "mount" not in text.replace("unshare --mount", "")
+    assert "guest.qcow2, manifest.json into" in text
+    assert not out.exists()
+    # Only the debian flavour builds it.
+    assert main(["image", "build", "--flavor", "fedora", "--profile", "guest", "--out", str(out), "--dry-run"]) == 2
+    assert "the guest profile is built by the debian flavour only" in capsys.readouterr().err
+
+
+def test_guest_disk_layout_and_key(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    code = bytes(range(256)) + bytes(184)
+    record = guest.mbr(code, [(2048, 131072, 0x0C, True), (133120, 1000, 0x83, False)])
+    assert len(record) == 512 and record[:440] == code[:440] and record[510:] == b"\x55\xaa"
+    boot = record[446:462]
+    assert boot[0] == 0x80 and boot[4] == 0x0C and int.from_bytes(boot[8:12], "little") == 2048
+    root = record[462:478]
+    assert root[0] == 0 and root[4] == 0x83 and int.from_bytes(root[8:16], "little") == 133120 | (1000 << 32)
+    assert record[478:510] == bytes(32)
+    recipe = Recipe.of(Flavor.DEBIAN, Profile.GUEST)
+    assert recipe.initrd_drivers == profile.GUEST_INITRD_MODULES and "fs/isofs" in recipe.kept_modules
+    mirrors = (mirror.Mirror("http://mirror.invalid/debian"),)
+    first = guest.key(recipe, mirrors)
+    # The node agent is not in the guest: changing it must not rebuild the guest (it does the node).
+    node_before = cache.key(Recipe.of(Flavor.DEBIAN, Profile.HYPERVISOR), mirrors)
+    agent = tmp_path / "agent"
+    agent.mkdir()
+    (agent / "x.py").write_text("changed = True\n")
+    monkeypatch.setattr(payload, "agent_root", lambda: agent)
+    monkeypatch.setattr(payload, "agent_files", lambda: [agent / "x.py"])
+    assert guest.key(recipe, mirrors) == first
+    assert cache.key(Recipe.of(Flavor.DEBIAN, Profile.HYPERVISOR), mirrors) != node_before
+    assert guest.key(recipe, (mirror.Mirror("http://other.invalid/debian"),)) != first
+
+
 def test_fedora_dry_run_validates_the_kickstart(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     rc = main(["image", "build", "--flavor", "fedora", "--out", str(tmp_path / "o"), "--cache-dir", str(tmp_path)])
     assert rc == 3  # no lorax on this host: the real build refuses in one line
@@ -105,7 +153,7 @@ def test_fedora_dry_run_validates_the_kickstart(tmp_path: Path, capsys: pytest.C
     assert out.count("livemedia-creator --make-") == 2
 
 
-@pytest.mark.parametrize("profile", list(Profile))
+@pytest.mark.parametrize("profile", [p for p in Profile if p.is_node()])
 def test_kickstart_renders_and_validates(tmp_path: Path, profile: Profile) -> None:
     recipe = Recipe.of(Flavor.FEDORA, profile)
     text = fedora.render_kickstart(recipe, ("http://mirror.invalid/fedora/42/x86_64/os", ""), tmp_path / "ov")

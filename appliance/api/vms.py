@@ -56,6 +56,8 @@ class CloudInit(Body):
 
     user_data: str | None = Field(None, max_length=cloudinit.MAX_USER_DATA, description="cloud-init user data")
     ssh_keys: list[str] | None = Field(None, max_length=32, description="OpenSSH public key lines")
+    network_config: str | None = Field(None, max_length=cloudinit.MAX_USER_DATA,
+                                       description="cloud-init network config (YAML, version 1 or 2)")  # fmt: skip
 
 
 class VmRequest(Body):

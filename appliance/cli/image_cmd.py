@@ -18,9 +18,11 @@ def register(sub: Any) -> None:
     p = sub.add_parser("image", help="build and inspect node images")
     verbs = p.add_subparsers(dest="verb", metavar="VERB", required=True)
 
-    b = verbs.add_parser("build", help="build a node image (kernel, initrd, squashfs, boot files, node.iso)")
+    b = verbs.add_parser("build", help="build a node image (kernel, initrd, squashfs, boot files, node.iso), "
+                         "or with --profile guest a VM disk (guest.qcow2) for `drover template import`")  # fmt: skip
     b.add_argument("--flavor", default=str(Flavor.DEBIAN), help="debian (builds here) or fedora (needs lorax)")
-    b.add_argument("--profile", default=str(Profile.HYPERVISOR), help="minimal or hypervisor")
+    b.add_argument("--profile", default=str(Profile.HYPERVISOR),
+                   help="minimal or hypervisor (nodes), or guest (a Debian VM disk with cloud-init)")  # fmt: skip
     b.add_argument("--out", required=True, metavar="DIR", help="output directory (complete once manifest.json exists)")
     b.add_argument(
         "--mirror",
@@ -98,5 +100,6 @@ def list_cmd(args: argparse.Namespace) -> int:
         return 0
     for entry in entries:
         m = entry.manifest
-        print(f"{m.flavor:<7} {m.profile:<10} {m.payload_bytes / 1e6:7.1f} MB  {m.built_at}  {entry.path}")
+        size = m.payload_bytes if m.profile.is_node() else m.artifacts[manifest.GUEST_DISK].size
+        print(f"{m.flavor:<7} {m.profile:<10} {size / 1e6:7.1f} MB  {m.built_at}  {entry.path}")
     return 0

@@ -49,10 +49,14 @@ def register(sub: Any) -> None:
     create.add_argument("--pinned", action="store_true", help="never move it (needs --host)")
     create.add_argument("--uefi", action="store_true", help="UEFI firmware instead of BIOS")
     create.add_argument("--disk", type=int, action="append", default=[], metavar="VOLUME_ID", help="attach a volume")
-    create.add_argument("--network", action="append", default=[], metavar="NETWORK", help="a NIC on this network")
+    create.add_argument("--network", action="append", default=[], metavar="NETWORK[,mac=MAC][,model=M]",
+                        help="a NIC on this network (repeatable); its MAC fixed, e.g. for a cloud-init network config "
+                        "matching it")  # fmt: skip
     create.add_argument("--user-data", metavar="FILE", help="cloud-init user data for the first boot (NoCloud seed)")
     create.add_argument("--ssh-key", action="append", default=[], metavar="KEY_OR_FILE",
                         help="an OpenSSH public key (or a .pub file) for cloud-init (repeatable)")  # fmt: skip
+    create.add_argument("--network-config", metavar="FILE",
+                        help="cloud-init network config (YAML, version 1 or 2), e.g. static addresses")  # fmt: skip
     create.add_argument("--kernel", help="direct kernel boot: kernel path on the host")
     create.add_argument("--initrd", help="direct kernel boot: initrd path on the host")
     create.add_argument("--cmdline", help="direct kernel boot: kernel command line")
@@ -106,11 +110,11 @@ def create_vm(args: argparse.Namespace) -> int:
     if args.disk:
         body["disks"] = [{"volume": v} for v in args.disk]
     if args.network:
-        body["nics"] = [{"network": int(n) if n.isdigit() else n} for n in args.network]
+        body["nics"] = [_nic(n) for n in args.network]
     if args.ha:
         body["ha"], body["ha_priority"] = True, args.ha_priority
-    if args.user_data or args.ssh_key:
-        body["cloud_init"] = _cloud_init(args.user_data, args.ssh_key)
+    if args.user_data or args.ssh_key or args.network_config:
+        body["cloud_init"] = _cloud_init(args.user_data, args.ssh_key, args.network_config)
     for key in ("kernel", "initrd", "cmdline"):
         if getattr(args, key):
             body[key] = getattr(args, key)
@@ -137,11 +141,25 @@ def list_vms(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cloud_init(user_data: str | None, keys: list[str]) -> dict[str, Any]:
+def _nic(spec: str) -> dict[str, Any]:
+    """`lan`, `lan,mac=52:54:00:12:34:56`, `3,model=e1000` as one entry of the request's nics."""
+    name, *options = spec.split(",")
+    nic: dict[str, Any] = {"network": int(name) if name.isdigit() else name}
+    for option in options:
+        key, eq, value = option.partition("=")
+        if not eq or key not in ("mac", "model") or key in nic:
+            raise UsageError(f"--network {spec}: options are mac=MAC and model=MODEL, each at most once")
+        nic[key] = value
+    return nic
+
+
+def _cloud_init(user_data: str | None, keys: list[str], network_config: str | None) -> dict[str, Any]:
     out: dict[str, Any] = {}
     try:
         if user_data:
             out["user_data"] = Path(user_data).read_text()
+        if network_config:
+            out["network_config"] = Path(network_config).read_text()
         out["ssh_keys"] = [Path(k).read_text().strip() if Path(k).is_file() else k for k in keys]
     except (OSError, UnicodeDecodeError) as exc:
         raise UsageError(f"cloud-init: cannot read {exc}") from None

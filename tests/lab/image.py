@@ -1,6 +1,7 @@
 """The lab's node image: built once per machine (the build cache keeps it), served over loopback HTTP.
 
 `node_image` builds (or takes from the cache) the debian hypervisor image into a session temp dir;
+`debian_guest` the guest profile's VM disk (cloud-init + qemu guest agent) the same way;
 `http_server()` serves a directory on 127.0.0.1, which qemu guests reach as 10.0.2.2; `pxe_tftp_dir()`
 writes the boot.ipxe a guest chain-loads, pointing at that server, with extra kernel arguments.
 """
@@ -20,7 +21,7 @@ import pytest
 
 from image import bootfiles, cache
 from image.build import BuildRequest, build
-from image.manifest import Manifest, load
+from image.manifest import GUEST_DISK, Manifest, load
 from image.profile import Flavor, Profile
 from tests.lab.qemu import HOST_FROM_GUEST
 
@@ -88,3 +89,14 @@ def build_node_image(out: Path, profile: Profile = Profile.HYPERVISOR) -> NodeIm
 def node_image(tmp_path_factory: pytest.TempPathFactory) -> NodeImage:
     """The debian hypervisor image; minutes the first time on a machine, seconds from the cache."""
     return build_node_image(tmp_path_factory.mktemp("node-image"))
+
+
+@pytest.fixture(scope="session")
+def debian_guest(tmp_path_factory: pytest.TempPathFactory) -> NodeImage:
+    """The guest profile's disk (NodeImage.path(GUEST_DISK)); a few minutes the first time, then cached."""
+    out = tmp_path_factory.mktemp("guest-image")
+    build(BuildRequest(flavor=Flavor.DEBIAN, profile=Profile.GUEST, out=out, cache_dir=cache.default_dir()),
+          stream=sys.stderr)  # fmt: skip
+    found = NodeImage(out, load(out))
+    assert found.path(GUEST_DISK).is_file()
+    return found
