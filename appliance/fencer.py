@@ -204,6 +204,11 @@ class Fencer:
         """A host its BMC fenced is powered on again once per episode (a stateless node boots and re-enrols)."""
         if not self.fc.power_on_after or host.fenced_by != "bmc":
             return None
+        confirmed_off = s.scalar(select(func.count()).select_from(FenceAttempt).where(
+            FenceAttempt.host_id == host.id, FenceAttempt.episode == host.fence_episode,
+            FenceAttempt.action == FenceAction.OFF, FenceAttempt.result == FenceResult.CONFIRMED))  # fmt: skip
+        if not confirmed_off:
+            return None  # not this fencer's fence (one from before the episodes were recorded): left as it is
         pending = self._pending(s, host, FenceAction.ON)
         if pending is not None:
             return pending
