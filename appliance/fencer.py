@@ -263,11 +263,14 @@ class Fencer:
                 if host is None:
                     return
                 bmc = power.bmc_of(host, self.box)
-            if attempt.resume:
-                state = self.client.status(bmc)
-            else:
+            if not attempt.resume:
                 log.warning("fencer: power %s of %s through its BMC %r", attempt.action, attempt.hostname, bmc)
-                state = self.client.act(bmc, PowerAction.OFF if attempt.action is FenceAction.OFF else PowerAction.ON)
+                try:
+                    self.client.send(bmc, PowerAction.OFF if attempt.action is FenceAction.OFF else PowerAction.ON)
+                except DroverError as exc:  # its answer may be what was lost: the BMC's status decides below
+                    log.warning("fencer: power %s of %s: %s; asking its BMC", attempt.action, attempt.hostname,
+                                exc.message)  # fmt: skip
+            state = self.client.status(bmc)
             # From when it was recorded: a resumed command gets what is left of its sender's window, no more.
             deadline = attempt.sent_at + timedelta(seconds=self.fc.confirm_seconds)
             while state is not attempt.want and utcnow() < deadline and not self._stop.is_set():
