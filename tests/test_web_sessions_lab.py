@@ -173,6 +173,21 @@ def test_the_users_page_shows_and_ends_a_users_sessions(site: Site) -> None:
     done = httpx.post(url, data={"session": sid.group(1)}, headers=headers, trust_env=False, timeout=30)
     assert done.status_code == 200 and "ended 1 session" in done.text, done.text
     assert not site.alive(victim) and site.alive(admin)
+    # Disabled from the same page: the user's new session ends too, and enabled again.
+    again = site.sign_in(site.user)
+    uid = link.group(2)
+    page_now = site.page(admin, link.group(1))
+    assert 'id="disable-user"' in page_now.text
+    off = httpx.post(f"{site.appliance.local_url}/ui/users/{uid}/disabled", data={"disabled": "true"},
+                     headers=headers, trust_env=False, timeout=30)  # fmt: skip
+    assert off.status_code == 200 and "1 session ended" in off.text, off.text
+    assert not site.alive(again) and 'id="user-disabled"' in site.page(admin, link.group(1)).text
+    junk = httpx.post(f"{site.appliance.local_url}/ui/users/{uid}/disabled", data={"disabled": "maybe"},
+                      headers=headers, trust_env=False, timeout=30)  # fmt: skip
+    assert junk.status_code == 400
+    on = httpx.post(f"{site.appliance.local_url}/ui/users/{uid}/disabled", data={"disabled": "false"},
+                    headers=headers, trust_env=False, timeout=30)  # fmt: skip
+    assert on.status_code == 200 and site.alive(site.sign_in(site.user))
     # Signing out ends the admin's own session for every copy of the cookie.
     copy = admin
     out = httpx.post(f"{site.appliance.local_url}/ui/logout", headers=headers, trust_env=False, timeout=30)

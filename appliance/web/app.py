@@ -65,6 +65,7 @@ routes = [
     Route("/users/quota", users.set_quota, methods=["POST"]),
     Route("/users/{id}/sessions", users.session_list),
     Route("/users/{id}/sessions/revoke", users.session_revoke, methods=["POST"]),
+    Route("/users/{id}/disabled", users.set_disabled, methods=["POST"]),
     Route("/graphs/hosts/{id}", graphs.host),
     Route("/graphs/vms/{id}", graphs.vm),
     Route("/graphs/fleet", graphs.fleet),

@@ -160,3 +160,26 @@ def _session_revoke(request: Request, form: dict[str, str]) -> Response:
         user = _user(s, str(request.path_params["id"]))
         ended = websessions.revoke(s, user.principal, session_id)
         return flash(f"ended {ended} session{'s' if ended != 1 else ''} of {user.principal}")
+
+
+async def set_disabled(request: Request) -> Response:
+    form = await form_fields(request)
+    return await run_in_threadpool(_set_disabled, request, form)
+
+
+def _set_disabled(request: Request, form: dict[str, str]) -> Response:
+    """Disable (every session of theirs ends) or enable a user: PUT /api/v1/users/{p}/disabled's rule."""
+    wanted = form.get("disabled", "")
+    if wanted not in ("true", "false"):
+        raise UsageError("disabled: true or false")
+    by = caller(request).principal
+    with session(request) as s:
+        permissions.require(s, by, Privilege.MODIFY, None, "disable users")
+        user = _user(s, str(request.path_params["id"]))
+        if wanted == "true" and user.principal == by:
+            raise UsageError("you cannot disable yourself", "ask another admin")
+        ended = len(websessions.of(s, user.principal)) if wanted == "true" else 0
+        websessions.set_disabled(s, user.principal, wanted == "true")
+        if wanted == "true":
+            return flash(f"{user.principal} is disabled; {ended} session{'s' if ended != 1 else ''} ended")
+        return flash(f"{user.principal} is enabled again")
