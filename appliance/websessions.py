@@ -23,7 +23,7 @@ from sqlalchemy.orm import Session
 from appliance.db.base import utcnow
 from appliance.db.engine import session_scope
 from appliance.db.models import User, WebSession
-from appliance.errors import NotFound
+from appliance.errors import Forbidden, NotFound
 
 log = logging.getLogger(__name__)
 
@@ -52,9 +52,12 @@ class Sessions:
         self.lifetime = lifetime
 
     def issue(self, principal: str, method: str = "kerberos", source: str = "") -> tuple[UiSession, str]:
-        """A new session for `principal` with a fresh CSRF token, and its cookie value (never stored)."""
+        """A new session for `principal` with a fresh CSRF token, and its cookie value (never stored); Forbidden
+        for a disabled user (whose browser would otherwise sign in again and again, each session refused)."""
         token, now = secrets.token_urlsafe(32), utcnow()
         with session_scope(self.engine) as s:
+            if s.scalar(select(User.is_disabled).where(User.principal == principal)):
+                raise Forbidden(f"{principal} is disabled", "ask an admin to enable the user")
             purge(s, now)
             row = WebSession(id_hash=_hash(token), principal=principal, csrf=secrets.token_urlsafe(24), method=method,
                              source=source[:255], last_seen_at=now,

@@ -23,7 +23,7 @@ from appliance.db.base import utcnow
 from appliance.db.engine import make_engine, session_scope
 from appliance.db.models import Event, HardwarePool, Permission, User, Vm, WebSession
 from appliance.db.models.users import Role
-from appliance.errors import NotFound
+from appliance.errors import Forbidden, NotFound
 from appliance.hosts import default_pool
 from appliance.serving import Group, bind, listener
 from appliance.web import stream
@@ -84,6 +84,8 @@ def test_revoked_and_disabled_users_sessions_end(db_engine: Engine) -> None:
     with session_scope(db_engine) as s:
         websessions.set_disabled(s, "alice@LAB", True)
     assert sessions.read(c2) is None and sessions.read(c3) is not None
+    with pytest.raises(Forbidden, match="disabled"):
+        sessions.issue("alice@LAB")  # no new session either
     with session_scope(db_engine) as s:
         assert websessions.of(s, "alice@LAB") == []
         websessions.set_disabled(s, "alice@LAB", False)

@@ -15,7 +15,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 
 from appliance.api.negotiate import SCHEME, encode
-from appliance.errors import AuthError, TooManyRequests, UsageError
+from appliance.errors import AuthError, Forbidden, TooManyRequests, UsageError
 from appliance.web.access import PREFIX, safe_next, web_state
 from appliance.web.forms import form_fields
 from appliance.web.pages import TEMPLATES
@@ -43,7 +43,11 @@ async def _signed_in(
 ) -> Response:
     web = web_state(request)
     # Always a new session: a cookie the browser already had (planted or not) is never taken over.
-    _, cookie = await to_thread.run_sync(web.sessions.issue, principal, method, _source(request))
+    try:
+        _, cookie = await to_thread.run_sync(web.sessions.issue, principal, method, _source(request))
+    except Forbidden as exc:
+        log.info("web UI sign-in refused: %s", exc.message)
+        return _form(request, 403, exc.message)
     response = RedirectResponse(target, status_code=303)
     response.set_cookie(COOKIE, cookie, max_age=web.sessions.lifetime, path=f"{PREFIX}/", httponly=True,
                         samesite="strict", secure=web.secure_cookie)  # fmt: skip
