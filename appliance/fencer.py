@@ -276,6 +276,8 @@ class Fencer:
             while state is not attempt.want and utcnow() < deadline and not self._stop.is_set():
                 time.sleep(1)
                 state = self.client.status(bmc)
+            if state is not attempt.want and self._stop.is_set():
+                return  # stopping: left pending, so whoever fences next asks the BMC before sending anything
             if state is not attempt.want:
                 raise DroverError(f"its BMC still reports power {state} {self.fc.confirm_seconds}s after power "
                                   f"{attempt.action}")  # fmt: skip
