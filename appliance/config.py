@@ -253,6 +253,9 @@ class FencingConfig:
     confirm_seconds: int = 30  # after power off, the BMC must report "off" within this long
     retry_seconds: int = 30  # between failed fence attempts (each one is an error event)
     poll_seconds: int = 2  # how often the fencer looks at the hosts
+    # Several appliance processes on one database: one fences, the holder of a lease it renews every third of
+    # this; a holder that stopped (SIGKILL, frozen, cut off) is replaced after at most this long.
+    lease_seconds: int = 30
     power_on_after: bool = True  # power a fenced host on again (a stateless node PXE-boots and re-enrols)
 
 

@@ -13,9 +13,9 @@ import logging
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from appliance import hosts, tasking
+from appliance import hosts, leadership, tasking
 from appliance.db.base import utcnow
-from appliance.db.models import Event, FenceState, Host, HostState, Severity, TaskType, Vm, VmState
+from appliance.db.models import Event, FenceAttempt, FenceState, Host, HostState, Severity, TaskType, Vm, VmState
 from appliance.errors import Conflict, DroverError
 
 log = logging.getLogger(__name__)
@@ -94,3 +94,17 @@ def clear(session: Session, host: Host, why: str) -> None:
     host.fence_attempts = 0
     host.libvirtd_restart_asked_at = None
     hosts.event(session, host, "fence.cleared", f"{old} -> none: {why}")
+
+
+def status(session: Session, limit: int = 20) -> dict[str, object]:
+    """Who fences (the lease), hosts with a fence under way, and the latest power commands sent to BMCs."""
+    leader = leadership.current(session)
+    busy = session.scalars(select(Host).where(Host.fence_state != FenceState.NONE).order_by(Host.hostname)).all()
+    rows = session.execute(select(FenceAttempt, Host.hostname).join(Host, FenceAttempt.host_id == Host.id)
+                           .order_by(FenceAttempt.id.desc()).limit(limit)).all()  # fmt: skip
+    hosts_under_way = [{"host": h.hostname, "fence_state": str(h.fence_state), "episode": h.fence_episode,
+                        "note": h.fence_note, "fenced_by": h.fenced_by} for h in busy]  # fmt: skip
+    attempts = [{"id": a.id, "host": name, "episode": a.episode, "action": str(a.action), "number": a.number,
+                 "holder": a.holder, "term": a.term, "sent_at": a.sent_at.isoformat(), "result": str(a.result),
+                 "finished_by": a.finished_by, "note": a.note} for a, name in rows]  # fmt: skip
+    return {"leader": leader.as_dict() if leader is not None else None, "hosts": hosts_under_way, "attempts": attempts}

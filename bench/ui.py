@@ -28,7 +28,7 @@ from appliance.db import migrate
 from appliance.db.engine import make_engine, session_scope
 from appliance.db.models import Event, Host, HostState, Vm, VmState
 from appliance.hosts import default_pool
-from appliance.web.session import COOKIE, Signer, load_key
+from appliance.web.session import COOKIE, Sessions
 from tests.lab.appliance import start_appliance
 from tests.lab.kdc import APPLIANCE_HOST, LabKdc, start_kdc
 from tests.lab.postgres import running_postgres
@@ -126,7 +126,11 @@ def _measure(kdc: LabKdc, state_dir: Path, database_url: str | None) -> dict[str
         added = lab.drover("user", "add", ADMIN, "--role", "admin")
         assert added.returncode == 0 or "already" in added.stderr, added.stderr
         vm_id = _fill(url)
-        _, cookie = Signer(load_key(kdc.root)).issue(f"{ADMIN}@{kdc.realm.name}")
+        signer = make_engine(url)
+        try:
+            _, cookie = Sessions(signer).issue(f"{ADMIN}@{kdc.realm.name}")
+        finally:
+            signer.dispose()
         out: dict[str, Any] = {"hosts": HOSTS, "vms": VMS}
         with httpx.Client(base_url=lab.local_url, trust_env=False) as web:
             web.headers["Cookie"] = f"{COOKIE}={cookie}"

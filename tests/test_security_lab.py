@@ -32,7 +32,7 @@ from zeroconf import ServiceInfo, Zeroconf
 from appliance.client import Client
 from appliance.db.engine import session_scope
 from appliance.db.models import Event, Host, HostState
-from appliance.web.session import COOKIE
+from appliance.web.session import COOKIE, Sessions
 from hostbrowser.mdns import SERVICE_TYPE
 from tests.lab.agent_node import FakeNode, RestartServer, host_row, host_state, mint, wait_for
 from tests.lab.kdc import APPLIANCE_HOST, LabKdc
@@ -387,8 +387,10 @@ def test_sign_in_replaces_any_earlier_session_cookie_and_sets_strict_flags(lab: 
         assert r.status_code == 303, r.text
         after, flags = set_cookie(r)
         assert after != before and before not in flags["raw"]
-        payload = base64.urlsafe_b64decode(after.split(".")[0] + "==").decode()
-        assert victim in payload and mallory not in payload, payload
+        # The cookie is only a random id: the session it names (in the database) is the victim's own, new one.
+        assert victim not in after and mallory not in after
+        named = Sessions(lab.db).read(after)
+        assert named is not None and named.principal.startswith(victim + "@"), named
         assert flags["httponly"] and flags["samesite"].lower() == "strict" and flags["path"] == "/ui/", flags
         assert 0 < int(flags["max-age"]) <= 8 * 3600, flags
         # Loopback only here: the Secure flag is left off for plain-HTTP loopback (tests, the demo) and
@@ -398,3 +400,11 @@ def test_sign_in_replaces_any_earlier_session_cookie_and_sets_strict_flags(lab: 
     # A refused sign-in sets nothing, whatever cookie came with it.
     refused = sign_in(lab, victim, "wrong-" + secrets.token_hex(4), planted)
     assert refused.status_code == 401 and "set-cookie" not in refused.headers
+    # Mallory's planted cookie, copied before she signed out, dies with her sign-out (the session is server-side).
+    assert whoami(lab, planted) == 200
+    csrf = Sessions(lab.db).read(planted)
+    assert csrf is not None
+    out = httpx.post(f"{lab.served.local_url}/ui/logout", headers={"Cookie": f"{COOKIE}={planted}",
+                     "X-CSRF-Token": csrf.csrf}, trust_env=False, timeout=30)  # fmt: skip
+    assert out.status_code == 204
+    assert whoami(lab, planted) == 303 and whoami(lab, after) == 200

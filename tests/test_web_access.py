@@ -5,62 +5,99 @@ Kerberos sign-in URL, a fragment or the event stream gets a 401; a POST needs th
 from __future__ import annotations
 
 import shutil
-import stat
 import threading
 import time
 import uuid
 from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
 
 import httpx
 import pytest
-from sqlalchemy import Engine, func, select
+from sqlalchemy import Engine, func, select, update
 
+from appliance import websessions
 from appliance.api import create_app
 from appliance.db import migrate
+from appliance.db.base import utcnow
 from appliance.db.engine import make_engine, session_scope
-from appliance.db.models import Event, HardwarePool, Permission, User, Vm
+from appliance.db.models import Event, HardwarePool, Permission, User, Vm, WebSession
 from appliance.db.models.users import Role
+from appliance.errors import Forbidden, NotFound
 from appliance.hosts import default_pool
 from appliance.serving import Group, bind, listener
 from appliance.web import stream
 from appliance.web.access import PASSWORD_TRIES_PER_MINUTE, is_loopback, safe_next
-from appliance.web.session import COOKIE, Signer, csrf_ok, load_key
+from appliance.web.session import COOKIE, Sessions, csrf_ok
 from tests.lab.kdc import LabKdc
 from tests.test_enrolment import lab_config
 
-KEY = b"k" * 32
+
+def test_a_session_cookie_is_a_random_id_whose_row_decides(db_engine: Engine) -> None:
+    sessions = Sessions(db_engine, lifetime=3600)
+    session, cookie = sessions.issue("alice@LAB", "password", "192.0.2.7 curl/8")
+    assert sessions.read(cookie) == session and session.principal == "alice@LAB"
+    other, other_cookie = sessions.issue("root@LAB")
+    assert other.csrf != session.csrf and len(session.csrf) >= 24 and other_cookie != cookie
+    # Only a hash is stored: neither the table nor the cookie says who or how to forge one.
+    with session_scope(db_engine) as s:
+        rows = list(s.scalars(select(WebSession)))
+        assert len(rows) == 2 and all(cookie not in (r.id_hash, r.csrf) for r in rows)
+        assert {r.source for r in rows} == {"192.0.2.7 curl/8", ""}
+    assert "alice" not in cookie and "." not in cookie
+    for junk in ("", ".", "abc", cookie[:-1], cookie[:-1] + ("A" if cookie[-1] != "A" else "B"), "x" * 5000, None,
+                 cookie + "=", "'" * 43):  # fmt: skip
+        assert sessions.read(junk) is None
+    # Signed out: that cookie (and any copy of it) is nobody; the other session lives on.
+    assert sessions.end(cookie) and not sessions.end(cookie)
+    assert sessions.read(cookie) is None and sessions.read(other_cookie) == other
 
 
-def test_a_cookie_reads_back_and_any_change_to_it_is_no_session() -> None:
-    signer = Signer(KEY)
-    session, cookie = signer.issue("alice@LAB", now=1000)
-    assert signer.read(cookie, now=1001) == session
-    payload, _, mac = cookie.partition(".")
-    other, other_cookie = signer.issue("root@LAB", now=1000)
-    assert signer.read(other_cookie.partition(".")[0] + "." + mac, now=1001) is None  # another payload, this MAC
-    assert signer.read(payload + "." + mac[:-2] + "AA", now=1001) is None
-    assert signer.read(cookie, now=1000 + signer.lifetime + 1) is None  # expired
-    assert Signer(b"x" * 32).read(cookie, now=1001) is None  # another appliance's key
-    for junk in ("", ".", "abc", "a.b.c", "x" * 5000, None):
-        assert signer.read(junk, now=1001) is None
-    assert other.csrf != session.csrf and len(session.csrf) >= 24
+def test_expired_sessions_are_refused_and_purged(db_engine: Engine) -> None:
+    sessions = Sessions(db_engine, lifetime=3600)
+    old, old_cookie = sessions.issue("alice@LAB")
+    _, live_cookie = sessions.issue("bob@LAB")
+    with session_scope(db_engine) as s:
+        s.execute(update(WebSession).where(WebSession.id == old.id).values(expires_at=utcnow() - timedelta(seconds=1)))
+    assert sessions.read(old_cookie) is None
+    sessions.issue("carol@LAB")  # every sign-in purges what has expired
+    with session_scope(db_engine) as s:
+        assert sorted(s.scalars(select(WebSession.principal))) == ["bob@LAB", "carol@LAB"]
+        assert websessions.purge(s, utcnow() + timedelta(hours=2)) == 2
+    assert sessions.read(live_cookie) is None
 
 
-def test_csrf_tokens_must_match_exactly() -> None:
-    session, _ = Signer(KEY).issue("alice@LAB")
+def test_revoked_and_disabled_users_sessions_end(db_engine: Engine) -> None:
+    sessions = Sessions(db_engine)
+    with session_scope(db_engine) as s:
+        s.add(User(principal="alice@LAB"))
+    a1, c1 = sessions.issue("alice@LAB")
+    _, c2 = sessions.issue("alice@LAB")
+    _, c3 = sessions.issue("bob@LAB")
+    with session_scope(db_engine) as s:
+        assert [w.id for w in websessions.of(s, "alice@LAB")] == [a1.id + 1, a1.id]
+        assert websessions.revoke(s, "alice@LAB", a1.id) == 1
+    assert sessions.read(c1) is None and sessions.read(c2) is not None
+    with session_scope(db_engine) as s, pytest.raises(NotFound, match="no session"):
+        websessions.revoke(s, "bob@LAB", a1.id + 1)  # alice's id under bob's name: not bob's, nothing ended
+    assert sessions.read(c2) is not None
+    with session_scope(db_engine) as s:
+        websessions.set_disabled(s, "alice@LAB", True)
+    assert sessions.read(c2) is None and sessions.read(c3) is not None
+    with pytest.raises(Forbidden, match="disabled"):
+        sessions.issue("alice@LAB")  # no new session either
+    with session_scope(db_engine) as s:
+        assert websessions.of(s, "alice@LAB") == []
+        websessions.set_disabled(s, "alice@LAB", False)
+    _, again = sessions.issue("alice@LAB")
+    assert sessions.read(again) is not None
+
+
+def test_csrf_tokens_must_match_exactly(db_engine: Engine) -> None:
+    session, _ = Sessions(db_engine).issue("alice@LAB")
     assert csrf_ok(session, session.csrf)
     for wrong in (None, "", session.csrf[:-1], session.csrf + "x"):
         assert not csrf_ok(session, wrong)
-
-
-def test_the_signing_key_is_made_once_and_private(tmp_path: Path) -> None:
-    key = load_key(tmp_path)
-    assert len(key) == 32 and load_key(tmp_path) == key
-    path = tmp_path / "ui-session.key"
-    assert stat.S_IMODE(path.stat().st_mode) == 0o600
-    path.write_bytes(b"short")  # a torn write: replaced, not used
-    assert len(load_key(tmp_path)) == 32
 
 
 def test_after_sign_in_only_paths_inside_the_ui() -> None:
@@ -74,7 +111,7 @@ def test_after_sign_in_only_paths_inside_the_ui() -> None:
 @pytest.fixture(params=["sqlite", "postgresql"])
 def client(
     request: pytest.FixtureRequest, kdc: LabKdc, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> Iterator[tuple[httpx.Client, Engine, Signer]]:
+) -> Iterator[tuple[httpx.Client, Engine, Sessions]]:
     """The API app (UI included) served on a free loopback port in this process, and its session signer.
 
     On PostgreSQL the event hub's safety-net poll is set far beyond the tests' waits: an event that
@@ -99,7 +136,7 @@ def client(
         assert time.monotonic() < deadline and thread.is_alive()
         time.sleep(0.01)
     with httpx.Client(base_url=f"http://127.0.0.1:{sock.getsockname()[1]}", trust_env=False) as http:
-        yield http, engine, Signer(load_key(cfg.state_dir))
+        yield http, engine, Sessions(engine)
     stream.STOPPING.set()  # ends the open streams, as `drover serve` does when it stops
     group.stop()
     thread.join(15)
@@ -107,13 +144,13 @@ def client(
     engine.dispose()
 
 
-def signed_in(signer: Signer) -> tuple[str, dict[str, str]]:
+def signed_in(signer: Sessions) -> tuple[str, dict[str, str]]:
     """A session's CSRF token and the Cookie header that carries it."""
     session, cookie = signer.issue("nobody@LAB.EXAMPLE.TEST")
     return session.csrf, {"Cookie": f"{COOKIE}={cookie}"}
 
 
-Served = tuple[httpx.Client, Engine, Signer]
+Served = tuple[httpx.Client, Engine, Sessions]
 
 
 def test_without_a_session_pages_redirect_and_fragments_are_refused(client: Served) -> None:
@@ -137,7 +174,7 @@ def test_without_a_session_pages_redirect_and_fragments_are_refused(client: Serv
     assert tc.get("/api/v1/vms", headers={"Cookie": f"{COOKIE}=x"}).status_code == 401
 
 
-def test_a_post_needs_the_sessions_own_token(client: tuple[httpx.Client, Engine, Signer]) -> None:
+def test_a_post_needs_the_sessions_own_token(client: Served) -> None:
     tc, engine, signer = client
     csrf, cookie = signed_in(signer)
     other, _ = signed_in(signer)  # a real token, of another session
@@ -153,7 +190,7 @@ def test_a_post_needs_the_sessions_own_token(client: tuple[httpx.Client, Engine,
         assert s.scalar(select(func.count()).select_from(Event)) == before
 
 
-def test_a_form_must_be_urlencoded(client: tuple[httpx.Client, Engine, Signer]) -> None:
+def test_a_form_must_be_urlencoded(client: Served) -> None:
     tc, _, signer = client
     csrf, cookie = signed_in(signer)
     headers = {**cookie, "X-CSRF-Token": csrf, "Content-Type": "application/json"}
@@ -256,8 +293,18 @@ def test_password_sign_in_off_loopback_sets_a_secure_strict_cookie(
             for attribute in ("HttpOnly", "Secure", "SameSite=strict", "Path=/ui/", "Max-Age=28800"):
                 assert attribute.lower() in cookie.lower(), cookie
             value = cookie.split(";", 1)[0].split("=", 1)[1]
-            session = Signer(load_key(cfg.state_dir)).read(value)
+            session = Sessions(engine).read(value)
             assert session is not None and session.principal == f"web-dave@{kdc.realm.name}"
+            # A copy of the cookie (a thief's) works until its owner signs out, then for no one.
+            thief = {"Cookie": f"{COOKIE}={value}"}
+            assert http.get("/ui/", headers=thief, follow_redirects=False).status_code == 200
+            with session_scope(engine) as s:
+                row = s.scalars(select(WebSession).where(WebSession.principal == session.principal)).one()
+                assert row.method == "password" and row.source.startswith("127.0.0.1")
+            out = http.post("/ui/logout", headers={**thief, "X-CSRF-Token": session.csrf})
+            assert out.status_code == 204 and f"{COOKIE}=" in out.headers["set-cookie"]
+            assert http.get("/ui/", headers=thief, follow_redirects=False).status_code == 303
+            assert Sessions(engine).read(value) is None
             # Guessing is bounded per client address: past the budget even the right password waits.
             answers = [http.post("/ui/login", data={**form, "password": f"guess{n}"}).status_code for n in range(25)]
             assert answers[: PASSWORD_TRIES_PER_MINUTE - 2] == [401] * (PASSWORD_TRIES_PER_MINUTE - 2)

@@ -47,7 +47,7 @@ from appliance.db.models.users import Role
 from appliance.hosts import default_pool
 from appliance.serving import Group, bind, listener
 from appliance.web import stream
-from appliance.web.session import COOKIE, Signer, load_key
+from appliance.web.session import COOKIE, Sessions
 from tests.lab.kdc import LabKdc
 from tests.lab.net import free_port
 from tests.test_enrolment import lab_config
@@ -60,7 +60,7 @@ BOSS, POOL_ADMIN, USER, OTHER = (f"{n}@{REALM}" for n in ("p-boss", "p-admin", "
 class Rig:
     http: httpx.Client
     db: Engine
-    signer: Signer
+    signer: Sessions
     pools: dict[str, int]  # hardware pool name -> id
     template_id: int
     storage_pool_id: int
@@ -130,7 +130,7 @@ def rig(request: pytest.FixtureRequest, kdc: LabKdc, tmp_path: Path, monkeypatch
         time.sleep(0.01)
     pools, template_id, store_id = _people_and_things(engine)
     with httpx.Client(base_url=f"http://127.0.0.1:{sock.getsockname()[1]}", trust_env=False, timeout=30) as http:
-        yield Rig(http, engine, Signer(load_key(cfg.state_dir)), pools, template_id, store_id)
+        yield Rig(http, engine, Sessions(engine), pools, template_id, store_id)
     stream.STOPPING.set()
     group.stop()
     thread.join(15)

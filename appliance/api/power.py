@@ -8,6 +8,7 @@ POST   /hosts/{key}/power/{action}        on | off | cycle | status (the BMC's a
 POST   /enrolment/windows/{id}/power/{action}  on | off | status of the one machine a window is for  admin
 POST   /hosts/{key}/confirm-rebooted      the admin vouches the host was rebooted: its VMs are released
 PUT    /vms/{key}/ha                      {ha, priority?}                                       modify on the VM's pool
+GET    /fencer                            which appliance process fences, fences under way      monitor role
 """
 
 from __future__ import annotations
@@ -43,11 +44,20 @@ def routes(prefix: str) -> list[Route]:
         Route(f"{prefix}/hosts/{{key}}/confirm-rebooted", confirm_rebooted, methods=["POST"]),
         Route(f"{prefix}/enrolment/windows/{{id:int}}/power/{{action}}", window_power_action, methods=["POST"]),
         Route(f"{prefix}/vms/{{key}}/ha", set_ha, methods=["PUT"]),
+        Route(f"{prefix}/fencer", show_fencer, methods=["GET"]),
     ]
 
 
 def _box(request: Request) -> SecretBox:
     return SecretBox.under(state(request).cfg.state_dir)
+
+
+def show_fencer(request: Request) -> JSONResponse:
+    """The fencer's lease (which `drover serve` process fences, since when, until when), the hosts with a fence
+    under way and the latest power commands recorded for fences, newest first."""
+    require_role(request, Role.MONITOR, "see the fencer")
+    with session(request) as s:
+        return JSONResponse(fencing.status(s))
 
 
 def show_power(request: Request) -> JSONResponse:

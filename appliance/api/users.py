@@ -1,4 +1,5 @@
-"""Users and their global roles over the API: who am I, and granting a role to a principal."""
+"""Users and their global roles over the API: who am I, granting a role to a principal, disabling a user, and
+a user's web UI sessions (listed and ended by a global admin: the modify privilege everywhere)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from sqlalchemy.orm import Session
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
-from appliance import permissions, quotas
+from appliance import permissions, quotas, websessions
 from appliance.api.access import caller_roles, require_to_grant
 from appliance.api.auth import caller
 from appliance.api.schema import Body, Id, Query, accepts
@@ -133,3 +134,55 @@ def set_quota(request: Request, body: QuotaRequest) -> JSONResponse:
         permissions.require(s, caller(request).principal, Privilege.MODIFY, row.id,
                             f"set quotas in hardware pool {row.name}")  # fmt: skip
         return JSONResponse(quotas.describe(quotas.set_quota(s, principal, row.id, limits)))
+
+
+def _require_admin(request: Request, s: Session, what: str) -> None:
+    permissions.require(s, caller(request).principal, Privilege.MODIFY, None, what)
+
+
+def list_sessions(request: Request) -> JSONResponse:
+    """GET /users/{principal}/sessions: the user's live web UI sessions (id, how, from where, when)."""
+    principal = _principal_in_path(request)
+    with session(request) as s:
+        _require_admin(request, s, "see users' sessions")
+        return JSONResponse({"principal": principal, "sessions": [websessions.describe(w)
+                                                                  for w in websessions.of(s, principal)]})  # fmt: skip
+
+
+class SessionPath(Query):
+    principal: str
+    id: Id
+
+
+def end_sessions(request: Request) -> JSONResponse:
+    """DELETE /users/{principal}/sessions: end every web UI session of the user (signed out everywhere)."""
+    principal = _principal_in_path(request)
+    with session(request) as s:
+        _require_admin(request, s, "end users' sessions")
+        return JSONResponse({"principal": principal, "ended": websessions.revoke(s, principal)})
+
+
+@accepts(path=SessionPath)
+def end_session(request: Request) -> JSONResponse:
+    """DELETE /users/{principal}/sessions/{id}: end one web UI session; 404 if the user has no such session."""
+    principal = _principal_in_path(request)
+    session_id = int(request.path_params["id"])
+    with session(request) as s:
+        _require_admin(request, s, "end users' sessions")
+        return JSONResponse({"principal": principal, "ended": websessions.revoke(s, principal, session_id)})
+
+
+class DisableRequest(Body):
+    disabled: bool
+
+
+@accepts(body=DisableRequest)
+def set_disabled(request: Request, body: DisableRequest) -> JSONResponse:
+    """PUT /users/{principal}/disabled {"disabled"}: a disabled user holds no role and is signed out of the UI."""
+    principal = _principal_in_path(request)
+    with session(request) as s:
+        _require_admin(request, s, "disable users")
+        if body.disabled and principal == caller(request).principal:
+            raise UsageError("you cannot disable yourself", "ask another admin")
+        user = websessions.set_disabled(s, principal, body.disabled)
+        return JSONResponse({"principal": user.principal, "disabled": user.is_disabled})

@@ -29,6 +29,7 @@ NOUNS: tuple[tuple[str, str], ...] = (
     ("vm", "appliance.cli.vm_cmd"),
     ("task", "appliance.cli.task_cmd"),
     ("cluster", "appliance.cli.cluster_cmd"),
+    ("fencer", "appliance.cli.fencer_cmd"),
     ("taskengine", "appliance.cli.taskengine_cmd"),
     ("storage", "appliance.cli.storage_cmd"),
     ("template", "appliance.cli.template_cmd"),

@@ -1,5 +1,5 @@
-"""`drover user add|list|remove|quota`: who may use the appliance with which role (global or in a hardware
-pool) and within which quota, straight in the DB."""
+"""`drover user add|list|remove|quota|disable|enable|sessions`: who may use the appliance with which role (global
+or in a hardware pool) and within which quota, and their web UI sessions, straight in the DB."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import selectinload
 
-from appliance import quotas
+from appliance import quotas, websessions
 from appliance.cli.context import load_config
 from appliance.cli.db_cmd import open_database
 from appliance.db.access import find_pool, grant, grant_in_pool, revoke
@@ -47,6 +47,17 @@ def register(sub: Any) -> None:
     remove = verbs.add_parser("remove", help="remove a user with all their roles and quotas")
     remove.add_argument("principal")
     remove.set_defaults(func=remove_user)
+    for verb, text in (("disable", "disable a user: no role counts any more, and every web UI session of theirs ends"),
+                       ("enable", "enable a disabled user again")):  # fmt: skip
+        d = verbs.add_parser(verb, help=text)
+        d.add_argument("principal")
+        d.set_defaults(func=set_disabled, disabled=verb == "disable")
+    sessions = verbs.add_parser("sessions", help="a user's web UI sessions; --revoke ID or --all ends them")
+    sessions.add_argument("principal")
+    end = sessions.add_mutually_exclusive_group()
+    end.add_argument("--revoke", type=int, metavar="ID", help="end this session (its cookie stops working at once)")
+    end.add_argument("--all", action="store_true", help="end every session of the user")
+    sessions.set_defaults(func=user_sessions)
 
 
 def qualify(principal: str, realm: str) -> str:
@@ -125,5 +136,40 @@ def remove_user(args: argparse.Namespace) -> int:
         if user is None:
             raise NotFound(f"no user {principal}", "see `drover user list`")
         session.delete(user)
-    print(f"removed user {principal}")
+        ended = websessions.revoke(session, principal)
+    print(f"removed user {principal}" + (f"; ended {ended} web UI session(s)" if ended else ""))
+    return 0
+
+
+def set_disabled(args: argparse.Namespace) -> int:
+    cfg = load_config(args)
+    principal = qualify(args.principal, cfg.kerberos.realm)
+    with open_database(args) as engine, session_scope(engine) as session:
+        ended = len(websessions.of(session, principal)) if args.disabled else 0
+        websessions.set_disabled(session, principal, args.disabled)
+    if args.disabled:
+        print(f"disabled user {principal}; ended {ended} web UI session(s)")
+    else:
+        print(f"enabled user {principal}")
+    return 0
+
+
+def user_sessions(args: argparse.Namespace) -> int:
+    cfg = load_config(args)
+    principal = qualify(args.principal, cfg.kerberos.realm)
+    if args.revoke is not None and args.revoke < 1:
+        raise UsageError(f"--revoke: a session id from `drover user sessions {principal}`, not {args.revoke}")
+    with open_database(args) as engine, session_scope(engine) as session:
+        if args.revoke is not None or args.all:
+            ended = websessions.revoke(session, principal, args.revoke)
+            print(f"ended {ended} web UI session(s) of {principal}")
+            return 0
+        rows = [websessions.describe(w) for w in websessions.of(session, principal)]
+    if not rows:
+        print(f"{principal} has no live web UI session")
+        return 0
+    print(f"{'ID':>6}  {'SIGNED IN':<25}  {'HOW':<8}  {'LAST SEEN':<25}  {'EXPIRES':<25}  FROM")
+    for r in rows:
+        print(f"{r['id']:>6}  {r['created_at']!s:<25.25}  {r['method']!s:<8}  {r['last_seen_at']!s:<25.25}  "
+              f"{r['expires_at']!s:<25.25}  {r['source']}")  # fmt: skip
     return 0

@@ -1,4 +1,5 @@
-"""Who is calling a /ui page: the signed session cookie, and the CSRF token every state-changing request carries.
+"""Who is calling a /ui page: the session cookie (naming a session row in the database), and the CSRF token
+every state-changing request carries.
 
 Pure ASGI middleware in front of the UI routes (the API's Negotiate middleware lets /ui through): a valid
 cookie puts the same `Caller` the API uses into the scope, so the UI's handlers call the same domain
@@ -12,6 +13,7 @@ import ipaddress
 from dataclasses import dataclass, field
 from urllib.parse import quote
 
+from anyio import to_thread
 from starlette.authentication import AuthCredentials
 from starlette.datastructures import Headers, MutableHeaders
 from starlette.requests import HTTPConnection
@@ -21,7 +23,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from appliance.api.auth import Caller
 from appliance.api.negotiate import Acceptor
 from appliance.ratelimit import RateLimit
-from appliance.web.session import COOKIE, Signer, UiSession, csrf_ok
+from appliance.web.session import COOKIE, Sessions, UiSession, csrf_ok
 
 PREFIX = "/ui"
 # Reachable without a session: the sign-in pages themselves and the static files.
@@ -45,7 +47,7 @@ PASSWORD_TRIES_PER_MINUTE = 20
 @dataclass(frozen=True)
 class WebState:
     acceptor: Acceptor
-    signer: Signer
+    sessions: Sessions
     secure_cookie: bool  # False only when the appliance listens on loopback (tests, the demo)
     password_tries: RateLimit = field(default_factory=lambda: RateLimit(PASSWORD_TRIES_PER_MINUTE, "sign-ins"))
 
@@ -79,9 +81,9 @@ def safe_next(value: str | None) -> str:
 
 
 class SessionMiddleware:
-    def __init__(self, app: ASGIApp, signer: Signer) -> None:
+    def __init__(self, app: ASGIApp, sessions: Sessions) -> None:
         self.app = app
-        self.signer = signer
+        self.sessions = sessions
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         path = scope.get("path", "")
@@ -104,7 +106,8 @@ class SessionMiddleware:
     async def _checked(self, scope: Scope, receive: Receive, send: Send) -> None:
         path = scope["path"]
         conn = HTTPConnection(scope)
-        session = self.signer.read(conn.cookies.get(COOKIE))
+        # A database read per request (a thread: the event loop never waits on it): revocation is immediate.
+        session = await to_thread.run_sync(self.sessions.read, conn.cookies.get(COOKIE))
         headers = Headers(scope=scope)
         if session is None:
             response: Response

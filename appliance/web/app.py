@@ -17,7 +17,7 @@ from appliance.api.state import ApiState
 from appliance.errors import DroverError
 from appliance.web import consoles, events, graphs, library, login, networkpages, pages, storage, stream, users
 from appliance.web.access import SessionMiddleware, WebState, is_loopback
-from appliance.web.session import Signer, load_key
+from appliance.web.session import Sessions
 
 STATIC = Path(__file__).parent / "static"
 
@@ -63,6 +63,9 @@ routes = [
     Route("/users", users.grant, methods=["POST"]),
     Route("/users/grants/{id}/revoke", users.revoke, methods=["POST"]),
     Route("/users/quota", users.set_quota, methods=["POST"]),
+    Route("/users/{id}/sessions", users.session_list),
+    Route("/users/{id}/sessions/revoke", users.session_revoke, methods=["POST"]),
+    Route("/users/{id}/disabled", users.set_disabled, methods=["POST"]),
     Route("/graphs/hosts/{id}", graphs.host),
     Route("/graphs/vms/{id}", graphs.vm),
     Route("/graphs/fleet", graphs.fleet),
@@ -81,10 +84,10 @@ def _error(request: Request, exc: Exception) -> Response:
 
 
 def create_web_app(api: ApiState, acceptor: Acceptor) -> Starlette:
-    signer = Signer(load_key(api.cfg.state_dir))
-    app = Starlette(routes=routes, middleware=[Middleware(SessionMiddleware, signer=signer)],
+    sessions = Sessions(api.engine)
+    app = Starlette(routes=routes, middleware=[Middleware(SessionMiddleware, sessions=sessions)],
                     exception_handlers={DroverError: _error})  # fmt: skip
     app.state.drover = api
     app.state.hub = stream.Hub(api.engine)
-    app.state.web = WebState(acceptor, signer, secure_cookie=api.cfg.api_tls or not is_loopback(api.cfg.api.listen))
+    app.state.web = WebState(acceptor, sessions, secure_cookie=api.cfg.api_tls or not is_loopback(api.cfg.api.listen))
     return app

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from urllib.parse import urlsplit
 
+from anyio import to_thread
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import HTTPConnection, Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
@@ -63,15 +64,15 @@ def _issue(request: Request, kind_text: str | None) -> Response:
     return JSONResponse(out, status_code=201, headers={"Cache-Control": "no-store"})
 
 
-def _signed_in(conn: HTTPConnection) -> tuple[str | None, str | None]:
+async def _signed_in(conn: HTTPConnection) -> tuple[str | None, str | None]:
     """The session cookie's user and session key, if the upgrade came from a page of this origin."""
     origin = conn.headers.get("origin")
     if origin is not None and urlsplit(origin).netloc != conn.headers.get("host"):
         return None, None  # another site's page: its WebSocket would carry our cookie only if SameSite failed
-    found = web_state(conn).signer.read(conn.cookies.get(COOKIE))
+    found = await to_thread.run_sync(web_state(conn).sessions.read, conn.cookies.get(COOKIE))
     return (found.principal, tickets.session_key(found.csrf)) if found is not None else (None, None)
 
 
 async def console_socket(websocket: WebSocket) -> None:
-    principal, ui_session_key = _signed_in(websocket)
+    principal, ui_session_key = await _signed_in(websocket)
     await proxy.serve(websocket, state(websocket), principal, ui_session_key)

@@ -28,6 +28,7 @@ from appliance import (
     enrolment,
     fencing,
     hosts,
+    leadership,
     lifecycle,
     permissions,
     power,
@@ -134,15 +135,17 @@ def dashboard(request: Request) -> Response:
         vm_states = Counter(str(v.state) for v in visible)
         host_states: Counter[str] = Counter()
         events: list[Event] = []
+        leader = None
         if global_view:
             host_states = Counter(str(st) for st in s.scalars(select(Host.state)))
             events = list(s.scalars(select(Event).order_by(Event.id.desc()).limit(15)))
+            leader = leadership.current(s)
         live = select(Task).where(Task.state.in_([TaskState.RUNNING, TaskState.QUEUED])).order_by(Task.id)
         running = [t for t in s.scalars(live) if may_see_task(s, principal, t)]
         return render(request, "dashboard.html", host_states=sorted(host_states.items()),
                       vm_states=sorted(vm_states.items()), hosts_total=sum(host_states.values()),
                       vms_total=len(visible), running=running, events=events, global_view=global_view,
-                      below="graphs.html" if global_view else None,
+                      fencer=leader, below="graphs.html" if global_view else None,
                       graphs_src="fleet" if global_view else None)  # fmt: skip
 
 

@@ -1,7 +1,8 @@
-"""The UI's users page: roles granted everywhere or on one hardware pool (and its sub-pools), revoking them, and
-per-pool quotas. The checks and refusals are the API's: appliance.permissions.require_to_grant for roles
-(super_admin any role, admin admin and below, each where it is held), the modify privilege in the pool for
-quotas (PUT /api/v1/users/{p}/quota), appliance.quotas for the limits themselves.
+"""The UI's users page: roles granted everywhere or on one hardware pool (and its sub-pools), revoking them,
+per-pool quotas, and each user's web UI sessions (listed and ended by a global admin, as over the API). The
+checks and refusals are the API's: appliance.permissions.require_to_grant for roles (super_admin any role,
+admin admin and below, each where it is held), the modify privilege in the pool for quotas
+(PUT /api/v1/users/{p}/quota), appliance.quotas for the limits themselves.
 """
 
 from __future__ import annotations
@@ -9,12 +10,12 @@ from __future__ import annotations
 import re
 
 from sqlalchemy import select
-from sqlalchemy.orm import selectinload
+from sqlalchemy.orm import Session, selectinload
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response
 
-from appliance import permissions, quotas
+from appliance import permissions, quotas, websessions
 from appliance.api.auth import caller
 from appliance.api.state import session
 from appliance.db import access
@@ -23,6 +24,7 @@ from appliance.db.models.users import Role
 from appliance.errors import NotFound, UsageError
 from appliance.permissions import Privilege
 from appliance.text import as_id, whole
+from appliance.web.access import ui_session
 from appliance.web.forms import form_fields
 from appliance.web.pages import flash, render
 
@@ -45,7 +47,10 @@ def user_list(request: Request) -> Response:
         grantable = [str(r) for r in Role if permissions.may_grant(s, principal, r, None)
                      or any(permissions.may_grant(s, principal, r, p.id) for p in pools)]  # fmt: skip
         quota_pools = [p for p in pools if permissions.allowed(s, principal, Privilege.MODIFY, p.id)]
+        may_end = permissions.allowed(s, principal, Privilege.MODIFY, None)
+        live = {u.principal: len(websessions.of(s, u.principal)) for u in users} if may_end else {}
         return render(request, "users.html", users=users, pool_names=names, may_revoke=may_revoke, usage=usage,
+                      sessions=live, may_end=may_end,
                       roles=grantable, pools=pools, quota_pools=quota_pools, below="users_form.html")  # fmt: skip
 
 
@@ -121,3 +126,60 @@ def _set_quota(request: Request, form: dict[str, str]) -> Response:
                          for k, v in shown.items() if k.startswith("max_"))  # fmt: skip
         return flash(f"quota of {principal} in {pool.name}: {text}")
 
+
+
+def _user(s: Session, text: str) -> User:
+    user = s.get(User, key) if (key := as_id(text)) is not None else None
+    if user is None:
+        raise NotFound(f"user {text} does not exist")
+    return user
+
+
+def session_list(request: Request) -> Response:
+    """A user's web UI sessions (where from, since when, last seen), each with a button that ends it."""
+    with session(request) as s:
+        permissions.require(s, caller(request).principal, Privilege.MODIFY, None, "see users' sessions")
+        user = _user(s, str(request.path_params["id"]))
+        rows = websessions.of(s, user.principal)
+        mine = ui_session(request).id
+        return render(request, "sessions.html", user=user, sessions=rows, mine=mine)
+
+
+async def session_revoke(request: Request) -> Response:
+    form = await form_fields(request)
+    return await run_in_threadpool(_session_revoke, request, form)
+
+
+def _session_revoke(request: Request, form: dict[str, str]) -> Response:
+    which = form.get("session", "").strip()
+    session_id = None if which == "all" else as_id(which)
+    if which != "all" and session_id is None:
+        raise UsageError("session: a session id, or all")
+    with session(request) as s:
+        permissions.require(s, caller(request).principal, Privilege.MODIFY, None, "end users' sessions")
+        user = _user(s, str(request.path_params["id"]))
+        ended = websessions.revoke(s, user.principal, session_id)
+        return flash(f"ended {ended} session{'s' if ended != 1 else ''} of {user.principal}")
+
+
+async def set_disabled(request: Request) -> Response:
+    form = await form_fields(request)
+    return await run_in_threadpool(_set_disabled, request, form)
+
+
+def _set_disabled(request: Request, form: dict[str, str]) -> Response:
+    """Disable (every session of theirs ends) or enable a user: PUT /api/v1/users/{p}/disabled's rule."""
+    wanted = form.get("disabled", "")
+    if wanted not in ("true", "false"):
+        raise UsageError("disabled: true or false")
+    by = caller(request).principal
+    with session(request) as s:
+        permissions.require(s, by, Privilege.MODIFY, None, "disable users")
+        user = _user(s, str(request.path_params["id"]))
+        if wanted == "true" and user.principal == by:
+            raise UsageError("you cannot disable yourself", "ask another admin")
+        ended = len(websessions.of(s, user.principal)) if wanted == "true" else 0
+        websessions.set_disabled(s, user.principal, wanted == "true")
+        if wanted == "true":
+            return flash(f"{user.principal} is disabled; {ended} session{'s' if ended != 1 else ''} ended")
+        return flash(f"{user.principal} is enabled again")

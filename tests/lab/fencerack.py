@@ -260,20 +260,34 @@ class FenceRack:
     db: Engine | None = None
     serves: int = 0
     started_at: list[float] = field(default_factory=list)
+    # DROVER_* for the server and every CLI run: a PostgreSQL URL here puts the rack on it (else SQLite).
+    settings: dict[str, str] = field(default_factory=dict)
+    others: list[LabAppliance] = field(default_factory=list)  # more `drover serve` processes on the same database
 
     def start_serve(self, **settings: str) -> LabAppliance:
         extra = {**self.hosts_file.env, "DROVER_NODES_LIBVIRT_PORT": str(self.libvirt_port), **self.env, **settings}
         self.serves += 1
-        self.served = start_appliance(self.kdc, self.workdir / "serve", extra_env=extra)
+        self.served = start_appliance(self.kdc, self.workdir / "serve", extra_env=extra, settings=self.settings)
         self.started_at.append(time.time())
         if self.db is None:
             self.db = make_engine(self.served.database_url)
         return self.served
 
+    def start_other(self, name: str, **settings: str) -> LabAppliance:
+        """Another `drover serve` on the same database and realm (its own ports and log): a second appliance
+        machine of the same site. Stopped with the rack."""
+        extra = {**self.hosts_file.env, "DROVER_NODES_LIBVIRT_PORT": str(self.libvirt_port), **self.env, **settings}
+        other = start_appliance(self.kdc, self.workdir / name, extra_env=extra, settings=self.settings)
+        self.others.append(other)
+        return other
+
     def stop_serve(self) -> None:
         if self.served is not None:
             self.served.stop()
             self.served = None
+        for other in self.others:
+            other.stop()
+        self.others.clear()
 
     def drover(
         self, *argv: str, principal: str | None = ADMIN, timeout: float = 120
@@ -348,7 +362,23 @@ def fence_rack(
     guest_accel: Accel,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[FenceRack]:
-    workdir = tmp_path_factory.mktemp("fencerack")
+    with built_rack(
+        kdc, lab_hosts, libvirt_nodes, guest_image, guest_accel, tmp_path_factory.mktemp("fencerack")
+    ) as rack:
+        yield rack
+
+
+@contextlib.contextmanager
+def built_rack(
+    kdc: LabKdc,
+    lab_hosts: LabHosts,
+    libvirt_nodes: NodeFactory,
+    guest_image: GuestImage,
+    guest_accel: Accel,
+    workdir: Path,
+    db_settings: dict[str, str] | None = None,
+) -> Iterator[FenceRack]:
+    """The rack: power plane, BMCs, two namespaced hosts, `drover serve` (on `settings`' database, else SQLite)."""
     port = free_port()
     subnet_base = f"10.{random.randint(100, 199)}.{random.randint(0, 255)}"
     links: list[Link] = []
@@ -378,7 +408,7 @@ def fence_rack(
         wire = PowerWire(plane.local_uri, rack_hosts)
         wire.start()
         rack = FenceRack(kdc, lab_hosts, libvirt_nodes, workdir, port, rack_hosts, plane, bmcs, wire, guest_image,
-                         guest_accel, dict(FENCING_ENV))  # fmt: skip
+                         guest_accel, dict(FENCING_ENV), settings=dict(db_settings or {}))  # fmt: skip
         served = rack.start_serve(DROVER_FENCING_QUIET_SECONDS="2")
         added = served.drover("user", "add", ADMIN, "--role", "admin")
         assert added.returncode == 0, added.stdout + added.stderr

@@ -4,7 +4,9 @@ from appliance.db.base import Base
 from appliance.db.models.consoles import ConsoleKind, ConsoleTicket
 from appliance.db.models.enrolment import EnrolmentToken, EnrolmentWindow, HostClaim
 from appliance.db.models.events import Event, Severity
+from appliance.db.models.fencing import FenceAction, FenceAttempt, FenceResult
 from appliance.db.models.hosts import Arch, FenceState, Host, HostDisk, HostNic, HostState, HypervisorType
+from appliance.db.models.leadership import Lease
 from appliance.db.models.networks import (
     BondMode,
     BootProtocol,
@@ -20,7 +22,7 @@ from appliance.db.models.snapshots import Snapshot, SnapshotState
 from appliance.db.models.storage import StoragePool, StorageState, StorageType, StorageVolume, VolumeFormat
 from appliance.db.models.tasks import TargetKind, Task, TaskState, TaskType, can_transition, check_transition
 from appliance.db.models.templates import Template, VmPool
-from appliance.db.models.users import Permission, Quota, Role, User
+from appliance.db.models.users import Permission, Quota, Role, User, WebSession
 from appliance.db.models.vms import BootDevice, DiskBus, Firmware, NicModel, PlacementPolicy, Vm, VmDisk, VmNic, VmState
 
 __all__ = [
@@ -36,6 +38,9 @@ __all__ = [
     "EnrolmentToken",
     "EnrolmentWindow",
     "Event",
+    "FenceAction",
+    "FenceAttempt",
+    "FenceResult",
     "FenceState",
     "Firmware",
     "HardwarePool",
@@ -47,6 +52,7 @@ __all__ = [
     "HostState",
     "HypervisorType",
     "IpRange",
+    "Lease",
     "Network",
     "NetworkRole",
     "NetworkRule",
@@ -75,6 +81,7 @@ __all__ = [
     "VmPool",
     "VmState",
     "VolumeFormat",
+    "WebSession",
     "can_transition",
     "check_transition",
 ]

@@ -124,6 +124,8 @@ class Host(IdMixin, CreatedMixin, Base):
     fence_changed_at: Mapped[datetime | None]
     fence_note: Mapped[str] = mapped_column(Text, default="")
     fenced_by: Mapped[str | None]
+    # Raised each time a fence starts: the incident its power commands (appliance.db.models.fencing) belong to.
+    fence_episode: Mapped[int] = mapped_column(default=0)
     # The soft step: set when the fencer wants the node agent to restart libvirtd; the next heartbeat's
     # answer says so once and clears it.
     libvirtd_restart_asked_at: Mapped[datetime | None]

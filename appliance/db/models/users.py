@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import enum
+from datetime import datetime
 from typing import TYPE_CHECKING
 
-from sqlalchemy import BigInteger, ForeignKey, Index, UniqueConstraint, text
+from sqlalchemy import BigInteger, ForeignKey, Index, String, UniqueConstraint, text
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from appliance.db.base import Base, CreatedMixin, IdMixin, enum_column
@@ -91,3 +92,19 @@ class Quota(IdMixin, CreatedMixin, Base):
 
     user: Mapped[User] = relationship(back_populates="quotas")
     pool: Mapped[HardwarePool] = relationship()
+
+
+class WebSession(IdMixin, CreatedMixin, Base):
+    """A web UI sign-in. The browser's cookie holds a random id; only its SHA-256 is stored, so a copy of this
+    table signs nobody in. Deleting the row ends the session everywhere, whichever appliance process serves it."""
+
+    __tablename__ = "web_sessions"
+
+    id_hash: Mapped[str] = mapped_column(String(64), unique=True)  # hex sha256 of the cookie's id
+    # The principal the realm vouched for at sign-in (who may have no users row: a principal without a role).
+    principal: Mapped[str] = mapped_column(index=True)
+    csrf: Mapped[str] = mapped_column(String(64))  # the token every state-changing request of it must carry
+    method: Mapped[str] = mapped_column(String(16))  # "kerberos" or "password"
+    source: Mapped[str]  # the client's address and user agent at sign-in, for the admin who lists them
+    last_seen_at: Mapped[datetime]
+    expires_at: Mapped[datetime] = mapped_column(index=True)
