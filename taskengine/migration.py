@@ -253,7 +253,8 @@ def migrate(ctx: TaskContext) -> dict[str, Any]:
         vm = vm_of(s, ctx)
         vm.host_id = dest.id
     return {"from": source.hostname, "to": dest.hostname, "host_id": dest.id, "total_ms": round(total_ms),
-            "downtime_ms": downtime_ms, "max_downtime_ms": policy.downtime_ms, "mode": mode["used"]}  # fmt: skip
+            "downtime_ms": downtime_ms, "max_downtime_ms": policy.downtime_ms, "mode": mode["used"],
+            **({"via": data_uri} if data_uri else {})}  # fmt: skip  # where the memory stream went
 
 
 def _event(ctx: TaskContext, kind: str, message: str) -> None:

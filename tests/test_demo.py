@@ -21,6 +21,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -86,6 +87,20 @@ class DemoRun:
             self.process.wait()
 
 
+@pytest.fixture
+def demos() -> Iterator[list[DemoRun]]:
+    """The test's demo runs: any still running when the test ends (a failed assertion) gets its Ctrl-C, so
+    its nodes, appliance and segment do not outlive the test."""
+    runs: list[DemoRun] = []
+    yield runs
+    for run in runs:
+        if run.process.poll() is None:
+            try:
+                run.interrupt()
+            except subprocess.TimeoutExpired:
+                run.kill()
+
+
 def processes_mentioning(text: str) -> list[str]:
     found = []
     for proc in Path("/proc").iterdir():
@@ -142,7 +157,9 @@ def shell(script: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
 
 @pytest.mark.boot
 @pytest.mark.timeout(3600, func_only=True)
-def test_demo_enrols_a_node_shows_the_ui_stops_on_ctrl_c_and_runs_again(node_image: NodeImage, tmp_path: Path) -> None:
+def test_demo_enrols_a_node_shows_the_ui_stops_on_ctrl_c_and_runs_again(
+    node_image: NodeImage, tmp_path: Path, demos: list[DemoRun]
+) -> None:
     # node_image has put the image in the build cache: the demo's own `drover image build` reuses it.
     demo_dir = tmp_path / "demo"
     env = {k: v for k, v in os.environ.items() if not k.startswith(("DROVER_", "KRB5"))}
@@ -158,6 +175,7 @@ def test_demo_enrols_a_node_shows_the_ui_stops_on_ctrl_c_and_runs_again(node_ima
     env.update({k: str(v) for k, v in ports.items()})
 
     first = DemoRun(demo_dir, 2, env)
+    demos.append(first)
     try:
         first.wait_for(READY, 2400)
     finally:
@@ -203,6 +221,9 @@ def test_demo_enrols_a_node_shows_the_ui_stops_on_ctrl_c_and_runs_again(node_ima
         ("node2.drover.test", "demo-peer", "node2.drover.test", "answered"),
     ], after
     assert "$ drover vm migrate demo-vm --host node2.drover.test --wait" in after, after
+    # Its memory went to node2's address on the migration network, not where libvirt's connection went.
+    assert re.search(r'^result: \{"from": "node1\.drover\.test", "to": "node2\.drover\.test", .*"via": '
+                     r'"tcp://10\.50\.0\.2"\}$', after, re.M), after  # fmt: skip
     assert re.search(r"^demo: demo-vm console on node2\.drover\.test: DROVER-TICK \d+$", after, re.M), after
     assert "demo: VM demo-vm migrated to node2.drover.test, still counting and on its network" in after, after
     vm_shown = steps[steps.index("$ drover vm show demo-vm") :]
@@ -259,6 +280,7 @@ def test_demo_enrols_a_node_shows_the_ui_stops_on_ctrl_c_and_runs_again(node_ima
 
     # Again: everything is reused and the nodes are the same hosts.
     second = DemoRun(demo_dir, 2, env)
+    demos.append(second)
     try:
         second.wait_for(READY, 1500)
         again = second.output

@@ -108,6 +108,7 @@ def test_vm_nic_on_the_bridge_placement_and_migration_network(task_rack: TaskRac
                 .order_by(Task.id.desc())
             ).first()
             assert task is not None and task.args["migration_uri"] == "tcp://127.77.0.2"
+            assert task.result is not None and task.result["via"] == "tcp://127.77.0.2", task.result
         ports = json.loads(run(["ip", "-j", "link", "show", "master", bridge]).stdout)
         assert len(ports) == 1  # the guest's tap, now made by tn2's qemu
     finally:
