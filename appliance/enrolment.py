@@ -247,7 +247,8 @@ def heartbeat(
     heartbeat_seconds: int,
     collectd: CollectdTarget | None = None,
     rollback_seconds: int = networks.ROLLBACK_SECONDS,
-) -> wire.HeartbeatResponse:
+) -> tuple[wire.HeartbeatResponse, Host | None]:
+    """The answer to a heartbeat, and the host row when the answer is ACCEPTED (for the caller's follow-ups)."""
     host = hosts.by_uuid(session, beat.uuid)
     expected = host.agent_token_hash if host is not None else None
     presented = _hash(beat.agent_token)
@@ -259,7 +260,7 @@ def heartbeat(
         ).one_or_none()
         if claim is not None:  # a pending machine, one of possibly several claiming this host
             claim.last_seen_at = utcnow()
-            return wire.HeartbeatResponse(status=wire.IdentifyStatus.PENDING, heartbeat_seconds=heartbeat_seconds)
+            return wire.HeartbeatResponse(status=wire.IdentifyStatus.PENDING, heartbeat_seconds=heartbeat_seconds), None
     if host is None or not ok:
         raise AuthError("unknown host or agent token", "identify again")
     host.last_heartbeat_at = utcnow()
@@ -282,8 +283,9 @@ def heartbeat(
                     f"network set-up {beat.network.generation} {beat.network.state}"
                     + (f": {beat.network.message}" if beat.network.message else ""), severity)  # fmt: skip
     setup = networks.desired(session, host, rollback_seconds) if approved else None
-    return wire.HeartbeatResponse(status=status, heartbeat_seconds=heartbeat_seconds, credentials=credentials,
-                                  restart_libvirtd=restart, network=setup)  # fmt: skip
+    answer = wire.HeartbeatResponse(status=status, heartbeat_seconds=heartbeat_seconds, credentials=credentials,
+                                    restart_libvirtd=restart, network=setup)  # fmt: skip
+    return answer, (host if approved else None)
 
 
 def record_libvirt_port(session: Session, host: Host, port: int, default_port: int) -> bool:

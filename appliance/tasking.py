@@ -73,7 +73,12 @@ def _wake(_session: Session) -> None:
 
 
 def lock_vm(session: Session, vm_id: int) -> Vm | None:
-    """The VM re-read under its row's write lock (a no-op UPDATE: both engines honour it); None if gone."""
+    """The VM re-read under its row's write lock; None if gone. PostgreSQL: SELECT ... FOR UPDATE (one
+    statement); SQLite ignores that, so there a no-op UPDATE takes the database's write lock first."""
+    if session.get_bind().dialect.name == "postgresql":
+        return session.scalars(
+            select(Vm).where(Vm.id == vm_id).with_for_update().execution_options(populate_existing=True)
+        ).one_or_none()
     session.execute(
         update(Vm).where(Vm.id == vm_id).values(state=Vm.state).execution_options(synchronize_session=False)
     )

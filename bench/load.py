@@ -59,6 +59,8 @@ IDENTIFY_PER_S = 10
 TASKS_PER_S = 100
 VMS = 200
 VALUES_PER_HOST = 50
+BEATS_PER_S = SIM_HOSTS / HEARTBEAT_S
+COLLECTD = True
 NODES = ("load1.example.test", "load2.example.test")
 
 
@@ -200,7 +202,7 @@ def _measure(tmp: Path, kdc: Any, hosts: LabHosts, nodes: NodeFactory, url: str)
         lab_nodes.append(nodes.start(fqdn, settings=planned))
     settings = {"DROVER_DATABASE_URL": url, "DROVER_NODES_IDENTIFY_PER_MINUTE": "0",
                 "DROVER_NODES_HEARTBEAT_SECONDS": str(HEARTBEAT_S), "DROVER_HOSTBROWSER_ENABLED": "false",
-                "DROVER_NODES_LIBVIRT_PORT": str(libvirt_port), "DROVER_TASKENGINE_WORKERS": "8",
+                "DROVER_NODES_LIBVIRT_PORT": str(libvirt_port), "DROVER_TASKENGINE_WORKERS": os.environ.get("W", "8"),
                 "DROVER_MONITOR_SECURITY_LEVEL": "sign"}  # fmt: skip
     served = start_appliance(kdc, tmp / "appliance", extra_env=hosts.env, settings=settings, timeout=60)
     engine = make_engine(url)
@@ -300,10 +302,10 @@ def _drive(served: Any, engine: Any, sims: list[tuple[str, str, str, str, str]],
         while not stop.wait(min(60.0, LOAD_SECONDS / 10)):
             rss.append((round(time.monotonic() - started), _rss_mib(served.process.pid)))
 
-    threads = senders(len(sims) / HEARTBEAT_S, 16, until, stop, beats, beat)
-    threads += senders(IDENTIFY_PER_S, 4, until, stop, identifies, identify)
-    threads += senders(TASKS_PER_S, 4, until, stop, enqueues, enqueue)
-    threads.append(threading.Thread(target=collectd))
+    threads = senders(BEATS_PER_S, 16, until, stop, beats, beat) if BEATS_PER_S else []
+    threads += senders(IDENTIFY_PER_S, 4, until, stop, identifies, identify) if IDENTIFY_PER_S else []
+    threads += senders(TASKS_PER_S, 4, until, stop, enqueues, enqueue) if TASKS_PER_S else []
+    threads += [threading.Thread(target=collectd)] if COLLECTD else []
     sampler = threading.Thread(target=sample, daemon=True)
     for t in threads:
         t.start()

@@ -15,12 +15,15 @@ its WHERE: a worker that stalled past its lease finds its row taken and writes n
 
 from __future__ import annotations
 
+import functools
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
-from sqlalchemy import and_, exists, or_, select, update
+from sqlalchemy import Select, and_, bindparam, exists, func, or_, select, update
 from sqlalchemy.orm import Session, aliased
+from sqlalchemy.sql.elements import BindParameter
 
 from appliance.db.base import utcnow
 from appliance.db.models import Task, TaskState, TaskType
@@ -37,7 +40,7 @@ class Claim:
     recovered: bool  # taken over from a worker whose lease ran out
 
 
-def claimable(now: datetime, types: frozenset[TaskType] | None = None):  # type: ignore[no-untyped-def]
+def claimable(now: datetime | BindParameter[datetime], types: frozenset[TaskType] | None = None) -> Select[Any]:
     """The SELECT of claimable tasks, best first (not yet limited or locked)."""
     older = aliased(Task)
     blocked = exists().where(
@@ -56,13 +59,17 @@ def claimable(now: datetime, types: frozenset[TaskType] | None = None):  # type:
     return query.order_by(Task.priority.desc(), Task.created_at, Task.id)
 
 
+@functools.lru_cache(maxsize=16)
+def _claim_query(types: frozenset[TaskType] | None, postgresql: bool) -> Select[Any]:
+    """Built once per worker kind: building the statement was a sixth of a claim's time in the interpreter."""
+    query = claimable(bindparam("now", type_=Task.not_before.type), types).limit(1)
+    return query.with_for_update(skip_locked=True, of=Task) if postgresql else query
+
+
 def claim(session: Session, worker: str, lease: timedelta, types: frozenset[TaskType] | None = None) -> Claim | None:
     """Claim the best claimable task for `worker`, or None. The caller commits."""
     now = utcnow()
-    query = claimable(now, types).limit(1)
-    if session.get_bind().dialect.name == "postgresql":
-        query = query.with_for_update(skip_locked=True, of=Task)
-    row = session.execute(query).first()
+    row = session.execute(_claim_query(types, session.get_bind().dialect.name == "postgresql"), {"now": now}).first()
     if row is None:
         return None
     task_id, state, owner, task_type, attempts = row
@@ -72,15 +79,11 @@ def claim(session: Session, worker: str, lease: timedelta, types: frozenset[Task
         .where(Task.id == task_id, Task.state == state,
                Task.lease_owner.is_(None) if owner is None else Task.lease_owner == owner)
         .values(state=TaskState.RUNNING, lease_owner=token, lease_expires_at=now + lease,
-                attempts=Task.attempts + 1, not_before=None)
+                attempts=Task.attempts + 1, not_before=None, started_at=func.coalesce(Task.started_at, now))
         .execution_options(synchronize_session=False)
     ).rowcount  # type: ignore[attr-defined]  # fmt: skip
     if won != 1:
         return None
-    session.execute(
-        update(Task).where(Task.id == task_id, Task.started_at.is_(None)).values(started_at=now)
-        .execution_options(synchronize_session=False)
-    )  # fmt: skip
     return Claim(task_id, TaskType(task_type), token, attempts + 1, state is TaskState.RUNNING)
 
 
@@ -95,15 +98,37 @@ def renew(session: Session, claim: Claim, lease: timedelta) -> bool:
     return bool(done == 1)
 
 
+def renew_all(session: Session, held: list[Claim], lease: timedelta) -> set[str]:
+    """Push on the leases of several claims in one statement; the tokens still held (the others were lost)."""
+    if not held:
+        return set()
+    tokens = [c.token for c in held]
+    rows = session.execute(
+        update(Task)
+        # A token names one claim of one task; the ids let the primary key find the rows.
+        .where(Task.id.in_([c.task_id for c in held]), Task.lease_owner.in_(tokens), Task.state == TaskState.RUNNING)
+        .values(lease_expires_at=utcnow() + lease)
+        .returning(Task.lease_owner)
+        .execution_options(synchronize_session=False)
+    ).all()  # fmt: skip
+    return {owner for (owner,) in rows}
+
+
 def held(session: Session, claim: Claim) -> Task | None:
     """The task row, locked for this transaction, if this claim still holds it; else None.
 
-    A no-op UPDATE guarded by the lease owner is the lock: PostgreSQL locks the row, SQLite takes its
-    write lock; either way nobody can take the task over between this check and the commit.
+    PostgreSQL: SELECT ... FOR UPDATE guarded by the lease owner. SQLite ignores row locks, so there a no-op
+    UPDATE guarded the same way takes its write lock. Either way nobody can take the task over between this
+    check and the commit.
     """
+    guard = (Task.id == claim.task_id, Task.lease_owner == claim.token, Task.state == TaskState.RUNNING)
+    if session.get_bind().dialect.name == "postgresql":
+        return session.scalars(
+            select(Task).where(*guard).with_for_update().execution_options(populate_existing=True)
+        ).one_or_none()
     locked = session.execute(
         update(Task)
-        .where(Task.id == claim.task_id, Task.lease_owner == claim.token, Task.state == TaskState.RUNNING)
+        .where(*guard)
         .values(lease_owner=Task.lease_owner)
         .execution_options(synchronize_session=False)
     ).rowcount  # type: ignore[attr-defined]

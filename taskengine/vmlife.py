@@ -16,7 +16,7 @@ from typing import Any
 
 import libvirt
 from sqlalchemy import select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, joinedload
 
 from appliance import cloudinit, placement
 from appliance.db.models import (
@@ -387,7 +387,9 @@ def _delete_again(ctx: TaskContext) -> Reconciled:
 def update_state(ctx: TaskContext) -> dict[str, Any]:
     """Re-read the domain: its state as libvirt says (stopped if its host has no such domain)."""
     with ctx.session() as s:
-        vm = vm_of(s, ctx)
+        vm = s.get(Vm, ctx.task.target_id, options=[joinedload(Vm.host)])  # its host in the same statement
+        if vm is None:
+            raise NotFound(f"VM {ctx.task.target_id} no longer exists")
         if vm.host is None:
             return {"vm_state": str(VmState.STOPPED if vm.state is not VmState.PENDING else VmState.PENDING)}
         dom = lookup(ctx.connect(vm.host), vm.uuid)

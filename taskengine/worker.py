@@ -15,6 +15,7 @@ import logging
 import os
 import socket
 import threading
+import time
 from datetime import timedelta
 from typing import Any
 
@@ -48,23 +49,23 @@ def backoff(settings: TaskEngineConfig, attempt: int) -> float:
 
 
 class _Lease:
-    """Renews one claim's lease in the background every third of its length; notices when it is lost."""
+    """One claim's lease while its task runs: renewed by the worker's renewer thread (or by the handler, through
+    ctx.renew); `lost` is set when another worker turns out to hold the task."""
 
-    def __init__(self, engine: Engine, claim: Claim, lease: timedelta) -> None:
+    def __init__(self, engine: Engine, claim: Claim, lease: timedelta, renewer: _Renewer) -> None:
         self.engine = engine
         self.claim = claim
         self.lease = lease
         self.lost = threading.Event()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name=f"lease-{claim.task_id}", daemon=True)
+        self.renewed = time.monotonic()  # the claim itself set the lease
+        self._renewer = renewer
 
     def __enter__(self) -> _Lease:
-        self._thread.start()
+        self._renewer.add(self)
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(10)
+        self._renewer.remove(self)
 
     def renew(self) -> None:
         try:
@@ -76,15 +77,61 @@ class _Lease:
         if not ok:
             self.lost.set()
             raise actions.LeaseLost(f"task {self.claim.task_id}: lease lost; another worker has it")
+        self.renewed = time.monotonic()
+
+
+class _Renewer:
+    """One thread per worker that renews the leases of all the tasks it runs, every third of a lease, in one
+    statement: a thread per task cost a start and a join for every task, most of which end within a second."""
+
+    def __init__(self, engine: Engine, lease: timedelta) -> None:
+        self.engine = engine
+        self.lease = lease
+        self.interval = max(0.2, lease.total_seconds() / 3)
+        self._held: dict[str, _Lease] = {}
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="taskengine-leases", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(10)
+
+    def add(self, lease: _Lease) -> None:
+        with self._lock:
+            self._held[lease.claim.token] = lease
+
+    def remove(self, lease: _Lease) -> None:
+        with self._lock:
+            self._held.pop(lease.claim.token, None)
 
     def _run(self) -> None:
-        interval = max(0.2, self.lease.total_seconds() / 3)
-        while not self._stop.wait(interval):
-            try:
-                self.renew()
-            except actions.LeaseLost:
-                log.warning("task %s: lease lost while running", self.claim.task_id)
-                return
+        tick = min(1.0, self.interval / 2)
+        while not self._stop.wait(tick):
+            now = time.monotonic()
+            with self._lock:
+                due = [h for h in self._held.values() if now - h.renewed >= self.interval and not h.lost.is_set()]
+            if due:
+                self.renew(due)
+
+    def renew(self, due: list[_Lease]) -> None:
+        try:
+            with session_scope(self.engine) as s:
+                kept = claims.renew_all(s, [h.claim for h in due], self.lease)
+        except DroverError as exc:
+            log.warning("renewing %d task lease(s) failed: %s", len(due), exc)
+            return  # the database may come back before the leases run out
+        now = time.monotonic()
+        for held in due:
+            if held.claim.token in kept:
+                held.renewed = now
+            else:
+                log.warning("task %s: lease lost while running", held.claim.task_id)
+                held.lost.set()
 
 
 class Worker:
@@ -99,6 +146,7 @@ class Worker:
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._threads: list[threading.Thread] = []
+        self._renewer = _Renewer(engine, self.lease)
         self.handlers = actions.load()
         self.ran = 0  # tasks this process ended (finished or failed), for status and tests
 
@@ -106,6 +154,7 @@ class Worker:
 
     def start(self, threads: int | None = None) -> None:
         tasking.on_enqueue(self.wake)
+        self._renewer.start()
         for n in range(max(1, threads or self.settings.workers)):
             t = threading.Thread(target=self._loop, name=f"taskengine-{n + 1}", daemon=True)
             self._threads.append(t)
@@ -126,6 +175,7 @@ class Worker:
         self._wake.set()
         for t in self._threads:
             t.join(timeout)
+        self._renewer.stop()
         self.connections.close()
 
     def _loop(self) -> None:
@@ -145,26 +195,23 @@ class Worker:
         try:
             with session_scope(self.engine) as s:
                 claim = claims.claim(s, self.name, self.lease, frozenset(self.handlers))
-                if claim is not None:
-                    self._event(s, claim.task_id, "task.running",
-                                f"claimed by {claim.token} (attempt {claim.attempts})"
-                                + (": taken over after a lost lease" if claim.recovered else ""))  # fmt: skip
+                # The claim's UPDATE holds the row until this transaction ends: its event and its VM's move
+                # to the transitional state commit with it (one transaction per task start, not two).
+                info = self._begin(s, claim) if claim is not None else None
         except DroverError as exc:
             log.error("claiming a task failed: %s", exc)
             return False
         if claim is None:
             return False
-        self.execute(claim)
+        if info is not None:
+            self.execute(claim, info)
         return True
 
     # -- one task -----------------------------------------------------------------------------------------
 
-    def execute(self, claim: Claim) -> None:
-        with _Lease(self.engine, claim, self.lease) as lease:
+    def execute(self, claim: Claim, info: actions.TaskInfo) -> None:
+        with _Lease(self.engine, claim, self.lease, self._renewer) as lease:
             try:
-                info = self._begin(claim)
-                if info is None:
-                    return
                 ctx = self._context(info, claim, lease)
                 if claim.recovered or claim.attempts > 1:
                     verdict = self._reconcile(ctx, claim)
@@ -235,24 +282,26 @@ class Worker:
                         + (f" ({verdict.error})" if verdict.error else ""))  # fmt: skip
         return verdict
 
-    def _begin(self, claim: Claim) -> actions.TaskInfo | None:
-        """Move the VM to the action's transitional state (first attempt) and snapshot the task."""
-        with session_scope(self.engine) as s:
-            task = claims.held(s, claim)
-            if task is None:
+    def _begin(self, s: Session, claim: Claim) -> actions.TaskInfo | None:
+        """In the claim's transaction: its event, the VM moved to the action's transitional state (first
+        attempt) and a snapshot of the task; None if the task ended here (its VM is gone)."""
+        task = s.get(Task, claim.task_id, populate_existing=True)
+        if task is None:
+            return None
+        tasking.task_event(s, task, "task.running", f"claimed by {claim.token} (attempt {claim.attempts})"
+                           + (": taken over after a lost lease" if claim.recovered else ""))  # fmt: skip
+        if task.target_kind is TargetKind.VM and task.type in vmstate.TABLE:
+            vm = tasking.lock_vm(s, task.target_id)
+            if vm is None and task.type is not TaskType.VM_DELETE:
+                self._end(s, task, TaskState.FAILED, None, f"VM {task.target_id} no longer exists")
                 return None
-            if task.target_kind is TargetKind.VM and task.type in vmstate.TABLE:
-                vm = tasking.lock_vm(s, task.target_id)
-                if vm is None and task.type is not TaskType.VM_DELETE:
-                    self._end(s, task, TaskState.FAILED, None, f"VM {task.target_id} no longer exists")
-                    return None
-                if vm is not None and BEFORE not in task.args:
-                    entry = vmstate.TABLE[task.type]
-                    task.args = {**task.args, BEFORE: str(vm.state)}
-                    if entry.transitional is not None:
-                        set_vm_state(s, vm, entry.transitional, f"task {task.id} {task.type}", task.id)
-            return actions.TaskInfo(task.id, task.type, task.target_id, dict(task.args), claim.attempts,
-                                    task.created_by)  # fmt: skip
+            if vm is not None and BEFORE not in task.args:
+                entry = vmstate.TABLE[task.type]
+                task.args = {**task.args, BEFORE: str(vm.state)}
+                if entry.transitional is not None:
+                    set_vm_state(s, vm, entry.transitional, f"task {task.id} {task.type}", task.id)
+        return actions.TaskInfo(task.id, task.type, task.target_id, dict(task.args), claim.attempts,
+                                task.created_by)  # fmt: skip
 
     def _finish(self, claim: Claim, result: dict[str, Any] | None, vm_state: object) -> None:
         with session_scope(self.engine) as s:

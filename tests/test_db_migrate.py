@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import pytest
@@ -17,7 +18,10 @@ from appliance.errors import DatabaseError
 
 
 def _diff(engine: Engine, metadata: MetaData) -> list[object]:
-    with connect(engine) as conn:
+    with connect(engine) as conn, warnings.catch_warnings():
+        # SQLite cannot reflect an expression index (the claim's `priority DESC`, made on PostgreSQL only):
+        # alembic skips it there and says so; the PostgreSQL run of this test compares it.
+        warnings.filterwarnings("ignore", "autogenerate skipping metadata-specified expression-based index")
         context = MigrationContext.configure(conn, opts={"compare_type": True, "compare_server_default": True})
         return list(compare_metadata(context, metadata))
 

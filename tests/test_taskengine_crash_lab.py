@@ -156,13 +156,17 @@ def test_two_workers_on_postgresql_share_1000_tasks_none_twice_none_left(
             vms = [Vm(uuid=str(uuid.uuid4()), name=f"pg{n}", vcpus=1, memory_mib=64, hardware_pool_id=pool.id,
                       host_id=hosts[n % 2].id, state=VmState.STOPPED) for n in range(250)]  # fmt: skip
             s.add_all(vms)
-            s.flush()
-            # 4 update-state tasks per VM: each asks the VM's node over Kerberos whether the domain exists.
-            for _ in range(4):
-                for vm in vms:
-                    tasking.enqueue(s, TaskType.VM_UPDATE_STATE, vm.id, {}, created_by="pg-test")
+        # Both processes up before the queue fills: one alone drains 1,000 tasks before a second has started.
         workers = [rack.start_worker(workers=4, database_url=postgres_url, log_name=f"pg-worker-{n}.log")
                    for n in range(2)]  # fmt: skip
+        logs = [rack.workdir / f"pg-worker-{n}.log" for n in range(2)]
+        wait_until("both task engines claiming", lambda: all(
+            log.is_file() and "worker threads" in log.read_text() for log in logs), 60)  # fmt: skip
+        with session_scope(engine) as s:
+            # 4 update-state tasks per VM: each asks the VM's node over Kerberos whether the domain exists.
+            for _ in range(4):
+                for vm in s.scalars(select(Vm).order_by(Vm.id)).all():
+                    tasking.enqueue(s, TaskType.VM_UPDATE_STATE, vm.id, {}, created_by="pg-test")
 
         def done() -> bool:
             with session_scope(engine) as s:

