@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import resource
 import secrets
 import socket
 import ssl
@@ -58,6 +59,9 @@ HEARTBEAT_S = 10
 IDENTIFY_PER_S = 10
 TASKS_PER_S = 100
 VMS = 200
+TASK_WORKERS = 8
+BEAT_SENDERS = 64
+IDENTIFY_SENDERS = 16
 VALUES_PER_HOST = 50
 BEATS_PER_S = SIM_HOSTS / HEARTBEAT_S
 COLLECTD = True
@@ -131,6 +135,24 @@ def _rss_mib(pid: int) -> float:
     return 0.0
 
 
+def _cpu() -> tuple[float, float, float]:
+    """(machine busy jiffies, machine total jiffies, this process's CPU seconds)."""
+    fields = [float(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:9]]  # guest is in user
+    idle = fields[3] + fields[4]
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return sum(fields) - idle, sum(fields), usage.ru_utime + usage.ru_stime
+
+
+def _cpu_share(before: tuple[float, float, float], after: tuple[float, float, float]) -> dict[str, float]:
+    busy, total = after[0] - before[0], after[1] - before[1]
+    seconds = total / os.sysconf("SC_CLK_TCK") / len(os.sched_getaffinity(0))
+    generator = (after[2] - before[2]) / seconds if seconds else 0.0
+    busy_pct = 100 * busy / total if total else 0.0
+    generator_pct = 100 * generator / len(os.sched_getaffinity(0))
+    rest_pct = busy_pct - generator_pct
+    return {"busy": round(busy_pct, 1), "generator": round(generator_pct, 1), "rest": round(rest_pct, 1)}
+
+
 def _metric(text: str, name: str) -> float:
     for line in text.splitlines():
         if line.startswith(name + " "):
@@ -202,7 +224,7 @@ def _measure(tmp: Path, kdc: Any, hosts: LabHosts, nodes: NodeFactory, url: str)
         lab_nodes.append(nodes.start(fqdn, settings=planned))
     settings = {"DROVER_DATABASE_URL": url, "DROVER_NODES_IDENTIFY_PER_MINUTE": "0",
                 "DROVER_NODES_HEARTBEAT_SECONDS": str(HEARTBEAT_S), "DROVER_HOSTBROWSER_ENABLED": "false",
-                "DROVER_NODES_LIBVIRT_PORT": str(libvirt_port), "DROVER_TASKENGINE_WORKERS": os.environ.get("W", "8"),
+                "DROVER_NODES_LIBVIRT_PORT": str(libvirt_port), "DROVER_TASKENGINE_WORKERS": str(TASK_WORKERS),
                 "DROVER_MONITOR_SECURITY_LEVEL": "sign"}  # fmt: skip
     served = start_appliance(kdc, tmp / "appliance", extra_env=hosts.env, settings=settings, timeout=60)
     engine = make_engine(url)
@@ -302,10 +324,12 @@ def _drive(served: Any, engine: Any, sims: list[tuple[str, str, str, str, str]],
         while not stop.wait(min(60.0, LOAD_SECONDS / 10)):
             rss.append((round(time.monotonic() - started), _rss_mib(served.process.pid)))
 
-    threads = senders(BEATS_PER_S, 16, until, stop, beats, beat) if BEATS_PER_S else []
-    threads += senders(IDENTIFY_PER_S, 4, until, stop, identifies, identify) if IDENTIFY_PER_S else []
+    # Enough senders that one slow answer does not hold back the schedule (a fleet does not wait either).
+    threads = senders(BEATS_PER_S, BEAT_SENDERS, until, stop, beats, beat) if BEATS_PER_S else []
+    threads += senders(IDENTIFY_PER_S, IDENTIFY_SENDERS, until, stop, identifies, identify) if IDENTIFY_PER_S else []
     threads += senders(TASKS_PER_S, 4, until, stop, enqueues, enqueue) if TASKS_PER_S else []
     threads += [threading.Thread(target=collectd)] if COLLECTD else []
+    cpu_before = _cpu()
     sampler = threading.Thread(target=sample, daemon=True)
     for t in threads:
         t.start()
@@ -314,6 +338,7 @@ def _drive(served: Any, engine: Any, sims: list[tuple[str, str, str, str, str]],
         t.join(LOAD_SECONDS + 120)
     stop.set()
     elapsed = time.monotonic() - started
+    cpu = _cpu_share(cpu_before, _cpu())
     # The queue drains (bounded), then every task is counted by its end state.
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:
@@ -352,6 +377,9 @@ def _drive(served: Any, engine: Any, sims: list[tuple[str, str, str, str, str]],
         # read is decoded or dropped from the queue and counted (queue_drops). Unaccounted must be 0.
         "collectd": {"values_sent": sent["values"], "packets_sent": sent["packets"], **counted,
                      "packets_unaccounted": sent["packets"] - counted["packets"] - counted["kernel_drops"]},
+        # Where the machine's CPU went while the senders ran: all cores busy means the figures above are this
+        # machine's ceiling for the mix, not the appliance's; the generator's share is its own process.
+        "cpu_percent_of_machine": cpu,
         "server_rss_mib": rss,
         "rss_last_vs_second_sample": round(last / second, 3) if second else None,
     }

@@ -10,7 +10,7 @@ import xml.etree.ElementTree as ET
 from datetime import timedelta
 from pathlib import Path
 
-from sqlalchemy import Engine, update
+from sqlalchemy import Engine, select, update
 
 from appliance import config, placement, tasking
 from appliance.db.base import utcnow
@@ -192,6 +192,33 @@ def test_an_expired_lease_is_taken_over_and_the_old_owner_writes_nothing(db_engi
     with session_scope(db_engine) as s:
         assert claims.held(s, dead) is None and not claims.renew(s, dead, timedelta(seconds=30))
         assert claims.held(s, taken) is not None
+
+
+def test_renewing_several_leases_at_once_keeps_ours_and_names_the_lost(db_engine: Engine) -> None:
+    a, b, c = _vm(db_engine, 3)
+    lease = timedelta(seconds=30)
+    with session_scope(db_engine) as s:
+        ids = [tasking.enqueue(s, TaskType.VM_START, v, {}, created_by=None).id for v in (a, b, c)]
+    held = []
+    for n in range(3):
+        with session_scope(db_engine) as s:
+            got = claims.claim(s, f"w{n}", lease)
+            assert got is not None
+            held.append(got)
+    with session_scope(db_engine) as s:  # one taken over by another worker, one ended
+        lost, ended = held[0], held[1]
+        s.execute(update(Task).where(Task.id == lost.task_id).values(lease_owner="someone-else/x"))
+        s.execute(update(Task).where(Task.id == ended.task_id).values(state=TaskState.FINISHED))
+        before = s.get(Task, held[2].task_id).lease_expires_at  # type: ignore[union-attr]
+    with session_scope(db_engine) as s:
+        kept = claims.renew_all(s, held, timedelta(seconds=300))
+    assert kept == {held[2].token}
+    with session_scope(db_engine) as s:
+        rows = {t.id: t for t in s.scalars(select(Task).where(Task.id.in_(ids)))}
+        assert rows[held[2].task_id].lease_expires_at > before  # type: ignore[operator]
+        assert rows[lost.task_id].lease_owner == "someone-else/x"
+    with session_scope(db_engine) as s:
+        assert claims.renew_all(s, [], lease) == set()
 
 
 def test_convergence_raises_downtime_step_by_step_then_aborts() -> None:
