@@ -176,6 +176,12 @@ ROWS: tuple[Row, ...] = (
         f"{_fmt(_get(f, 'rss_last_vs_second_sample'))}",
     ),
     Row(
+        "load: machine CPU busy while it ran",
+        "load",
+        _v("cpu_percent_of_machine", "busy", unit=" %"),
+        lambda f: f"of which the load generator {_fmt(_get(f, 'cpu_percent_of_machine', 'generator'))} %",
+    ),
+    Row(
         "SSE fan-out to 200 streams",
         "ui",
         _v("sse_fanout_ms", unit=" ms"),
