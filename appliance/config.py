@@ -237,7 +237,7 @@ class PowerConfig:
 
     interface: str = "lanplus"  # ipmitool -I: lanplus (IPMI 2.0, RMCP+) or lan (1.5)
     timeout_seconds: int = 15  # one ipmitool call; a BMC that does not answer by then has failed
-    retries: int = 2  # ipmitool -R: its own retransmissions of a lost UDP request
+    retries: int = 2  # ipmitool -R for status queries; power on and off are sent once (appliance.ipmi)
 
 
 @dataclass(frozen=True)

@@ -104,8 +104,19 @@ class IpmiClient:
         if action is PowerAction.STATUS:
             return self.status(bmc)
         log.info("power %s of %r", action, bmc)
-        self._call(bmc, "chassis", "power", str(action))
-        return self._settle(bmc, PowerState.ON if action is PowerAction.ON else PowerState.OFF)
+        want = PowerState.ON if action is PowerAction.ON else PowerState.OFF
+        self._once(bmc, action, want)
+        return self._settle(bmc, want)
+
+    def _once(self, bmc: Bmc, action: PowerAction, want: PowerState) -> None:
+        """An admin's on or off, sent once as the fencer's are (a BMC may act twice on a retransmission); a
+        lost answer is not a failure if the BMC then reports the state asked for."""
+        try:
+            self._call(bmc, "chassis", "power", str(action), retries=ONE_TRY)
+        except BmcError:
+            if self._settle(bmc, want) is not want:
+                raise
+            log.info("power %s of %r: no answer, but the BMC reports %s", action, bmc, want)
 
     def _settle(self, bmc: Bmc, want: PowerState) -> PowerState:
         """The state the BMC reports once it shows `want`, or after timeout_seconds: many BMCs accept "on" at
@@ -121,9 +132,9 @@ class IpmiClient:
         """Off, confirmed off, a second's pause, on: what IPMI's own "power cycle" does. Done by hand because
         not every BMC has the command (virtualbmc answers it with 0xcc) and some refuse it while off."""
         log.info("power cycle of %r", bmc)
-        self._call(bmc, "chassis", "power", "off")
+        self._once(bmc, PowerAction.OFF, PowerState.OFF)
         if self._settle(bmc, PowerState.OFF) is not PowerState.OFF:
             raise BmcError(f"BMC {bmc.address}:{bmc.port} still reports power on after power off")
         time.sleep(CYCLE_OFF_SECONDS)
-        self._call(bmc, "chassis", "power", "on")
+        self._once(bmc, PowerAction.ON, PowerState.ON)
         return self._settle(bmc, PowerState.ON)

@@ -118,9 +118,13 @@ def test_power_management_through_virtualbmc(fence_rack: FenceRack) -> None:
 
     # Off: the chassis domain is destroyed (libvirt says so), the host loses power, the appliance notices.
     t0 = time.monotonic()
+    called = f"Power off called for domain {fb.chassis}"
+    offs = rack.bmcs.log_text().count(called)
     off = rack.drover("host", "power", "off", fb.fqdn)
     assert off.returncode == 0 and "reports power off" in off.stdout, off.stdout + off.stderr
     assert chassis_id(rack, fb) == -1
+    # Sent once, as the fencer's are: virtualbmc would act again on an ipmitool retransmission.
+    assert rack.bmcs.log_text().count(called) == offs + 1
     wait_until("fb unavailable", lambda: rack.host_row(fb).state is HostState.UNAVAILABLE, 30)
     assert fb.node.process.poll() is not None  # its libvirtd died with the power
     # Confirmed off by its BMC: a fence in the admin's name (so the fencer does not fence it again).
