@@ -7,7 +7,6 @@ loopback); the virt plugin reads the node's own libvirt, each domain under its U
 
 from __future__ import annotations
 
-import random
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -24,7 +23,7 @@ from tests.lab.appliance import ADMIN, LabAppliance, admin_appliance
 from tests.lab.image import NodeImage
 from tests.lab.kdc import LabKdc
 from tests.lab.libvirtd import LabHosts, client_env, virsh
-from tests.lab.pxe import PxeNode, boot, vouch_for
+from tests.lab.pxe import PxeNode, boot, free_address, vouch_for
 from tests.lab.qemu import HOST_FROM_GUEST, Guest
 
 pytestmark = pytest.mark.lab
@@ -66,7 +65,7 @@ def wait_for(what: str, check: Callable[[], bool], timeout: float, guest: Guest,
 @pytest.mark.boot
 @pytest.mark.timeout(900, func_only=True)
 def test_pxe_booted_node_reports_host_and_vm_series(node_image: NodeImage, kdc: LabKdc, tmp_path: Path) -> None:
-    node = PxeNode.numbered(61, "example.test", f"127.0.0.{random.randint(100, 199)}")
+    node = PxeNode.numbered(61, "example.test", free_address())
     hosts = LabHosts(tmp_path / "nss_hosts")
     hosts.add(node.fqdn, node.address)
     env = {

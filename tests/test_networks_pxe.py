@@ -12,7 +12,6 @@ NICs are taps on the segment.
 from __future__ import annotations
 
 import json
-import random
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -28,7 +27,7 @@ from tests.lab.appliance import LabAppliance, start_appliance
 from tests.lab.image import NodeImage
 from tests.lab.kdc import LabKdc
 from tests.lab.libvirtd import LabHosts
-from tests.lab.pxe import PxeNode, boot, vouch_for
+from tests.lab.pxe import PxeNode, boot, free_address, vouch_for
 from tests.lab.qemu import HOST_FROM_GUEST, Guest
 from tests.lab.segment import Segment
 
@@ -72,7 +71,7 @@ def _status(served: LabAppliance, fqdn: str) -> dict[str, object]:
 def test_pxe_node_applies_bond_vlan_bridge_rolls_back_and_gets_it_back_after_reboot(
     node_image: NodeImage, kdc: LabKdc, tmp_path: Path
 ) -> None:
-    node = PxeNode.numbered(61, "example.test", f"127.0.0.{random.randint(100, 199)}")
+    node = PxeNode.numbered(61, "example.test", free_address())
     hosts = LabHosts(tmp_path / "nss_hosts")
     hosts.add(node.fqdn, node.address)
     seg = Segment()

@@ -9,7 +9,6 @@ kills the node, and boots it again: the same host row comes back.
 
 from __future__ import annotations
 
-import random
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -25,7 +24,7 @@ from tests.lab.appliance import LabAppliance, start_appliance
 from tests.lab.image import NodeImage
 from tests.lab.kdc import LabKdc
 from tests.lab.libvirtd import LabHosts, client_env, virsh
-from tests.lab.pxe import BootClock, PxeNode, boot, vouch_for
+from tests.lab.pxe import BootClock, PxeNode, boot, free_address, vouch_for
 from tests.lab.qemu import HOST_FROM_GUEST, Guest
 
 pytestmark = pytest.mark.lab
@@ -86,7 +85,7 @@ def boot_nics(db: Engine, dmi_uuid: str) -> dict[str, bool]:
 @pytest.mark.timeout(TIMEOUT, func_only=True)
 def test_pxe_booted_node_enrols_itself(node_image: NodeImage, kdc: LabKdc, tmp_path: Path) -> None:
     # Not node1: enrolling re-keys libvirt/<fqdn> in the session's KDC, and the session's lab node is node1.
-    node = PxeNode.numbered(51, "example.test", f"127.0.0.{random.randint(100, 199)}")
+    node = PxeNode.numbered(51, "example.test", free_address())
     hosts = LabHosts(tmp_path / "nss_hosts")
     hosts.add(node.fqdn, node.address)
     served = start_appliance(

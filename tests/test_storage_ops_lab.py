@@ -180,10 +180,15 @@ def test_iscsi_pool_defined_against_lab_tgt_fails_to_log_in_here(ops: Ops, iscsi
 
 
 def test_lab_servers_answer_real_clients(nfs_server: LabNfs, iscsi_target: LabIscsi, tmp_path: Path) -> None:
-    (nfs_server.export_dir / "seen.txt").write_text("x")
-    assert "seen.txt" in nfs_server.ls()
-    run(["nfs-cp", "/etc/hostname", nfs_server.url("copied.txt")], timeout=30)
-    assert (nfs_server.export_dir / "copied.txt").read_bytes() == Path("/etc/hostname").read_bytes()
+    # The export is the session's: what this test writes there goes again, or a pool refreshed later sees it.
+    try:
+        (nfs_server.export_dir / "seen.txt").write_text("x")
+        assert "seen.txt" in nfs_server.ls()
+        run(["nfs-cp", "/etc/hostname", nfs_server.url("copied.txt")], timeout=30)
+        assert (nfs_server.export_dir / "copied.txt").read_bytes() == Path("/etc/hostname").read_bytes()
+    finally:
+        for name in ("seen.txt", "copied.txt"):
+            (nfs_server.export_dir / name).unlink(missing_ok=True)
     listing = iscsi_target.ls()
     assert iscsi_target.iqn in listing and "Lun:1" in listing
     with pytest.raises(subprocess.CalledProcessError):

@@ -10,7 +10,6 @@ own task engine threads are off, so exactly one engine runs.
 
 from __future__ import annotations
 
-import random
 import time
 from pathlib import Path
 
@@ -28,7 +27,7 @@ from tests.lab.iscsi import LabIscsi
 from tests.lab.kdc import LabKdc
 from tests.lab.libvirtd import LabHosts
 from tests.lab.nfs import LabNfs
-from tests.lab.pxe import PxeNode, boot, vouch_for
+from tests.lab.pxe import PxeNode, boot, free_address, vouch_for
 from tests.lab.qemu import HOST_FROM_GUEST, Guest
 from tests.lab.taskworker import finished, start_worker, wait
 
@@ -43,7 +42,7 @@ ME = "admin@LAB.EXAMPLE.TEST"
 def test_pxe_node_mounts_nfs_and_iscsi_pools(
     node_image: NodeImage, kdc: LabKdc, nfs_server: LabNfs, iscsi_target: LabIscsi, tmp_path: Path
 ) -> None:
-    node = PxeNode.numbered(7, "example.test", f"127.0.0.{random.randint(100, 199)}")
+    node = PxeNode.numbered(7, "example.test", free_address())
     hosts = LabHosts(tmp_path / "nss_hosts")
     hosts.add(node.fqdn, node.address)
     served = start_appliance(
@@ -59,6 +58,8 @@ def test_pxe_node_mounts_nfs_and_iscsi_pools(
     db = make_engine(served.database_url)
     guest: Guest | None = None
     worker = None
+    # The export is the session's: files other tests left there are in every refresh, and not this test's.
+    others = sorted(p.name for p in nfs_server.export_dir.iterdir())
     try:
         used = served.drover("boot", "use", str(node_image.dir))
         assert used.returncode == 0, used.stdout + used.stderr
@@ -97,7 +98,7 @@ def test_pxe_node_mounts_nfs_and_iscsi_pools(
         finished(db, task_id, worker, timeout=180)
         with session_scope(db) as s:
             names = sorted(v.name for v in storage.find_pool(s, "ganesha").volumes)
-        assert names == ["from-server.img", "on-nfs.qcow2"]
+        assert names == sorted(["from-server.img", "on-nfs.qcow2", *others])
         with session_scope(db) as s:
             task_id = storage.delete_volume(s, storage.find_volume(s, storage.find_pool(s, "ganesha"), "on-nfs.qcow2"),
                                             ME).id  # fmt: skip

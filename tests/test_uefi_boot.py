@@ -7,7 +7,6 @@ available, as the BIOS enrolment test does (tests/test_pxe_enrolment.py).
 
 from __future__ import annotations
 
-import random
 from pathlib import Path
 
 import pytest
@@ -19,7 +18,7 @@ from tests.lab.appliance import start_appliance
 from tests.lab.image import NodeImage
 from tests.lab.kdc import LabKdc
 from tests.lab.libvirtd import LabHosts
-from tests.lab.pxe import BootClock, PxeNode, boot, vouch_for
+from tests.lab.pxe import BootClock, PxeNode, boot, free_address, vouch_for
 from tests.lab.qemu import HOST_FROM_GUEST, Guest, start_guest
 from tests.test_image_boot import MARKER, assert_root_in_ram, facts
 from tests.test_pxe_enrolment import boot_nics, host_row, state_of, wait_for
@@ -50,7 +49,7 @@ def test_uefi_cd_boot_into_ram(node_image: NodeImage, tmp_path: Path, guests: li
 @pytest.mark.timeout(BOOT_TIMEOUT + 60, func_only=True)
 def test_uefi_pxe_booted_node_enrols_itself(node_image: NodeImage, kdc: LabKdc, tmp_path: Path) -> None:
     # Its own node number: enrolling re-keys libvirt/<fqdn> in the session's KDC (51 is the BIOS test's).
-    node = PxeNode.numbered(52, "example.test", f"127.0.0.{random.randint(100, 199)}")
+    node = PxeNode.numbered(52, "example.test", free_address())
     hosts = LabHosts(tmp_path / "nss_hosts")
     hosts.add(node.fqdn, node.address)
     served = start_appliance(

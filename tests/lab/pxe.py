@@ -13,7 +13,9 @@ Used by the PXE enrolment test, the boot benchmark and `make demo`.
 from __future__ import annotations
 
 import enum
+import random
 import re
+import socket
 import time
 import uuid
 from collections.abc import Callable
@@ -74,6 +76,26 @@ def tftp_root(node: PxeNode, workdir: Path, boot_port: int) -> Path:
     tftp.mkdir(parents=True, exist_ok=True)
     (tftp / "boot.ipxe").write_text(f"#!ipxe\ndhcp\nchain http://{HOST_FROM_GUEST}:{boot_port}/boot/boot.ipxe\n")
     return tftp
+
+
+def free_address(low: int = 100, high: int = 199, tries: int = 50) -> str:
+    """A loopback address 127.0.0.low..high whose NODE_PORTS nothing holds now: qemu refuses to start when a
+    forward's port is taken, and two nodes of parallel tests on one random address clashed (1 in 100)."""
+    address = f"127.0.0.{random.randint(low, high)}"
+    for _ in range(tries):
+        if all(_bindable(address, port) for port in NODE_PORTS):
+            return address
+        address = f"127.0.0.{random.randint(low, high)}"
+    return address
+
+
+def _bindable(address: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind((address, port))
+        except OSError:
+            return False
+    return True
 
 
 def user_net(node: PxeNode) -> UserNet:
