@@ -11,24 +11,30 @@ still says what was read (state and lease owner), so two claimants can never bot
 
 Every later write of the worker (renew, progress, finish) carries `lease_owner = <this claim's token>` in
 its WHERE: a worker that stalled past its lease finds its row taken and writes nothing.
+
+The statements here are Core, on the table, not ORM objects: they run for every task, and building,
+loading and flushing ORM objects was most of a task's cost in the interpreter. They take a Connection or a
+Session alike.
 """
 
 from __future__ import annotations
 
 import functools
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import Select, and_, bindparam, exists, func, or_, select, update
+from sqlalchemy import Connection, CursorResult, Row, Select, Table, and_, bindparam, exists, func, or_, select, update
 from sqlalchemy.orm import Session, aliased
 from sqlalchemy.sql.elements import BindParameter
 
 from appliance.db.base import utcnow
-from appliance.db.models import Task, TaskState, TaskType
+from appliance.db.models import TargetKind, Task, TaskState, TaskType
 
 _LIVE = (TaskState.QUEUED, TaskState.RUNNING)
+TASKS = cast(Table, Task.__table__)
+Db = Connection | Session
 
 
 @dataclass(frozen=True)
@@ -38,6 +44,15 @@ class Claim:
     token: str  # the lease owner written on the row: "<worker>/<random>", unique per claim
     attempts: int
     recovered: bool  # taken over from a worker whose lease ran out
+    # The row as claimed (returned by the claim's UPDATE, so starting the task reads nothing more).
+    target_kind: TargetKind = TargetKind.VM
+    target_id: int = 0
+    args: dict[str, Any] = field(default_factory=dict, compare=False)
+    created_by: str | None = None
+
+
+def is_postgresql(db: Db) -> bool:
+    return (db.dialect if isinstance(db, Connection) else db.get_bind().dialect).name == "postgresql"
 
 
 def claimable(now: datetime | BindParameter[datetime], types: frozenset[TaskType] | None = None) -> Select[Any]:
@@ -66,52 +81,66 @@ def _claim_query(types: frozenset[TaskType] | None, postgresql: bool) -> Select[
     return query.with_for_update(skip_locked=True, of=Task) if postgresql else query
 
 
-def claim(session: Session, worker: str, lease: timedelta, types: frozenset[TaskType] | None = None) -> Claim | None:
+def claim(db: Db, worker: str, lease: timedelta, types: frozenset[TaskType] | None = None) -> Claim | None:
     """Claim the best claimable task for `worker`, or None. The caller commits."""
     now = utcnow()
-    row = session.execute(_claim_query(types, session.get_bind().dialect.name == "postgresql"), {"now": now}).first()
+    row = db.execute(_claim_query(types, is_postgresql(db)), {"now": now}).first()
     if row is None:
         return None
     task_id, state, owner, task_type, attempts = row
     token = f"{worker}/{uuid.uuid4().hex[:12]}"
-    won = session.execute(
-        update(Task)
-        .where(Task.id == task_id, Task.state == state,
-               Task.lease_owner.is_(None) if owner is None else Task.lease_owner == owner)
+    c = TASKS.c
+    won = db.execute(
+        update(TASKS)
+        .where(c.id == task_id, c.state == state, c.lease_owner.is_(None) if owner is None else c.lease_owner == owner)
         .values(state=TaskState.RUNNING, lease_owner=token, lease_expires_at=now + lease,
-                attempts=Task.attempts + 1, not_before=None, started_at=func.coalesce(Task.started_at, now))
-        .execution_options(synchronize_session=False)
-    ).rowcount  # type: ignore[attr-defined]  # fmt: skip
-    if won != 1:
+                attempts=c.attempts + 1, not_before=None, started_at=func.coalesce(c.started_at, now))
+        .returning(c.target_kind, c.target_id, c.args, c.created_by)
+    ).first()  # fmt: skip
+    if won is None:
         return None
-    return Claim(task_id, TaskType(task_type), token, attempts + 1, state is TaskState.RUNNING)
+    return Claim(task_id, TaskType(task_type), token, attempts + 1, state is TaskState.RUNNING,
+                 TargetKind(won.target_kind), won.target_id, dict(won.args or {}), won.created_by)  # fmt: skip
 
 
-def renew(session: Session, claim: Claim, lease: timedelta) -> bool:
+def _guard(claim: Claim) -> tuple[Any, ...]:
+    c = TASKS.c
+    return (c.id == claim.task_id, c.lease_owner == claim.token, c.state == TaskState.RUNNING)
+
+
+def renew(db: Db, claim: Claim, lease: timedelta) -> bool:
     """Push the lease on; False if the task is no longer ours (taken over, or ended)."""
-    done = session.execute(
-        update(Task)
-        .where(Task.id == claim.task_id, Task.lease_owner == claim.token, Task.state == TaskState.RUNNING)
-        .values(lease_expires_at=utcnow() + lease)
-        .execution_options(synchronize_session=False)
-    ).rowcount  # type: ignore[attr-defined]
-    return bool(done == 1)
+    done = db.execute(update(TASKS).where(*_guard(claim)).values(lease_expires_at=utcnow() + lease))
+    return cast(CursorResult[Any], done).rowcount == 1
 
 
-def renew_all(session: Session, held: list[Claim], lease: timedelta) -> set[str]:
+def renew_all(db: Db, held: list[Claim], lease: timedelta) -> set[str]:
     """Push on the leases of several claims in one statement; the tokens still held (the others were lost)."""
     if not held:
         return set()
-    tokens = [c.token for c in held]
-    rows = session.execute(
-        update(Task)
+    c = TASKS.c
+    rows = db.execute(
+        update(TASKS)
         # A token names one claim of one task; the ids let the primary key find the rows.
-        .where(Task.id.in_([c.task_id for c in held]), Task.lease_owner.in_(tokens), Task.state == TaskState.RUNNING)
+        .where(c.id.in_([h.task_id for h in held]), c.lease_owner.in_([h.token for h in held]),
+               c.state == TaskState.RUNNING)
         .values(lease_expires_at=utcnow() + lease)
-        .returning(Task.lease_owner)
-        .execution_options(synchronize_session=False)
+        .returning(c.lease_owner)
     ).all()  # fmt: skip
     return {owner for (owner,) in rows}
+
+
+def end(db: Db, claim: Claim, state: TaskState, result: dict[str, Any] | None, error: str | None) -> Row[Any] | None:
+    """End the task (finished or failed) if this claim still holds it, in one compare-and-set: its args
+    as they are now, or None when the lease was lost (nothing written). The row stays locked until commit."""
+    c = TASKS.c
+    return db.execute(
+        update(TASKS)
+        .where(*_guard(claim))
+        .values(state=state, result=result, error=error, finished_at=utcnow(), lease_expires_at=None,
+                **({"progress": 1.0} if state is TaskState.FINISHED else {}))
+        .returning(c.args)
+    ).first()  # fmt: skip
 
 
 def held(session: Session, claim: Claim) -> Task | None:
@@ -122,16 +151,11 @@ def held(session: Session, claim: Claim) -> Task | None:
     check and the commit.
     """
     guard = (Task.id == claim.task_id, Task.lease_owner == claim.token, Task.state == TaskState.RUNNING)
-    if session.get_bind().dialect.name == "postgresql":
+    if is_postgresql(session):
         return session.scalars(
             select(Task).where(*guard).with_for_update().execution_options(populate_existing=True)
         ).one_or_none()
-    locked = session.execute(
-        update(Task)
-        .where(*guard)
-        .values(lease_owner=Task.lease_owner)
-        .execution_options(synchronize_session=False)
-    ).rowcount  # type: ignore[attr-defined]
-    if locked != 1:
+    locked = session.execute(update(TASKS).where(*_guard(claim)).values(lease_owner=TASKS.c.lease_owner))
+    if cast(CursorResult[Any], locked).rowcount != 1:
         return None
     return session.get(Task, claim.task_id, populate_existing=True)

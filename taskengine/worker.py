@@ -20,16 +20,16 @@ from datetime import timedelta
 from typing import Any
 
 import libvirt
-from sqlalchemy import Engine, update
+from sqlalchemy import Connection, Engine, update
 from sqlalchemy.orm import Session
 
 from appliance import tasking, vmstate
 from appliance.config import TaskEngineConfig
 from appliance.db.base import utcnow
-from appliance.db.engine import session_scope
+from appliance.db.engine import session_scope, transaction
 from appliance.db.models import Event, Severity, TargetKind, Task, TaskState, TaskType, Vm, VmState
 from appliance.errors import DroverError
-from taskengine import actions, claims
+from taskengine import actions, claims, ledger
 from taskengine.claims import Claim
 from taskengine.connections import Connections, is_transient
 
@@ -148,6 +148,7 @@ class Worker:
         self._threads: list[threading.Thread] = []
         self._renewer = _Renewer(engine, self.lease)
         self.handlers = actions.load()
+        self._types = frozenset(self.handlers)  # the claim statement is built once per set of types
         self.ran = 0  # tasks this process ended (finished or failed), for status and tests
 
     # -- the loop -----------------------------------------------------------------------------------------
@@ -193,11 +194,11 @@ class Worker:
     def run_once(self) -> bool:
         """Claim one task and run it to its end; False if there was nothing to claim."""
         try:
-            with session_scope(self.engine) as s:
-                claim = claims.claim(s, self.name, self.lease, frozenset(self.handlers))
+            with transaction(self.engine) as conn:
+                claim = claims.claim(conn, self.name, self.lease, self._types)
                 # The claim's UPDATE holds the row until this transaction ends: its event and its VM's move
                 # to the transitional state commit with it (one transaction per task start, not two).
-                info = self._begin(s, claim) if claim is not None else None
+                info = self._begin(conn, claim) if claim is not None else None
         except DroverError as exc:
             log.error("claiming a task failed: %s", exc)
             return False
@@ -282,41 +283,54 @@ class Worker:
                         + (f" ({verdict.error})" if verdict.error else ""))  # fmt: skip
         return verdict
 
-    def _begin(self, s: Session, claim: Claim) -> actions.TaskInfo | None:
+    def _begin(self, conn: Connection, claim: Claim) -> actions.TaskInfo | None:
         """In the claim's transaction: its event, the VM moved to the action's transitional state (first
         attempt) and a snapshot of the task; None if the task ended here (its VM is gone)."""
-        task = s.get(Task, claim.task_id, populate_existing=True)
-        if task is None:
-            return None
-        tasking.task_event(s, task, "task.running", f"claimed by {claim.token} (attempt {claim.attempts})"
-                           + (": taken over after a lost lease" if claim.recovered else ""))  # fmt: skip
-        if task.target_kind is TargetKind.VM and task.type in vmstate.TABLE:
-            vm = tasking.lock_vm(s, task.target_id)
-            if vm is None and task.type is not TaskType.VM_DELETE:
-                self._end(s, task, TaskState.FAILED, None, f"VM {task.target_id} no longer exists")
+        entries = ledger.Entries(claim.task_id, claim.type)
+        running = f"claimed by {claim.token} (attempt {claim.attempts})" + (
+            ": taken over after a lost lease" if claim.recovered else "")  # fmt: skip
+        args = claim.args
+        if claim.target_kind is TargetKind.VM and claim.type in vmstate.TABLE:
+            vm = ledger.lock_vm(conn, claim.target_id)
+            entries.task("task.running", running, vm_id=vm.id if vm is not None else None)
+            if vm is None and claim.type is not TaskType.VM_DELETE:
+                gone = f"VM {claim.target_id} no longer exists"
+                claims.end(conn, claim, TaskState.FAILED, None, gone)
+                entries.task("task.failed", f"failed: {gone}", severity=Severity.ERROR)
+                entries.write(conn)
+                self.ran += 1
                 return None
-            if vm is not None and BEFORE not in task.args:
-                entry = vmstate.TABLE[task.type]
-                task.args = {**task.args, BEFORE: str(vm.state)}
-                if entry.transitional is not None:
-                    set_vm_state(s, vm, entry.transitional, f"task {task.id} {task.type}", task.id)
-        return actions.TaskInfo(task.id, task.type, task.target_id, dict(task.args), claim.attempts,
-                                task.created_by)  # fmt: skip
+            if vm is not None and BEFORE not in args:
+                args = {**args, BEFORE: str(vm.state)}
+                conn.execute(update(claims.TASKS).where(claims.TASKS.c.id == claim.task_id).values(args=args))
+                transitional = vmstate.TABLE[claim.type].transitional
+                if transitional is not None:
+                    ledger.move_vm(conn, vm, transitional, f"task {claim.task_id} {claim.type}", entries)
+        else:
+            vm_id, host_id = ledger.target_ids(conn, claim.target_kind, claim.target_id)
+            entries.task("task.running", running, vm_id=vm_id, host_id=host_id)
+        entries.write(conn)
+        return actions.TaskInfo(claim.task_id, claim.type, claim.target_id, dict(args), claim.attempts,
+                                claim.created_by)  # fmt: skip
 
     def _finish(self, claim: Claim, result: dict[str, Any] | None, vm_state: object) -> None:
-        with session_scope(self.engine) as s:
-            task = claims.held(s, claim)
-            if task is None:
+        with transaction(self.engine) as conn:
+            ended = claims.end(conn, claim, TaskState.FINISHED, result, None)
+            if ended is None:
                 raise actions.LeaseLost("lease lost before the result was written")
-            if task.target_kind is TargetKind.VM and task.type in vmstate.TABLE:
-                vm = tasking.lock_vm(s, task.target_id)
+            entries = ledger.Entries(claim.task_id, claim.type)
+            if claim.target_kind is TargetKind.VM and claim.type in vmstate.TABLE:
+                vm = ledger.lock_vm(conn, claim.target_id)
+                vm_id, host_id = (vm.id if vm is not None else None), None
                 if vm is not None:
-                    before = VmState(task.args.get(BEFORE, str(vm.state)))
-                    entry = vmstate.TABLE[task.type]
-                    target = VmState(str(vm_state)) if vm_state else entry.after(before)
-                    set_vm_state(s, vm, target, f"task {task.id} {task.type} finished", task.id)
-                    vm.state_reason = ""
-            self._end(s, task, TaskState.FINISHED, result, None)
+                    before = VmState((ended.args or {}).get(BEFORE, str(vm.state)))
+                    target = VmState(str(vm_state)) if vm_state else vmstate.TABLE[claim.type].after(before)
+                    ledger.move_vm(conn, vm, target, f"task {claim.task_id} {claim.type} finished", entries, "")
+            else:
+                vm_id, host_id = ledger.target_ids(conn, claim.target_kind, claim.target_id)
+            entries.task("task.finished", "finished", vm_id=vm_id, host_id=host_id)
+            entries.write(conn)
+        self.ran += 1
         log.info("task %s (%s) finished", claim.task_id, claim.type)
 
     def _fail(self, claim: Claim, error: str) -> None:

@@ -167,6 +167,14 @@ def session_factory(engine: Engine) -> sessionmaker[Session]:
     return sessionmaker(engine, expire_on_commit=False)
 
 
+def _failed(engine: Engine, exc: sqlalchemy.exc.OperationalError) -> DatabaseError:
+    # Lost connections, lock time-outs, a schema older than the code: all need the admin, not a retry here.
+    return DatabaseError(
+        f"database {describe(engine)}: {_first_line(exc)}",
+        f"check {SETTING}; run `drover db upgrade` if the schema is behind",
+    )
+
+
 @contextmanager
 def session_scope(engine: Engine) -> Iterator[Session]:
     """One transaction: committed when the block ends, rolled back if it raises."""
@@ -174,8 +182,14 @@ def session_scope(engine: Engine) -> Iterator[Session]:
         with session_factory(engine).begin() as session:
             yield session
     except sqlalchemy.exc.OperationalError as exc:
-        # Lost connections, lock time-outs, a schema older than the code: all need the admin, not a retry here.
-        raise DatabaseError(
-            f"database {describe(engine)}: {_first_line(exc)}",
-            f"check {SETTING}; run `drover db upgrade` if the schema is behind",
-        ) from None
+        raise _failed(engine, exc) from None
+
+
+@contextmanager
+def transaction(engine: Engine) -> Iterator[Connection]:
+    """session_scope without the ORM: one transaction on a connection, for Core statements on hot paths."""
+    try:
+        with engine.begin() as conn:
+            yield conn
+    except sqlalchemy.exc.OperationalError as exc:
+        raise _failed(engine, exc) from None

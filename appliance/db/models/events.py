@@ -5,7 +5,7 @@ from __future__ import annotations
 import enum
 from datetime import datetime
 
-from sqlalchemy import ForeignKey, Text, text
+from sqlalchemy import Connection, ForeignKey, Text, text
 from sqlalchemy import event as sa_event
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
@@ -40,12 +40,18 @@ class Event(IdMixin, Base):
 NOTIFY_CHANNEL = "drover_events"
 
 
+_NOTIFY = text("SELECT pg_notify(:channel, '')")
+
+
+def announce(conn: Connection) -> None:
+    """What a transaction that inserts events without the ORM (Core INSERTs) calls itself."""
+    if conn.dialect.name == "postgresql":
+        conn.execute(_NOTIFY, {"channel": NOTIFY_CHANNEL})
+
+
 def _announce_events(session: Session, _context: object) -> None:
-    if not any(isinstance(obj, Event) for obj in session.new):
-        return
-    if session.get_bind().dialect.name != "postgresql":
-        return
-    session.connection().execute(text("SELECT pg_notify(:channel, '')"), {"channel": NOTIFY_CHANNEL})
+    if any(isinstance(obj, Event) for obj in session.new):
+        announce(session.connection())
 
 
 sa_event.listen(Session, "after_flush", _announce_events)
