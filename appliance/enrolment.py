@@ -28,12 +28,12 @@ from dataclasses import dataclass
 from datetime import timedelta
 
 from sqlalchemy import delete, select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, joinedload
 
 from appliance import hosts, monitoring, networks, power
 from appliance.db import tokens
 from appliance.db.base import utcnow
-from appliance.db.models import EnrolmentWindow, Event, Host, HostClaim, HostNic, HostState, Severity
+from appliance.db.models import EnrolmentWindow, Event, Host, HostClaim, HostNetwork, HostNic, HostState, Severity
 from appliance.errors import AuthError, Conflict, IdentityConflict, NotFound
 from appliance.monitoring import CollectdTarget
 from appliance.text import shown
@@ -249,7 +249,9 @@ def heartbeat(
     rollback_seconds: int = networks.ROLLBACK_SECONDS,
 ) -> tuple[wire.HeartbeatResponse, Host | None]:
     """The answer to a heartbeat, and the host row when the answer is ACCEPTED (for the caller's follow-ups)."""
-    host = hosts.by_uuid(session, beat.uuid)
+    # Its network assignments in the same statement: the answer's network set-up reads them (a lazy load
+    # was a fifth of a heartbeat's time).
+    host = hosts.by_uuid(session, beat.uuid, joinedload(Host.networks).joinedload(HostNetwork.network))
     expected = host.agent_token_hash if host is not None else None
     presented = _hash(beat.agent_token)
     # Compared even for unknown hosts, so timing does not tell which UUIDs exist.

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
+from sqlalchemy.orm.interfaces import ORMOption
 
 from appliance.db.base import utcnow
 from appliance.db.models import Arch, Event, HardwarePool, Host, HostDisk, HostNic, HostState, HypervisorType, Severity
@@ -48,8 +49,8 @@ def default_pool(session: Session) -> HardwarePool:
     return pool
 
 
-def by_uuid(session: Session, uuid: str) -> Host | None:
-    return session.scalars(select(Host).where(Host.uuid == uuid.lower())).one_or_none()
+def by_uuid(session: Session, uuid: str, *options: ORMOption) -> Host | None:
+    return session.scalars(select(Host).where(Host.uuid == uuid.lower()).options(*options)).unique().one_or_none()
 
 
 def find(session: Session, key: str) -> Host:

@@ -79,7 +79,9 @@ logging.getLogger("uvicorn.access").addFilter(_BoundedAccessLog())
 
 def listener(name: str, app: Any, sock: socket.socket, *, certfile: str = "", keyfile: str = "") -> Listener:
     tls = {"ssl_certfile": certfile, "ssl_keyfile": keyfile} if certfile else {}
-    config = uvicorn.Config(app, log_config=None, lifespan="on", server_header=False, **tls)  # type: ignore[arg-type]
+    # httptools named, not left to "auto": without it uvicorn falls back to h11 in Python without a word.
+    config = uvicorn.Config(app, log_config=None, lifespan="on", server_header=False, http="httptools",
+                            **tls)  # type: ignore[arg-type]  # fmt: skip
     host, port = sock.getsockname()[:2]
     return Listener(name, _Server(config), sock, f"{'https' if certfile else 'http'}://{host}:{port}")
 

@@ -5,7 +5,10 @@ Together, paced by the clock and bounded in count and time:
   agent-token checks; the hosts are SIMULATED: rows enrolled directly in the database, no machine behind);
 - IDENTIFY_PER_S identifies with a one-time token each (real: a keytab issued through kadmin.local);
 - TASKS_PER_S tasks (re-read a VM's state) enqueued with the API's own enqueue function and run by the
-  appliance's task engine threads against two real lab libvirtds over Kerberos (VMS defined domains);
+  task engine against two real lab libvirtds over Kerberos (VMS defined domains): inside `drover serve`,
+  or in its own process (`drover taskengine run`) when ENGINE_PROCESS. On this 2-core machine the second
+  process did worse (60 s of the mix: 49 heartbeats/s and 75 tasks/s against 86 and 76 in one process):
+  the cores are full either way, and two processes pay twice for their pools and interpreters;
 - the collectd stream of SIM_HOSTS hosts (signed with each host's own secret, VALUES_PER_HOST values every
   HEARTBEAT_S) into the receiver and on into VictoriaMetrics.
 
@@ -26,6 +29,7 @@ import secrets
 import socket
 import ssl
 import statistics
+import subprocess
 import tempfile
 import threading
 import time
@@ -51,6 +55,7 @@ from tests.lab.collectd_packets import DERIVE, GAUGE, Vl, encode, sign
 from tests.lab.kdc import start_kdc
 from tests.lab.libvirtd import LabHosts, NodeFactory
 from tests.lab.postgres import running_postgres
+from tests.lab.proc import terminate
 from tests.test_enrolment import facts
 
 LOAD_SECONDS = float(os.environ.get("DROVER_BENCH_LOAD_SECONDS", "600"))
@@ -60,6 +65,7 @@ IDENTIFY_PER_S = 10
 TASKS_PER_S = 100
 VMS = 200
 TASK_WORKERS = 8
+ENGINE_PROCESS = False
 BEAT_SENDERS = 64
 IDENTIFY_SENDERS = 16
 VALUES_PER_HOST = 50
@@ -225,10 +231,16 @@ def _measure(tmp: Path, kdc: Any, hosts: LabHosts, nodes: NodeFactory, url: str)
     settings = {"DROVER_DATABASE_URL": url, "DROVER_NODES_IDENTIFY_PER_MINUTE": "0",
                 "DROVER_NODES_HEARTBEAT_SECONDS": str(HEARTBEAT_S), "DROVER_HOSTBROWSER_ENABLED": "false",
                 "DROVER_NODES_LIBVIRT_PORT": str(libvirt_port), "DROVER_TASKENGINE_WORKERS": str(TASK_WORKERS),
-                "DROVER_MONITOR_SECURITY_LEVEL": "sign"}  # fmt: skip
+                "DROVER_MONITOR_SECURITY_LEVEL": "sign",
+                "DROVER_TASKENGINE_ENABLED": "false" if ENGINE_PROCESS else "true"}  # fmt: skip
     served = start_appliance(kdc, tmp / "appliance", extra_env=hosts.env, settings=settings, timeout=60)
     engine = make_engine(url)
+    workers = None
     try:
+        if ENGINE_PROCESS:
+            with open(tmp / "appliance" / "taskengine.log", "ab") as out:
+                workers = subprocess.Popen([*served.argv[:-2], "-v", "taskengine", "run"], env=served.env,
+                                           stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT)  # fmt: skip
         with session_scope(engine) as s:
             pool = default_pool(s).id
             for node in lab_nodes:
@@ -243,6 +255,8 @@ def _measure(tmp: Path, kdc: Any, hosts: LabHosts, nodes: NodeFactory, url: str)
             tokens = [mint(s).token for _ in range(int(IDENTIFY_PER_S * (LOAD_SECONDS + 5)))]
         return _drive(served, engine, sims, vm_ids, tokens, first_task, kdc)
     finally:
+        if workers is not None:
+            terminate(workers, 30)
         engine.dispose()
         served.stop()
 
