@@ -11,10 +11,11 @@ from datetime import timedelta
 from pathlib import Path
 
 from sqlalchemy import Engine, select, update
+from sqlalchemy import event as sa_event
 
 from appliance import config, placement, tasking
 from appliance.db.base import utcnow
-from appliance.db.engine import session_scope
+from appliance.db.engine import session_scope, transaction
 from appliance.db.models import (
     Firmware,
     HardwarePool,
@@ -24,6 +25,7 @@ from appliance.db.models import (
     StoragePool,
     StorageType,
     StorageVolume,
+    TargetKind,
     Task,
     TaskState,
     TaskType,
@@ -33,7 +35,7 @@ from appliance.db.models import (
     VmState,
     VolumeFormat,
 )
-from taskengine import claims, domainxml
+from taskengine import claims, domainxml, worker
 from taskengine.migration import Convergence, Step
 
 CAPS = """<capabilities><host><cpu><arch>x86_64</arch></cpu></host>
@@ -219,6 +221,55 @@ def test_renewing_several_leases_at_once_keeps_ours_and_names_the_lost(db_engine
         assert rows[lost.task_id].lease_owner == "someone-else/x"
     with session_scope(db_engine) as s:
         assert claims.renew_all(s, [], lease) == set()
+
+
+def test_ending_a_task_is_one_compare_and_set_that_a_lost_claim_cannot_pass(db_engine: Engine) -> None:
+    a, b = _vm(db_engine, 2)
+    lease = timedelta(seconds=30)
+    with session_scope(db_engine) as s:
+        ids = [tasking.enqueue(s, TaskType.VM_START, v, {"x": 1}, created_by="u").id for v in (a, b)]
+    with transaction(db_engine) as conn:
+        mine = claims.claim(conn, "w1", lease)
+    with transaction(db_engine) as conn:
+        other = claims.claim(conn, "w2", lease)
+    assert mine is not None and other is not None
+    # The claim's UPDATE returned the row: starting the task needs no other read.
+    assert (mine.target_kind, mine.target_id, mine.args, mine.created_by) == (TargetKind.VM, a, {"x": 1}, "u")
+    with transaction(db_engine) as conn:
+        conn.execute(update(Task).where(Task.id == other.task_id).values(lease_owner="someone-else/x"))
+    with transaction(db_engine) as conn:
+        ended = claims.end(conn, mine, TaskState.FINISHED, {"ok": True}, None)
+        lost = claims.end(conn, other, TaskState.FAILED, None, "boom")
+    assert ended is not None and ended.args == {"x": 1} and lost is None
+    with session_scope(db_engine) as s:
+        rows = {t.id: t for t in s.scalars(select(Task).where(Task.id.in_(ids)))}
+        done, taken = rows[mine.task_id], rows[other.task_id]
+        assert (done.state, done.result, done.progress, done.lease_expires_at) == (TaskState.FINISHED, {"ok": True},
+                                                                                   1.0, None)  # fmt: skip
+        assert done.finished_at is not None
+        assert (taken.state, taken.error, taken.lease_owner) == (TaskState.RUNNING, None, "someone-else/x")
+    with transaction(db_engine) as conn:  # ended once: a second end by the same claim finds nothing
+        assert claims.end(conn, mine, TaskState.FAILED, None, "again") is None
+
+
+def test_a_slow_claim_refreshes_the_queue_statistics_once_per_interval(db_engine: Engine) -> None:
+    ran: list[str] = []
+
+    def seen(_conn: object, _cursor: object, statement: str, *_: object) -> None:
+        if statement.startswith("ANALYZE"):
+            ran.append(statement)
+
+    sa_event.listen(db_engine, "before_cursor_execute", seen)
+    try:
+        stats = worker._Statistics(db_engine)
+        stats.claimed(0.001)  # fast: nothing to do
+        stats.claimed(0.2)
+        stats.claimed(0.3)  # within the interval: not again
+    finally:
+        sa_event.remove(db_engine, "before_cursor_execute", seen)
+    # SQLite plans without statistics of this kind: nothing is run there.
+    assert ran == (["ANALYZE tasks"] if db_engine.dialect.name == "postgresql" else [])
+    assert stats.enabled is (db_engine.dialect.name == "postgresql")
 
 
 def test_convergence_raises_downtime_step_by_step_then_aborts() -> None:
