@@ -24,7 +24,7 @@ from appliance.kerberos import profile
 from appliance.kerberos.realm import Realm, RealmFiles
 from appliance.kerberos.ticket import kinit_keytab
 from appliance.runner import spawn
-from tests.lab.net import free_port, wait_listening
+from tests.lab.net import free_port, free_tcp_udp_port, wait_listening
 from tests.lab.proc import terminate
 
 REALM = "LAB.EXAMPLE.TEST"
@@ -73,7 +73,7 @@ class LabKdc:
 
 
 def start_kdc(root: Path, hostname: str = APPLIANCE_HOST, realm_name: str = REALM) -> LabKdc:
-    spec = profile.RealmSpec(realm_name, "127.0.0.1", free_port(), free_port())
+    spec = profile.RealmSpec(realm_name, "127.0.0.1", free_tcp_udp_port(), free_port())
     realm = Realm(spec, RealmFiles(root / "realm"), hostname, KerberosMode.EMBEDDED, "drover/admin")
     realm.create()
     proc = realm.spawn_foreground()
@@ -177,7 +177,7 @@ def start_site_realm(root: Path, realm_name: str = "SITE.EXAMPLE.TEST") -> SiteR
         kdc.realm.kadmin().add(SITE_ADMIN)
         kdc.realm.kadmin().keytab([SITE_ADMIN], admin_keytab, keep_keys=True)
         kdc.realm.files.acl.write_text(SITE_ACL.format(admin=SITE_ADMIN, realm=realm_name))
-        kpasswd_port = free_port()
+        kpasswd_port = free_tcp_udp_port()
         return SiteRealm(kdc, _spawn_kadmind(kdc, kpasswd_port), admin_keytab, kpasswd_port)
     except BaseException:
         terminate(kdc.process)

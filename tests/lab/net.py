@@ -21,6 +21,20 @@ def free_udp_port(host: str = "127.0.0.1") -> int:
         return port
 
 
+def free_tcp_udp_port(host: str = "127.0.0.1", tries: int = 50) -> int:
+    """A port free for both TCP and UDP, for servers that take both (a KDC): a port picked for TCP alone was
+    once a parallel test's UDP port (a monitor receiver's), and krb5kdc refused to start."""
+    for _ in range(tries):
+        port = free_port(host)
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            try:
+                s.bind((host, port))
+            except OSError:
+                continue
+            return port
+    raise OSError(f"no port free for both TCP and UDP on {host} after {tries} tries")
+
+
 def wait_listening(host: str, port: int, timeout: float = 10.0) -> None:
     deadline = time.monotonic() + timeout
     while True:
