@@ -99,6 +99,11 @@ def pending_for(session: Session, kind: TargetKind, target_id: int) -> list[Task
     return sorted(rows, key=lambda t: (t.state is not TaskState.RUNNING, t.id))
 
 
+def task_subject(task_id: int, task_type: TaskType) -> str:
+    """How an event names the task it is about."""
+    return f"task {task_id} {task_type}"
+
+
 def task_event(session: Session, task: Task, kind: str, message: str, severity: Severity = Severity.INFO) -> None:
     """An event about a task, tied to its VM or host when that is its target."""
     vm_id = task.target_id if task.target_kind is TargetKind.VM else None
@@ -110,7 +115,7 @@ def task_event(session: Session, task: Task, kind: str, message: str, severity: 
     session.add(
         Event(
             kind=kind,
-            subject=f"task {task.id} {task.type}",
+            subject=task_subject(task.id, task.type),
             message=message,
             severity=severity,
             task_id=task.id,

@@ -176,10 +176,9 @@ def held(session: Session, claim: Claim) -> Task | None:
     UPDATE guarded the same way takes its write lock. Either way nobody can take the task over between this
     check and the commit.
     """
-    guard = (Task.id == claim.task_id, Task.lease_owner == claim.token, Task.state == TaskState.RUNNING)
     if is_postgresql(session):
         return session.scalars(
-            select(Task).where(*guard).with_for_update().execution_options(populate_existing=True)
+            select(Task).where(*_guard(claim)).with_for_update().execution_options(populate_existing=True)
         ).one_or_none()
     locked = session.execute(update(TASKS).where(*_guard(claim)).values(lease_owner=TASKS.c.lease_owner))
     if cast(CursorResult[Any], locked).rowcount != 1:

@@ -17,6 +17,7 @@ from sqlalchemy import Connection, Row, Select, Table, bindparam, insert, select
 from appliance.db.base import utcnow
 from appliance.db.models import Event, Host, Severity, TargetKind, TaskType, Vm, VmState
 from appliance.db.models.events import announce
+from appliance.tasking import task_subject
 
 VMS = cast(Table, Vm.__table__)
 HOSTS = cast(Table, Host.__table__)
@@ -46,7 +47,7 @@ class Entries:
 
     def task(self, kind: str, message: str, *, vm_id: int | None = None, host_id: int | None = None,
              severity: Severity = Severity.INFO) -> None:  # fmt: skip
-        self.rows.append({"kind": kind, "subject": f"task {self.task_id} {self.task_type}", "message": message,
+        self.rows.append({"kind": kind, "subject": task_subject(self.task_id, self.task_type), "message": message,
                           "severity": severity, "task_id": self.task_id, "vm_id": vm_id, "host_id": host_id,
                           "at": utcnow()})  # fmt: skip
 
@@ -56,6 +57,11 @@ class Entries:
             announce(conn)
 
 
+def moved(old: object, new: VmState, why: str) -> str:
+    """The message of a VM's state event written by the task engine."""
+    return f"{old} -> {new}: {why}"
+
+
 def move_vm(conn: Connection, vm: Row[Any], state: VmState, why: str, entries: Entries,
             reason: str | None = None) -> None:  # fmt: skip
     """Move the VM to `state` with its event (no event if it is there already); `reason`, when given, is
@@ -63,7 +69,7 @@ def move_vm(conn: Connection, vm: Row[Any], state: VmState, why: str, entries: E
     values: dict[str, Any] = {}
     if VmState(vm.state) is not state:
         values.update(state=state, state_changed_at=utcnow())
-        entries.rows.append({"kind": "vm.state", "subject": vm.name, "message": f"{vm.state} -> {state}: {why}",
+        entries.rows.append({"kind": "vm.state", "subject": vm.name, "message": moved(vm.state, state, why),
                              "severity": Severity.INFO, "vm_id": vm.id, "host_id": vm.host_id,
                              "task_id": entries.task_id, "at": utcnow()})  # fmt: skip
     if reason is not None and reason != vm.state_reason:

@@ -430,7 +430,7 @@ def set_vm_state(s: Session, vm: Vm, state: VmState, why: str, task_id: int | No
     """Move the VM row to `state` with an event (none if it already is there)."""
     if vm.state is state:
         return
-    s.add(Event(kind="vm.state", subject=vm.name, message=f"{vm.state} -> {state}: {why}", vm_id=vm.id,
+    s.add(Event(kind="vm.state", subject=vm.name, message=ledger.moved(vm.state, state, why), vm_id=vm.id,
                 host_id=vm.host_id, task_id=task_id))  # fmt: skip
     vm.state = state
     vm.state_changed_at = utcnow()

@@ -116,7 +116,7 @@ def test_sigkill_at_random_points_every_task_ends_once_and_db_agrees_with_libvir
             Event.task_id.in_(ours_now), Event.kind == "task.reconciled")) or 0  # fmt: skip
         states = Counter(t.state for t in tasks)
         failed = [(t.id, t.type, t.error) for t in tasks if t.state is TaskState.FAILED]
-    assert set(ends) == {1} and len(list(ends)) == len(ours_now), "a task ended twice or never"
+    assert set(ends) == {1} and len(list(ends)) == len(ours_now), _ended_wrongly(rack, ours_now)
     assert states[TaskState.FINISHED] + states[TaskState.FAILED] == len(ours_now)
     # Killed mid-task, a task is reconciled with libvirt and finished, not failed: nothing here fails.
     assert not failed, "\n".join(f"{i} {t}: {e}" for i, t, e in failed)
@@ -213,3 +213,24 @@ def _doubled(rack: TaskRack, vm_id: int, name: str, qemu_log: str, libvirtd_log:
     return "\n".join([f"{name}: qemu starts differ from its start tasks", "-- its qemu log:", qemu_log[-6000:],
                       "-- libvirtd about it:", *ours[-40:], "-- its events:",
                       *(f"{at:%H:%M:%S.%f} task {t} {k}: {m}" for at, t, k, m in events)])  # fmt: skip
+
+
+def _ended_wrongly(rack: TaskRack, task_ids: list[int]) -> str:
+    """Each task that has not exactly one end event: its state, error and events (a canceled task has none:
+    it was canceled because one before it failed, and that failure is the thing to read)."""
+    with session_scope(rack.db) as s:
+        ends = Counter(s.scalars(select(Event.task_id).where(
+            Event.task_id.in_(task_ids), Event.kind.in_(("task.finished", "task.failed")))))  # fmt: skip
+        wrong = [t for t in s.scalars(select(Task).where(Task.id.in_(task_ids))) if ends[t.id] != 1]
+        failed = [t for t in s.scalars(select(Task).where(Task.id.in_(task_ids), Task.state == TaskState.FAILED))]
+        lines = [f"{len(wrong)} of {len(task_ids)} tasks did not end exactly once"]
+        for task in [*wrong, *failed]:
+            lines.append(f"task {task.id} {task.type} on VM {task.target_id}: {task.state}, {ends[task.id]} end "
+                         f"event(s), attempts {task.attempts}, error {task.error!r}")  # fmt: skip
+            lines += [
+                f"  {at:%H:%M:%S.%f} {kind}: {message}"
+                for at, kind, message in s.execute(
+                    select(Event.at, Event.kind, Event.message).where(Event.task_id == task.id).order_by(Event.id)
+                )
+            ]
+    return "\n".join(lines)
