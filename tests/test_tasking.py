@@ -9,7 +9,7 @@ from sqlalchemy import Engine, func, select
 
 from appliance import tasking, vmstate
 from appliance.db.engine import session_scope
-from appliance.db.models import Event, HardwarePool, Task, TaskState, TaskType, Vm, VmState
+from appliance.db.models import Event, HardwarePool, Host, PlacementPolicy, Task, TaskState, TaskType, Vm, VmState
 from appliance.errors import Conflict, NotFound
 
 
@@ -35,7 +35,9 @@ def test_table_covers_every_vm_action() -> None:
             assert task_type in vmstate.TABLE, task_type
     start = vmstate.transition(TaskType.VM_START)
     assert (start.sources, start.transitional, start.success) == (
-        frozenset({VmState.STOPPED}), VmState.STARTING, VmState.RUNNING
+        frozenset({VmState.STOPPED}),
+        VmState.STARTING,
+        VmState.RUNNING,
     )
     assert vmstate.transition(TaskType.VM_SAVE).after(VmState.RUNNING) is VmState.SAVED
     assert vmstate.transition(TaskType.VM_MIGRATE).after(VmState.PAUSED) is VmState.PAUSED
@@ -104,3 +106,36 @@ def test_stranded_tasks_follow_the_table_from_the_real_state() -> None:
         (4, TaskType.VM_SHUTDOWN, VmState.STOPPED), (7, TaskType.VM_DELETE, VmState.RUNNING)]  # fmt: skip
     # Had the VM been running, the whole queue fits but the delete (the start leaves it running).
     assert [t for t, _, _ in vmstate.stranded(VmState.RUNNING, queued)] == [7]
+
+
+def test_a_pinned_vm_is_never_queued_for_migration_and_its_host_is_named(db_engine: Engine) -> None:
+    vm_id = _vm(db_engine, VmState.RUNNING)
+    with session_scope(db_engine) as s:
+        vm = s.get_one(Vm, vm_id)
+        host = Host(uuid=str(uuid.uuid4()), hostname="pin.example.test", hardware_pool_id=vm.hardware_pool_id)
+        s.add(host)
+        s.flush()
+        vm.host_id, vm.placement_policy = host.id, PlacementPolicy.PINNED
+    before = (_count(db_engine, Task), _count(db_engine, Event))
+    with pytest.raises(Conflict, match=r"web1 is pinned to pin\.example\.test"), session_scope(db_engine) as s:
+        tasking.enqueue(s, TaskType.VM_MIGRATE, vm_id, {}, created_by="alice@R")
+    assert (_count(db_engine, Task), _count(db_engine, Event)) == before
+
+
+def test_the_queued_event_names_its_vm_or_host_and_the_task(db_engine: Engine) -> None:
+    vm_id = _vm(db_engine, VmState.STOPPED)
+    with session_scope(db_engine) as s:
+        host = Host(
+            uuid=str(uuid.uuid4()), hostname="ev.example.test", hardware_pool_id=s.get_one(Vm, vm_id).hardware_pool_id
+        )
+        s.add(host)
+        s.flush()
+        on_vm = tasking.enqueue(s, TaskType.VM_START, vm_id, {}, created_by=None).id
+        on_host = tasking.enqueue(s, TaskType.HOST_CLEAR, host.id, {}, created_by="bob@R").id
+    with session_scope(db_engine) as s:
+        rows = s.execute(select(Event.task_id, Event.subject, Event.vm_id, Event.host_id, Event.message).where(
+            Event.kind == "task.queued").order_by(Event.id)).all()  # fmt: skip
+    assert [tuple(r) for r in rows] == [
+        (on_vm, f"task {on_vm} vm_start", vm_id, None, "vm_start on VM web1 queued by the appliance"),
+        (on_host, f"task {on_host} host_clear", None, host.id, f"host_clear on host {host.id} queued by bob@R"),
+    ]
