@@ -22,6 +22,7 @@ from appliance.tasking import task_subject
 VMS = cast(Table, Vm.__table__)
 HOSTS = cast(Table, Host.__table__)
 EVENTS = cast(Table, Event.__table__)
+_INSERT = insert(EVENTS)  # built once: its cache key is then computed once, not per task
 
 
 @functools.lru_cache(maxsize=2)
@@ -53,7 +54,7 @@ class Entries:
 
     def write(self, conn: Connection) -> None:
         if self.rows:
-            conn.execute(insert(EVENTS), self.rows)
+            conn.execute(_INSERT, self.rows)
             announce(conn)
 
 

@@ -20,7 +20,7 @@ from datetime import timedelta
 from typing import Any
 
 import libvirt
-from sqlalchemy import Connection, Engine, text, update
+from sqlalchemy import Connection, Engine, bindparam, text, update
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
@@ -37,6 +37,9 @@ from taskengine.connections import Connections, is_transient
 log = logging.getLogger(__name__)
 
 BEFORE = "vm_state_before"  # key in task.args: the VM's state when the task first ran (failure returns there)
+# Written at the start of every VM task; built once (see taskengine.claims).
+_SET_ARGS = (update(claims.TASKS).where(claims.TASKS.c.id == bindparam("p_id"))
+             .values(args=bindparam("p_args", type_=claims.TASKS.c.args.type)))  # fmt: skip
 
 
 def worker_name() -> str:
@@ -342,7 +345,7 @@ class Worker:
                 return None
             if vm is not None and BEFORE not in args:
                 args = {**args, BEFORE: str(vm.state)}
-                conn.execute(update(claims.TASKS).where(claims.TASKS.c.id == claim.task_id).values(args=args))
+                conn.execute(_SET_ARGS, {"p_id": claim.task_id, "p_args": args})
                 transitional = vmstate.TABLE[claim.type].transitional
                 if transitional is not None:
                     ledger.move_vm(conn, vm, transitional, f"task {claim.task_id} {claim.type}", entries)

@@ -252,6 +252,21 @@ def test_ending_a_task_is_one_compare_and_set_that_a_lost_claim_cannot_pass(db_e
         assert claims.end(conn, mine, TaskState.FAILED, None, "again") is None
 
 
+def test_a_failed_end_writes_its_error_and_no_result(db_engine: Engine) -> None:
+    (vm,) = _vm(db_engine, 1)
+    with session_scope(db_engine) as s:
+        task_id = tasking.enqueue(s, TaskType.VM_START, vm, {}, created_by="u").id
+    with transaction(db_engine) as conn:
+        mine = claims.claim(conn, "w1", timedelta(seconds=30))
+    assert mine is not None and mine.task_id == task_id
+    with transaction(db_engine) as conn:
+        assert claims.end(conn, mine, TaskState.FAILED, None, "boom") is not None
+    with session_scope(db_engine) as s:
+        task = s.get_one(Task, task_id)
+        assert (task.result, task.state, task.error, task.lease_owner) == (None, TaskState.FAILED, "boom", mine.token)
+        assert task.progress < 1.0 and task.finished_at is not None and task.lease_expires_at is None
+
+
 def test_a_slow_claim_refreshes_the_queue_statistics_once_per_interval(db_engine: Engine) -> None:
     ran: list[str] = []
 
