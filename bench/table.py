@@ -39,6 +39,11 @@ def _fmt(value: Any, unit: str = "") -> str:
     return f"{value}{unit}"
 
 
+def _ratio3(value: Any) -> str:
+    """A ratio near 1 (memory growth), where three significant figures would hide what matters."""
+    return f"{value:.3f}" if isinstance(value, float | int) else "—"
+
+
 def _v(*path: str, unit: str = "") -> Callable[[Figures], str]:
     return lambda f: _fmt(_get(f, *path), unit)
 
@@ -173,7 +178,8 @@ ROWS: tuple[Row, ...] = (
         "load",
         _v("collectd", "packets_unaccounted"),
         lambda f: f"of {_fmt(_get(f, 'collectd', 'packets_sent'))} sent; RSS last/second minute "
-        f"{_fmt(_get(f, 'rss_last_vs_second_sample'))}",
+        f"{_ratio3(_get(f, 'rss_last_vs_second_sample'))} (serve), "
+        f"{_ratio3(f.get('engine_rss_last_vs_second_sample'))} (task engine process)",
     ),
     Row(
         "load: machine CPU busy while it ran",
