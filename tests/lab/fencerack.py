@@ -126,6 +126,44 @@ class RackHost:
     host_id: int = 0
 
 
+@dataclass(frozen=True)
+class SlowStatus:
+    """The `ipmitool` the rack's appliances find first on their PATH: the real one, except that a power status
+    query answers `seconds` late while set (real BMCs take seconds to answer). A test can then act between a
+    power command taking effect and the fencer learning it, however loaded the machine is."""
+
+    bin_dir: Path
+    delay: Path  # holds the seconds, or is empty
+
+    @classmethod
+    def make(cls, bin_dir: Path) -> SlowStatus:
+        bin_dir.mkdir(parents=True, exist_ok=True)
+        real = shutil.which("ipmitool")
+        assert real is not None, "ipmitool is not installed (make setup installs it)"
+        slow = cls(bin_dir, bin_dir / "status-delay")
+        slow.delay.write_text("")
+        wrapper = bin_dir / "ipmitool"
+        wrapper.write_text(
+            "#!/bin/sh\n"
+            f'case " $* " in *" power status "*) d=$(cat "{slow.delay}"); [ -n "$d" ] && sleep "$d";; esac\n'
+            f'exec {real} "$@"\n'
+        )
+        wrapper.chmod(0o755)
+        return slow
+
+    @property
+    def env(self) -> dict[str, str]:
+        return {"PATH": f"{self.bin_dir}:{os.environ.get('PATH', '/usr/bin:/bin')}"}
+
+    @contextlib.contextmanager
+    def delayed(self, seconds: float) -> Iterator[None]:
+        self.delay.write_text(f"{seconds}")
+        try:
+            yield
+        finally:
+            self.delay.write_text("")
+
+
 class PowerWire:
     """The simulated wire from each chassis domain to its host (module docstring): polls the power plane every
     50 ms through its unix socket; records every power loss and power-up with the time it saw it."""
@@ -263,6 +301,7 @@ class FenceRack:
     # DROVER_* for the server and every CLI run: a PostgreSQL URL here puts the rack on it (else SQLite).
     settings: dict[str, str] = field(default_factory=dict)
     others: list[LabAppliance] = field(default_factory=list)  # more `drover serve` processes on the same database
+    slow_status: SlowStatus | None = None  # the appliances' ipmitool, its status answers delayed on demand
 
     def start_serve(self, **settings: str) -> LabAppliance:
         extra = {**self.hosts_file.env, "DROVER_NODES_LIBVIRT_PORT": str(self.libvirt_port), **self.env, **settings}
@@ -407,8 +446,10 @@ def built_rack(
             h.bmc = bmcs.add(h.chassis, plane.local_uri)
         wire = PowerWire(plane.local_uri, rack_hosts)
         wire.start()
+        slow = SlowStatus.make(workdir / "ipmitool")
         rack = FenceRack(kdc, lab_hosts, libvirt_nodes, workdir, port, rack_hosts, plane, bmcs, wire, guest_image,
-                         guest_accel, dict(FENCING_ENV), settings=dict(db_settings or {}))  # fmt: skip
+                         guest_accel, {**FENCING_ENV, **slow.env}, settings=dict(db_settings or {}),
+                         slow_status=slow)  # fmt: skip
         served = rack.start_serve(DROVER_FENCING_QUIET_SECONDS="2")
         added = served.drover("user", "add", ADMIN, "--role", "admin")
         assert added.returncode == 0, added.stdout + added.stderr
