@@ -75,46 +75,52 @@ def _wake(_session: Session) -> None:
         waker()
 
 
+def _write_lock_sqlite(session: Session, vm_id: int) -> None:
+    """SQLite ignores row locks: a no-op UPDATE of the VM's row takes the database's write lock instead."""
+    session.execute(
+        update(Vm).where(Vm.id == vm_id).values(state=Vm.state).execution_options(synchronize_session=False)
+    )
+
+
 def lock_vm(session: Session, vm_id: int) -> Vm | None:
     """The VM re-read under its row's write lock; None if gone. PostgreSQL: SELECT ... FOR UPDATE (one
-    statement); SQLite ignores that, so there a no-op UPDATE takes the database's write lock first."""
+    statement); SQLite: the write lock first."""
     if session.get_bind().dialect.name == "postgresql":
         return session.scalars(
             select(Vm).where(Vm.id == vm_id).with_for_update().execution_options(populate_existing=True)
         ).one_or_none()
-    session.execute(
-        update(Vm).where(Vm.id == vm_id).values(state=Vm.state).execution_options(synchronize_session=False)
-    )
+    _write_lock_sqlite(session, vm_id)
     return session.get(Vm, vm_id, populate_existing=True)
 
 
 @functools.cache
-def _vm_row_query(postgresql: bool) -> Select[Any]:
+def vm_row_query(postgresql: bool) -> Select[Any]:
+    """The VM's row as plain columns (id, name, state, state_reason, placement_policy, host_id), FOR UPDATE on
+    PostgreSQL; parameter `vm_id`. Built once: enqueue and the task engine read it for every task."""
     c = cast(Table, Vm.__table__).c
-    query = select(c.id, c.name, c.state, c.placement_policy, c.host_id).where(c.id == bindparam("vm_id"))
+    query = select(c.id, c.name, c.state, c.state_reason, c.placement_policy, c.host_id)
+    query = query.where(c.id == bindparam("vm_id"))
     return query.with_for_update() if postgresql else query
 
 
 def _lock_vm_row(session: Session, vm_id: int) -> Row[Any] | None:
-    """What an enqueue checks of its VM (id, name, state, placement_policy, host_id), the row locked as in
-    lock_vm; plain columns rather than the VM object, which was a fifth of an enqueue's cost."""
+    """What an enqueue checks of its VM, the row locked as in lock_vm; plain columns rather than the VM
+    object, which was a fifth of an enqueue's cost."""
     postgresql = session.get_bind().dialect.name == "postgresql"
     if not postgresql:
-        session.execute(
-            update(Vm).where(Vm.id == vm_id).values(state=Vm.state).execution_options(synchronize_session=False)
-        )
-    return session.execute(_vm_row_query(postgresql), {"vm_id": vm_id}).first()
+        _write_lock_sqlite(session, vm_id)
+    return session.execute(vm_row_query(postgresql), {"vm_id": vm_id}).first()
+
+
+def _live_on(kind: TargetKind, target_id: int) -> tuple[Any, ...]:
+    return Task.target_kind == kind, Task.target_id == target_id, Task.state.in_(_LIVE)
 
 
 def pending_types(session: Session, kind: TargetKind, target_id: int) -> list[tuple[int, TaskType]]:
     """(id, type) of the tasks not yet ended on one target, in the order they will run: what an enqueue checks
     against. Two columns, not Task objects: with a queue dozens deep per VM, loading whole rows for each new
     task was most of what an enqueue cost."""
-    rows = session.execute(
-        select(Task.id, Task.type, Task.state)
-        .where(Task.target_kind == kind, Task.target_id == target_id, Task.state.in_(_LIVE))
-        .order_by(Task.id)
-    ).all()
+    rows = session.execute(select(Task.id, Task.type, Task.state).where(*_live_on(kind, target_id))).all()
     return [(task_id, task_type) for task_id, task_type, state in sorted(rows, key=_run_order)]
 
 
@@ -124,15 +130,7 @@ def _run_order(row: Any) -> tuple[bool, int]:
 
 def pending_for(session: Session, kind: TargetKind, target_id: int) -> list[Task]:
     """Tasks not yet ended on one target, in the order they will run (running first, then by id)."""
-    rows = session.scalars(
-        select(Task)
-        .where(
-            Task.target_kind == kind,
-            Task.target_id == target_id,
-            Task.state.in_(_LIVE),
-        )
-        .order_by(Task.id)
-    ).all()
+    rows = session.scalars(select(Task).where(*_live_on(kind, target_id))).all()
     return sorted(rows, key=_run_order)
 
 
@@ -208,7 +206,7 @@ def enqueue(
                       host_id=host_id, message=f"{type} on {subject} queued by {by}"))  # fmt: skip
     if not sa_event.contains(session, "after_commit", _wake):
         sa_event.listen(session, "after_commit", _wake, once=True)
-    log.info("task %s queued: %s on %s by %s", task.id, type, subject, created_by or "the appliance")
+    log.info("task %s queued: %s on %s by %s", task.id, type, subject, by)
     return task
 
 

@@ -8,16 +8,15 @@ relationships). The rows and messages are the same ones appliance.tasking.task_e
 
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass, field
 from typing import Any, cast
 
-from sqlalchemy import Connection, Row, Select, Table, bindparam, insert, select, update
+from sqlalchemy import Connection, Row, Table, insert, select, update
 
 from appliance.db.base import utcnow
 from appliance.db.models import Event, Host, Severity, TargetKind, TaskType, Vm, VmState
 from appliance.db.models.events import announce
-from appliance.tasking import task_subject
+from appliance.tasking import task_subject, vm_row_query
 
 VMS = cast(Table, Vm.__table__)
 HOSTS = cast(Table, Host.__table__)
@@ -25,17 +24,10 @@ EVENTS = cast(Table, Event.__table__)
 _INSERT = insert(EVENTS)  # built once: its cache key is then computed once, not per task
 
 
-@functools.lru_cache(maxsize=2)
-def _vm_query(postgresql: bool) -> Select[Any]:
-    c = VMS.c
-    query = select(c.id, c.name, c.state, c.state_reason, c.host_id).where(c.id == bindparam("vm_id"))
-    # SQLite has no row locks; there the claim's (or the end's) UPDATE already holds the database's write lock.
-    return query.with_for_update() if postgresql else query
-
-
 def lock_vm(conn: Connection, vm_id: int) -> Row[Any] | None:
-    """The VM's row (id, name, state, state_reason, host_id), locked until commit; None if it is gone."""
-    return conn.execute(_vm_query(conn.dialect.name == "postgresql"), {"vm_id": vm_id}).first()
+    """The VM's row (appliance.tasking.vm_row_query), locked until commit; None if it is gone. SQLite has no
+    row locks; there the claim's (or the end's) UPDATE already holds the database's write lock."""
+    return conn.execute(vm_row_query(conn.dialect.name == "postgresql"), {"vm_id": vm_id}).first()
 
 
 @dataclass
